@@ -240,3 +240,11 @@ def cross_attention_mask(
         for i, (start, end) in enumerate(spans):
             mask[b, start:end, i, : num_tiles[b, i]] = 1
     return mask
+
+
+def continuation_cross_attention_mask(mask: np.ndarray, num_new_tokens: int) -> np.ndarray:
+    """(B, num_new_tokens, I, T): the rows for tokens appended after a sequence whose mask is `mask` (B, S, I, T),
+    when the appended tokens hold no `<|image|>` (sampled responses, feedback turns). The last image's span runs
+    to the end of the sequence, so every appended token attends as the sequence's last position does; this is
+    what `cross_attention_mask` of the longer sequence gives for those positions."""
+    return np.repeat(mask[:, -1:], num_new_tokens, axis=1)

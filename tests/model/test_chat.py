@@ -176,3 +176,18 @@ def test_text_only_batches_have_no_vision_inputs_unless_slots_are_asked_for(toke
     with pytest.raises(ValueError, match="padding_side"):
         chat.batch_conversations(tokenizer, conversations, IMAGE_CONFIG, add_generation_prompt=True,
                                  padding_side="middle")
+
+
+def test_continuation_rows_equal_the_mask_of_the_longer_sequence(tokenizer):
+    from model.processor import continuation_cross_attention_mask, cross_attention_mask
+
+    conversations = [gp_conversation(0)[:2], (Message("user", "No image here."),)]
+    prompt = chat.batch_conversations(tokenizer, conversations, IMAGE_CONFIG, add_generation_prompt=True,
+                                      padding_side="left", bucket=16)
+    response = chat.encode_response(tokenizer, '{"cards": ["A"]}')
+    appended = np.concatenate([response, chat.encode_turn(tokenizer, Message("user", "Wrong, try again."))])
+    longer = np.concatenate([prompt.input_ids, np.tile(appended, (2, 1))], axis=1)
+    expected = cross_attention_mask(longer, tokenizer.image_id, prompt.num_tiles, 4)
+    rows = continuation_cross_attention_mask(prompt.cross_attention_mask, len(appended))
+    np.testing.assert_array_equal(np.concatenate([prompt.cross_attention_mask, rows], axis=1), expected)
+    assert rows[0].any() and not rows[1].any()

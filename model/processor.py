@@ -95,6 +95,18 @@ def from_hf_preprocessor_config(source: str | Path | dict[str, Any]) -> ImagePro
     )
 
 
+def to_hf_preprocessor_config(config: ImageProcessorConfig) -> dict[str, Any]:
+    """The preprocessor_config.json content for `config` (what a saved checkpoint ships; the reverse of
+    `from_hf_preprocessor_config`)."""
+    return {
+        "do_convert_rgb": True, "do_normalize": True, "do_pad": True, "do_rescale": True, "do_resize": True,
+        "image_mean": list(config.image_mean), "image_std": list(config.image_std),
+        "image_processor_type": "MllamaImageProcessor", "max_image_tiles": config.max_image_tiles,
+        "resample": config.resample, "rescale_factor": config.rescale_factor,
+        "size": {"height": config.tile_size, "width": config.tile_size},
+    }
+
+
 @lru_cache(maxsize=16)
 def supported_aspect_ratios(max_image_tiles: int) -> tuple[tuple[int, int], ...]:
     """All (h_tiles, w_tiles) with h * w <= max_image_tiles, in transformers' order (h outer, w inner);

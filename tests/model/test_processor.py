@@ -20,6 +20,7 @@ from model.processor import (
     preprocess_images,
     resized_size,
     supported_aspect_ratios,
+    to_hf_preprocessor_config,
 )
 
 
@@ -124,6 +125,8 @@ def test_from_hf_preprocessor_config_reads_a_checkpoint_file(tmp_path):
     reference = MllamaImageProcessorPil(**{k: v for k, v in raw.items() if k != "image_processor_type"})
     assert_same_as_hf(preprocess_images(images, config), reference(images, return_tensors="np"))
     assert from_hf_preprocessor_config({}) == ImageProcessorConfig()
+    assert from_hf_preprocessor_config(to_hf_preprocessor_config(config)) == config
+    assert to_hf_preprocessor_config(config) == raw
     with pytest.raises(ValueError, match="square"):
         from_hf_preprocessor_config({"size": {"height": 14, "width": 28}})
     with pytest.raises(FileNotFoundError, match="preprocessor"):

@@ -23,13 +23,29 @@ mask. Arrays of a batch (B batch, S sequence, I images per sample, T tiles):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Protocol, Sequence
 
 import numpy as np
 
 from model.processor import ImageProcessorConfig, VisionInputs, cross_attention_mask, preprocess_images
 from model.tokenizer import ChatTokenizer
-from tasks.common import Conversation, Message
+
+
+class Message(Protocol):
+    """What the encoders read from a chat turn: `tasks.common.Message` fits (model/ does not import tasks/,
+    dependencies point down only)."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def content(self) -> str: ...
+
+    @property
+    def image(self) -> np.ndarray | None: ...
+
+
+Conversation = Sequence[Message]
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ class ImageProcessorConfig:
 def from_hf_preprocessor_config(source: str | Path | dict[str, Any]) -> ImageProcessorConfig:
     """An `ImageProcessorConfig` from a checkpoint's preprocessor_config.json (a dict, the file, or its directory).
 
+    A directory may instead hold transformers 5's processor_config.json (the same keys under "image_processor").
     Keys missing from the file take transformers' class defaults for mllama where those are what a checkpoint
     without the key means (max_image_tiles 4, bilinear, 1/255); the tile size must be square.
     """
@@ -71,10 +72,12 @@ def from_hf_preprocessor_config(source: str | Path | dict[str, Any]) -> ImagePro
     else:
         path = Path(source)
         if path.is_dir():
-            path = path / "preprocessor_config.json"
+            candidates = [path / "preprocessor_config.json", path / "processor_config.json"]
+            path = next((c for c in candidates if c.is_file()), candidates[0])
         if not path.is_file():
             raise FileNotFoundError(f"No preprocessor config at {path}: pass a checkpoint directory that has one.")
         raw = json.loads(path.read_text())
+    raw = raw.get("image_processor", raw)
     for flag in ("do_resize", "do_pad"):
         if raw.get(flag, True) is False:
             raise ValueError(f"preprocessor config sets {flag}=false, which mllama does not support; remove it.")

@@ -191,3 +191,16 @@ def test_continuation_rows_equal_the_mask_of_the_longer_sequence(tokenizer):
     rows = continuation_cross_attention_mask(prompt.cross_attention_mask, len(appended))
     np.testing.assert_array_equal(np.concatenate([prompt.cross_attention_mask, rows], axis=1), expected)
     assert rows[0].any() and not rows[1].any()
+
+
+def test_a_directory_saved_by_transformers_mllama_processor_loads(tokenizer_dir, tmp_path):
+    from model.processor import from_hf_preprocessor_config
+
+    processor, _ = hf_mllama_processor(tokenizer_dir, "right")
+    processor.save_pretrained(str(tmp_path))  # transformers 5: processor_config.json, tokenizer.json, ...
+    assert from_hf_preprocessor_config(tmp_path) == IMAGE_CONFIG
+    reloaded = load_tokenizer(tmp_path)
+    original = load_tokenizer(tokenizer_dir)
+    assert reloaded.image_id == original.image_id and reloaded.stop_ids == original.stop_ids
+    text = gp_conversation()[2].content
+    assert reloaded.encode_text(text) == original.encode_text(text)

@@ -204,3 +204,23 @@ def test_a_directory_saved_by_transformers_mllama_processor_loads(tokenizer_dir,
     assert reloaded.image_id == original.image_id and reloaded.stop_ids == original.stop_ids
     text = gp_conversation()[2].content
     assert reloaded.encode_text(text) == original.encode_text(text)
+
+
+def test_appended_turns_concatenate_for_arbitrary_text(tokenizer):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=40, deadline=None, database=None)
+    @given(st.lists(st.text(max_size=30), min_size=3, max_size=3))
+    def check(texts):
+        prompt_text, response_text, feedback_text = texts
+        conversation = (Message("user", prompt_text), Message("assistant", response_text),
+                        Message("user", feedback_text))
+        prompt = chat.encode_conversation(tokenizer, conversation[:1], add_generation_prompt=True)
+        pieces = [prompt.token_ids, chat.encode_response(tokenizer, response_text),
+                  chat.encode_turn(tokenizer, conversation[2])]
+        whole = chat.encode_conversation(tokenizer, conversation, add_generation_prompt=True)
+        np.testing.assert_array_equal(np.concatenate(pieces), whole.token_ids)
+        assert tokenizer.decode(whole.token_ids[whole.assistant_mask == 1][:-1]) == response_text
+
+    check()

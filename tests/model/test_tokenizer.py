@@ -123,3 +123,17 @@ def test_corpus_is_deterministic_and_covers_the_tasks_vocabulary():
                  "current observation", "current instruction", "action", "J", "Q", "K", "10", "*", "/"):
         assert word in text, word
     assert np.mean([len(line) for line in corpus]) > 50
+
+
+def test_any_text_round_trips(tokenizer_dir):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    ours = tk.load_tokenizer(tokenizer_dir)
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(st.text(max_size=60))
+    def round_trip(text):
+        assert ours.decode(ours.encode_text(text)) == text
+
+    round_trip()

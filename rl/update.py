@@ -74,7 +74,7 @@ def minibatch_update(state: TrainState, buffer: Any, rng: jax.Array, *, loss_fn:
         (loss, metrics), grads = value_and_grad(state.params, minibatch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         return TrainState(params, opt_state, state.step + 1), metrics
 
     def epoch(state: TrainState, epoch_indices: jax.Array):

@@ -106,6 +106,9 @@ def grpo_loss(new_token_logprobs: jax.Array, old_token_logprobs: jax.Array, adva
     new_token_logprobs, old_token_logprobs (N, S): current and sampling-time token log-probs; advantages (N,)
     (from `group_advantages`, flattened); response_mask (N, S); ref_token_logprobs (N, S), needed when kl_coef > 0.
     """
+    if config.kl_coef != 0.0 and ref_token_logprobs is None:
+        raise ValueError("GRPOConfig.kl_coef is non-zero but no reference token log-probs were given "
+                         "(buffer key 'ref_token_logprobs', shape (N, S)).")
     token_mask = jnp.asarray(response_mask, bool)
     advantages = jax.lax.stop_gradient(advantages)[:, None]
     log_ratio = jnp.clip(new_token_logprobs - old_token_logprobs, -20.0, 20.0)
@@ -126,9 +129,6 @@ def grpo_loss(new_token_logprobs: jax.Array, old_token_logprobs: jax.Array, adva
         "response_tokens": masked_count(token_mask),
     }
     if config.kl_coef != 0.0:
-        if ref_token_logprobs is None:
-            raise ValueError("GRPOConfig.kl_coef is non-zero but no reference token log-probs were given "
-                             "(buffer key 'ref_token_logprobs', shape (N, S)).")
         kl_tokens = k3_kl(new_token_logprobs, ref_token_logprobs)
         kl_loss = aggregate_token_loss(kl_tokens, token_mask, config)
         loss = loss + config.kl_coef * kl_loss

@@ -134,6 +134,12 @@ def ppo_loss(new_token_logprobs: jax.Array, old_seq_logprob: jax.Array, advantag
     policy_loss = -mean(min(rho * A, clip(rho, 1 - eps, 1 + eps) * A)), rho = exp(log pi - log pi_old) per
     sequence; value_loss = 0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)).
     """
+    if entropy is None and config.entropy_coef != 0.0:
+        raise ValueError("PPOConfig.entropy_coef is non-zero but no per-token entropy was given; make policy_fn "
+                         "return it or set entropy_coef=0.")
+    if config.kl_mode == "k3_loss" and ref_token_logprobs is None:
+        raise ValueError("PPOConfig.kl_mode='k3_loss' needs reference token log-probs "
+                         "(buffer key 'ref_token_logprobs', shape (N, S)).")
     valid = jnp.asarray(valid, bool)
     token_mask = jnp.logical_and(response_mask, valid[:, None])
     advantages = jax.lax.stop_gradient(advantages)
@@ -172,13 +178,8 @@ def ppo_loss(new_token_logprobs: jax.Array, old_seq_logprob: jax.Array, advantag
         mean_entropy = masked_mean(entropy, token_mask)
         loss = loss - config.entropy_coef * mean_entropy
         metrics["entropy"] = jax.lax.stop_gradient(mean_entropy)
-    elif config.entropy_coef != 0.0:
-        raise ValueError("PPOConfig.entropy_coef is non-zero but no per-token entropy was given; make policy_fn "
-                         "return it or set entropy_coef=0.")
+
     if config.kl_mode == "k3_loss":
-        if ref_token_logprobs is None:
-            raise ValueError("PPOConfig.kl_mode='k3_loss' needs reference token log-probs "
-                             "(buffer key 'ref_token_logprobs', shape (N, S)).")
         kl = masked_mean(k3_kl(new_token_logprobs, ref_token_logprobs), token_mask)
         loss = loss + config.kl_coef * kl
         metrics["kl_k3"] = jax.lax.stop_gradient(kl)

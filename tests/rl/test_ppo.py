@@ -97,7 +97,7 @@ def test_hand_computed_clipping_and_its_gradients():
     def loss_of(tokens):
         return ppo_loss(tokens, zeros, advantages, zeros, zeros, zeros, mask, valid, cfg)
 
-    (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(new_tok)
+    (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_of, has_aux=True))(new_tok)
     np.testing.assert_allclose(loss, -expected_surrogate.mean(), rtol=1e-6)
     np.testing.assert_allclose(metrics["clip_fraction"], 4 / 5)
     # Clipped samples give no gradient; the others give -ratio * A / N (d ratio / d logp = ratio).
@@ -154,11 +154,12 @@ def test_optimizer_clips_then_runs_adam_with_cosine_decay():
     optimizer = ppo_optimizer(cfg, total_steps=total)
     params = jnp.zeros(2)
     state = optimizer.init(params)
+    step_fn = jax.jit(optimizer.update)
     grads = [np.array([100.0, 0.0]), np.array([0.001, 0.0]), np.array([0.0, 3.0]), np.array([0.002, -0.004])]
     m = v = np.zeros(2)
     expected_params = np.zeros(2)
     for step, g in enumerate(grads):
-        updates, state = optimizer.update(jnp.asarray(g, jnp.float32), state, params)
+        updates, state = step_fn(jnp.asarray(g, jnp.float32), state, params)
         params = optax.apply_updates(params, updates)
         g = g * min(1.0, 0.01 / np.linalg.norm(g))
         m = 0.9 * m + 0.1 * g

@@ -256,6 +256,13 @@ def test_ppo_update_matches_python_loop_and_reduces_the_loss():
         assert np.isfinite(metrics[key]), key
     assert full_buffer_loss(state.params, buffer, cfg) < full_buffer_loss(params, buffer, cfg) - 1e-3
 
+    # The same update with the buffer sharded over 2 host devices along N (data parallel) gives the same params.
+    mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:2])
+    sharded = jax.device_put(buffer, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    sharded_state, _ = update(init_train_state(params, optimizer), sharded, rng)
+    for name in params:
+        np.testing.assert_allclose(sharded_state.params[name], state.params[name], rtol=1e-5, atol=1e-7)
+
 
 def test_ppo_update_rejects_an_incomplete_buffer_or_an_uneven_minibatch():
     params, buffer = toy_buffer_and_params()

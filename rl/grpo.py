@@ -73,13 +73,12 @@ def group_advantages(rewards: jax.Array, config: GRPOConfig) -> jax.Array:
     """(G, n) advantages from (G, n) rewards: centred by the group mean, and divided by the group's
     Bessel-corrected std + eps unless dr_grpo. A group whose rewards are all equal gets advantages 0."""
     rewards = jnp.asarray(rewards, jnp.float32)
-    if rewards.ndim != 2:
-        raise ValueError(f"group_advantages expects rewards of shape (groups, group_size), got {rewards.shape}.")
+    if rewards.ndim != 2 or rewards.shape[1] != config.group_size:
+        raise ValueError(f"group_advantages expects rewards of shape (groups, group_size={config.group_size}), got "
+                         f"{rewards.shape}; reshape them to (-1, group_size) or set GRPOConfig.group_size.")
     centred = rewards - jnp.mean(rewards, axis=1, keepdims=True)
     if config.dr_grpo:
         return centred
-    if rewards.shape[1] < 2:
-        raise ValueError("group_advantages needs at least 2 responses per group to divide by the group std.")
     return centred / (jnp.std(rewards, axis=1, ddof=1, keepdims=True) + config.eps)
 
 

@@ -21,6 +21,8 @@ def test_group_advantages_match_numpy():
     expected = np.array([(row - row.mean()) / (row.std(ddof=1) + 1e-6) for row in rewards.astype(np.float64)])
     np.testing.assert_allclose(group_advantages(rewards, cfg), expected, rtol=1e-5, atol=1e-6)
     assert np.all(np.asarray(group_advantages(rewards, cfg))[1] == 0.0)
+    with pytest.raises(ValueError, match="group_size=3"):
+        group_advantages(rewards, GRPOConfig(group_size=3))
     dr = group_advantages(rewards, GRPOConfig(group_size=4, dr_grpo=True))
     np.testing.assert_allclose(dr, rewards - rewards.mean(axis=1, keepdims=True), rtol=1e-6)
 

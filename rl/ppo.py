@@ -73,6 +73,9 @@ class PPOConfig:
             raise ValueError(f"PPOConfig.kl_mode must be None, 'k1_reward' or 'k3_loss', got {self.kl_mode!r}.")
         if self.clip_eps <= 0 or (self.value_clip_eps is not None and self.value_clip_eps <= 0):
             raise ValueError("PPOConfig.clip_eps and value_clip_eps must be positive (value_clip_eps may be None).")
+        if not 0.0 < self.final_learning_rate <= self.learning_rate:
+            raise ValueError(f"PPOConfig needs 0 < final_learning_rate <= learning_rate, got "
+                             f"{self.final_learning_rate} and {self.learning_rate}.")
         if self.epochs < 1 or self.minibatch_size < 1:
             raise ValueError(f"PPOConfig.epochs and minibatch_size must be at least 1, got {self.epochs}, "
                              f"{self.minibatch_size}.")
@@ -194,14 +197,39 @@ def normalize_buffer_advantages(advantages: jax.Array, valid: jax.Array, config:
 
 
 def ppo_optimizer(config: PPOConfig, total_steps: int) -> optax.GradientTransformation:
-    """The paper's optimizer: global-norm clipping to max_grad_norm, then Adam (eps adam_eps) whose learning rate
-    decays along a cosine from learning_rate to final_learning_rate over `total_steps` optimizer steps (one per
-    minibatch; see `optimizer_steps_per_update`). The learning rate is an `inject_hyperparams` state entry, so a
-    sweep can read or override it without retracing."""
-    schedule = optax.cosine_decay_schedule(init_value=config.learning_rate, decay_steps=max(int(total_steps), 1),
-                                           alpha=config.final_learning_rate / config.learning_rate)
+    """The paper's optimizer: global-norm clipping to max_grad_norm, then Adam (eps adam_eps) at learning_rate,
+    then a cosine factor decaying from 1 to final_learning_rate / learning_rate over `total_steps` optimizer steps
+    (one per minibatch; see `optimizer_steps_per_update`).
+
+    The peak learning rate is `inject_hyperparams` state, not a constant of the compiled program: read it with
+    `peak_learning_rate(opt_state)` and change it with `with_peak_learning_rate(opt_state, lr)` (a sweep can
+    even vmap an update over learning rates) without retracing."""
+    if total_steps < 1:
+        raise ValueError(f"ppo_optimizer needs total_steps >= 1 optimizer steps, got {total_steps}.")
+    decay = optax.cosine_decay_schedule(init_value=1.0, decay_steps=int(total_steps),
+                                        alpha=config.final_learning_rate / config.learning_rate)
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
-                       optax.inject_hyperparams(optax.adam)(learning_rate=schedule, eps=config.adam_eps))
+                       optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate, eps=config.adam_eps),
+                       optax.scale_by_schedule(decay))
+
+
+_ADAM_INDEX = 1  # position of the injected Adam in ppo_optimizer's chain
+
+
+def peak_learning_rate(opt_state: Any) -> jax.Array:
+    """The (undecayed) learning rate held in a `ppo_optimizer` state."""
+    return opt_state[_ADAM_INDEX].hyperparams["learning_rate"]
+
+
+def with_peak_learning_rate(opt_state: Any, learning_rate: float | jax.Array) -> Any:
+    """A copy of a `ppo_optimizer` state whose peak learning rate is `learning_rate` (the cosine factor and the
+    Adam moments are kept)."""
+    adam_state = opt_state[_ADAM_INDEX]
+    current = adam_state.hyperparams["learning_rate"]
+    hyperparams = dict(adam_state.hyperparams, learning_rate=jnp.asarray(learning_rate, current.dtype))
+    states = list(opt_state)
+    states[_ADAM_INDEX] = adam_state._replace(hyperparams=hyperparams)
+    return tuple(states)  # optax.chain's state is a plain tuple
 
 
 def optimizer_steps_per_update(num_transitions: int, config: PPOConfig) -> int:

@@ -10,7 +10,8 @@ import optax
 import pytest
 
 from rl.ppo import (PPOConfig, answer_key_token_weights, kl_penalized_rewards, optimizer_steps_per_update,
-                    ppo_loss, ppo_optimizer, ppo_update, sequence_logprob)
+                    peak_learning_rate, ppo_loss, ppo_optimizer, ppo_update, sequence_logprob,
+                    with_peak_learning_rate)
 from rl.update import init_train_state
 
 ppo_loss_jit = jax.jit(ppo_loss, static_argnames="config")
@@ -168,6 +169,14 @@ def test_optimizer_clips_then_runs_adam_with_cosine_decay():
         expected_params = expected_params - lr * (m / (1 - 0.9 ** (step + 1))) / (
             np.sqrt(v / (1 - 0.999 ** (step + 1))) + 1e-7)
     np.testing.assert_allclose(params, expected_params, rtol=1e-4, atol=1e-13)
+
+    # The peak learning rate is state: doubling it doubles the next step (same moments, same cosine factor).
+    assert float(peak_learning_rate(state)) == pytest.approx(1e-6)
+    g = jnp.asarray([0.003, -0.001], jnp.float32)
+    single, _ = step_fn(g, state, params)
+    double, doubled_state = step_fn(g, with_peak_learning_rate(state, 2e-6), params)
+    np.testing.assert_allclose(double, 2 * np.asarray(single), rtol=1e-6)
+    assert float(peak_learning_rate(doubled_state)) == pytest.approx(2e-6)
     assert optimizer_steps_per_update(256, PPOConfig(minibatch_size=64)) == 16
 
 

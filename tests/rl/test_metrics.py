@@ -58,13 +58,17 @@ def test_pass_at_k_properties(case):
 
 
 def test_curve_averages_problems_and_drops_k_above_the_smallest_n():
-    ns = [256, 256, 200, 256]
-    cs = [0, 3, 50, 256]
-    kept, values = pass_at_k_curve(ns, cs, [1, 8, 64, 200, 256])
-    np.testing.assert_array_equal(kept, [1, 8, 64, 200])
+    ns = [256, 256, 200, 256, 72]
+    cs = [0, 3, 50, 256, 8]          # the last problem has n - c = 64 = k exactly
+    kept, values = pass_at_k_curve(ns, cs, [64, 1, 8, 72, 200, 256])
+    np.testing.assert_array_equal(kept, [1, 8, 64, 72])
     for k, value in zip(kept, values):
         expected = np.mean([float(exact_pass_at_k(n, c, int(k))) for n, c in zip(ns, cs)])
         assert value == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    kept, values = pass_at_k_curve([5, 6], [2, 1], range(1, 7))   # n - c = k at k = 3 and k = 5
+    np.testing.assert_array_equal(kept, [1, 2, 3, 4, 5])
+    expected = [np.mean([float(exact_pass_at_k(n, c, k)) for n, c in ((5, 2), (6, 1))]) for k in kept]
+    np.testing.assert_allclose(values, expected, rtol=1e-12)
     with pytest.raises(ValueError, match="0 <= c <= n"):
         pass_at_k_curve([4], [5], [1])
 

@@ -1,0 +1,161 @@
+"""GRPO: critic-free policy optimisation with group-normalised outcome rewards (the RL of "Quagmires in SFT-RL
+Post-Training"), with the Dr. GRPO variant.
+
+Axes: G groups (prompts), n responses per group (the group size), N = G * n flattened responses (row-major:
+response j of group g is row g * n + j), S response tokens (padded; `response_mask` marks the model's tokens).
+
+    A_gj = (r_gj - mean_j r_g) / (std_j r_g + eps)        (std Bessel-corrected, as verl/TRL)
+    Dr. GRPO: A_gj = r_gj - mean_j r_g,  and the token loss is summed per sequence and divided by a constant
+    rho_t = exp(log pi(o_t) - log pi_old(o_t)) per token; per-token loss -min(rho_t A, clip(rho_t) A) + beta k3_t
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rl.masked import masked_count, masked_mean
+from rl.ppo import k3_kl
+from rl.update import TrainState, minibatch_update
+
+Aggregation = Literal["token_mean", "sequence_mean", "token_sum_norm"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """GRPO hyperparameters.
+
+    group_size: responses per prompt (n >= 2). eps: added to the group std (verl 1e-6; TRL 1e-4).
+    dr_grpo: Dr. GRPO (no std division, no per-sequence length normalisation: aggregation "token_sum_norm").
+    aggregation: how per-token losses become one number: "token_mean" (all tokens of the minibatch weigh the same;
+    verl's default, TRL's "dapo"), "sequence_mean" (mean over each response's tokens, then over responses: the
+    original GRPO), "token_sum_norm" (sum over all tokens / (responses * norm_length): Dr. GRPO, TRL "dr_grpo").
+    None = "token_mean", or "token_sum_norm" under dr_grpo. norm_length: the constant of "token_sum_norm"; None
+    = the padded response length S. clip_eps / clip_eps_high: the ratio clip range [1 - clip_eps,
+    1 + clip_eps_high] (clip_eps_high None = clip_eps; DAPO raises it). kl_coef: weight of the per-token k3 KL
+    to a reference policy (needs reference log-probs; 0 = off, as verl/TRL). epochs / minibatch_size: passes and
+    responses per gradient step of `grpo_update`.
+    """
+
+    group_size: int = 8
+    eps: float = 1e-6
+    dr_grpo: bool = False
+    aggregation: Aggregation | None = None
+    norm_length: int | None = None
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None
+    kl_coef: float = 0.0
+    epochs: int = 1
+    minibatch_size: int = 64
+
+    def __post_init__(self):
+        if self.aggregation not in (None, "token_mean", "sequence_mean", "token_sum_norm"):
+            raise ValueError(f"GRPOConfig.aggregation must be 'token_mean', 'sequence_mean', 'token_sum_norm' or "
+                             f"None, got {self.aggregation!r}.")
+        if self.dr_grpo and self.aggregation == "sequence_mean":
+            raise ValueError("GRPOConfig: dr_grpo removes the per-sequence length normalisation, so it cannot use "
+                             "aggregation='sequence_mean'; leave aggregation None or pick another.")
+        if self.group_size < 2 and not self.dr_grpo:
+            raise ValueError(f"GRPOConfig.group_size must be at least 2 for a group std, got {self.group_size}.")
+
+    @property
+    def loss_aggregation(self) -> Aggregation:
+        if self.aggregation is not None:
+            return self.aggregation
+        return "token_sum_norm" if self.dr_grpo else "token_mean"
+
+
+def group_advantages(rewards: jax.Array, config: GRPOConfig) -> jax.Array:
+    """(G, n) advantages from (G, n) rewards: centred by the group mean, and divided by the group's
+    Bessel-corrected std + eps unless dr_grpo. A group whose rewards are all equal gets advantages 0."""
+    rewards = jnp.asarray(rewards, jnp.float32)
+    if rewards.ndim != 2 or rewards.shape[1] != config.group_size:
+        raise ValueError(f"group_advantages expects rewards of shape (groups, group_size={config.group_size}), got "
+                         f"{rewards.shape}; reshape them to (-1, group_size) or set GRPOConfig.group_size.")
+    centred = rewards - jnp.mean(rewards, axis=1, keepdims=True)
+    if config.dr_grpo:
+        return centred
+    return centred / (jnp.std(rewards, axis=1, ddof=1, keepdims=True) + config.eps)
+
+
+def aggregate_token_loss(token_loss: jax.Array, token_mask: jax.Array, config: GRPOConfig) -> jax.Array:
+    """One scalar from (N, S) per-token losses under the (N, S) mask, per config.loss_aggregation."""
+    token_loss = jnp.where(token_mask, token_loss, 0.0)
+    mode = config.loss_aggregation
+    if mode == "token_mean":
+        return jnp.sum(token_loss) / jnp.maximum(masked_count(token_mask), 1.0)
+    if mode == "sequence_mean":
+        lengths = jnp.sum(jnp.asarray(token_mask, jnp.float32), axis=-1)
+        has_tokens = lengths > 0
+        per_sequence = jnp.sum(token_loss, axis=-1) / jnp.maximum(lengths, 1.0)
+        return masked_mean(per_sequence, has_tokens)
+    norm_length = token_loss.shape[-1] if config.norm_length is None else config.norm_length
+    return jnp.sum(token_loss) / (token_loss.shape[0] * norm_length)
+
+
+def grpo_loss(new_token_logprobs: jax.Array, old_token_logprobs: jax.Array, advantages: jax.Array,
+              response_mask: jax.Array, config: GRPOConfig, *,
+              ref_token_logprobs: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The GRPO loss of N responses and its metrics.
+
+    new_token_logprobs, old_token_logprobs (N, S): current and sampling-time token log-probs; advantages (N,)
+    (from `group_advantages`, flattened); response_mask (N, S); ref_token_logprobs (N, S), needed when kl_coef > 0.
+    """
+    if config.kl_coef != 0.0 and ref_token_logprobs is None:
+        raise ValueError("GRPOConfig.kl_coef is non-zero but no reference token log-probs were given "
+                         "(buffer key 'ref_token_logprobs', shape (N, S)).")
+    token_mask = jnp.asarray(response_mask, bool)
+    advantages = jax.lax.stop_gradient(advantages)[:, None]
+    log_ratio = jnp.clip(new_token_logprobs - old_token_logprobs, -20.0, 20.0)
+    ratio = jnp.exp(log_ratio)
+    clip_high = config.clip_eps if config.clip_eps_high is None else config.clip_eps_high
+    clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + clip_high)
+    policy_token_loss = -jnp.minimum(ratio * advantages, clipped_ratio * advantages)
+    policy_loss = aggregate_token_loss(policy_token_loss, token_mask, config)
+    loss = policy_loss
+
+    ratio_sg = jax.lax.stop_gradient(ratio)
+    metrics = {
+        "policy_loss": policy_loss,
+        "clip_fraction": masked_mean((ratio_sg < 1.0 - config.clip_eps) | (ratio_sg > 1.0 + clip_high),
+                                     token_mask),
+        "approx_kl": masked_mean((ratio_sg - 1.0) - jax.lax.stop_gradient(log_ratio), token_mask),
+        "ratio": masked_mean(ratio_sg, token_mask),
+        "response_tokens": masked_count(token_mask),
+    }
+    if config.kl_coef != 0.0:
+        kl_tokens = k3_kl(new_token_logprobs, ref_token_logprobs)
+        kl_loss = aggregate_token_loss(kl_tokens, token_mask, config)
+        loss = loss + config.kl_coef * kl_loss
+        metrics["kl_k3"] = jax.lax.stop_gradient(masked_mean(kl_tokens, token_mask))
+    return loss, metrics
+
+
+TokenLogprobFn = Callable[[Any, Any], jax.Array]
+
+REQUIRED_BUFFER_KEYS = ("old_token_logprobs", "advantages", "response_mask")
+
+
+def grpo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array, *, logprob_fn: TokenLogprobFn,
+                optimizer: optax.GradientTransformation,
+                config: GRPOConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One GRPO update: config.epochs passes of shuffled minibatches of config.minibatch_size responses.
+
+    buffer: dict with leading axis N: "old_token_logprobs" (N, S), "advantages" (N,) (group_advantages,
+    flattened), "response_mask" (N, S), optionally "ref_token_logprobs" (N, S), plus what `logprob_fn` reads.
+    logprob_fn(params, minibatch) -> token_logprobs (n, S). Jit with logprob_fn, optimizer and config static.
+    """
+    missing = [key for key in REQUIRED_BUFFER_KEYS if key not in buffer]
+    if missing:
+        raise ValueError(f"the GRPO buffer lacks {missing}; build it with these keys: {list(REQUIRED_BUFFER_KEYS)}.")
+
+    def loss_fn(params, minibatch):
+        return grpo_loss(logprob_fn(params, minibatch), minibatch["old_token_logprobs"], minibatch["advantages"],
+                         minibatch["response_mask"], config, ref_token_logprobs=minibatch.get("ref_token_logprobs"))
+
+    return minibatch_update(train_state, buffer, rng, loss_fn=loss_fn, optimizer=optimizer, epochs=config.epochs,
+                            minibatch_size=config.minibatch_size)

@@ -1,0 +1,271 @@
+"""PPO with a value head for whole-response actions: sequence log-probs, the clipped losses, KL shaping, the
+optimizer of the paper and the update (epochs x shuffled minibatches).
+
+An action is a whole response, so the policy ratio is taken on the sequence log-prob
+log pi(a|s) = sum_s w_s * log pi(token_s | ...) over the response tokens (weights w default to 1; the reference
+weights the tokens before the answer key by 0.5, see `answer_key_token_weights`).
+
+Axes: N transitions (flattened B x T rollout transitions, or one minibatch of them), S response tokens (padded;
+`response_mask` marks the model's own tokens). Per-transition arrays are (N,), per-token arrays (N, S); `valid`
+(N,) marks real transitions (padding slots of the rollout are excluded from every mean).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rl.gae import GAEConfig
+from rl.masked import masked_count, masked_mean, masked_normalize, masked_var
+from rl.update import TrainState, buffer_size, minibatch_update
+
+KLMode = Literal["k1_reward", "k3_loss"]
+AdvantageNormalization = Literal["buffer", "minibatch", "none"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters; defaults are the paper's (reference protocol, "Training") where it gives them.
+
+    clip_eps: ratio clip (paper 0.1). value_clip_eps: clip of the value change around the rollout value (the
+    reference clips the value with the same 0.1; None = unclipped value loss). vf_coef: value-loss weight (0.5).
+    advantage_normalization: "buffer" (the reference: mean/std over the whole rollout before the epochs),
+    "minibatch" (per minibatch, as Stable-Baselines3) or "none"; advantage_eps is added to the std.
+    entropy_coef: entropy bonus (paper 0; needs policy_fn to return per-token entropy).
+    kl_mode / kl_coef: no KL (paper), "k1_reward" (subtract kl_coef * (log pi - log pi_ref) from each transition's
+    reward, see `kl_penalized_rewards`) or "k3_loss" (add kl_coef * k3 per token to the loss; needs
+    `ref_token_logprobs` in the buffer). max_grad_norm: global-norm clipping in the optimizer (0.01).
+    epochs / minibatch_size: passes over the buffer and transitions per gradient step. learning_rate,
+    final_learning_rate, adam_eps: Adam with cosine decay from 1e-6 to 1e-9 over the run, eps 1e-7.
+    answer_key_weight: weight of the tokens before the answer key in the sequence log-prob (reference 0.5, a
+    legacy coefficient; 1.0 = the true log-prob); used by `answer_key_token_weights`.
+    max_log_ratio: the sequence log-ratio is clamped to +-max_log_ratio before exp (a long response's log-ratio
+    can be large; an unclamped exp overflows to inf and the gradient to NaN).
+    """
+
+    clip_eps: float = 0.1
+    value_clip_eps: float | None = 0.1
+    vf_coef: float = 0.5
+    advantage_normalization: AdvantageNormalization = "buffer"
+    advantage_eps: float = 1e-5
+    entropy_coef: float = 0.0
+    kl_mode: KLMode | None = None
+    kl_coef: float = 0.0
+    max_grad_norm: float = 0.01
+    epochs: int = 4
+    minibatch_size: int = 64
+    learning_rate: float = 1e-6
+    final_learning_rate: float = 1e-9
+    adam_eps: float = 1e-7
+    answer_key_weight: float = 1.0
+    max_log_ratio: float = 20.0
+    gae: GAEConfig = GAEConfig()
+
+    def __post_init__(self):
+        if self.advantage_normalization not in ("buffer", "minibatch", "none"):
+            raise ValueError(f"PPOConfig.advantage_normalization must be 'buffer', 'minibatch' or 'none', got "
+                             f"{self.advantage_normalization!r}.")
+        if self.kl_mode not in (None, "k1_reward", "k3_loss"):
+            raise ValueError(f"PPOConfig.kl_mode must be None, 'k1_reward' or 'k3_loss', got {self.kl_mode!r}.")
+        if self.clip_eps <= 0 or (self.value_clip_eps is not None and self.value_clip_eps <= 0):
+            raise ValueError("PPOConfig.clip_eps and value_clip_eps must be positive (value_clip_eps may be None).")
+        if not 0.0 < self.final_learning_rate <= self.learning_rate:
+            raise ValueError(f"PPOConfig needs 0 < final_learning_rate <= learning_rate, got "
+                             f"{self.final_learning_rate} and {self.learning_rate}.")
+        if self.epochs < 1 or self.minibatch_size < 1:
+            raise ValueError(f"PPOConfig.epochs and minibatch_size must be at least 1, got {self.epochs}, "
+                             f"{self.minibatch_size}.")
+
+
+def sequence_logprob(token_logprobs: jax.Array, response_mask: jax.Array,
+                     token_weights: jax.Array | None = None) -> jax.Array:
+    """(N,) log-prob of each whole response: the (weighted) sum of its (N, S) token log-probs under the mask."""
+    weighted = token_logprobs if token_weights is None else token_logprobs * token_weights
+    return jnp.sum(jnp.where(response_mask, weighted, 0.0), axis=-1)
+
+
+def answer_key_token_weights(answer_start: jax.Array, response_mask: jax.Array, weight: float) -> jax.Array:
+    """(N, S) float32 weights: `weight` for response positions before `answer_start` (N,), 1 from there on, 0 off
+    the mask. The caller finds answer_start (the first token of the answer key, e.g. "formula"/"action", S if
+    absent) from its own token ids; this function only does the arithmetic."""
+    positions = jnp.arange(response_mask.shape[-1])[None, :]
+    weights = jnp.where(positions < jnp.asarray(answer_start)[:, None], weight, 1.0)
+    return jnp.where(response_mask, weights, 0.0).astype(jnp.float32)
+
+
+def kl_penalized_rewards(rewards: jax.Array, seq_logprob: jax.Array, ref_seq_logprob: jax.Array,
+                         kl_coef: float, valid: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """k1 KL shaping in the reward: r - kl_coef * (log pi(a|s) - log pi_ref(a|s)) per transition (any shape, e.g.
+    (B, T)), before GAE. Returns the shaped rewards and {"kl_k1": mean k1 over valid transitions}."""
+    kl = seq_logprob - ref_seq_logprob
+    valid = jnp.ones(jnp.shape(rewards), bool) if valid is None else valid
+    shaped = jnp.where(valid, rewards - kl_coef * kl, rewards)
+    return shaped, {"kl_k1": masked_mean(kl, valid)}
+
+
+def k3_kl(logprobs: jax.Array, ref_logprobs: jax.Array) -> jax.Array:
+    """Per-entry k3 estimate of KL(pi || pi_ref) = exp(ref - logp) - (ref - logp) - 1 >= 0, from samples of pi.
+    The log-ratio is clamped to [-20, 20] and the estimate to at most 10 (as verl's "low_var_kl")."""
+    log_ratio = jnp.clip(ref_logprobs - logprobs, -20.0, 20.0)
+    return jnp.minimum(jnp.exp(log_ratio) - log_ratio - 1.0, 10.0)
+
+
+def explained_variance(predictions: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """1 - Var(targets - predictions) / Var(targets) over the mask; 0 when the targets do not vary."""
+    target_var = masked_var(targets, mask)
+    residual_var = masked_var(targets - predictions, mask)
+    return jnp.where(target_var > 0, 1.0 - residual_var / jnp.where(target_var > 0, target_var, 1.0), 0.0)
+
+
+def ppo_loss(new_token_logprobs: jax.Array, old_seq_logprob: jax.Array, advantages: jax.Array,
+             new_values: jax.Array, old_values: jax.Array, returns: jax.Array, response_mask: jax.Array,
+             valid: jax.Array, config: PPOConfig, *, token_weights: jax.Array | None = None,
+             entropy: jax.Array | None = None,
+             ref_token_logprobs: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The PPO loss of one minibatch of N transitions, and its metrics.
+
+    new_token_logprobs (N, S): the current policy's token log-probs of the sampled responses; old_seq_logprob
+    (N,): the rollout policy's sequence log-probs (same weights); advantages, new_values, old_values, returns
+    (N,); response_mask (N, S); valid (N,); token_weights (N, S) or None; entropy (N, S) per-token entropy or
+    None; ref_token_logprobs (N, S), needed for kl_mode "k3_loss".
+
+    loss = policy_loss + vf_coef * value_loss - entropy_coef * entropy + [kl_coef * k3]
+    policy_loss = -mean(min(rho * A, clip(rho, 1 - eps, 1 + eps) * A)), rho = exp(log pi - log pi_old) per
+    sequence; value_loss = 0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)).
+    """
+    if entropy is None and config.entropy_coef != 0.0:
+        raise ValueError("PPOConfig.entropy_coef is non-zero but no per-token entropy was given; make policy_fn "
+                         "return it or set entropy_coef=0.")
+    if config.kl_mode == "k3_loss" and ref_token_logprobs is None:
+        raise ValueError("PPOConfig.kl_mode='k3_loss' needs reference token log-probs "
+                         "(buffer key 'ref_token_logprobs', shape (N, S)).")
+    valid = jnp.asarray(valid, bool)
+    token_mask = jnp.logical_and(response_mask, valid[:, None])
+    advantages = jax.lax.stop_gradient(advantages)
+    if config.advantage_normalization == "minibatch":
+        advantages = masked_normalize(advantages, valid, eps=config.advantage_eps)
+
+    new_seq_logprob = sequence_logprob(new_token_logprobs, response_mask, token_weights)
+    log_ratio = jnp.clip(new_seq_logprob - old_seq_logprob, -config.max_log_ratio, config.max_log_ratio)
+    ratio = jnp.exp(log_ratio)
+    clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
+    surrogate = jnp.minimum(ratio * advantages, clipped_ratio * advantages)
+    policy_loss = -masked_mean(surrogate, valid)
+
+    value_error = jnp.square(new_values - returns)
+    if config.value_clip_eps is not None:
+        clipped_values = old_values + jnp.clip(new_values - old_values, -config.value_clip_eps,
+                                               config.value_clip_eps)
+        value_error = jnp.maximum(value_error, jnp.square(clipped_values - returns))
+    value_loss = 0.5 * masked_mean(value_error, valid)
+
+    loss = policy_loss + config.vf_coef * value_loss
+    ratio_sg = jax.lax.stop_gradient(ratio)
+    log_ratio_sg = jax.lax.stop_gradient(log_ratio)
+    metrics = {
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "clip_fraction": masked_mean(jnp.abs(ratio_sg - 1.0) > config.clip_eps, valid),
+        # Schulman's k3 estimate of KL(pi_old || pi) on the sequence ratio: E[(rho - 1) - log rho].
+        "approx_kl": masked_mean((ratio_sg - 1.0) - log_ratio_sg, valid),
+        "ratio": masked_mean(ratio_sg, valid),
+        "explained_variance": explained_variance(jax.lax.stop_gradient(new_values), returns, valid),
+        "value_mean": masked_mean(jax.lax.stop_gradient(new_values), valid),
+        "transitions": masked_count(valid),
+    }
+    if entropy is not None:
+        mean_entropy = masked_mean(entropy, token_mask)
+        loss = loss - config.entropy_coef * mean_entropy
+        metrics["entropy"] = jax.lax.stop_gradient(mean_entropy)
+
+    if config.kl_mode == "k3_loss":
+        kl = masked_mean(k3_kl(new_token_logprobs, ref_token_logprobs), token_mask)
+        loss = loss + config.kl_coef * kl
+        metrics["kl_k3"] = jax.lax.stop_gradient(kl)
+    return loss, metrics
+
+
+def normalize_buffer_advantages(advantages: jax.Array, valid: jax.Array, config: PPOConfig) -> jax.Array:
+    """Buffer-level normalisation (the reference's choice: Bessel-corrected std + eps) when the config asks for it."""
+    if config.advantage_normalization != "buffer":
+        return advantages
+    return masked_normalize(advantages, valid, eps=config.advantage_eps)
+
+
+def ppo_optimizer(config: PPOConfig, total_steps: int) -> optax.GradientTransformation:
+    """The paper's optimizer: global-norm clipping to max_grad_norm, then Adam (eps adam_eps) at learning_rate,
+    then a cosine factor decaying from 1 to final_learning_rate / learning_rate over `total_steps` optimizer steps
+    (one per minibatch; see `optimizer_steps_per_update`).
+
+    The peak learning rate is `inject_hyperparams` state, not a constant of the compiled program: read it with
+    `peak_learning_rate(opt_state)` and change it with `with_peak_learning_rate(opt_state, lr)` (a sweep can
+    even vmap an update over learning rates) without retracing."""
+    if total_steps < 1:
+        raise ValueError(f"ppo_optimizer needs total_steps >= 1 optimizer steps, got {total_steps}.")
+    decay = optax.cosine_decay_schedule(init_value=1.0, decay_steps=int(total_steps),
+                                        alpha=config.final_learning_rate / config.learning_rate)
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
+                       optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate, eps=config.adam_eps),
+                       optax.scale_by_schedule(decay))
+
+
+_ADAM_INDEX = 1  # position of the injected Adam in ppo_optimizer's chain
+
+
+def peak_learning_rate(opt_state: Any) -> jax.Array:
+    """The (undecayed) learning rate held in a `ppo_optimizer` state."""
+    return opt_state[_ADAM_INDEX].hyperparams["learning_rate"]
+
+
+def with_peak_learning_rate(opt_state: Any, learning_rate: float | jax.Array) -> Any:
+    """A copy of a `ppo_optimizer` state whose peak learning rate is `learning_rate` (the cosine factor and the
+    Adam moments are kept)."""
+    adam_state = opt_state[_ADAM_INDEX]
+    current = adam_state.hyperparams["learning_rate"]
+    hyperparams = dict(adam_state.hyperparams, learning_rate=jnp.asarray(learning_rate, current.dtype))
+    states = list(opt_state)
+    states[_ADAM_INDEX] = adam_state._replace(hyperparams=hyperparams)
+    return tuple(states)  # optax.chain's state is a plain tuple
+
+
+def optimizer_steps_per_update(num_transitions: int, config: PPOConfig) -> int:
+    """Gradient steps that one `ppo_update` over `num_transitions` takes: epochs x minibatches."""
+    return config.epochs * (num_transitions // config.minibatch_size)
+
+
+PolicyFn = Callable[[Any, Any], tuple[jax.Array, jax.Array, jax.Array | None]]
+
+REQUIRED_BUFFER_KEYS = ("old_logprob", "advantages", "returns", "old_values", "response_mask", "valid")
+
+
+def ppo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array, *, policy_fn: PolicyFn,
+               optimizer: optax.GradientTransformation,
+               config: PPOConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One PPO update: `config.epochs` passes of shuffled minibatches of `config.minibatch_size` transitions.
+
+    buffer: a dict of arrays with leading axis N: "old_logprob" (N,) sequence log-probs at rollout time,
+    "advantages" (N,) (raw GAE; normalised here per the config), "returns" (N,), "old_values" (N,),
+    "response_mask" (N, S), "valid" (N,) bool, optionally "token_weights" (N, S) and "ref_token_logprobs" (N, S),
+    plus whatever `policy_fn` reads (token ids, attention masks, pixel values ...).
+    policy_fn(params, minibatch) -> (token_logprobs (n, S), values (n,), entropy (n, S) or None) for a minibatch
+    of n = minibatch_size transitions. Jit with policy_fn, optimizer and config static.
+    """
+    missing = [key for key in REQUIRED_BUFFER_KEYS if key not in buffer]
+    if missing:
+        raise ValueError(f"the PPO buffer lacks {missing}; build it with these keys: {list(REQUIRED_BUFFER_KEYS)}.")
+    buffer_size(buffer)
+    buffer = dict(buffer, advantages=normalize_buffer_advantages(buffer["advantages"], buffer["valid"], config))
+
+    def loss_fn(params, minibatch):
+        token_logprobs, values, entropy = policy_fn(params, minibatch)
+        return ppo_loss(token_logprobs, minibatch["old_logprob"], minibatch["advantages"], values,
+                        minibatch["old_values"], minibatch["returns"], minibatch["response_mask"],
+                        minibatch["valid"], config, token_weights=minibatch.get("token_weights"),
+                        entropy=entropy, ref_token_logprobs=minibatch.get("ref_token_logprobs"))
+
+    return minibatch_update(train_state, buffer, rng, loss_fn=loss_fn, optimizer=optimizer, epochs=config.epochs,
+                            minibatch_size=config.minibatch_size)

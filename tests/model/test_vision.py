@@ -202,6 +202,13 @@ def test_import_streams_leaves_through_place(ref):
         np.asarray(stacked[2]), ref.tensors["vision_model.transformer.layers.2.self_attn.q_proj.weight"].T)
 
 
+@pytest.mark.parametrize("name", ["multi_modal_projector.weight", "vision_model.transformer.layers.1.mlp.fc1.weight"])
+def test_import_rejects_a_transposed_tensor(ref, name):
+    bad = dict(ref.tensors, **{name: ref.tensors[name].T})
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        vision_params_from_hf(bad.__getitem__, ref.config, lambda path, array: array)
+
+
 def test_bf16_is_finite_and_close_to_fp32(ref):
     pixels, ids, mask = _inputs("batch_with_padding_image", seed=2)
     fp32 = np.asarray(_encode(ref.params, ref.config, pixels, ids, mask))

@@ -112,7 +112,7 @@ def _maybe_remat(fn, remat: str):
     return jax.checkpoint(fn, policy=_REMAT_POLICIES[remat])
 
 
-def _run_local_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: ModelConfig
+def run_local_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: ModelConfig
                       ) -> tuple[jax.Array, jax.Array]:
     """Scan the local layers; also collect the hidden states named by `intermediate_layers_indices`.
 
@@ -151,7 +151,7 @@ def _run_local_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: 
     return x, buffer[jnp.asarray(first_slot, jnp.int32)]
 
 
-def _run_global_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: ModelConfig) -> jax.Array:
+def run_global_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: ModelConfig) -> jax.Array:
     layer_fn = _maybe_remat(lambda h, layer: encoder_layer(h, layer, invalid, config.vision), config.remat)
     x, _ = jax.lax.scan(lambda h, layer: (layer_fn(h, layer), None), x, layers)
     return x
@@ -209,10 +209,10 @@ def vision_encoder(params: Params, config: ModelConfig, pixel_values: jax.Array,
     token_real = (jnp.arange(q) < p)[None, None, :]
     invalid = ~(tile_valid & token_real).reshape(bi, t * q)
 
-    x, intermediates = _run_local_layers(x, enc["transformer"], invalid, config)
+    x, intermediates = run_local_layers(x, enc["transformer"], invalid, config)
     x = layer_norm(x, enc["layernorm_post"], vision.norm_eps)
     x = _tile_embedding(x.reshape(bi, t, q, d), enc["post_tile_positional_embedding"], ar_ids)
-    x = _run_global_layers(x.reshape(bi, t * q, d), enc["global_transformer"], invalid, config)
+    x = run_global_layers(x.reshape(bi, t * q, d), enc["global_transformer"], invalid, config)
 
     m = intermediates.shape[0]
     intermediates = jnp.moveaxis(intermediates, 0, -1).reshape(bi, t, q, d * m)  # channel-major: d * M + m
@@ -370,5 +370,5 @@ from model.vision_hf import vision_params_from_hf, vision_params_to_hf  # noqa: 
 __all__ = [
     "encode_images", "vision_encoder", "project", "init_vision_params", "vision_logical_axes",
     "vision_param_shapes", "vision_params_from_hf", "vision_params_to_hf", "padded_tile_length",
-    "encoder_layer", "layer_norm",
+    "encoder_layer", "layer_norm", "run_local_layers", "run_global_layers",
 ]

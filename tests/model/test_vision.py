@@ -16,8 +16,8 @@ import transformers
 from safetensors.numpy import load_file
 
 from model.config import preset, to_hf_dict
-from model.vision import (_run_local_layers, encode_images, init_vision_params, padded_tile_length, vision_logical_axes,
-                          vision_params_from_hf, vision_params_to_hf)
+from model.vision import (encode_images, init_vision_params, padded_tile_length, run_local_layers,
+                          vision_logical_axes, vision_params_from_hf, vision_params_to_hf)
 
 # name -> (aspect_ratio_ids (B, I), aspect_ratio_mask (B, I, T)); ids index the supported ratios + 1:
 # 1 (1,1), 2 (1,2), 3 (1,3), 4 (1,4), 5 (2,1), 6 (2,2), 7 (3,1), 8 (4,1); 0 = padding image.
@@ -28,6 +28,9 @@ CASES = {
     "two_images_per_sample": ([[5, 3]], [[[1, 1, 0, 0], [1, 1, 1, 0]]]),
     # the processor marks tile 0 of a padding image as used; its pixels are zeros
     "batch_with_padding_image": ([[6, 2], [8, 0]], [[[1, 1, 1, 1], [1, 1, 0, 0]], [[1, 1, 1, 1], [1, 0, 0, 0]]]),
+    # degenerate (the processor never makes it): every token invalid, so every score gets finfo.min and HF's
+    # softmax is uniform; must be finite and equal, not NaN
+    "no_tile_marked_used": ([[3]], [[[0, 0, 0, 0]]]),
 }
 
 
@@ -248,7 +251,7 @@ def test_remat_gives_the_same_gradients(ref):
     layers = ref.params["vision_encoder"]["transformer"]
 
     def loss(layers, hidden, config):
-        last, intermediates = _run_local_layers(hidden, layers, invalid, config)
+        last, intermediates = run_local_layers(hidden, layers, invalid, config)
         return jnp.mean(jnp.square(last)) + jnp.mean(jnp.sin(intermediates))
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)

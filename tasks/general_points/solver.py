@@ -5,10 +5,10 @@ parts, so the values reachable from a multiset are the union, over all splits in
 a * b, a / b, b / a for a reachable from A and b from B (all tree shapes, operators and orders). Arithmetic is in
 `fractions.Fraction`, so 8 / (3 - 8 / 3) = 24 exactly.
 
-Memoisation is per sorted value tuple: `reachable(values)` maps each reachable value to one formula reaching it.
-Whether a hand reaches the target is decided at the root without building the hand's own (large) table: for a
-split (A, B) and each a reachable from A, the value b that B would need is computed by inverting each operator
-and looked up in B's table. With 4 cards this needs the tables of sub-multisets of at most 3 values only.
+Memoisation is per sorted value tuple: `reachable(values)` maps each reachable value to one formula reaching it
+(built for at most TABLE_SIZE values). Whether a hand reaches the target is decided without building the hand's
+own (large) table: for a split (A, B) and each a reachable from A, the value b that B would need is computed by
+inverting each operator and searched in B (a table look-up, or the same search one level down).
 """
 
 from __future__ import annotations
@@ -82,35 +82,34 @@ def _needed(x: Fraction, target: Fraction):
             yield x / target, lambda fx, fb: f"{_wrap(fx)} / {_wrap(fb)}"
 
 
-def _zero_products(x: Fraction, right: dict[Fraction, str], target: Fraction):
-    """The case the inversion above cannot express: 0 * b = 0 for any b."""
-    if x == _ZERO and target == _ZERO and right:
-        fb = next(iter(right.values()))
-        yield lambda fx: f"{_wrap(fx)} * {_wrap(fb)}"
+# Sub-multisets up to this size get a full table of reachable values; larger ones are searched by inversion.
+TABLE_SIZE = 3
 
 
-@lru_cache(maxsize=None)
-def _solve_sorted(values: tuple[int, ...], target: int) -> str | None:
-    goal = Fraction(target)
-    if len(values) == 1:
-        return str(values[0]) if values[0] == target else None
+@lru_cache(maxsize=1 << 18)
+def _solve_sorted(values: tuple[int, ...], goal: Fraction) -> str | None:
+    """One formula over `values` (sorted) equal to `goal`, or None. Small multisets look the goal up in their
+    table; larger ones split into (A, B) with |A| <= |B|, enumerate A's table and search B for the value that
+    each inverted operator needs (with 6 cards |A| <= 3, so only tables of at most 3 values are ever built)."""
+    if len(values) <= TABLE_SIZE:
+        return reachable(values).get(goal)
     for first, second in _splits(values):
-        # Iterate over the smaller table, look up in the larger one.
-        small, large = sorted((reachable(first), reachable(second)), key=len)
-        for x, fx in small.items():
+        small, large = (first, second) if len(first) <= len(second) else (second, first)
+        table = reachable(large) if len(large) <= TABLE_SIZE else None
+        for x, fx in reachable(small).items():
             for b, build in _needed(x, goal):
-                fb = large.get(b)
+                fb = table.get(b) if table is not None else _solve_sorted(large, b)
                 if fb is not None:
                     return build(fx, fb)
-            for build in _zero_products(x, large, goal):
-                return build(fx)
+            if x == _ZERO and goal == _ZERO:  # 0 * anything = 0, which no inversion expresses
+                return f"{_wrap(fx)} * ({' + '.join(map(str, large))})"
     return None
 
 
 def solve(values: Sequence[int], target: int = 24) -> str | None:
     """One formula using each of `values` exactly once (with + - * / and parentheses) whose exact value is
     `target`, or None when there is none. Cached per sorted value multiset and target."""
-    return _solve_sorted(tuple(sorted(int(v) for v in values)), int(target))
+    return _solve_sorted(tuple(sorted(int(v) for v in values)), Fraction(int(target)))
 
 
 def is_solvable(values: Sequence[int], target: int = 24) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 from tasks.common import Verdict, parse_json_object
 from tasks.general_points.config import LABEL_RANKS, Card, GeneralPointsConfig, card_value
-from tasks.general_points.formula import FormulaError, evaluate_rpn, parse_formula
+from tasks.general_points.formula import FormulaError, parse_formula
 
 REWARDS = {
     "correct": 5.0,
@@ -120,13 +120,14 @@ def verify(response: str, hand: Sequence[Card], config: GeneralPointsConfig) -> 
         program = parse_formula(expression)
     except FormulaError as error:
         return _verdict("illegal_formula", f"the formula is not legal: {error}.")
-    hand_values = [card_value(card.rank, config.face_cards) for card in hand]
+    face_cards = config.face_cards
+    hand_values = [card_value(card.rank, face_cards) for card in hand]
     # Compare canonical decimal texts: '08' or a 40-digit number never equals a card value, and no number is
     # converted to an integer before it is known to be one of the hand's.
     written = program.numbers
     if sorted(written) != sorted([str(v) for v in hand_values]):
         return _verdict("illegal_numbers", _numbers_feedback(written, hand_values))
-    value = evaluate_rpn(program.rpn)
+    value = program.value
     if value is None:
         return _verdict("wrong_value", f"the formula divides by zero, so it does not equal {config.target}.")
     if value != config.target:

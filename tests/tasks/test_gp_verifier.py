@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tasks.common import MAX_RESPONSE_CHARS
 from tasks.general_points import REWARDS, Card, GeneralPointsConfig, recognition_correct, verify
-from tasks.general_points.formula import FormulaError, evaluate_rpn, parse_formula
+from tasks.general_points.formula import FormulaError, parse_formula
 
 HAND = (Card(11, "S"), Card(3, "C"), Card(8, "S"), Card(1, "C"))  # values 10 3 8 1 ("ten"), 11 3 8 1 ("distinct")
 TEXT = GeneralPointsConfig()
@@ -140,15 +140,20 @@ def test_parser_precedence_and_associativity():
     cases = {"10 - 3 - 8 + 1": 0, "10 / 5 / 2": "1", "2 * 3 + 4 * 5": 26, "((2))": 2, "8 / 3 * 3": 8,
              "2 + 3 * (4 - 1) / 9": 3, "10 - (3 - (8 - 1))": 14}
     for text, value in cases.items():
-        assert evaluate_rpn(parse_formula(text).rpn) == int(value), text
+        assert parse_formula(text).value == int(value), text
     with pytest.raises(FormulaError):
         parse_formula("1 +")
+    with pytest.raises(FormulaError, match="character 4 "):
+        parse_formula("(1 (2 + 3)")
+    with pytest.raises(FormulaError, match="character 1 "):
+        parse_formula("(1 + (2 + 3)")
 
 
 def test_deep_nesting_does_not_recurse():
     # An iterative parser handles any nesting within MAX_FORMULA_CHARS; deeply nested JSON is no crash either.
     program = parse_formula("(" * 200 + "1" + ")" * 200 + "+ 2")
-    assert evaluate_rpn(program.rpn) == 3
+    assert program.value == 3
+    assert parse_formula("(1 + 2) / (3 - 3) * 4").value is None  # division by zero
     deep_json = "[" * 100_000 + "]" * 100_000
     assert category(deep_json) == "illegal_formula"
 

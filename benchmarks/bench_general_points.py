@@ -7,7 +7,7 @@ typical responses, >= 100,000 solvable hands/s after warm-up). Prints the figure
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import platform
 import time
 
@@ -17,18 +17,20 @@ from tasks.general_points import GeneralPointsConfig, expert_response, sample_ha
 from tasks.general_points.expert import _wrong_response
 
 
-def _rate(function, seconds: float) -> float:
-    """Calls per second of `function()` (which does `work` items per call), best of a few timed rounds."""
-    best = 0.0
+def _rate(function, seconds: float) -> tuple[float, float]:
+    """Items per second of `function()` (which returns how many items it did), best of repeated rounds, per CPU
+    second of this process (what one core does, even on a shared machine) and per wall-clock second."""
+    best_cpu = best_wall = 0.0
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         work = function()
-        best = max(best, work / (time.perf_counter() - start))
-    return best
+        best_cpu = max(best_cpu, work / max(time.process_time() - cpu, 1e-9))
+        best_wall = max(best_wall, work / (time.perf_counter() - wall))
+    return best_cpu, best_wall
 
 
-def bench_verify(config: GeneralPointsConfig, seconds: float, kind: str) -> float:
+def bench_verify(config: GeneralPointsConfig, seconds: float, kind: str) -> tuple[float, float]:
     hands = sample_hands(config, 0, 500)
     rng = np.random.default_rng(0)
     if kind == "correct":
@@ -47,7 +49,7 @@ def bench_verify(config: GeneralPointsConfig, seconds: float, kind: str) -> floa
     return _rate(run, seconds)
 
 
-def bench_hands(config: GeneralPointsConfig, seconds: float) -> float:
+def bench_hands(config: GeneralPointsConfig, seconds: float) -> tuple[float, float]:
     sample_hands(config, 0, 50_000)  # warm-up: fills the solvability cache
     seeds = iter(range(1, 10**9))
     return _rate(lambda: len(sample_hands(config, next(seeds), 100_000)), seconds)
@@ -57,18 +59,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="timing duration per figure")
     args = parser.parse_args()
-    print(f"python {platform.python_version()} on {platform.processor() or platform.machine()}")
+    print(f"python {platform.python_version()} on {platform.machine()}, load average "
+          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; best of repeated rounds, one Python thread")
     text = GeneralPointsConfig()
     vision = GeneralPointsConfig(modality="vision")
     for name, config in (("GP-L", text), ("GP-VL", vision)):
         for kind in ("typical", "correct", "wrong"):
-            rate = bench_verify(config, args.seconds, kind)
-            print(f"verify {name:5s} {kind:8s} responses: {rate:10,.0f} verifications/s")
+            cpu, wall = bench_verify(config, args.seconds, kind)
+            print(f"verify {name:5s} {kind:8s} responses: {cpu:10,.0f} verifications/CPU-s "
+                  f"({wall:,.0f}/wall-s)")
     splits = {"in-distribution": text, "rule-OOD": GeneralPointsConfig(face_cards="distinct", require_face_card=True),
               "5 cards, target 36": GeneralPointsConfig(num_cards=5, target=36)}
     for name, config in splits.items():
-        print(f"sample {name:20s}: {bench_hands(config, args.seconds):10,.0f} solvable hands/s")
-    print(json.dumps({"note": "best of repeated rounds; single Python thread"}))
+        cpu, wall = bench_hands(config, args.seconds)
+        print(f"sample {name:20s}: {cpu:10,.0f} solvable hands/CPU-s ({wall:,.0f}/wall-s)")
 
 
 if __name__ == "__main__":

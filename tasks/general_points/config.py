@@ -19,6 +19,9 @@ MODALITIES = ("language", "vision")
 
 RANK_LABELS = {1: "A", 11: "J", 12: "Q", 13: "K"}
 LABEL_RANKS = {"A": 1, "J": 11, "Q": 12, "K": 13, **{str(rank): rank for rank in range(2, 11)}}
+# Indexed by rank (index 0 unused): the label, and the value under each face-card rule.
+RANK_LABEL_TABLE = ("",) + tuple(RANK_LABELS.get(rank, str(rank)) for rank in range(1, 14))
+RANK_VALUES = {"ten": tuple(min(rank, 10) for rank in range(14)), "distinct": tuple(range(14))}
 # Ranks as small non-negative integers 1..13; the largest hand the solver and sampler support.
 MAX_CARDS = 6
 
@@ -39,7 +42,7 @@ class Card:
     @property
     def label(self) -> str:
         """The label a player reads: 'A', '2'..'10', 'J', 'Q', 'K'."""
-        return rank_label(self.rank)
+        return RANK_LABEL_TABLE[self.rank]
 
     @property
     def is_red(self) -> bool:
@@ -47,12 +50,12 @@ class Card:
 
 
 def rank_label(rank: int) -> str:
-    return RANK_LABELS.get(rank, str(rank))
+    return RANK_LABEL_TABLE[rank]
 
 
 def card_value(rank: int, face_cards: str) -> int:
     """The number a rank stands for: J/Q/K count 10 under "ten" and 11/12/13 under "distinct"; A is 1."""
-    return min(rank, 10) if face_cards == "ten" else rank
+    return RANK_VALUES[face_cards][rank]
 
 
 @dataclass(frozen=True)

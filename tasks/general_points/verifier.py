@@ -13,13 +13,12 @@ whose numbers are exactly the hand's values.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
 from tasks.common import Verdict, parse_json_object
-from tasks.general_points.config import LABEL_RANKS, Card, GeneralPointsConfig, card_value
+from tasks.general_points.config import LABEL_RANKS, RANK_LABEL_TABLE, RANK_VALUES, Card, GeneralPointsConfig, card_value
 from tasks.general_points.formula import FormulaError, parse_formula
 
 REWARDS = {
@@ -36,12 +35,18 @@ def _verdict(category: str, feedback: str) -> Verdict:
     return Verdict(reward=REWARDS[category], success=category == "correct", feedback=feedback, category=category)
 
 
+# Accepted spellings of each label: 'J' or 'j', and the number cards also as JSON integers 2..10.
+_LABEL_OF: dict[Any, str] = {**{label: label for label in LABEL_RANKS}, **{label.lower(): label for label in LABEL_RANKS},
+                             **{rank: str(rank) for rank in range(2, 11)}}
+
+
 def _label(item: Any) -> str | None:
     """A card label as written in the response, normalised ('j' -> 'J', 10 -> '10'); None if not a label."""
-    if isinstance(item, bool) or not isinstance(item, (str, int)):
-        return None
-    text = str(item).strip().upper()
-    return text if text in LABEL_RANKS else None
+    if type(item) is str:  # exact types: True or 2.0 must not pass as 1 or 2
+        return _LABEL_OF.get(item) or _LABEL_OF.get(item.strip().upper())
+    if type(item) is int:
+        return _LABEL_OF.get(item)
+    return None
 
 
 def _card_labels(parsed: dict[str, Any] | None) -> list[str | None] | None:
@@ -60,7 +65,7 @@ def recognition_correct(response: str, hand: Sequence[Card], config: GeneralPoin
 def _cards_match(labels: list[str | None] | None, hand: Sequence[Card]) -> bool:
     if labels is None or len(labels) != len(hand) or None in labels:
         return False
-    return sorted(labels) == sorted(card.label for card in hand)  # type: ignore[type-var]
+    return sorted(labels) == sorted([RANK_LABEL_TABLE[card.rank] for card in hand])  # type: ignore[type-var]
 
 
 def expected_fields(hand: Sequence[Card], config: GeneralPointsConfig) -> dict[str, list]:
@@ -81,10 +86,13 @@ def _wrong_cards_feedback(labels: list[str | None] | None, hand: Sequence[Card])
 
 
 def _numbers_feedback(written: Sequence[str], hand_values: Sequence[int]) -> str:
-    used = Counter(written)
-    wanted = Counter(str(v) for v in hand_values)
-    extra = sorted((used - wanted).elements(), key=lambda s: (len(s), s))
-    missing = sorted((wanted - used).elements(), key=int)
+    missing = [str(v) for v in hand_values]
+    extra = []
+    for number in written:
+        if number in missing:
+            missing.remove(number)
+        else:
+            extra.append(number)
     parts = []
     if extra:
         parts.append(f"it uses {_clip(', '.join(extra))} beyond the cards' numbers")
@@ -120,8 +128,8 @@ def verify(response: str, hand: Sequence[Card], config: GeneralPointsConfig) -> 
         program = parse_formula(expression)
     except FormulaError as error:
         return _verdict("illegal_formula", f"the formula is not legal: {error}.")
-    face_cards = config.face_cards
-    hand_values = [card_value(card.rank, face_cards) for card in hand]
+    values_of = RANK_VALUES[config.face_cards]
+    hand_values = [values_of[card.rank] for card in hand]
     # Compare canonical decimal texts: '08' or a 40-digit number never equals a card value, and no number is
     # converted to an integer before it is known to be one of the hand's.
     written = program.numbers

@@ -18,7 +18,8 @@ from fractions import Fraction
 from typing import Any
 
 from tasks.common import Verdict, parse_json_object
-from tasks.general_points.config import LABEL_RANKS, RANK_LABEL_TABLE, RANK_VALUES, Card, GeneralPointsConfig, card_value
+from tasks.general_points.config import (LABEL_RANKS, RANK_LABEL_TABLE, RANK_VALUES, Card, GeneralPointsConfig,
+                                         card_value)
 from tasks.general_points.formula import FormulaError, parse_formula
 
 REWARDS = {
@@ -36,7 +37,8 @@ def _verdict(category: str, feedback: str) -> Verdict:
 
 
 # Accepted spellings of each label: 'J' or 'j', and the number cards also as JSON integers 2..10.
-_LABEL_OF: dict[Any, str] = {**{label: label for label in LABEL_RANKS}, **{label.lower(): label for label in LABEL_RANKS},
+_LABEL_OF: dict[Any, str] = {**{label: label for label in LABEL_RANKS},
+                             **{label.lower(): label for label in LABEL_RANKS},
                              **{rank: str(rank) for rank in range(2, 11)}}
 
 

@@ -120,6 +120,11 @@ def test_vision_checks_cards_first():
     assert category(answer("(10 - 1) * 8 / 3", cards=("J", "3", "8", "A", "2")), config=VISION) == "wrong_cards"
     assert category(answer("(10 - 1) * 8 / 3", cards=("Q", "3", "8", "A")), config=VISION) == "wrong_cards"
     assert category(answer("(10 - 1) * 8 / 3", cards=("10", "3", "8", "A")), config=VISION) == "wrong_cards"
+    two = (Card(2, "S"), Card(3, "C"), Card(8, "S"), Card(1, "C"))
+    assert category(json.dumps({"cards": [2, 3, 8, "A"], "formula": "(2 + 3 - 1) * 8"}), VISION, two) == "wrong_value"
+    assert category(json.dumps({"cards": [2.0, 3, 8, "A"], "formula": "2*3*8/1"}), VISION, two) == "wrong_cards"
+    assert category(json.dumps({"cards": [2, 3, 8, True], "formula": "2*3*8/1"}), VISION, two) == "wrong_cards"
+    assert category(json.dumps({"cards": [2, 3, 8, "1"], "formula": "2*3*8/1"}), VISION, two) == "wrong_cards"
     # wrong cards outrank an illegal formula; without a JSON object there are no cards to check
     verdict = verify(answer("10 ** 3", cards=("K", "3", "8", "A")), HAND, VISION)
     assert (verdict.category, verdict.reward) == ("wrong_cards", -1.5)

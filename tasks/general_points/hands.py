@@ -49,7 +49,7 @@ class _SolvableTable:
         return self.solvable[codes]
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)  # 14**C entries each: 38 KB for 4 cards, 7.5 MB for 6
 def _solvable_table(face_cards: str, target: int, num_cards: int) -> _SolvableTable:
     return _SolvableTable(face_cards, target, num_cards)
 

@@ -3,8 +3,9 @@ corners (a built-in 5x7 pixel font, so no font file is needed), suit symbols dra
 red ink for hearts and diamonds and black ink for spades and clubs. Number cards show the usual pip layout, face
 cards a framed letter.
 
-The image is drawn at SUPERSAMPLE times the requested size and reduced with a box filter (anti-aliasing without
-any font rasteriser), so it depends only on (hand, width, height, seed) and the Pillow drawing primitives.
+Each card is drawn at SUPERSAMPLE times its size and reduced with a box filter (anti-aliasing without any font
+rasteriser), then cached per (card, size), so the image depends only on (hand, width, height, seed) and the Pillow
+drawing primitives, and a new hand costs a few pastes.
 `seed=None` gives the canonical layout; an integer seed shifts and tilts each card slightly (a reproducible
 visual variation). Output: (H, W, 3) uint8.
 """
@@ -12,6 +13,7 @@ visual variation). Output: (H, W, 3) uint8.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -146,25 +148,29 @@ def _draw_card(card: Card, width: int, height: int) -> Image.Image:
     return image
 
 
+@lru_cache(maxsize=512)
+def _card_image(card: Card, width: int, height: int) -> Image.Image:
+    """One card at its final size: drawn SUPERSAMPLE times larger and box-filtered down (cached; read only)."""
+    big = _draw_card(card, width * SUPERSAMPLE, height * SUPERSAMPLE)
+    return big.resize((width, height), Image.Resampling.BOX)
+
+
 def render_hand(hand: Sequence[Card], width: int = 1120, height: int = 560, seed: int | None = None) -> np.ndarray:
     """The hand as an (height, width, 3) uint8 image: the cards in a row, left to right in hand order, centred
     on a green table. `seed` (optional) adds a reproducible small shift and tilt per card."""
     if not hand:
         raise ValueError("render_hand needs at least one card.")
-    scale = SUPERSAMPLE
-    big_w, big_h = width * scale, height * scale
-    table = Image.new("RGBA", (big_w, big_h), TABLE_GREEN + (255,))
+    table = Image.new("RGB", (width, height), TABLE_GREEN)
     n = len(hand)
-    gap = 0.03 * big_w
-    card_w = min((big_w - (n + 1) * gap) / n, 0.8 * big_h * CARD_ASPECT)
+    gap = 0.03 * width
+    card_w = min((width - (n + 1) * gap) / n, 0.8 * height * CARD_ASPECT)
     card_h = card_w / CARD_ASPECT
     card_w_px, card_h_px = max(8, round(card_w)), max(8, round(card_h))
-    total = n * card_w + (n - 1) * gap
-    x0 = (big_w - total) / 2
-    y0 = (big_h - card_h) / 2
+    x0 = (width - (n * card_w + (n - 1) * gap)) / 2
+    y0 = (height - card_h) / 2
     rng = None if seed is None else np.random.default_rng(seed)
     for index, card in enumerate(hand):
-        image = _draw_card(card, card_w_px, card_h_px)
+        image = _card_image(card, card_w_px, card_h_px)
         x, y = x0 + index * (card_w + gap), y0
         if rng is not None:
             angle = float(rng.uniform(-4.0, 4.0))
@@ -172,6 +178,5 @@ def render_hand(hand: Sequence[Card], width: int = 1120, height: int = 560, seed
             image = image.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
             x += dx - (image.width - card_w_px) / 2
             y += dy - (image.height - card_h_px) / 2
-        table.alpha_composite(image, (round(x), round(y)))
-    small = table.convert("RGB").resize((width, height), Image.Resampling.BOX)
-    return np.asarray(small, dtype=np.uint8).copy()
+        table.paste(image, (round(x), round(y)), mask=image)
+    return np.asarray(table, dtype=np.uint8).copy()

@@ -1,14 +1,17 @@
 """The GeneralPoints verifier: one test per reward category and per edge case, the check order, the formula
 parser's syntax errors, and property-based fuzzing (never raises, reward from the table, bounded time)."""
 
+import ast
 import json
+import re
 import time
+from fractions import Fraction
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.common import MAX_RESPONSE_CHARS
+from tasks.common import MAX_RESPONSE_CHARS, parse_json_object
 from tasks.general_points import REWARDS, Card, GeneralPointsConfig, recognition_correct, verify
 from tasks.general_points.formula import FormulaError, parse_formula
 
@@ -195,31 +198,61 @@ def test_fuzz_never_raises_and_reward_in_table(response, vision, distinct):
     assert isinstance(recognition_correct(response, HAND, config), bool)
 
 
+def ast_value(formula):
+    """Exact value of an arithmetic formula by walking Python's ast (independent of the verifier's parser)."""
+    def walk(node):
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant):
+            return Fraction(node.value)
+        left, right = walk(node.left), walk(node.right)
+        op = type(node.op)
+        if op is ast.Div and right == 0:
+            raise ZeroDivisionError
+        return {ast.Add: lambda: left + right, ast.Sub: lambda: left - right,
+                ast.Mult: lambda: left * right, ast.Div: lambda: left / right}[op]()
+
+    return walk(ast.parse(formula.strip(), mode="eval"))
+
+
+CORRECT = answer("(10 - 1) * 8 / 3 = 24")
+EDIT_CHARS = list("0123456789+-*/()= {}[]\"',:JQKA") + ["**", "\n", "```"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(edits=st.lists(st.tuples(st.sampled_from(["insert", "delete", "replace"]), st.integers(0, len(CORRECT)),
+                                st.sampled_from(EDIT_CHARS)), min_size=1, max_size=4),
+       vision=st.booleans())
+def test_fuzz_edits_of_a_correct_answer(edits, vision):
+    """Near misses: a correct answer with a few characters inserted, deleted or replaced."""
+    response = CORRECT
+    for kind, position, text in edits:
+        position = min(position, len(response))
+        if kind == "insert":
+            response = response[:position] + text + response[position:]
+        elif kind == "delete":
+            response = response[:position] + response[position + 1:]
+        else:
+            response = response[:position] + text + response[position + 1:]
+    config = VISION if vision else TEXT
+    start = time.perf_counter()
+    verdict = verify(response, HAND, config)
+    assert time.perf_counter() - start < 0.5
+    assert verdict.reward == REWARDS[verdict.category] and verdict.feedback
+    if verdict.category == "correct":  # the edits kept a formula over the hand's numbers that equals 24
+        formula = parse_json_object(response)["formula"].split("=")[0]
+        assert ast_value(formula) == 24
+        assert sorted(int(n) for n in re.findall(r"[0-9]+", formula)) == [1, 3, 8, 10]
+
+
 @settings(max_examples=150, deadline=None)
 @given(formula=structured_formulas)
 def test_fuzz_structured_formulas_agree_with_python_arithmetic(formula):
     """Legal formulas over the hand's numbers get the value Python's exact arithmetic gives (test-side ast)."""
-    import ast
-    from fractions import Fraction
-
     verdict = verify(answer(formula), HAND, TEXT)
     if verdict.category in ("correct", "wrong_value"):
-        tree = ast.parse(formula, mode="eval")
-
-        def walk(node):
-            if isinstance(node, ast.Expression):
-                return walk(node.body)
-            if isinstance(node, ast.Constant):
-                return Fraction(node.value)
-            left, right = walk(node.left), walk(node.right)
-            op = type(node.op)
-            if op is ast.Div and right == 0:
-                raise ZeroDivisionError
-            return {ast.Add: lambda: left + right, ast.Sub: lambda: left - right,
-                    ast.Mult: lambda: left * right, ast.Div: lambda: left / right}[op]()
-
         try:
-            value = walk(tree)
+            value = ast_value(formula)
         except ZeroDivisionError:
             assert verdict.category == "wrong_value"
             return

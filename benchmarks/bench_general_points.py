@@ -13,8 +13,7 @@ import time
 
 import numpy as np
 
-from tasks.general_points import GeneralPointsConfig, expert_response, sample_hands, verify
-from tasks.general_points.expert import _wrong_response
+from tasks.general_points import GeneralPointsConfig, expert_response, sample_hands, verify, wrong_response
 
 
 def _rate(function, seconds: float) -> tuple[float, float]:
@@ -36,9 +35,9 @@ def bench_verify(config: GeneralPointsConfig, seconds: float, kind: str) -> tupl
     if kind == "correct":
         cases = [(expert_response(hand, config), hand) for hand in hands]
     elif kind == "wrong":
-        cases = [(_wrong_response(hand, config, rng), hand) for hand in hands]
+        cases = [(wrong_response(hand, config, rng), hand) for hand in hands]
     else:  # typical: half correct, half a random kind of mistake
-        cases = [((expert_response if i % 2 else _wrong_response)(hand, config, *([] if i % 2 else [rng])), hand)
+        cases = [((expert_response if i % 2 else wrong_response)(hand, config, *([] if i % 2 else [rng])), hand)
                  for i, hand in enumerate(hands)]
 
     def run() -> int:

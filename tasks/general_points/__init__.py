@@ -8,7 +8,7 @@ data (`expert_conversations`, `suboptimal_trajectories`, `write_jsonl`, `read_js
 from tasks.general_points.config import Card, GeneralPointsConfig, card_value, evaluation_splits, rank_label
 from tasks.general_points.episode import EpisodeState, first_prompt, reset, step
 from tasks.general_points.expert import (expert_conversations, expert_response, read_jsonl,
-                                         suboptimal_trajectories, write_jsonl)
+                                         suboptimal_trajectories, write_jsonl, wrong_response)
 from tasks.general_points.hands import hand_values, sample_hand, sample_hand_arrays, sample_hands
 from tasks.general_points.prompts import feedback_text, prompt_text
 from tasks.general_points.render import render_hand
@@ -20,5 +20,5 @@ __all__ = [
     "expert_conversations", "expert_response", "feedback_text", "first_prompt", "hand_values", "is_solvable",
     "prompt_text", "rank_label", "reachable", "read_jsonl", "recognition_correct", "render_hand", "reset",
     "sample_hand", "sample_hand_arrays", "sample_hands", "solve", "step", "suboptimal_trajectories", "verify",
-    "write_jsonl",
+    "write_jsonl", "wrong_response",
 ]

@@ -63,7 +63,7 @@ def _random_formula(values: Sequence[int], rng: np.random.Generator) -> tuple[st
     return items[0]
 
 
-def _wrong_response(hand: Sequence[Card], config: GeneralPointsConfig, rng: np.random.Generator) -> str:
+def wrong_response(hand: Sequence[Card], config: GeneralPointsConfig, rng: np.random.Generator) -> str:
     """A plausible wrong answer of a random kind: wrong value, illegal numbers, illegal formula, or (vision)
     misread cards. The verifier decides its category; this only makes it wrong."""
     fields = expected_fields(hand, config)
@@ -113,7 +113,7 @@ def suboptimal_trajectories(config: GeneralPointsConfig, seed: int, size: int) -
         state = reset(config, hand=hand)
         wrong_attempts = int(rng.integers(1, config.max_verify_steps))
         for _ in range(wrong_attempts):
-            response = _wrong_response(hand, config, rng)
+            response = wrong_response(hand, config, rng)
             state, transition = step(state, response)
             if transition.verdict.success:  # cannot happen: every wrong answer is wrong by construction
                 raise AssertionError("a generated wrong answer was judged correct")

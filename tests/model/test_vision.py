@@ -257,9 +257,10 @@ def test_remat_gives_the_same_gradients(ref):
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
     plain = jax.tree_util.tree_leaves(grad(layers, hidden, ref.config))
-    checkpointed = jax.tree_util.tree_leaves(grad(layers, hidden, ref.config.replace(remat="dots")))
-    for a, b in zip(plain, checkpointed):
-        _assert_close(b, a, rtol=1e-5)
+    for remat in ("full", "dots"):
+        checkpointed = jax.tree_util.tree_leaves(grad(layers, hidden, ref.config.replace(remat=remat)))
+        for a, b in zip(plain, checkpointed):
+            _assert_close(b, a, rtol=1e-5)
     for remat in ("full", "dots"):
         jaxpr = str(jax.make_jaxpr(jax.grad(loss), static_argnums=2)(layers, hidden, ref.config.replace(remat=remat)))
         assert "remat" in jaxpr or "checkpoint" in jaxpr

@@ -25,7 +25,7 @@ def reference(name: str = "tiny", seed: int = 0):
     torch.manual_seed(seed)
     hf_config = transformers.MllamaConfig(**to_hf_dict(preset(name)))
     hf_model = transformers.MllamaForConditionalGeneration._from_config(
-        hf_config, attn_implementation="eager", torch_dtype=torch.float32).eval()
+        hf_config, attn_implementation="eager", dtype=torch.float32).eval()
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for param_name, param in hf_model.named_parameters():

@@ -255,8 +255,9 @@ def save_hf(path: str | os.PathLike, config: ModelConfig, params: dict, *,
         (path / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total_bytes},
                                                    "weight_map": weight_map}, indent=2))
     hf_config = to_hf_dict(config)
-    hf_config["dtype"] = config.param_dtype
-    hf_config["text_config"]["dtype"] = hf_config["vision_config"]["dtype"] = config.param_dtype
+    # the dtype the tensors were written in (the params may differ from config.param_dtype)
+    stored = str(np.dtype(get_path(params, ("language_model", "lm_head", "kernel")).dtype))
+    hf_config["dtype"] = hf_config["text_config"]["dtype"] = hf_config["vision_config"]["dtype"] = stored
     (path / "config.json").write_text(json.dumps(hf_config, indent=2))
     if "value_head" in params:
         flat = {".".join(p): np.asarray(get_path(params["value_head"], p)) for p in _paths(params["value_head"])}

@@ -32,7 +32,8 @@ def test_init_params_groups_and_dtypes():
     counts = model.param_counts(params)
     assert counts["value_head"] == 64 * 32 + 32 + 32 * 16 + 16 + 16 + 1
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
-    logits = jax.jit(model.forward, static_argnums=1)(params, config.replace(dtype="float32"), np.ones((1, 3), np.int32))
+    forward = jax.jit(model.forward, static_argnums=1)
+    logits = forward(params, config.replace(dtype="float32"), np.ones((1, 3), np.int32))
     assert np.isfinite(np.asarray(logits)).all()
 
 

@@ -141,7 +141,8 @@ def load_hf(path: str | os.PathLike, *, mesh=None, rules=None, param_dtype: str 
         array = np.asarray(array, dtype=np_dtype)
         if mesh is None:
             return jax.device_put(array)
-        return jax.device_put(array, get_path(shardings, tree_path))
+        # each process builds only its addressable shards (works on one host and on many)
+        return jax.make_array_from_callback(array.shape, get_path(shardings, tree_path), lambda index: array[index])
 
     params: dict = {}
     try:

@@ -120,3 +120,11 @@ def test_11b_shapes_trace_without_allocation():
                               shapes, ids, mask, cache, vision)
     step, _ = jax.eval_shape(lambda p, t, c: model.decode(p, config, t, c), shapes, spec((b,), jnp.int32), cache)
     assert step.shape == (b, 128256)
+
+
+def test_pixels_and_states_together_are_refused(ref):
+    _, _, config, params = ref
+    inputs = image_batch(config, np.random.default_rng(5), [[1]], 4, [[0]])
+    states = np.zeros((1, 4 * config.vision.num_patches, config.text.hidden_size), np.float32)
+    with pytest.raises(ValueError, match="not both"):
+        jax.eval_shape(lambda p: model.forward(p, config, **inputs, cross_attention_states=states), params)

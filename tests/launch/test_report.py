@@ -248,3 +248,16 @@ def test_command_reports_a_bad_directory_in_one_sentence(tmp_path, capsys):
     assert report.run(_parse([str(tmp_path / "missing"), "--out", str(tmp_path / "out")])) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("memgen report: run directory") and error.count("\n") == 0
+
+
+def test_virl_per_step_accuracy_gets_its_own_figure_and_table(tmp_path):
+    records = []
+    for step, accuracy in ((0, 0.357), (10, 0.40), (20, 0.45)):
+        records.append(eval_record(step=step, gflops=50.0 * step, task="virl-vl", split="rule_ood", n=48,
+                                   success=0.02, per_step_accuracy=accuracy, per_step_accuracy_se=0.01, arm="rl"))
+    write_run(tmp_path / "virl", records, {"seed": 1})
+    text = write_report([tmp_path / "virl"], tmp_path / "out").read_text()
+    assert (tmp_path / "out" / "fig5_virl-vl_per_step_accuracy_vs_gflops.png").exists()
+    assert "### per-step accuracy" in text
+    assert "RL per-step accuracy on V-IRL-VL rule OOD went up from 35.7% to 45.0%" in text
+    assert "| V-IRL-VL | rule OOD | 35.7 | 2.5 | 45.0 |" in text  # the paper's numbers for scale

@@ -10,6 +10,7 @@ over seeds when several seeds exist; the seeds' own curves are drawn faintly to 
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -122,7 +123,8 @@ def plot_vs_compute(curves: Sequence[Curve], splits: Sequence[str], title: str, 
                     file: str, footnote: str = FOOTNOTE) -> MadeFigure:
     """One panel per split (those with data), one curve per (arm, verify budget), x = training GFLOPs."""
     splits = [s for s in splits if any(c.split == s for c in curves)]
-    fig, axes = plt.subplots(1, len(splits), figsize=(5.2 * len(splits), 4.2), squeeze=False)
+    width = max(7.0, 5.2 * len(splits))  # one panel still needs room for the title and the footnote
+    fig, axes = plt.subplots(1, len(splits), figsize=(width, 4.4), squeeze=False)
     notes = []
     metric = curves[0].metric
     for ax, split in zip(axes[0], splits):
@@ -144,8 +146,9 @@ def plot_vs_compute(curves: Sequence[Curve], splits: Sequence[str], title: str, 
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
+    footnote = textwrap.fill(footnote, width=int(width * 15))
     fig.text(0.5, 0.005, footnote, ha="center", va="bottom", fontsize=7, color="dimgray")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.tight_layout(rect=(0, 0.025 * (footnote.count("\n") + 1.2), 1, 1))
     fig.savefig(out_dir / file, dpi=DPI)
     plt.close(fig)
     return MadeFigure(file=file, caption=title, notes=tuple(notes))

@@ -254,8 +254,8 @@ def render_report(runs: Sequence[Run], made: Sequence[MadeFigure], skipped: Sequ
         lines += [f"- {sentence}" for sentence in paper_pattern_sentences(tables[0][1])]
         lines += ["", "\"Went up/down\" means the change exceeds 2 standard errors of the change (binomial over the "
                   "episodes, or the seeds' spread when larger); anything smaller is reported as no significant "
-                  "difference at this sample size. Evaluations of one run are correlated over steps; this reading "
-                  "compares first and last evaluation only."]
+                  "difference at this sample size. This reading compares first and last evaluation only, and treats them as "
+                  "independent samples (conservative when both used the same fixed episodes)."]
     else:
         lines.append("Nothing to read: no evaluations.")
 

@@ -160,10 +160,11 @@ def _drop_none(fields: Mapping[str, Any]) -> dict:
 
 def train_record(*, step: int, gflops: float, loss: Optional[float], lr: float, tokens: int, arm: str,
                  **extra: Any) -> dict:
-    """A validated "train" record; extra keyword fields (grad_norm, clip_fraction, ...) are kept."""
-    return validate_record({"kind": "train", "step": int(step), "gflops": float(gflops),
-                            "loss": None if loss is None else float(loss), "lr": float(lr), "tokens": int(tokens),
-                            "arm": arm, **extra})
+    """A validated "train" record; extra keyword fields (grad_norm, clip_fraction, ...) are kept. A non-finite
+    loss (a skipped step) becomes None, as MetricsWriter writes it (JSON null)."""
+    loss = None if loss is None or not math.isfinite(float(loss)) else float(loss)
+    return validate_record({"kind": "train", "step": int(step), "gflops": float(gflops), "loss": loss,
+                            "lr": float(lr), "tokens": int(tokens), "arm": arm, **extra})
 
 
 def eval_record(*, step: int, gflops: float, task: str, split: str, n: int, success: float,
@@ -179,11 +180,15 @@ def eval_record(*, step: int, gflops: float, task: str, split: str, n: int, succ
         success_se = binomial_se(success, n)
     curve = None if pass_at_k is None else {str(int(k)): float(v) for k, v in sorted(pass_at_k.items(),
                                                                                       key=lambda kv: int(kv[0]))}
+    def number(value, kind=float):  # device or numpy scalars -> Python numbers (None stays None)
+        return None if value is None else kind(value)
+
     fields = dict(kind="eval", step=int(step), gflops=float(gflops), task=task, split=split, n=int(n),
-                  success=float(success), success_se=float(success_se), arm=arm, seed=seed,
-                  per_step_accuracy=per_step_accuracy, per_step_accuracy_se=per_step_accuracy_se,
-                  recognition_accuracy=recognition_accuracy, recognition_accuracy_se=recognition_accuracy_se,
-                  verify_budget=verify_budget, heldout_loss=heldout_loss, pass_at_k=curve)
+                  success=float(success), success_se=float(success_se), arm=arm, seed=number(seed, int),
+                  per_step_accuracy=number(per_step_accuracy), per_step_accuracy_se=number(per_step_accuracy_se),
+                  recognition_accuracy=number(recognition_accuracy),
+                  recognition_accuracy_se=number(recognition_accuracy_se),
+                  verify_budget=number(verify_budget, int), heldout_loss=number(heldout_loss), pass_at_k=curve)
     return validate_record(_drop_none({**fields, **extra}))
 
 

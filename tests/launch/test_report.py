@@ -63,8 +63,8 @@ def test_validate_record_rejects_each_bad_eval_field(change, message):
 
 
 def test_validate_record_train_needs_loss_lr_tokens_arm():
-    good = train_record(step=1, gflops=2.0, loss=None, lr=1e-6, tokens=100, arm="sft")
-    assert good["loss"] is None  # a non-finite loss the writer turned into null is allowed
+    good = train_record(step=1, gflops=2.0, loss=float("nan"), lr=1e-6, tokens=100, arm="sft")
+    assert good["loss"] is None  # a non-finite loss is null, as MetricsWriter writes it
     for missing in ("loss", "lr", "tokens", "arm"):
         with pytest.raises(ValueError, match=repr(missing)):
             validate_record({k: v for k, v in good.items() if k != missing})
@@ -261,3 +261,17 @@ def test_virl_per_step_accuracy_gets_its_own_figure_and_table(tmp_path):
     assert "### per-step accuracy" in text
     assert "RL per-step accuracy on V-IRL-VL rule OOD went up from 35.7% to 45.0%" in text
     assert "| V-IRL-VL | rule OOD | 35.7 | 2.5 | 45.0 |" in text  # the paper's numbers for scale
+
+
+def test_eval_record_takes_the_rl_metrics_outputs_directly():
+    import jax.numpy as jnp
+
+    from rl.metrics import per_step_accuracy, success_rate
+
+    rate, se = success_rate(jnp.array([True, False, True, True]))
+    accuracy, accuracy_se = per_step_accuracy(jnp.array([[1, 0], [1, 1]], bool), jnp.array([[1, 1], [1, 0]], bool))
+    record = eval_record(step=jnp.int32(2), gflops=jnp.float32(3.0), task="virl-l", split="rule_ood", n=4,
+                         success=rate, success_se=se, per_step_accuracy=accuracy, per_step_accuracy_se=accuracy_se,
+                         seed=np.int64(1))
+    assert record["success"] == pytest.approx(0.75) and record["per_step_accuracy"] == pytest.approx(2 / 3)
+    assert json.loads(json.dumps(record)) == record

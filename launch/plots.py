@@ -326,13 +326,15 @@ def plot_all(runs: Sequence[Run], out_dir: str | Path) -> tuple[list[MadeFigure]
     made: list[MadeFigure] = []
     skipped: list[SkippedFigure] = []
     success = collect_curves(runs, "success")
+    per_step = collect_curves(runs, "per_step_accuracy")
+    recognition_curves = collect_curves(runs, "recognition_accuracy")
     tasks = sorted({c.task for c in success})
     if not success:
         skipped.append(SkippedFigure("Figures 5-8, 10 (success curves)", "no eval records in the runs"))
 
     for task in tasks:
         name = TASK_TITLES.get(task, task)
-        for metric, curves in (("success", success), ("per_step_accuracy", collect_curves(runs, "per_step_accuracy"))):
+        for metric, curves in (("success", success), ("per_step_accuracy", per_step)):
             rule = [c for c in curves if c.task == task and c.split in ("in_distribution", "rule_ood")]
             label = METRIC_LABELS[metric].split(" (")[0]
             if rule:
@@ -350,7 +352,7 @@ def plot_all(runs: Sequence[Run], out_dir: str | Path) -> tuple[list[MadeFigure]
             elif metric == "success":
                 skipped.append(SkippedFigure(f"Figure 7 ({name})", "no visual_ood evaluations"))
 
-        recognition = [c for c in collect_curves(runs, "recognition_accuracy") if c.task == task]
+        recognition = [c for c in recognition_curves if c.task == task]
         figure = plot_recognition([c for c in success if c.task == task], recognition, task, out_dir,
                                   f"fig8_{task}_recognition_vs_success.png") if recognition else None
         if figure:

@@ -151,3 +151,12 @@ def test_command_with_two_checkpoints_fails_with_one_sentence(tmp_path, capsys):
     (tmp_path / "ck.json").write_text(json.dumps(_synthetic(0, count=2)))
     assert predict.run(_parse([str(tmp_path / "ck.json"), "--out", str(tmp_path / "out")])) == 2
     assert "needs at least 3 checkpoints, got 2" in capsys.readouterr().err
+
+
+def test_the_cli_registers_predict_with_one_line(tmp_path, monkeypatch):
+    from launch import cli
+
+    monkeypatch.setattr(cli, "COMMANDS", {"predict": ("launch.predict", "predictors of post-RL success")})
+    (tmp_path / "ck.jsonl").write_text("\n".join(json.dumps(c) for c in _synthetic(1, count=4)))
+    assert cli.main(["predict", str(tmp_path / "ck.jsonl"), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "predict.md").exists()

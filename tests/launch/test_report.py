@@ -275,3 +275,13 @@ def test_eval_record_takes_the_rl_metrics_outputs_directly():
                          seed=np.int64(1))
     assert record["success"] == pytest.approx(0.75) and record["per_step_accuracy"] == pytest.approx(2 / 3)
     assert json.loads(json.dumps(record)) == record
+
+
+def test_the_cli_registers_report_with_one_line(tmp_path, monkeypatch):
+    from launch import cli
+
+    monkeypatch.setattr(cli, "COMMANDS", {"report": ("launch.report", "figures and report.md from runs")})
+    run = arm_run(tmp_path, "rl", 0, task="gp-l", splits=("rule_ood",), steps=(0, 5), recognition=False,
+                  pass_at_k=False, heldout=False)
+    assert cli.main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "report.md").exists()

@@ -23,7 +23,7 @@ import numpy as np
 
 from launch.curves import Curve, collect_curves
 from launch.metrics_schema import MetricsFileError, Run, load_runs
-from launch.plots import METRIC_LABELS, SPLIT_TITLES, TASK_TITLES, MadeFigure, SkippedFigure, plot_all
+from launch.plots import METRIC_LABELS, SPLIT_TITLES, TASK_TITLES, MadeFigure, SkippedFigure, budget_points, plot_all
 
 SIGNIFICANCE_SE = 2.0  # a change counts as up/down when |change| > 2 standard errors
 REPORT_FILENAME = "report.md"
@@ -223,6 +223,24 @@ def paper_table(rows: Sequence[ChangeRow]) -> list[str]:
     return lines
 
 
+def budget_table(runs: Sequence[Run]) -> list[str]:
+    """Figure 10's numbers: success at the fixed compute per verify budget and its gain over the first evaluation
+    (se of the gain: the two binomial se combined)."""
+    points, _ = budget_points(collect_curves(runs, "success"))
+    if not points:
+        return []
+    lines = ["### Verification budget at fixed compute", "",
+             "Fixed compute = the largest training compute every budget's run reached; gain = success there - "
+             "success at the first evaluation.", "",
+             "| task | split | arm | budget | GFLOPs | success (%) | gain (points) |", "|---|---|---|---|---|---|---|"]
+    for p in points:
+        gain_se = math.hypot(p.final_se, p.initial_se)
+        lines.append(f"| {TASK_TITLES.get(p.task, p.task)} | {SPLIT_TITLES.get(p.split, p.split)} | {p.arm.upper()} | "
+                     f"{p.verify_budget} | {p.gflops:.4g} | {_se_text(p.final, p.final_se)} | "
+                     f"{(p.final - p.initial) * 100:+.1f} ± {gain_se * 100:.1f} |")
+    return lines + [""]
+
+
 def render_report(runs: Sequence[Run], made: Sequence[MadeFigure], skipped: Sequence[SkippedFigure]) -> str:
     """report.md's text (no timestamps, so the same runs give the same file)."""
     lines = ["# memgen report", "",
@@ -246,6 +264,7 @@ def render_report(runs: Sequence[Run], made: Sequence[MadeFigure], skipped: Sequ
         lines.append("")
     if not all_rows:
         lines += ["No eval records in these runs, so there is no results table.", ""]
+    lines += budget_table(runs)
     lines += paper_table(tables[0][1])
 
     lines += ["", "## Reading", ""]

@@ -285,3 +285,19 @@ def test_the_cli_registers_report_with_one_line(tmp_path, monkeypatch):
                   pass_at_k=False, heldout=False)
     assert cli.main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "report.md").exists()
+
+
+def test_budget_table_equals_hand_computed(study):
+    dirs, _, text = study
+    # GP-L rule OOD: budgets 1 and 3 end at step 20 (the smallest last compute, 100 + 250 * 20 GFLOPs)
+    fixed = 100.0 + 250.0 * 20
+    for directory, budget in zip(dirs[6:], (1, 3, 5, 10)):
+        records = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+        evals = [r for r in records if r["kind"] == "eval" and r["split"] == "rule_ood"]
+        first = evals[0]
+        final = [r for r in evals if r["gflops"] <= fixed][-1]
+        se = lambda r: math.sqrt(r["success"] * (1 - r["success"]) / r["n"])  # noqa: E731
+        line = (f"| GP-L | rule OOD | RL | {budget} | {fixed:.4g} | {100 * final['success']:.1f} ± "
+                f"{100 * se(final):.1f} | {100 * (final['success'] - first['success']):+.1f} ± "
+                f"{100 * math.hypot(se(final), se(first)):.1f} |")
+        assert line in text

@@ -216,26 +216,25 @@ class Run:
         return [record for record in self.records if record["kind"] == kind]
 
     def evals(self) -> list[dict]:
-        """The eval records with arm and seed filled in from config.json when the record lacks them (see
-        `record_arm`, `record_seed`)."""
-        return [{**record, "arm": record_arm(record, self), "seed": record_seed(record, self)}
+        """The eval records with arm and seed filled in when the record lacks them (`default_arm`,
+        `default_seed`)."""
+        arm, seed = default_arm(self), default_seed(self)
+        return [{**record, "arm": record.get("arm") or arm,
+                 "seed": seed if record.get("seed") is None else int(record["seed"])}
                 for record in self.of_kind("eval")]
 
 
-def record_arm(record: Mapping[str, Any], run: Run) -> str:
-    """The record's arm, else config.json's "arm", else the arm of the run's train records, else "unknown"."""
-    if record.get("arm") is not None:
-        return record["arm"]
+def default_arm(run: Run) -> str:
+    """The arm of a record that names none: config.json's "arm", else the one arm of the run's train records,
+    else "unknown"."""
     if run.config and run.config.get("arm") in ARMS:
         return run.config["arm"]
     train_arms = {r["arm"] for r in run.of_kind("train")}
     return train_arms.pop() if len(train_arms) == 1 else "unknown"
 
 
-def record_seed(record: Mapping[str, Any], run: Run) -> int:
-    """The record's seed, else config.json's "seed", else 0."""
-    if record.get("seed") is not None:
-        return int(record["seed"])
+def default_seed(run: Run) -> int:
+    """The seed of a record that names none: config.json's "seed", else 0."""
     if run.config and _is_int(run.config.get("seed")):
         return int(run.config["seed"])
     return 0

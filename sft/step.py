@@ -114,7 +114,7 @@ def train_step(state: TrainState, batch: Batch, *, logits_fn: LogitsFn, optimize
                                        microbatches)
     grads = jax.tree.map(lambda g: g / jnp.maximum(sums["tokens"], 1.0), grad_sum)
     metrics = metrics_from_sums(sums)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
 
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.trainable)
     new_trainable = optax.apply_updates(state.trainable, updates)

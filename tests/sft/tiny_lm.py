@@ -13,6 +13,12 @@ VOCAB, HIDDEN, PATCHES, PATCH_FEATURES = 11, 8, 3, 5
 
 
 def init_params(seed: int = 0) -> dict:
+    """Fresh arrays on every call (tests donate them), from one compiled program rather than many eager ops."""
+    return _init_params(jnp.asarray(seed, jnp.uint32))
+
+
+@jax.jit
+def _init_params(seed: jax.Array) -> dict:
     keys = iter(jax.random.split(jax.random.key(seed), 16))
     normal = lambda shape, scale=0.5: scale * jax.random.normal(next(keys), shape, jnp.float32)  # noqa: E731
     return {

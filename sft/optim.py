@@ -120,7 +120,7 @@ class OptimizerConfig:
     """
 
     name: Literal["adamw"] = "adamw"
-    learning_rate: float = 1e-6
+    lr: float = 1e-6
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-7
@@ -176,7 +176,7 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientT
     factory = lambda peak_learning_rate, lr_multiplier, beta1, beta2, eps, weight_decay: _adamw_chain(  # noqa: E731
         peak_learning_rate, lr_multiplier, beta1, beta2, eps, weight_decay, max_grad_norm=config.max_grad_norm)
     return optax.inject_hyperparams(factory)(
-        peak_learning_rate=config.learning_rate,
+        peak_learning_rate=config.lr,
         lr_multiplier=lr_multiplier_schedule(config, total_steps),
         beta1=config.beta1, beta2=config.beta2, eps=config.eps, weight_decay=config.weight_decay)
 

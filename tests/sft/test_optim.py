@@ -44,7 +44,7 @@ def test_partition_and_combine_round_trip_and_drop_empty_groups():
 
 def test_defaults_are_the_reference_values():
     config = OptimizerConfig()
-    assert (config.learning_rate, config.beta1, config.beta2, config.eps, config.weight_decay) == (
+    assert (config.lr, config.beta1, config.beta2, config.eps, config.weight_decay) == (
         1e-6, 0.9, 0.98, 1e-7, 0.0)
     assert (config.schedule, config.warmup_fraction, config.max_grad_norm) == ("cosine", 0.03, 1.0)
 
@@ -75,7 +75,7 @@ def test_frozen_groups_carry_no_optimizer_state():
 
 def test_learning_rate_is_optimizer_state_not_a_compiled_constant():
     params = {"w": jnp.ones((3, 3))}
-    config = OptimizerConfig(learning_rate=0.1, warmup_fraction=0.0, schedule="constant", max_grad_norm=None)
+    config = OptimizerConfig(lr=0.1, warmup_fraction=0.0, schedule="constant", max_grad_norm=None)
     optimizer = make_optimizer(config, total_steps=10)
     update = jax.jit(lambda grads, state: optimizer.update(grads, state, params))
     grads = {"w": jnp.full((3, 3), 2.0)}
@@ -91,7 +91,7 @@ def test_learning_rate_is_optimizer_state_not_a_compiled_constant():
 
 def test_weight_decay_spares_vectors():
     params = {"matrix": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
-    config = OptimizerConfig(learning_rate=0.1, weight_decay=0.5, schedule="constant", warmup_fraction=0.0)
+    config = OptimizerConfig(lr=0.1, weight_decay=0.5, schedule="constant", warmup_fraction=0.0)
     optimizer = make_optimizer(config, total_steps=1)
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = optimizer.update(zeros, optimizer.init(params), params)

@@ -14,7 +14,7 @@ from sft.step import (eval_loss, init_train_state, stack_for_sweep, sweep_train_
                       unstack_sweep)
 from tests.sft.tiny_lm import init_params, logits_fn, make_batch
 
-CONFIG = OptimizerConfig(learning_rate=3e-2, warmup_fraction=0.25)
+CONFIG = OptimizerConfig(lr=3e-2, warmup_fraction=0.25)
 # One optimizer object for the whole module, so that each jitted step variant compiles once (the tests share
 # this machine's two cores; compilation dominates their time).
 # For the same reason every test freezes the same params (a group and a regex), so the partitions' structure, and

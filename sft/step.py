@@ -53,6 +53,9 @@ def init_train_state(params: Any, optimizer: optax.GradientTransformation, freez
     and initialise the optimizer on the trainable partition only."""
     if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
         rng = jax.random.key_data(rng)
+    # Strong dtypes: a weakly typed leaf (e.g. a param made from a Python float) would come out of the first
+    # update strongly typed and make the second step recompile.
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.result_type(x)), params)
     trainable, frozen = partition(params, trainable_mask(params, freeze))
     if not jax.tree.leaves(trainable):
         raise ValueError(f"freeze={list(freeze)} freezes every parameter; leave at least one group trainable")

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 STATE_ITEM, RUN_STATE_ITEM = "state", "run_state"
 
 
+class CheckpointError(RuntimeError):
+    """A run directory holds checkpoints, but none of them can be restored onto the run's state."""
+
+
 @dataclass(frozen=True)
 class Restored:
     """A restored checkpoint: its ``step``, the train ``state`` and the JSON ``run_state`` dict."""
@@ -92,17 +96,25 @@ class CheckpointManager:
         return Restored(step=int(step), state=restored[STATE_ITEM], run_state=dict(restored[RUN_STATE_ITEM] or {}))
 
     def restore_latest(self, like_state: Any) -> Optional[Restored]:
-        """The newest checkpoint that can be read, or None when there is none. Unreadable ones are skipped with
-        a warning that names them."""
-        for step in reversed(self.steps()):
+        """The newest checkpoint that can be read, or None when the directory holds none. Unreadable ones are
+        skipped with a warning that names them; if checkpoints exist but none can be restored (typically the
+        run's config changed, e.g. what is frozen, so the state no longer matches) it raises CheckpointError
+        rather than silently starting over."""
+        steps = self.steps()
+        reason = ""
+        for step in reversed(steps):
             try:
                 return self.restore(step, like_state)
             except Exception as error:  # orbax raises many types for damaged files; any of them means skip
-                message = (f"checkpoint step {step} in {self.directory} cannot be restored "
-                           f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                message = (f"checkpoint step {step} in {self.directory} cannot be restored ({reason}); "
                            "falling back to the previous checkpoint")
                 warnings.warn(message, RuntimeWarning, stacklevel=2)
                 log.warning(message)
+        if steps:
+            raise CheckpointError(
+                f"none of the checkpoints {steps} in {self.directory} can be restored onto this run's state (last "
+                f"error: {reason}); if the config changed since they were written, use a new run directory")
         return None
 
     def wait(self) -> None:

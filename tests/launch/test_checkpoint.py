@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from launch.checkpoint import CheckpointManager, abstract_like
+from launch.checkpoint import CheckpointError, CheckpointManager, abstract_like
 from sft.optim import OptimizerConfig, make_optimizer
 from sft.step import init_train_state
 
@@ -156,3 +156,11 @@ def test_an_interrupted_sft_loop_resumes_bit_identically(tmp_path):
     assert (tmp_path / "b" / "metrics.jsonl").read_text() == (tmp_path / "a" / "metrics.jsonl").read_text()
     assert int(resumed.step) == total_steps
     assert step_fn._cache_size() == 1  # resuming does not recompile
+
+
+def test_checkpoints_that_do_not_fit_the_state_stop_the_run(tmp_path):
+    with CheckpointManager(tmp_path, every_steps=1) as manager:
+        manager.save(1, {"w": jnp.arange(4.0)}, {})
+    with CheckpointManager(tmp_path) as manager:
+        with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match=r"none of the checkpoints \[1\]"):
+            manager.restore_latest({"w": jnp.arange(4.0), "extra": jnp.zeros(2)})

@@ -77,7 +77,8 @@ def register_preset(name: str, make: Callable[[], Any] | Any) -> None:
     """Register a preset: a config instance or a zero-argument function returning one."""
     if name in _PRESETS:
         raise ConfigError(f"preset {name!r} is already registered; choose another name")
-    _PRESETS[name] = make if callable(make) and not dataclasses.is_dataclass(make) else (lambda: make)
+    is_instance = dataclasses.is_dataclass(make) and not isinstance(make, type)
+    _PRESETS[name] = (lambda: make) if is_instance else make
 
 
 def preset_names() -> list[str]:

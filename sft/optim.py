@@ -27,9 +27,9 @@ def _check_nested_dict(tree: Any, path: str = "") -> None:
     if not isinstance(tree, Mapping):
         return
     for key, value in tree.items():
-        if not isinstance(key, str):
-            raise TypeError(f"param key {key!r} under '{path or '/'}' is not a string; params must be nested "
-                            "dicts with string keys")
+        if not isinstance(key, str) or "/" in key or not key:
+            raise TypeError(f"param key {key!r} under '{path or '/'}' is not a non-empty string without '/'; "
+                            "params must be nested dicts with such keys (paths are '/'-joined)")
         _check_nested_dict(value, f"{path}/{key}" if path else key)
 
 

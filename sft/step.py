@@ -15,7 +15,7 @@ consecutive skips.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -63,9 +63,10 @@ def init_train_state(params: Any, optimizer: optax.GradientTransformation, freez
                       opt_state=optimizer.init(trainable), rng=jnp.asarray(rng, jnp.uint32))
 
 
-def _cast_floats(tree: Any, dtype: Optional[jnp.dtype]) -> Any:
+def _cast_floats(tree: Any, dtype: Optional[Union[jnp.dtype, str]]) -> Any:
     if dtype is None:
         return tree
+    dtype = jnp.dtype(dtype)
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
@@ -83,16 +84,16 @@ def _tree_where(condition: jax.Array, on_true: Any, on_false: Any) -> Any:
 
 
 def train_step(state: TrainState, batch: Batch, *, logits_fn: LogitsFn, optimizer: optax.GradientTransformation,
-               grad_accum_steps: int = 1, compute_dtype: Optional[jnp.dtype] = None
+               grad_accum_steps: int = 1, compute_dtype: Optional[Union[jnp.dtype, str]] = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on ``batch`` (leading axis B = grad_accum_steps x microbatch).
 
     The loss is the token mean over all supervised tokens of the whole batch (each microbatch's summed NLL
     divided by the whole batch's token count), so accumulation equals one big batch. Gradients are taken w.r.t.
-    the trainable partition only. With ``compute_dtype`` (e.g. ``jnp.bfloat16``) the params are cast inside the
-    loss; the fp32 master weights and the optimizer state stay fp32. Jit it with ``donate_argnums=0`` and the
-    keyword arguments bound, e.g. ``jax.jit(functools.partial(train_step, logits_fn=f, optimizer=o),
-    donate_argnums=0)``.
+    the trainable partition only. With ``compute_dtype`` (a dtype or its name, e.g. ``jnp.bfloat16`` or the
+    config's ``"bfloat16"``) the params are cast inside the loss; the fp32 master weights and the optimizer
+    state stay fp32. Jit it with ``donate_argnums=0`` and the keyword arguments bound, e.g.
+    ``jax.jit(functools.partial(train_step, logits_fn=f, optimizer=o), donate_argnums=0)``.
 
     Metrics (fp32 scalars): ``loss``, ``accuracy``, ``tokens``, ``lr`` (of this update), ``grad_norm`` (global
     norm before clipping), ``skipped`` (1 when the update was skipped as non-finite).

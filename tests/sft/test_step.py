@@ -134,7 +134,7 @@ def test_bf16_compute_keeps_fp32_masters_and_tracks_fp32_training():
     fp32_state, optimizer = make_state()
     bf16_state, _ = make_state()
     fp32_state, fp32_history = run(fp32_state, optimizer, batches)
-    bf16_state, bf16_history = run(bf16_state, optimizer, batches, compute_dtype=jnp.bfloat16)
+    bf16_state, bf16_history = run(bf16_state, optimizer, batches, compute_dtype="bfloat16")
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(bf16_state.trainable))
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(bf16_state.frozen))
     np.testing.assert_allclose(bf16_history[0]["loss"], fp32_history[0]["loss"], rtol=3e-2)

@@ -11,6 +11,7 @@ and a frozen param has no leaf in the trainable partition: no optimizer state an
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
@@ -196,6 +197,7 @@ def with_peak_learning_rate(opt_state: Any, peak_learning_rate: jax.Array) -> An
 
 
 def tree_bytes(tree: Any) -> int:
-    """Total bytes of the array leaves of a pytree (e.g. to measure optimizer-state memory)."""
-    return sum(int(leaf.size) * jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(tree)
-               if hasattr(leaf, "dtype"))
+    """Total bytes of the array leaves of a pytree, concrete or abstract (``jax.eval_shape(optimizer.init,
+    trainable)`` measures a 90B model's optimizer state without allocating it)."""
+    return sum(math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(tree)
+               if hasattr(leaf, "dtype") and hasattr(leaf, "shape"))

@@ -67,6 +67,7 @@ def test_frozen_groups_carry_no_optimizer_state():
     full_bytes = tree_bytes(optimizer.init(params))
     trainable, _ = partition(params, trainable_mask(params, ["language_model"]))
     frozen_bytes = tree_bytes(optimizer.init(trainable))
+    assert tree_bytes(jax.eval_shape(optimizer.init, trainable)) == frozen_bytes
     language_model_bytes = tree_bytes(params["language_model"])
     # Adam keeps two fp32 moments per trainable param; freezing removes exactly those of the frozen group.
     assert full_bytes - frozen_bytes == 2 * language_model_bytes
@@ -94,6 +95,6 @@ def test_weight_decay_spares_vectors():
     config = OptimizerConfig(lr=0.1, weight_decay=0.5, schedule="constant", warmup_fraction=0.0)
     optimizer = make_optimizer(config, total_steps=1)
     zeros = jax.tree.map(jnp.zeros_like, params)
-    updates, _ = optimizer.update(zeros, optimizer.init(params), params)
+    updates, _ = jax.jit(optimizer.update)(zeros, optimizer.init(params), params)
     np.testing.assert_allclose(np.asarray(updates["matrix"]), -0.05, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(updates["bias"]), 0.0)

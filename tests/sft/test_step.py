@@ -180,3 +180,20 @@ def test_vmapped_learning_rate_sweep_equals_separate_runs():
 def test_freezing_everything_is_a_clear_error():
     with pytest.raises(ValueError, match="freezes every parameter"):
         make_state(freeze=["vision_encoder", "projector", "language_model", "cross_attention"])
+
+
+def test_data_parallel_sharded_step_matches_the_single_device_step():
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Auto,), devices=jax.devices()[:4])
+    batches = [make_batch(s) for s in range(2)]
+    single, optimizer = make_state()
+    single, single_history = run(single, optimizer, batches)
+    sharded, _ = make_state()
+    sharded = jax.device_put(sharded, NamedSharding(mesh, PartitionSpec()))  # params replicated
+    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))             # examples split over devices
+    sharded, sharded_history = run(sharded, optimizer, [jax.device_put(b, batch_sharding) for b in batches])
+    assert sharded.trainable["language_model"]["lm_head"]["kernel"].sharding.mesh.size == 4
+    assert_trees_close(sharded.trainable, single.trainable, rtol=1e-5, atol=1e-7)
+    for a, b in zip(sharded_history, single_history):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)

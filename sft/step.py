@@ -71,11 +71,15 @@ def _cast_floats(tree: Any, dtype: Optional[Union[jnp.dtype, str]]) -> Any:
 
 
 def _split_microbatches(batch: Batch, grad_accum_steps: int) -> dict[str, jax.Array]:
+    """(B, ...) -> (grad_accum_steps, B / grad_accum_steps, ...), microbatch k = examples k, k + n, k + 2n, ...
+    Strided, not contiguous: with B sharded over data-parallel devices in contiguous blocks, every microbatch
+    then has examples on every device, so no device idles and nothing is moved (the loss is a sum over
+    examples, so which examples share a microbatch does not change the result)."""
     def split(x: jax.Array) -> jax.Array:
         if x.shape[0] % grad_accum_steps:
             raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={grad_accum_steps}; "
                              "make the global batch a multiple of it")
-        return x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:])
+        return jnp.swapaxes(x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:]), 0, 1)
     return jax.tree.map(split, dict(batch))
 
 

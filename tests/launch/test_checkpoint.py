@@ -164,3 +164,15 @@ def test_checkpoints_that_do_not_fit_the_state_stop_the_run(tmp_path):
     with CheckpointManager(tmp_path) as manager:
         with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match=r"none of the checkpoints \[1\]"):
             manager.restore_latest({"w": jnp.arange(4.0), "extra": jnp.zeros(2)})
+
+
+def test_a_state_with_nothing_frozen_round_trips(tmp_path):
+    from tests.sft.tiny_lm import init_params
+
+    state = init_train_state(init_params(), make_optimizer(OptimizerConfig(), 10), [], jax.random.PRNGKey(0))
+    assert state.frozen == {}
+    with CheckpointManager(tmp_path, every_steps=1) as manager:
+        manager.save(1, state, {})
+    with CheckpointManager(tmp_path) as manager:
+        restored = manager.restore_latest(state)
+    assert_bit_identical(restored.state, state)

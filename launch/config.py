@@ -17,7 +17,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping, Optional, TypeVar, Union
+from typing import Any, Callable, Iterable, Literal, Mapping, TypeVar, Union
 
 from sft.optim import OptimizerConfig
 

@@ -1,0 +1,132 @@
+"""Run checkpoints: a thin wrapper over ``orbax.checkpoint.CheckpointManager`` that saves the whole train state
+(params, optimizer state, step, RNG: any pytree of arrays) together with a small JSON of run-loop state (data
+position, epoch, counters) as one checkpoint per step, asynchronously, every N steps, keeping the latest K.
+
+Guarantees: orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it to ``<step>`` only once
+every file is written, so a save interrupted by a crash or SIGKILL is never listed, never restored, and its
+temporary directory is removed when the directory is next opened. A listed step that still cannot be read (a
+file lost or truncated afterwards) is skipped with a warning and the previous one is restored. Restored arrays
+get the shardings (and dtypes) of the state passed as the template, so a run resumes on the same mesh.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+STATE_ITEM, RUN_STATE_ITEM = "state", "run_state"
+
+
+class CheckpointError(RuntimeError):
+    """A run directory holds checkpoints, but none of them can be restored onto the run's state."""
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A restored checkpoint: its ``step``, the train ``state`` and the JSON ``run_state`` dict."""
+
+    step: int
+    state: Any
+    run_state: dict
+
+
+def abstract_like(state: Any) -> Any:
+    """The restore template of a state: shapes, dtypes and shardings of its arrays, no data."""
+    def describe(leaf: Any) -> Any:
+        if isinstance(leaf, jax.Array):
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+        return leaf
+    return jax.tree.map(describe, state)
+
+
+class CheckpointManager:
+    """Checkpoints of one run in ``directory`` (created if missing).
+
+    ``every_steps``: :meth:`save` writes only at multiples of it unless ``force=True`` (use force for the final
+    step); ``keep``: how many of the latest checkpoints stay on disk; ``async_save``: write in the background
+    (:meth:`wait` or :meth:`close` blocks until written). Use it as a context manager so the last save finishes.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, every_steps: int = 100, keep: int = 3,
+                 async_save: bool = True):
+        if every_steps < 1 or keep < 1:
+            raise ValueError(f"checkpoint.every_steps ({every_steps}) and checkpoint.keep ({keep}) must be at "
+                             "least 1")
+        self.directory = Path(directory).absolute()
+        self.every_steps = every_steps
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True, create=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=(STATE_ITEM, RUN_STATE_ITEM))
+
+    def steps(self) -> list[int]:
+        """The completely written checkpoints' steps, ascending."""
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, run_state: Optional[Mapping[str, Any]] = None, *,
+             force: bool = False) -> bool:
+        """Start saving ``state`` and ``run_state`` (JSON-serialisable) as ``step``; returns whether a save was
+        started (False when ``step`` is not a multiple of ``every_steps`` and not forced, or already saved).
+        The arrays are copied before this returns, so the caller may donate ``state`` to the next step."""
+        step = int(step)
+        # The interval is decided here, not by orbax, whose policy also saves the first step it sees.
+        if step in self._manager.all_steps() or not (force or step % self.every_steps == 0):
+            return False
+        return self._manager.save(step, args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardSave(state),
+            RUN_STATE_ITEM: ocp.args.JsonSave(dict(run_state or {})),
+        }), force=True)
+
+    def restore(self, step: int, like_state: Any) -> Restored:
+        """Restore ``step`` onto the shapes, dtypes and shardings of ``like_state`` (a state or abstract one)."""
+        restored = self._manager.restore(int(step), args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardRestore(abstract_like(like_state)),
+            RUN_STATE_ITEM: ocp.args.JsonRestore(),
+        }))
+        return Restored(step=int(step), state=restored[STATE_ITEM], run_state=dict(restored[RUN_STATE_ITEM] or {}))
+
+    def restore_latest(self, like_state: Any) -> Optional[Restored]:
+        """The newest checkpoint that can be read, or None when the directory holds none. Unreadable ones are
+        skipped with a warning that names them; if checkpoints exist but none can be restored (typically the
+        run's config changed, e.g. what is frozen, so the state no longer matches) it raises CheckpointError
+        rather than silently starting over."""
+        steps = self.steps()
+        reason = ""
+        for step in reversed(steps):
+            try:
+                return self.restore(step, like_state)
+            except Exception as error:  # orbax raises many types for damaged files; any of them means skip
+                reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                message = (f"checkpoint step {step} in {self.directory} cannot be restored ({reason}); "
+                           "falling back to the previous checkpoint")
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+                log.warning(message)
+        if steps:
+            raise CheckpointError(
+                f"none of the checkpoints {steps} in {self.directory} can be restored onto this run's state (last "
+                f"error: {reason}); if the config changed since they were written, use a new run directory")
+        return None
+
+    def wait(self) -> None:
+        """Block until the background save (if any) is written."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> "CheckpointManager":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

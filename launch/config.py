@@ -1,0 +1,341 @@
+"""Configs for every memgen command: nested frozen dataclasses, a registry of named presets, command-line
+overrides (``section.field=value``) parsed by each field's declared type, and JSON round trips so a run directory
+holds the full resolved config it ran with.
+
+Override syntax: ``key=value`` where key is a dotted path of field names (``optimizer.lr=1e-5``, ``steps=100``).
+Values are parsed by the field's type: int (``100``, ``1_000``, ``1e3``), float (``1e-5``), bool (``true/false``,
+``yes/no``, ``1/0``), str (optionally quoted), a Literal's choices, ``none``/``null`` for Optional fields, and
+tuples/lists as ``[a,b]``, ``a,b`` or ``[]`` (items parsed by the element type).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Mapping, Optional, TypeVar, Union
+
+from sft.optim import OptimizerConfig
+
+T = TypeVar("T")
+
+CONFIG_FILENAME = "config.json"
+
+
+class ConfigError(ValueError):
+    """A config, preset name, override or config file is wrong; the message says which and what to do."""
+
+
+# --- the SFT run config (other commands register theirs the same way) ---------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Orbax checkpointing of a run: save every ``every_steps`` steps (and at the end), keep the latest ``keep``,
+    write asynchronously so training continues while a checkpoint is written."""
+
+    every_steps: int = 100
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """One SFT run. ``steps`` optimizer steps of ``batch_size`` examples (split into ``grad_accum_steps``
+    microbatches); ``freeze`` lists param groups (vision_encoder, projector, language_model, cross_attention,
+    value_head) or whole-path regexes; ``compute_dtype`` is the dtype params are cast to inside the loss (the
+    master weights stay float32); the run stops after ``max_consecutive_skips`` non-finite steps in a row;
+    ``eval_every`` steps it measures the held-out loss on ``eval_examples`` examples (0: never)."""
+
+    task: Literal["general_points", "virl"] = "general_points"
+    modality: Literal["language", "vision"] = "language"
+    model: str = "tiny"
+    seed: int = 0
+    steps: int = 100
+    batch_size: int = 16
+    grad_accum_steps: int = 1
+    compute_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    freeze: tuple[str, ...] = ()
+    train_examples: int = 1000
+    eval_examples: int = 128
+    eval_every: int = 50
+    log_every: int = 1
+    max_consecutive_skips: int = 5
+    optimizer: OptimizerConfig = OptimizerConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+
+# --- presets -------------------------------------------------------------------------------------------------
+
+_PRESETS: dict[str, Callable[[], Any]] = {}
+
+
+def register_preset(name: str, make: Callable[[], Any] | Any) -> None:
+    """Register a preset: a config instance or a zero-argument function returning one."""
+    if name in _PRESETS:
+        raise ConfigError(f"preset {name!r} is already registered; choose another name")
+    is_instance = dataclasses.is_dataclass(make) and not isinstance(make, type)
+    _PRESETS[name] = (lambda: make) if is_instance else make
+
+
+def preset_names() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def get_preset(name: str) -> Any:
+    if name not in _PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    return _PRESETS[name]()
+
+
+def resolve(preset: str, overrides: Iterable[str] = ()) -> Any:
+    """The config of ``preset`` with the command-line ``overrides`` applied."""
+    return apply_overrides(get_preset(preset), overrides)
+
+
+# The reference protocol's SFT runs (lr 1e-6 for the text variants, 5e-7 for the vision ones; full fine-tune).
+for _task, _short in (("general_points", "gp"), ("virl", "virl")):
+    register_preset(f"sft-{_short}-l", SFTConfig(task=_task, modality="language", model="llama-3.2-11b-vision",
+                                                 batch_size=128, optimizer=OptimizerConfig(lr=1e-6)))
+    register_preset(f"sft-{_short}-vl", SFTConfig(task=_task, modality="vision", model="llama-3.2-11b-vision",
+                                                  batch_size=128, optimizer=OptimizerConfig(lr=5e-7)))
+# Small enough for a CPU: a tiny random model, few steps, float32.
+register_preset("sft-tiny", SFTConfig(model="tiny", steps=20, batch_size=4, train_examples=64, eval_examples=16,
+                                      eval_every=10, compute_dtype="float32",
+                                      optimizer=OptimizerConfig(lr=1e-3),
+                                      checkpoint=CheckpointConfig(every_steps=10, keep=2)))
+
+
+# --- overrides -----------------------------------------------------------------------------------------------
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def valid_keys(config: Any, prefix: str = "") -> list[str]:
+    """Every settable dotted key of a config (its leaf fields)."""
+    keys = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            keys.extend(valid_keys(value, f"{prefix}{field.name}."))
+        else:
+            keys.append(f"{prefix}{field.name}")
+    return keys
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(annotation))
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _split_list(text: str) -> list[str]:
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            parsed = json.loads(text)
+            if isinstance(parsed, list):
+                return [item if isinstance(item, str) else json.dumps(item) for item in parsed]
+        except json.JSONDecodeError:
+            pass
+        text = text[1:-1]
+    return [item.strip() for item in text.split(",")] if text.strip() else []
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def parse_value(text: str, annotation: Any) -> Any:
+    """Parse the command-line string ``text`` as a value of type ``annotation``; raises ValueError."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        if type(None) in args and text.strip().lower() in ("none", "null"):
+            return None
+        for option in (arg for arg in args if arg is not type(None)):
+            try:
+                return parse_value(text, option)
+            except ValueError:
+                continue
+        raise ValueError(f"expected {' or '.join(_type_name(a) for a in args)}")
+    if origin is Literal:
+        value = _unquote(text)
+        for choice in args:
+            if str(choice) == value:
+                return choice
+        raise ValueError(f"expected {_type_name(annotation)}")
+    if origin in (tuple, list) or annotation in (tuple, list):
+        items = _split_list(text)
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(items) != len(args):
+                raise ValueError(f"expected {len(args)} items")
+            values = [parse_value(item, arg) for item, arg in zip(items, args)]
+        else:
+            element = args[0] if args else str
+            values = [parse_value(item, element) for item in items]
+        return tuple(values) if (origin or annotation) is tuple else values
+    if annotation is bool:
+        lowered = text.strip().lower()
+        if lowered in _TRUE or lowered in _FALSE:
+            return lowered in _TRUE
+        raise ValueError("expected true or false")
+    if annotation is int:
+        cleaned = text.strip()
+        try:
+            return int(cleaned)
+        except ValueError:
+            try:
+                as_float = float(cleaned)
+            except ValueError:
+                raise ValueError("expected an integer") from None
+            if as_float.is_integer():
+                return int(as_float)
+            raise ValueError("expected an integer") from None
+    if annotation is float:
+        try:
+            return float(text.strip())
+        except ValueError:
+            raise ValueError("expected a number") from None
+    if annotation is str:
+        return _unquote(text)
+    raise ValueError(f"fields of type {_type_name(annotation)} cannot be set from the command line")
+
+
+def _unknown_key(key: str, config: Any) -> ConfigError:
+    keys = valid_keys(config)
+    close = difflib.get_close_matches(key, keys, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}; valid keys are: {', '.join(keys)}")
+
+
+def _set(config: Any, path: list[str], raw: str, full_key: str, root: Any) -> Any:
+    name = path[0]
+    if not dataclasses.is_dataclass(config) or name not in {f.name for f in dataclasses.fields(config)}:
+        raise _unknown_key(full_key, root)
+    current = getattr(config, name)
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise _unknown_key(full_key, root)
+        return dataclasses.replace(config, **{name: _set(current, path[1:], raw, full_key, root)})
+    if dataclasses.is_dataclass(current):
+        raise ConfigError(f"config key '{full_key}' is a section, not a value; set its fields instead, e.g. "
+                          f"'{valid_keys(current, full_key + '.')[0]}=...'")
+    annotation = _field_types(type(config))[name]
+    try:
+        value = parse_value(raw, annotation)
+    except ValueError as error:
+        expected = _type_name(annotation)
+        suffix = "" if expected in str(error) else f" ({expected})"
+        raise ConfigError(f"config key '{full_key}' got {raw!r}, but {error}{suffix}") from None
+    return dataclasses.replace(config, **{name: value})
+
+
+def apply_overrides(config: T, overrides: Iterable[str]) -> T:
+    """``config`` with each ``key=value`` override applied in order (later ones win)."""
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {override!r} is not of the form key=value, e.g. 'optimizer.lr=1e-5'")
+        config = _set(config, key.split("."), raw, key, config)
+    return config
+
+
+# --- dict / JSON ---------------------------------------------------------------------------------------------
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready nested dict of a config (tuples become lists)."""
+    def convert(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {field.name: convert(getattr(value, field.name)) for field in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            return [convert(item) for item in value]
+        return value
+    return convert(config)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check a JSON value against a field's type, converting lists to tuples and ints to floats."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, _prefix=key + ".")
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (arg for arg in args if arg is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+    elif origin is Literal:
+        if value in args:
+            return value
+    elif origin in (tuple, list) or annotation in (tuple, list):
+        if isinstance(value, (list, tuple)):
+            if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+                if len(value) == len(args):
+                    return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+            else:
+                element = args[0] if args else Any
+                items = [_coerce(v, element, key) for v in value]
+                return tuple(items) if (origin or annotation) is tuple else items
+    elif annotation is Any:
+        return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation in (int, bool, str):
+        if isinstance(value, annotation) and not (annotation is int and isinstance(value, bool)):
+            return value
+    raise ConfigError(f"config key '{key}' has the value {value!r}, which is not {_type_name(annotation)}; "
+                      "fix the config file")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], *, _prefix: str = "") -> T:
+    """The config of class ``cls`` described by ``data`` (as written by :func:`to_dict`); unknown keys and
+    wrongly typed values are errors, missing keys take their defaults."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config section '{_prefix.rstrip('.') or cls.__name__}' must be a JSON object, got "
+                          f"{type(data).__name__}; fix the config file")
+    hints = _field_types(cls)
+    names = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key '{_prefix}{unknown[0]}' in {cls.__name__}; valid keys are: "
+                          f"{', '.join(_prefix + name for name in sorted(names))}")
+    return cls(**{name: _coerce(value, hints[name], _prefix + name) for name, value in data.items()})
+
+
+def save_config(config: Any, run_dir: str | os.PathLike) -> Path:
+    """Write the full resolved config as ``run_dir/config.json`` (atomically) and return its path."""
+    path = Path(run_dir) / CONFIG_FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(to_dict(config), indent=2, sort_keys=False) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def load_config(cls: type[T], path: str | os.PathLike) -> T:
+    """Read a config written by :func:`save_config` (a run directory or the JSON file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_FILENAME
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; pass a run directory that holds {CONFIG_FILENAME}"
+                          ) from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid JSON ({error}); fix or delete it") from None
+    return from_dict(cls, data)

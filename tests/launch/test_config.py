@@ -1,0 +1,99 @@
+"""Config presets, typed command-line overrides with one-sentence errors, and JSON round trips."""
+
+import dataclasses
+import json
+from typing import Literal, Optional
+
+import pytest
+
+from launch.config import (CheckpointConfig, ConfigError, SFTConfig, apply_overrides, from_dict, get_preset,
+                           load_config, parse_value, preset_names, register_preset, resolve, save_config,
+                           to_dict, valid_keys)
+from sft.optim import OptimizerConfig
+
+
+def test_presets_hold_the_reference_learning_rates():
+    assert {"sft-gp-l", "sft-gp-vl", "sft-virl-l", "sft-virl-vl", "sft-tiny"} <= set(preset_names())
+    assert get_preset("sft-gp-l").optimizer.lr == 1e-6
+    assert get_preset("sft-gp-vl").optimizer.lr == 5e-7
+    assert get_preset("sft-virl-vl").modality == "vision" and get_preset("sft-virl-vl").task == "virl"
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; choose one of: .*sft-tiny"):
+        get_preset("nope")
+    with pytest.raises(ConfigError, match="already registered"):
+        register_preset("sft-tiny", SFTConfig())
+
+
+def test_overrides_parse_by_field_type():
+    config = resolve("sft-tiny", ["optimizer.lr=1e-5", "steps=100", "freeze=[vision_encoder,projector]",
+                                  "checkpoint.async_save=false", "compute_dtype=bfloat16",
+                                  "optimizer.max_grad_norm=none", "batch_size=1e3", "model='my model'"])
+    assert config.optimizer.lr == 1e-5 and isinstance(config.optimizer.lr, float)
+    assert config.steps == 100 and config.batch_size == 1000
+    assert config.freeze == ("vision_encoder", "projector")
+    assert config.checkpoint.async_save is False and config.compute_dtype == "bfloat16"
+    assert config.optimizer.max_grad_norm is None and config.model == "my model"
+    assert apply_overrides(config, ["freeze=[]"]).freeze == ()
+    assert apply_overrides(config, ['freeze=["language_model/layers/.*", "value_head"]']).freeze == (
+        "language_model/layers/.*", "value_head")
+    assert apply_overrides(config, ["freeze=vision_encoder"]).freeze == ("vision_encoder",)
+    assert apply_overrides(config, ["optimizer.max_grad_norm=0.5"]).optimizer.max_grad_norm == 0.5
+    assert get_preset("sft-tiny").steps == 20  # presets are not mutated
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.lrr=1", r"unknown config key 'optimizer.lrr' \(did you mean 'optimizer.lr'\?\); valid keys are: "
+                        r"task, modality, .*optimizer.lr, .*checkpoint.async_save$"),
+    ("stepz=3", "unknown config key 'stepz'"),
+    ("steps.x=3", "unknown config key 'steps.x'"),
+    ("steps=1.5", r"config key 'steps' got '1.5', but expected an integer$"),
+    ("optimizer.lr=fast", "config key 'optimizer.lr' got 'fast', but expected a number"),
+    ("compute_dtype=float16", "expected one of 'float32', 'bfloat16'"),
+    ("checkpoint.async_save=maybe", "expected true or false"),
+    ("optimizer=3", "config key 'optimizer' is a section, not a value; set its fields instead, e.g. "
+                    "'optimizer.name=...'"),
+    ("steps", "is not of the form key=value"),
+])
+def test_bad_overrides_are_one_clear_sentence(override, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        apply_overrides(SFTConfig(), [override])
+    assert "\n" not in str(error.value)
+
+
+def test_parse_value_handles_optional_literal_and_fixed_tuples():
+    assert parse_value("null", Optional[int]) is None and parse_value("3", Optional[int]) == 3
+    assert parse_value("2", Literal[1, 2]) == 2
+    assert parse_value("[1, 2]", tuple[int, int]) == (1, 2)
+    assert parse_value("1,2.5", list[float]) == [1.0, 2.5]
+    with pytest.raises(ValueError, match="expected 2 items"):
+        parse_value("1,2,3", tuple[int, int])
+
+
+def test_dict_and_json_round_trip(tmp_path):
+    config = resolve("sft-gp-vl", ["freeze=[vision_encoder]", "optimizer.max_grad_norm=none"])
+    data = to_dict(config)
+    assert data["freeze"] == ["vision_encoder"] and data["optimizer"]["lr"] == 5e-7
+    assert from_dict(SFTConfig, json.loads(json.dumps(data))) == config
+    path = save_config(config, tmp_path / "run")
+    assert path == tmp_path / "run" / "config.json"
+    assert load_config(SFTConfig, tmp_path / "run") == config
+    assert from_dict(SFTConfig, {"steps": 3}) == dataclasses.replace(SFTConfig(), steps=3)
+
+
+def test_bad_config_files_are_one_clear_sentence(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'optimizer.lrate' in OptimizerConfig"):
+        from_dict(SFTConfig, {"optimizer": {"lrate": 1.0}})
+    with pytest.raises(ConfigError, match="config key 'steps' has the value '3', which is not int"):
+        from_dict(SFTConfig, {"steps": "3"})
+    with pytest.raises(ConfigError, match="config key 'checkpoint.keep' has the value True"):
+        from_dict(SFTConfig, {"checkpoint": {"keep": True}})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(SFTConfig, tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="is not valid JSON"):
+        load_config(SFTConfig, tmp_path)
+
+
+def test_valid_keys_lists_leaves():
+    keys = valid_keys(SFTConfig())
+    assert "optimizer.lr" in keys and "checkpoint.every_steps" in keys and "optimizer" not in keys
+    assert isinstance(CheckpointConfig(), CheckpointConfig) and OptimizerConfig().lr == 1e-6

@@ -1,0 +1,100 @@
+"""Freezing (groups and regexes), partitions, the optimizer's defaults, schedule and injected learning rate."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sft.optim import (OptimizerConfig, combine, flatten_paths, learning_rate, lr_multiplier_schedule,
+                       make_optimizer, partition, trainable_mask, tree_bytes, with_peak_learning_rate)
+from tests.sft.tiny_lm import init_params
+
+
+def frozen_paths(params, freeze):
+    return sorted(path for path, trains in flatten_paths(trainable_mask(params, freeze)).items() if not trains)
+
+
+def test_freeze_by_group_and_by_regex():
+    params = init_params()
+    assert frozen_paths(params, []) == []
+    assert frozen_paths(params, ["vision_encoder", "projector"]) == [
+        "projector/bias", "projector/kernel", "vision_encoder/patch_embedding/kernel"]
+    assert frozen_paths(params, [r"language_model/layers/.*", r".*/gate"]) == [
+        "cross_attention/gate", "language_model/layers/mlp/down_proj/kernel",
+        "language_model/layers/mlp/up_proj/kernel"]
+    # A regex must match the whole path: 'lm_head' alone is not a path.
+    with pytest.raises(ValueError, match="matches no parameter"):
+        trainable_mask(params, ["lm_head"])
+    with pytest.raises(ValueError, match="valid regular expression"):
+        trainable_mask(params, ["language_model/("])
+
+
+def test_partition_and_combine_round_trip_and_drop_empty_groups():
+    params = init_params()
+    trainable, frozen = partition(params, trainable_mask(params, ["vision_encoder", ".*/bias"]))
+    assert "vision_encoder" not in trainable and set(frozen) == {"vision_encoder", "projector"}
+    assert set(frozen["projector"]) == {"bias"}
+    merged = combine(trainable, frozen)
+    assert jax.tree.structure(merged) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(params)):
+        assert a is b
+    # Partitions are ordinary pytrees: jit sees only arrays.
+    assert jax.jit(lambda t, f: combine(t, f))(trainable, frozen)["projector"]["bias"].shape == (8,)
+
+
+def test_defaults_are_the_reference_values():
+    config = OptimizerConfig()
+    assert (config.lr, config.beta1, config.beta2, config.eps, config.weight_decay) == (
+        1e-6, 0.9, 0.98, 1e-7, 0.0)
+    assert (config.schedule, config.warmup_fraction, config.max_grad_norm) == ("cosine", 0.03, 1.0)
+
+
+def test_schedule_warms_up_then_cosine_decays_to_the_end_factor():
+    schedule = lr_multiplier_schedule(OptimizerConfig(end_lr_factor=0.1), total_steps=100)  # 3 warm-up steps
+    values = np.array([float(schedule(step)) for step in range(101)])
+    np.testing.assert_allclose(values[:4], [0.25, 0.5, 0.75, 1.0], rtol=1e-6)
+    assert np.all(np.diff(values[3:]) <= 1e-7)
+    np.testing.assert_allclose(values[100], 0.1, rtol=1e-5)
+    cos_mid = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 0.5))  # halfway through the 97 decay steps
+    np.testing.assert_allclose(float(schedule(3 + 97 / 2)), cos_mid, rtol=1e-5)
+    constant = lr_multiplier_schedule(OptimizerConfig(schedule="constant", warmup_fraction=0.0), 10)
+    assert float(constant(0)) == float(constant(9)) == 1.0
+
+
+def test_frozen_groups_carry_no_optimizer_state():
+    params = init_params()
+    optimizer = make_optimizer(OptimizerConfig(), total_steps=10)
+    full_bytes = tree_bytes(optimizer.init(params))
+    trainable, _ = partition(params, trainable_mask(params, ["language_model"]))
+    frozen_bytes = tree_bytes(optimizer.init(trainable))
+    assert tree_bytes(jax.eval_shape(optimizer.init, trainable)) == frozen_bytes
+    language_model_bytes = tree_bytes(params["language_model"])
+    # Adam keeps two fp32 moments per trainable param; freezing removes exactly those of the frozen group.
+    assert full_bytes - frozen_bytes == 2 * language_model_bytes
+    assert frozen_bytes < full_bytes / 2
+
+
+def test_learning_rate_is_optimizer_state_not_a_compiled_constant():
+    params = {"w": jnp.ones((3, 3))}
+    config = OptimizerConfig(lr=0.1, warmup_fraction=0.0, schedule="constant", max_grad_norm=None)
+    optimizer = make_optimizer(config, total_steps=10)
+    update = jax.jit(lambda grads, state: optimizer.update(grads, state, params))
+    grads = {"w": jnp.full((3, 3), 2.0)}
+    state = optimizer.init(params)
+    first, state_after = update(grads, state)
+    second, _ = update(grads, with_peak_learning_rate(state, 0.02))
+    # Adam's first normalised step is ~1 in magnitude, so the update is -lr.
+    np.testing.assert_allclose(np.asarray(first["w"]), -0.1, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(second["w"]), -0.02, rtol=1e-4)
+    assert update._cache_size() == 1
+    np.testing.assert_allclose(float(learning_rate(state_after)), 0.1, rtol=1e-6)
+
+
+def test_weight_decay_spares_vectors():
+    params = {"matrix": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+    config = OptimizerConfig(lr=0.1, weight_decay=0.5, schedule="constant", warmup_fraction=0.0)
+    optimizer = make_optimizer(config, total_steps=1)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = jax.jit(optimizer.update)(zeros, optimizer.init(params), params)
+    np.testing.assert_allclose(np.asarray(updates["matrix"]), -0.05, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(updates["bias"]), 0.0)

@@ -354,3 +354,64 @@ def run(args: argparse.Namespace) -> int:
     else:
         render(result)
     return 0 if result["verdict"] != "does not fit" else 1
+
+
+# ------------------------------------------------------------------------------------------------ XLA check
+def xla_train_step_memory(config: PlanConfig) -> dict[str, Any]:
+    """Compile the real SFT train step (`sft.train_step` over `model.forward`, text only) sharded by the same
+    rules on this process's first `config.devices` devices, and return XLA's per-device memory analysis next to
+    the plan. Nothing is allocated (abstract params, lower + compile only); use tiny/small configs."""
+    import functools
+
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+
+    import sft
+    from launch.mesh import make_mesh
+    from model.params import param_shapes
+    from model.sharding import batch_sharding
+
+    if config.num_images:
+        raise PlanError("the XLA check compiles the text-only step; use num_images=0")
+    result = plan(config)
+    cfg = model_config(config).replace(remat=config.remat)
+    mesh = make_mesh(config.mesh, jax.devices()[:config.devices])
+    params = param_shapes(cfg, value_head=config.value_head)
+    mask = sft.trainable_mask(params, config.freeze)
+    trainable, frozen = sft.partition(params, mask)
+    trainable_specs, frozen_specs = sft.partition(param_specs(cfg, params, mesh), mask)
+    optimizer = sft.make_optimizer(sft.OptimizerConfig(), total_steps=10)
+    opt_state = jax.eval_shape(optimizer.init, trainable)
+    state = sft.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), trainable=trainable, frozen=frozen,
+                           opt_state=opt_state, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+    state_specs = sft.TrainState(step=PartitionSpec(), trainable=trainable_specs, frozen=frozen_specs,
+                                 opt_state=optimizer_state_specs(optimizer, opt_state, trainable_specs),
+                                 rng=PartitionSpec())
+    shape = (config.batch_size, config.seq_len)
+    batch = {name: jax.ShapeDtypeStruct(shape, jnp.int32) for name in ("input_ids", "attention_mask", "loss_mask")}
+    batch_specs = {name: batch_sharding(mesh, shape).spec for name in batch}
+
+    def logits_fn(params, batch):
+        return model_forward(params, cfg, batch["input_ids"], attention_mask=batch["attention_mask"])
+
+    from model.forward import forward as model_forward
+    named = lambda tree: jax.tree.map(lambda spec: NamedSharding(mesh, spec), tree,  # noqa: E731
+                                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+    step = functools.partial(sft.train_step, logits_fn=logits_fn, optimizer=optimizer,
+                             grad_accum_steps=config.grad_accum_steps)
+    jitted = jax.jit(step, in_shardings=(named(state_specs), named(batch_specs)),
+                     out_shardings=(named(state_specs), None), donate_argnums=0)
+    analysis = jitted.lower(state, batch).compile().memory_analysis()
+    mesh_shape = dict(mesh.shape)
+    planned = result["bytes_per_device"]
+    return {
+        "plan": result,
+        # what the planner says the step's arguments are: params + optimizer + the batch + step and rng
+        "planned_argument_bytes": (planned["params"] + planned["optimizer"]
+                                   + tree_device_bytes(batch, batch_specs, mesh_shape) + 4 + 8),
+        "planned_temp_bytes": planned["gradients"] + planned["activations"],
+        "argument_bytes": int(analysis.argument_size_in_bytes),
+        "output_bytes": int(analysis.output_size_in_bytes),
+        "alias_bytes": int(analysis.alias_size_in_bytes),
+        "temp_bytes": int(analysis.temp_size_in_bytes),
+    }

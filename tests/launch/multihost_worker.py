@@ -1,5 +1,5 @@
 """One process of the multi-host test: a few SFT train steps (sft.train_step over model.forward, tiny preset) on a
-("data", "fsdp", "tensor") = (2, 2, 2) mesh over 8 CPU devices, each process feeding only its host-local rows of
+("data", "fsdp", "tensor") = (1, 8, 1) mesh over 8 CPU devices (FSDP across the processes), each process feeding only its host-local rows of
 a fixed global batch. Prints one JSON line {"process": i, "losses": [...]} (process 0 of a multi-process run, or
 the single process).
 
@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
     import sft
 
     config = model.preset("tiny")
-    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    mesh = make_mesh(MeshConfig(data=1, fsdp=-1, tensor=1))
     assert jax.device_count() == 8
     # The same params on every host, drawn with numpy from the real shapes (model.init_params' jitted init of
     # the whole tree costs seconds of compilation per process).

@@ -24,7 +24,7 @@ import argparse
 import dataclasses
 import json
 import math
-import re
+import sys
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -347,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = plan(config_from_args(args))
     except (PlanError, MeshError, ValueError) as error:
-        print(f"memgen plan: {error}")
+        print(f"memgen plan: {error}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result, indent=2))

@@ -9,7 +9,6 @@ Usage: python multihost_worker.py single | python multihost_worker.py COORDINATO
 import functools
 import json
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,6 @@ STEPS, BATCH, SEQ = 3, 8, 16
 
 
 def main(argv: list[str]) -> None:
-    start = time.time()
     from launch.mesh import DistributedConfig, MeshConfig, host_local_batch_slice, initialize, make_global_batch, \
         make_mesh
 
@@ -60,11 +58,9 @@ def main(argv: list[str]) -> None:
     step = jax.jit(functools.partial(sft.train_step, logits_fn=logits_fn, optimizer=optimizer),
                    out_shardings=(state_shardings, None), donate_argnums=0)
     losses = []
-    print("setup", time.time() - start, file=sys.stderr)
     for _ in range(STEPS):
         state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
-    print("steps", time.time() - start, file=sys.stderr)
     if jax.process_index() == 0:
         print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
                           "rows": [rows.start, rows.stop], "losses": losses}), flush=True)

@@ -368,6 +368,7 @@ def xla_train_step_memory(config: PlanConfig) -> dict[str, Any]:
 
     import sft
     from launch.mesh import make_mesh
+    from model.forward import forward as model_forward
     from model.params import param_shapes
     from model.sharding import batch_sharding
 
@@ -394,7 +395,6 @@ def xla_train_step_memory(config: PlanConfig) -> dict[str, Any]:
     def logits_fn(params, batch):
         return model_forward(params, cfg, batch["input_ids"], attention_mask=batch["attention_mask"])
 
-    from model.forward import forward as model_forward
     named = lambda tree: jax.tree.map(lambda spec: NamedSharding(mesh, spec), tree,  # noqa: E731
                                       is_leaf=lambda x: isinstance(x, PartitionSpec))
     step = functools.partial(sft.train_step, logits_fn=logits_fn, optimizer=optimizer,

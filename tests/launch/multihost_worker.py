@@ -1,7 +1,7 @@
-"""One process of the multi-host test: a few SFT train steps (sft.train_step over model.forward, tiny preset) on a
-("data", "fsdp", "tensor") = (1, 8, 1) mesh over 8 CPU devices (FSDP across the processes), each process feeding only its host-local rows of
-a fixed global batch. Prints one JSON line {"process": i, "losses": [...]} (process 0 of a multi-process run, or
-the single process).
+"""One process of the multi-host test: a few SFT train steps (sft.train_step over model.forward, tiny preset,
+text groups) on a ("data", "fsdp", "tensor") = (1, 8, 1) mesh over 8 CPU devices (FSDP across the processes),
+each process feeding only its host-local rows of a fixed global batch. Prints one JSON line
+{"process": 0, "losses": [...], ...} (process 0 of a multi-process run, or the single process).
 
 Usage: python multihost_worker.py single | python multihost_worker.py COORDINATOR_ADDRESS PROCESS_ID
 (the caller sets XLA_FLAGS device counts and JAX_PLATFORMS=cpu)."""
@@ -11,7 +11,6 @@ import json
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 STEPS, BATCH, SEQ = 3, 8, 16

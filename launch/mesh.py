@@ -200,6 +200,18 @@ def host_local_batch_slice(global_batch: int, process_index: int | None = None,
     return slice(process_index * rows, (process_index + 1) * rows)
 
 
+def check_host_rows(held: Sequence[slice], global_batch: int, process_index: int, process_count: int) -> None:
+    """The rows this host's devices hold (`held`, one slice per local device) must be exactly the block
+    `host_local_batch_slice` gives it; otherwise its local rows would land on the wrong devices."""
+    expected = host_local_batch_slice(global_batch, process_index, process_count)
+    start = min(s.start or 0 for s in held)
+    stop = max(global_batch if s.stop is None else s.stop for s in held)
+    if (start, stop) != (expected.start, expected.stop):
+        raise MeshError(f"host {process_index}'s devices hold batch rows {start}:{stop}, not its block "
+                        f"{expected.start}:{expected.stop}; shard the batch axis over mesh axes that split it "
+                        f"into a multiple of {process_count} blocks (data x fsdp), or feed the full batch")
+
+
 def batch_spec(mesh: Mesh, shape: Sequence[int]) -> PartitionSpec:
     """The batch placement of `model.sharding`: leading axis over data x fsdp where they divide it."""
     from model.sharding import batch_sharding
@@ -215,8 +227,10 @@ def make_global_batch(local_arrays: Any, mesh: Mesh, spec: PartitionSpec | None 
     def place(local):
         local = np.asarray(local)
         global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
-        leaf_spec = batch_spec(mesh, global_shape) if spec is None else spec
-        return jax.make_array_from_process_local_data(NamedSharding(mesh, leaf_spec), local, global_shape)
+        sharding = NamedSharding(mesh, batch_spec(mesh, global_shape) if spec is None else spec)
+        held = [index[0] for index in sharding.addressable_devices_indices_map(global_shape).values()]
+        check_host_rows(held, global_shape[0], jax.process_index(), jax.process_count())
+        return jax.make_array_from_process_local_data(sharding, local, global_shape)
 
     return jax.tree.map(place, local_arrays)
 

@@ -9,8 +9,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 import model
-from launch.mesh import (DistributedConfig, MeshConfig, MeshError, cache_partition_specs, host_local_batch_slice,
-                         initialize, make_global_batch, make_mesh, optimizer_state_specs)
+from launch.mesh import (DistributedConfig, MeshConfig, MeshError, cache_partition_specs, check_host_rows,
+                         host_local_batch_slice, initialize, make_global_batch, make_mesh, optimizer_state_specs)
 
 
 def test_mesh_config_resolves_the_rest_and_rejects_bad_products():
@@ -61,6 +61,9 @@ def test_host_local_slices_tile_the_global_batch():
     assert host_local_batch_slice(8) == slice(0, 8)  # this single process
     with pytest.raises(MeshError, match="multiple of 3"):
         host_local_batch_slice(10, 0, 3)
+    check_host_rows([slice(4, 6), slice(6, 8)], 12, 1, 3)  # host 1 of 3 holds rows 4:8
+    with pytest.raises(MeshError, match="hold batch rows 0:12, not its block 4:8"):
+        check_host_rows([slice(None), slice(None)], 12, 1, 3)  # batch axis replicated: every host holds all
 
 
 def test_make_global_batch_places_rows_by_the_batch_rule():

@@ -248,16 +248,25 @@ def _preset_90b() -> ModelConfig:
 _TINY_ROPE = RopeConfig()
 
 
+def _offline_token_ids(vocab_size: int) -> dict[str, Any]:
+    """bos/eos/pad ids of memgen's offline tokenizer (model/tokenizer.py) at this vocab size: the 16 Llama 3
+    special tokens follow the regular ones in Llama 3's order and `<|image|>` = vocab_size."""
+    first_special = vocab_size - 16
+    return {"bos_token_id": first_special, "pad_token_id": first_special + 4,
+            "eos_token_id": (first_special + 1, first_special + 8, first_special + 9)}
+
+
 def _preset_tiny() -> ModelConfig:
-    """The shapes of the tiny random model of shared/notes/mllama-architecture.md (parity tests)."""
+    """The shapes of the tiny random model of shared/notes/mllama-architecture.md (parity tests), with the vocab
+    of the smallest offline tokenizer that fits it (320), so tests run the real tokenizer code path."""
     return ModelConfig(
         vision=VisionConfig(hidden_size=32, num_hidden_layers=4, num_global_layers=2, attention_heads=4,
                             intermediate_size=64, vision_output_dim=96, image_size=28, patch_size=14,
                             intermediate_layers_indices=(1, 3)),
-        text=TextConfig(vocab_size=128, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+        text=TextConfig(vocab_size=320, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
                         num_key_value_heads=2, intermediate_size=96, cross_attention_layers=(1, 3),
-                        rope=_TINY_ROPE, bos_token_id=1, eos_token_id=(2,), pad_token_id=0),
-        image_token_index=128, value_head_hidden=(32, 16))
+                        rope=_TINY_ROPE, **_offline_token_ids(320)),
+        image_token_index=320, value_head_hidden=(32, 16))
 
 
 def _preset_small() -> ModelConfig:
@@ -268,7 +277,7 @@ def _preset_small() -> ModelConfig:
                             intermediate_layers_indices=(1, 3)),
         text=TextConfig(vocab_size=1024, hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
                         num_key_value_heads=2, intermediate_size=1024, cross_attention_layers=(2, 5),
-                        bos_token_id=1, eos_token_id=(2,), pad_token_id=0),
+                        **_offline_token_ids(1024)),
         image_token_index=1024, value_head_hidden=(256, 128))
 
 

@@ -41,3 +41,14 @@ def test_errors(tmp_path):
         load_hf_config(tmp_path)
     with pytest.raises(ConfigError, match="unknown model preset"):
         preset("7b")
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_small_presets_use_the_offline_tokenizer_ids(name, tmp_path):
+    from model.tokenizer import ensure_tokenizer, load_tokenizer
+
+    config = preset(name)
+    tok = load_tokenizer(ensure_tokenizer(tmp_path / "tok", vocab_size=config.text.vocab_size))
+    assert config.image_token_index == tok.image_id == config.text.vocab_size
+    assert config.text.bos_token_id == tok.bos_id and config.text.pad_token_id == tok.pad_id
+    assert set(config.text.eos_token_id) == set(tok.stop_ids)

@@ -11,10 +11,11 @@ from model.forward import KVCache, decode, extend, forward, forward_hidden, init
 from model.hf_io import ModelLoadError, load_hf, save_hf
 from model.params import GROUPS, init_params, param_counts, param_shapes
 from model.value_head import init_value_head, value_head_apply
+from model import sharding
 
 __all__ = [
     "ConfigError", "ModelConfig", "TextConfig", "VisionConfig", "from_hf_dict", "load_hf_config", "preset",
     "to_hf_dict", "KVCache", "decode", "extend", "forward", "forward_hidden", "init_cache", "positions_from_mask",
     "prefill", "ModelLoadError", "load_hf", "save_hf", "GROUPS", "init_params", "param_counts", "param_shapes",
-    "init_value_head", "value_head_apply",
+    "init_value_head", "value_head_apply", "sharding",
 ]

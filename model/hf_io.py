@@ -158,7 +158,12 @@ def load_hf(path: str | os.PathLike, *, mesh=None, rules=None, param_dtype: str 
             del stacked
         if has_vision_module():
             from model import vision
-            params.update(vision.vision_params_from_hf(checkpoint.read, config, place))
+            try:
+                params.update(vision.vision_params_from_hf(checkpoint.read, config, place))
+            except ModelLoadError:
+                raise
+            except ValueError as error:  # the vision importer's shape checks
+                raise ModelLoadError(f"{path}: {error}") from None
     finally:
         checkpoint.close()
     value_file = path / VALUE_HEAD_FILE

@@ -24,6 +24,7 @@ HF import/export of these two groups lives in model/vision_hf.py and is re-expor
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import jax
@@ -111,7 +112,7 @@ def _maybe_remat(fn, remat: str):
     return jax.checkpoint(fn, policy=_REMAT_POLICIES[remat])
 
 
-def _run_local_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: ModelConfig
+def run_local_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: ModelConfig
                       ) -> tuple[jax.Array, jax.Array]:
     """Scan the local layers; also collect the hidden states named by `intermediate_layers_indices`.
 
@@ -150,7 +151,7 @@ def _run_local_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: 
     return x, buffer[jnp.asarray(first_slot, jnp.int32)]
 
 
-def _run_global_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: ModelConfig) -> jax.Array:
+def run_global_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: ModelConfig) -> jax.Array:
     layer_fn = _maybe_remat(lambda h, layer: encoder_layer(h, layer, invalid, config.vision), config.remat)
     x, _ = jax.lax.scan(lambda h, layer: (layer_fn(h, layer), None), x, layers)
     return x
@@ -208,10 +209,10 @@ def vision_encoder(params: Params, config: ModelConfig, pixel_values: jax.Array,
     token_real = (jnp.arange(q) < p)[None, None, :]
     invalid = ~(tile_valid & token_real).reshape(bi, t * q)
 
-    x, intermediates = _run_local_layers(x, enc["transformer"], invalid, config)
+    x, intermediates = run_local_layers(x, enc["transformer"], invalid, config)
     x = layer_norm(x, enc["layernorm_post"], vision.norm_eps)
     x = _tile_embedding(x.reshape(bi, t, q, d), enc["post_tile_positional_embedding"], ar_ids)
-    x = _run_global_layers(x.reshape(bi, t * q, d), enc["global_transformer"], invalid, config)
+    x = run_global_layers(x.reshape(bi, t * q, d), enc["global_transformer"], invalid, config)
 
     m = intermediates.shape[0]
     intermediates = jnp.moveaxis(intermediates, 0, -1).reshape(bi, t, q, d * m)  # channel-major: d * M + m
@@ -283,31 +284,42 @@ def _is_shape(x: Any) -> bool:
 
 def init_vision_params(rng: jax.Array, config: ModelConfig) -> Params:
     """Random {"vision_encoder", "projector"} params in config.param_dtype. Linear kernels ~ N(0, 1/fan_in),
-    embeddings ~ N(0, hidden^-1/2), norms scale 1 / bias 0, biases 0, and every gate drawn uniformly from
-    +-[0.25, 1.0] (never zero, so the gated paths are exercised; HF initialises some gates to zero)."""
+    embeddings ~ N(0, 1/hidden), norms scale 1 / bias 0, biases 0, and every gate = sign(z) * clip(|z|, 0.25, 1)
+    (never zero, so the gated paths are exercised; HF initialises several gates to zero).
+
+    All leaves are cut from ONE normal draw under jit: one threefry kernel compiles in seconds, one per leaf
+    takes tens of seconds on a CPU."""
     shapes = vision_param_shapes(config)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=_is_shape)
-    keys = jax.random.split(rng, len(leaves))
-    dtype = jnp.dtype(config.param_dtype)
-    d = config.vision.hidden_size
+    paths_and_shapes, treedef = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=_is_shape)
+    names = tuple(path[-1].key for path, _ in paths_and_shapes)
+    leaf_shapes = tuple(shape for _, shape in paths_and_shapes)
+    leaves = _init_leaves(rng, names, leaf_shapes, config.vision.hidden_size, config.param_dtype)
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
-    def init(path, shape, key):
-        names = [k.key for k in path]
-        last = names[-1]
-        if last.startswith("gate"):
-            k1, k2 = jax.random.split(key)
-            magnitude = jax.random.uniform(k1, shape, minval=0.25, maxval=1.0)
-            return jnp.where(jax.random.bernoulli(k2, 0.5, shape), magnitude, -magnitude).astype(dtype)
-        if last == "scale":
-            return jnp.ones(shape, dtype)
-        if last == "bias":
-            return jnp.zeros(shape, dtype)
-        if last == "kernel":
-            fan_in = shape[-2]
-            return (jax.random.normal(key, shape) / math.sqrt(fan_in)).astype(dtype)
-        return (jax.random.normal(key, shape) * d ** -0.5).astype(dtype)  # embeddings
 
-    return jax.tree_util.tree_unflatten(treedef, [init(path, s, k) for (path, s), k in zip(leaves, keys)])
+@partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _init_leaves(rng, names, shapes, hidden, param_dtype):
+    dtype = jnp.dtype(param_dtype)
+    sizes = [math.prod(shape) for shape in shapes]
+    z = jax.random.normal(rng, (sum(sizes),), jnp.float32)
+    offsets = [0]
+    for n in sizes:
+        offsets.append(offsets[-1] + n)
+    leaves = []
+    for name, shape, start in zip(names, shapes, offsets):
+        x = z[start:start + math.prod(shape)].reshape(shape)
+        if name.startswith("gate"):
+            x = jnp.where(x >= 0, 1.0, -1.0) * jnp.clip(jnp.abs(x), 0.25, 1.0)
+        elif name == "scale":
+            x = jnp.ones(shape)
+        elif name == "bias":
+            x = jnp.zeros(shape)
+        elif name == "kernel":
+            x = x / math.sqrt(shape[-2])  # fan_in
+        else:  # embeddings
+            x = x / math.sqrt(hidden)
+        leaves.append(x.astype(dtype))
+    return leaves
 
 
 def _layer_axes(gated: bool) -> dict[str, Any]:
@@ -358,5 +370,5 @@ from model.vision_hf import vision_params_from_hf, vision_params_to_hf  # noqa: 
 __all__ = [
     "encode_images", "vision_encoder", "project", "init_vision_params", "vision_logical_axes",
     "vision_param_shapes", "vision_params_from_hf", "vision_params_to_hf", "padded_tile_length",
-    "encoder_layer", "layer_norm",
+    "encoder_layer", "layer_norm", "run_local_layers", "run_global_layers",
 ]

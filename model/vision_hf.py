@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from model.config import ModelConfig
@@ -36,55 +37,55 @@ _GATE_LEAVES: tuple[tuple[Path, str, bool], ...] = (
 )
 
 
-def _single_leaves(config: ModelConfig) -> list[tuple[Path, str, tuple[int, ...]]]:
-    """(param path, HF name, memgen shape) of every non-layer tensor; the HF layout follows from the name."""
+def _single_leaves(config: ModelConfig) -> list[tuple[Path, str, tuple[int, ...], tuple[int, ...]]]:
+    """(param path, HF name, memgen shape, HF shape) of every tensor that is not part of a layer stack."""
     v = config.vision
     r, t, p, d = v.max_aspect_ratio_id + 1, v.max_num_tiles, v.num_patches, v.hidden_size
-    e = config.text.hidden_size
+    e, c, k = config.text.hidden_size, v.num_channels, v.patch_size
     enc = "vision_encoder"
     leaves = [
-        ((enc, "patch_embedding", "kernel"), "vision_model.patch_embedding.weight",
-         (v.num_channels * v.patch_size ** 2, d)),
-        ((enc, "class_embedding", "embedding"), "vision_model.class_embedding", (d,)),
-        ((enc, "gated_positional_embedding", "gate"), "vision_model.gated_positional_embedding.gate", (1,)),
+        ((enc, "patch_embedding", "kernel"), "vision_model.patch_embedding.weight", (c * k * k, d), (d, c, k, k)),
+        ((enc, "class_embedding", "embedding"), "vision_model.class_embedding", (d,), (d,)),
+        ((enc, "gated_positional_embedding", "gate"), "vision_model.gated_positional_embedding.gate", (1,), (1,)),
         ((enc, "gated_positional_embedding", "embedding"), "vision_model.gated_positional_embedding.embedding",
-         (p, d)),
+         (p, d), (p, d)),
         ((enc, "gated_positional_embedding", "tile_embedding"),
-         "vision_model.gated_positional_embedding.tile_embedding.weight", (r, t, p, d)),
+         "vision_model.gated_positional_embedding.tile_embedding.weight", (r, t, p, d), (r, t * p * d)),
     ]
     for which in ("pre", "post"):
         name = f"{which}_tile_positional_embedding"
-        leaves += [((enc, name, "gate"), f"vision_model.{name}.gate", (1,)),
-                   ((enc, name, "embedding"), f"vision_model.{name}.embedding.weight", (r, t, d))]
+        leaves += [((enc, name, "gate"), f"vision_model.{name}.gate", (1,), (1,)),
+                   ((enc, name, "embedding"), f"vision_model.{name}.embedding.weight", (r, t, d), (r, t * d))]
     for which in ("pre", "post"):
         name = f"layernorm_{which}"
-        leaves += [((enc, name, "scale"), f"vision_model.{name}.weight", (d,)),
-                   ((enc, name, "bias"), f"vision_model.{name}.bias", (d,))]
-    leaves += [(("projector", "kernel"), "multi_modal_projector.weight", (v.vision_output_dim, e)),
-               (("projector", "bias"), "multi_modal_projector.bias", (e,))]
+        leaves += [((enc, name, "scale"), f"vision_model.{name}.weight", (d,), (d,)),
+                   ((enc, name, "bias"), f"vision_model.{name}.bias", (d,), (d,))]
+    leaves += [(("projector", "kernel"), "multi_modal_projector.weight", (v.vision_output_dim, e),
+                (e, v.vision_output_dim)),
+               (("projector", "bias"), "multi_modal_projector.bias", (e,), (e,))]
     return leaves
 
 
+def _check_shape(hf_name: str, array: np.ndarray, hf_shape: tuple[int, ...]) -> None:
+    if tuple(array.shape) != tuple(hf_shape):
+        raise ValueError(f"checkpoint tensor {hf_name} has shape {tuple(array.shape)} but the config implies "
+                         f"{tuple(hf_shape)}; does config.json belong to these weights?")
+
+
 def _from_hf_layout(hf_name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """One HF tensor in memgen's layout: transpose Linear/conv weights, reshape flat embedding tables."""
+    """One HF tensor in memgen's layout: conv (D, C, p, p) -> (C*p*p, D) over row-major (C, kh, kw) patches,
+    Linear (out, in) -> (in, out), flat aspect-ratio tables -> (R, T, [P,] D)."""
     if hf_name.endswith("patch_embedding.weight"):
-        array = array.reshape(array.shape[0], -1).T  # (D, C, p, p) -> (C*p*p, D), row-major (C, kh, kw)
+        array = array.reshape(array.shape[0], -1).T
     elif hf_name == "multi_modal_projector.weight":
         array = array.T
-    if array.size != int(np.prod(shape)):
-        raise ValueError(f"checkpoint tensor {hf_name} has shape {tuple(array.shape)}, which does not fit the "
-                         f"config's {shape}; does config.json belong to these weights?")
     return array.reshape(shape)
 
 
-def _to_hf_layout(hf_name: str, array: np.ndarray) -> np.ndarray:
-    if hf_name.endswith("patch_embedding.weight"):
-        return np.ascontiguousarray(array.T)  # reshaped to (D, C, p, p) by the caller, which knows C and p
-    if hf_name == "multi_modal_projector.weight":
-        return np.ascontiguousarray(array.T)
-    if hf_name.endswith("tile_embedding.weight") or hf_name.endswith("tile_positional_embedding.embedding.weight"):
-        return np.ascontiguousarray(array.reshape(array.shape[0], -1))
-    return np.ascontiguousarray(array)
+def _to_hf_layout(hf_name: str, array: np.ndarray, hf_shape: tuple[int, ...]) -> np.ndarray:
+    if hf_name.endswith("patch_embedding.weight") or hf_name == "multi_modal_projector.weight":
+        array = array.T
+    return np.ascontiguousarray(array.reshape(hf_shape))
 
 
 def _stacks(config: ModelConfig) -> list[tuple[str, int, tuple[tuple[Path, str, bool], ...]]]:
@@ -107,11 +108,13 @@ def vision_params_from_hf(read: Callable[[str], np.ndarray], config: ModelConfig
     arrays included) in config.param_dtype and puts it on its device/sharding."""
     from model.vision import vision_param_shapes  # the layout's single source of truth
 
-    dtype = np.dtype(config.param_dtype) if config.param_dtype != "bfloat16" else _bfloat16()
+    dtype = np.dtype(jnp.dtype(config.param_dtype))  # bfloat16 is ml_dtypes' numpy dtype
     shapes = vision_param_shapes(config)
     params: dict[str, Any] = {}
-    for path, hf_name, shape in _single_leaves(config):
-        array = _from_hf_layout(hf_name, np.asarray(read(hf_name)), shape).astype(dtype)
+    for path, hf_name, shape, hf_shape in _single_leaves(config):
+        array = np.asarray(read(hf_name))
+        _check_shape(hf_name, array, hf_shape)
+        array = _from_hf_layout(hf_name, array, shape).astype(dtype)
         _set(params, path, place(path, array))
     for stack, num_layers, leaves in _stacks(config):
         for sub_path, hf_suffix, is_linear in leaves:
@@ -121,12 +124,8 @@ def vision_params_from_hf(read: Callable[[str], np.ndarray], config: ModelConfig
             for layer in range(num_layers):
                 hf_name = f"vision_model.{stack}.layers.{layer}.{hf_suffix}"
                 array = np.asarray(read(hf_name))
-                if is_linear:
-                    array = array.T
-                if array.size != int(np.prod(shape[1:])):
-                    raise ValueError(f"checkpoint tensor {hf_name} has shape {tuple(array.shape)}, which does not "
-                                     f"fit the config's {shape[1:]}; does config.json belong to these weights?")
-                stacked[layer] = array.reshape(shape[1:])
+                _check_shape(hf_name, array, shape[:0:-1] if is_linear else shape[1:])
+                stacked[layer] = array.T if is_linear else array
             _set(params, path, place(path, stacked))
     return params
 
@@ -134,12 +133,8 @@ def vision_params_from_hf(read: Callable[[str], np.ndarray], config: ModelConfig
 def vision_params_to_hf(params: dict[str, Any], config: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (on-disk HF name, HF-layout array) for every vision/projector tensor, one at a time, in the
     params' dtype."""
-    v = config.vision
-    for path, hf_name, _ in _single_leaves(config):
-        array = _to_hf_layout(hf_name, np.asarray(_lookup(params, path)))
-        if hf_name.endswith("patch_embedding.weight"):
-            array = array.reshape(v.hidden_size, v.num_channels, v.patch_size, v.patch_size)
-        yield hf_name, array
+    for path, hf_name, _, hf_shape in _single_leaves(config):
+        yield hf_name, _to_hf_layout(hf_name, np.asarray(_lookup(params, path)), hf_shape)
     for stack, num_layers, leaves in _stacks(config):
         for sub_path, hf_suffix, is_linear in leaves:
             stacked = _lookup(params, ("vision_encoder", stack, *sub_path))
@@ -154,8 +149,3 @@ def _lookup(tree: Any, path: Path) -> Any:
         tree = tree[key]
     return tree
 
-
-def _bfloat16() -> np.dtype:
-    import ml_dtypes  # shipped with jax
-
-    return np.dtype(ml_dtypes.bfloat16)

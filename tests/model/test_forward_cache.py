@@ -75,23 +75,24 @@ def test_prefill_then_extend_and_decode(ref, jitted):
 
 
 def test_cached_cross_attention(ref, jitted):
+    """Prefill with pixel values (encoded once into the cached cross-attention K/V), then two tokens with no
+    cross-attention mask (the last row is repeated) equal the full forward."""
+    from tests.model.test_forward import image_batch
+
     config, params = ref
-    forward, extend, prefill, decode = jitted
+    forward, extend, prefill, _ = jitted
     rng = np.random.default_rng(2)
-    ids, mask = left_padded_batch(rng, [6, 5], 6, config.text.vocab_size)
-    states, cross_mask = vision_inputs(config, rng, 2, 8)
-    more = rng.integers(3, config.text.vocab_size, (2, 2))
+    inputs = image_batch(config, rng, [[2], [4]], 8, [[2], [1]], pad=[0, 1])
+    ids, mask, cross_mask = inputs["input_ids"], inputs["attention_mask"], inputs["cross_attention_mask"]
+    vision = {k: inputs[k] for k in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")}
     cache = model.init_cache(config, 2, 10, num_images=1)
-    _, cache = prefill(params, config, ids, mask, cache, cross_attention_states=states,
-                             cross_attention_mask=cross_mask[:, :6])
-    # no mask for the new tokens: the last row is repeated, as transformers' generate does
-    logits, cache = extend(params, config, more, cache)
-    full = forward(params, config, np.concatenate([ids, more], 1),
-                   attention_mask=np.concatenate([mask, np.ones((2, 2), np.int64)], 1),
-                   cross_attention_states=states, cross_attention_mask=cross_mask)
+    _, cache = prefill(params, config, ids[:, :6], mask[:, :6], cache, cross_attention_mask=cross_mask[:, :6],
+                       **vision)
+    logits, cache = extend(params, config, ids[:, 6:], cache)
+    full = forward(params, config, **inputs)
     close(logits, np.asarray(full)[:, 6:])
     # the cross-attention layers really contribute: without vision the logits differ
-    text_only = forward(params, config, np.concatenate([ids, more], 1))
+    text_only = forward(params, config, ids, attention_mask=mask)
     assert np.abs(np.asarray(text_only)[:, 6:] - np.asarray(logits)).max() > 1e-3
 
 

@@ -1,0 +1,107 @@
+"""Full-model logit parity with transformers (fp32, eager, non-zero gates) on image inputs: one image with 1, 2
+and 4 tiles, two images in a sample next to a sample with a padding image and left padding, text before the image
+token (all-zero cross-attention-mask rows), no cross-attention mask; the value head output."""
+
+import jax
+import numpy as np
+import pytest
+
+import model
+from tests.model.mllama_reference import assert_close, hf_logits, hf_positions, reference
+
+# aspect-ratio ids: index in supported_aspect_ratios + 1; (1, 1) -> 1, (1, 2) -> 2, (2, 2) -> 6
+RATIO_ID = {1: 1, 2: 2, 4: 6}
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return reference("tiny")
+
+
+@pytest.fixture(scope="module")
+def jit_forward():
+    return jax.jit(model.forward, static_argnums=1, static_argnames="return_values")
+
+
+def image_batch(config, rng, images_per_sample, seq, image_positions, pad=None):
+    """Inputs in the processor's layout. images_per_sample[b] = list of tile counts; image_positions[b] = the
+    positions of the <|image|> tokens; pad[b] = number of left padding tokens (before everything)."""
+    b, i_max, t = len(images_per_sample), max(len(x) for x in images_per_sample), config.vision.max_num_tiles
+    size = config.vision.image_size
+    pixels = np.zeros((b, i_max, t, 3, size, size), np.float32)
+    ratio_ids = np.zeros((b, i_max), np.int64)
+    ratio_mask = np.zeros((b, i_max, t), np.int64)
+    cross = np.zeros((b, seq, i_max, t), np.int64)
+    ids = rng.integers(3, config.text.vocab_size, (b, seq))
+    mask = np.ones((b, seq), np.int64)
+    for row, tiles_list in enumerate(images_per_sample):
+        starts = list(image_positions[row]) + [seq]
+        for image, tiles in enumerate(tiles_list):
+            pixels[row, image, :tiles] = rng.standard_normal((tiles, 3, size, size))
+            ratio_ids[row, image] = RATIO_ID[tiles]
+            ratio_mask[row, image, :tiles] = 1
+            ids[row, starts[image]] = config.image_token_index
+            cross[row, starts[image]:starts[image + 1], image, :tiles] = 1
+        if pad and pad[row]:
+            ids[row, :pad[row]] = config.text.pad_token_id
+            mask[row, :pad[row]] = 0
+    return dict(input_ids=ids, attention_mask=mask, pixel_values=pixels, aspect_ratio_ids=ratio_ids,
+                aspect_ratio_mask=ratio_mask, cross_attention_mask=cross)
+
+
+def check(ref, jit_forward, inputs):
+    hf_model, _, config, params = ref
+    ours = np.asarray(jit_forward(params, config, **inputs))
+    mask = inputs["attention_mask"]
+    theirs = hf_logits(hf_model, **inputs, position_ids=hf_positions(mask))
+    assert np.isfinite(ours).all()
+    assert_close(ours, theirs, where=mask == 1)
+    return ours
+
+
+def test_one_image_with_1_2_4_tiles_and_text_before_it(ref, jit_forward):
+    config = ref[2]
+    # image token at 3: tokens 0..2 have all-zero cross-attention rows (they attend to all vision tokens, with
+    # their MLP output zeroed, as transformers does)
+    inputs = image_batch(config, np.random.default_rng(0), [[1], [2], [4]], 9, [[3], [3], [0]])
+    check(ref, jit_forward, inputs)
+
+
+def test_two_images_beside_a_padding_image_and_left_padding(ref, jit_forward):
+    config = ref[2]
+    inputs = image_batch(config, np.random.default_rng(1), [[2, 1], [4]], 10, [[1, 5], [4]], pad=[0, 2])
+    check(ref, jit_forward, inputs)
+
+
+def test_without_cross_attention_mask(ref, jit_forward):
+    config = ref[2]
+    inputs = image_batch(config, np.random.default_rng(2), [[2]], 6, [[0]])
+    inputs["cross_attention_mask"] = None
+    hf_model, _, config, params = ref
+    ours = jit_forward(params, config, **inputs)
+    assert_close(ours, hf_logits(hf_model, **inputs))
+
+
+def test_images_change_the_logits(ref, jit_forward):
+    _, _, config, params = ref
+    inputs = image_batch(config, np.random.default_rng(3), [[1]], 6, [[1]])
+    with_images = jit_forward(params, config, **inputs)
+    text_only = jit_forward(params, config, inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    assert np.abs(np.asarray(with_images)[:, 1:] - np.asarray(text_only)[:, 1:]).min() > 0
+
+
+def test_values_read_the_final_hidden_state(ref):
+    _, _, config, params = ref
+    params = {**params, "value_head": model.init_value_head(jax.random.key(0), config)}
+    ids = np.random.default_rng(4).integers(3, config.text.vocab_size, (2, 5))
+    @jax.jit
+    def both(params, ids):
+        return model.forward(params, config, ids, return_values=True), model.forward_hidden(params, config, ids)
+
+    (logits, values), (hidden, logits2) = both(params, ids)
+    assert values.shape == (2, 5) and values.dtype == np.float32
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(logits2), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(values), np.asarray(model.value_head_apply(params["value_head"], hidden)),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="value_head"):
+        jax.eval_shape(lambda p: model.forward(p, config, ids, return_values=True), ref[3])

@@ -1,0 +1,62 @@
+"""Sharding rules and the sharded forward: every leaf has logical axes of its rank, the rules skip mesh axes that
+do not divide a dim, and the forward sharded over 8 CPU devices equals the unsharded one (text and images)."""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import model
+from model.sharding import logical_axes, make_mesh, param_shardings, partition_spec, shard_params, sharded_forward
+from tests.model.mllama_reference import reference
+from tests.model.test_forward import image_batch
+
+
+@pytest.fixture(scope="module")
+def ref():
+    _, _, config, params = reference("tiny")
+    return config, {**params, "value_head": model.init_value_head(jax.random.key(0), config)}
+
+
+def test_every_leaf_has_axes_of_its_rank():
+    config = model.preset("11b")
+    shapes = model.param_shapes(config, value_head=True)
+    axes = logical_axes(config, shapes)
+    vocabulary = {"layers", "embed", "mlp", "heads", "kv_heads", "vocab", None}
+    flat_shapes = jax.tree.leaves(shapes)
+    flat_axes = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))
+    assert len(flat_shapes) == len(flat_axes)
+    for shape, names in zip(flat_shapes, flat_axes):
+        assert len(shape.shape) == len(names) and set(names) <= vocabulary
+    mesh = make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
+    shardings = param_shardings(config, mesh, shapes)
+    q = shardings["language_model"]["layers"]["self_attn"]["q_proj"]["kernel"]
+    assert q.spec == P(None, "fsdp", "tensor")
+    assert shardings["language_model"]["lm_head"]["kernel"].spec == P("fsdp", "tensor")
+
+
+def test_partition_spec_skips_axes_that_do_not_fit():
+    mesh = make_mesh({"fsdp": 2, "tensor": 4})
+    assert partition_spec((6, 8), ("embed", "mlp"), mesh) == P("fsdp", "tensor")
+    assert partition_spec((5, 6), ("embed", "mlp"), mesh) == P(None, None)  # 5 % 2, 6 % 4
+    assert partition_spec((4,), ("layers",), mesh) == P(None)
+    # one mesh axis is never used twice in one array
+    assert partition_spec((8, 8), ("embed", "embed"), mesh) == P("fsdp", None)
+    # several mesh axes for one dim, and axes missing from the mesh are skipped
+    rules = {"embed": ("data", "fsdp", "tensor")}
+    assert partition_spec((16,), ("embed",), mesh, rules) == P(("fsdp", "tensor"))
+
+
+@pytest.mark.parametrize("axes", [{"fsdp": 2, "tensor": 4}, {"data": 2, "fsdp": 2, "tensor": 2}])
+def test_sharded_forward_equals_unsharded(ref, axes):
+    config, params = ref
+    inputs = image_batch(config, np.random.default_rng(0), [[2], [1]], 8, [[2], [0]], pad=[0, 3])
+    expected = np.asarray(jax.jit(model.forward, static_argnums=1)(params, config, **inputs))
+    mesh = make_mesh(axes)
+    sharded = shard_params(params, config, mesh)
+    assert len(sharded["language_model"]["lm_head"]["kernel"].sharding.device_set) == 8
+    run = sharded_forward(config, mesh, sharded)
+    logits = run(sharded, **inputs)
+    assert logits.sharding.spec[0] in ("data", ("data",), "fsdp")
+    valid = inputs["attention_mask"] == 1
+    np.testing.assert_allclose(np.asarray(logits)[valid], expected[valid], rtol=1e-5, atol=1e-5)

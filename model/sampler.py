@@ -195,17 +195,20 @@ class _Loop:
 
 
 def sample_turn(params: Params, config: ModelConfig, state: SamplerState, rng: jax.Array,
-                sampling: SamplingConfig, active: jax.Array | None = None) -> tuple[SamplerState, Generation]:
+                sampling: SamplingConfig, active: jax.Array | None = None,
+                stop_tokens: jax.Array | None = None) -> tuple[SamplerState, Generation]:
     """Decode one turn into the cache: each step samples every live row from its last logits and appends the
     token (finished rows append padding slots, never attended). The sampled tokens, the stop token included, stay
     in the cache, so `append` can continue the conversation. `active` (B,) bool masks rows out (a finished
     episode): they sample nothing and write only padding. The `jax.lax.while_loop` exits once every row has
     stopped, after max_new_tokens steps, or when the cache is full (rows still running are then cut there).
-    The turn uses one cache slot per step for the whole batch (= the longest row's length)."""
+    The turn uses one cache slot per step for the whole batch (= the longest row's length). `stop_tokens` (K,)
+    int32, if given, replaces sampling.stop_tokens as a traced array (-1 = unused entry): one compilation then
+    serves any stop set of at most K tokens."""
     cache = state.cache
     batch, n = cache.slot_valid.shape[0], sampling.max_new_tokens
     pad = jnp.int32(config.text.pad_token_id)
-    stops = jnp.asarray(sampling.stop_tokens or (-1,), jnp.int32)
+    stops = jnp.asarray((sampling.stop_tokens or (-1,)) if stop_tokens is None else stop_tokens, jnp.int32)
     done = jnp.zeros((batch,), bool) if active is None else ~jnp.asarray(active, bool)
     loop = _Loop(state, jnp.full((batch, n), pad, jnp.int32), jnp.zeros((batch, n), jnp.float32), done,
                  jnp.zeros((batch,), jnp.int32), jnp.zeros((), jnp.int32))
@@ -268,14 +271,28 @@ def round_up(length: int, bucket: int) -> int:
     return max(bucket, -(-length // bucket) * bucket)
 
 
+MAX_STOP_TOKENS = 8  # generate passes stop tokens as a traced (8,) array: no recompilation per stop set
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _encode_images(params, config, pixel_values, aspect_ratio_ids, aspect_ratio_mask):
+    """Projected vision states (B, V, D), compiled apart from the decoder so every sampling config reuses it."""
+    from model.forward import vision_states
+    return vision_states(params, config, pixel_values, aspect_ratio_ids, aspect_ratio_mask)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "cache_length", "mesh"))
-def _generate(params, input_ids, attention_mask, vision, rng, *, config, sampling, cache_length, mesh):
+def _generate(params, input_ids, attention_mask, cross_attention_states, cross_attention_mask, stop_tokens, rng, *,
+              config, sampling, cache_length, mesh):
     batch = input_ids.shape[0]
-    num_images = 0 if vision["pixel_values"] is None else vision["pixel_values"].shape[1]
+    num_images = 0
+    if cross_attention_states is not None:
+        num_images = cross_attention_states.shape[1] // (config.vision.max_num_tiles * config.vision.num_patches)
     cache = _constrain(init_cache(config, batch, cache_length, num_images=num_images), mesh)
-    state = start(params, config, input_ids, attention_mask, cache, **vision)
+    state = start(params, config, input_ids, attention_mask, cache, cross_attention_states=cross_attention_states,
+                  cross_attention_mask=cross_attention_mask)
     state = SamplerState(_constrain(state.cache, mesh), state.last_logits)
-    _, generation = sample_turn(params, config, state, rng, sampling)
+    _, generation = sample_turn(params, config, state, rng, sampling, stop_tokens=stop_tokens)
     return _constrain(generation, mesh)
 
 
@@ -290,8 +307,11 @@ def generate(params: Params, config: ModelConfig, input_ids: jax.Array, *, max_n
     that plus max_new_tokens rounded up to `cache_bucket`: one compilation per (B, bucketed S, images, sampling
     config). With `mesh`, the cache and outputs are sharded (batch over data/fsdp, KV heads over tensor); place
     params with model.sharding.shard_params."""
-    stop_tokens = config.text.eos_token_id if stop_tokens is None else stop_tokens
-    sampling = SamplingConfig(int(max_new_tokens), float(temperature), float(top_p), int(top_k), tuple(stop_tokens))
+    stop_tokens = tuple(config.text.eos_token_id if stop_tokens is None else stop_tokens)
+    if len(stop_tokens) > MAX_STOP_TOKENS:
+        raise ValueError(f"generate takes at most {MAX_STOP_TOKENS} stop tokens, got {len(stop_tokens)}")
+    sampling = SamplingConfig(int(max_new_tokens), float(temperature), float(top_p), int(top_k))
+    stop_array = jnp.asarray(stop_tokens + (-1,) * (MAX_STOP_TOKENS - len(stop_tokens)), jnp.int32)
     if rng is None:
         if not sampling.greedy:
             raise ValueError("sampling with temperature > 0 needs rng=jax.random.key(seed)")
@@ -305,8 +325,13 @@ def generate(params: Params, config: ModelConfig, input_ids: jax.Array, *, max_n
         attention_mask = jnp.pad(jnp.asarray(attention_mask), ((0, 0), (extra, 0)))
         if cross_attention_mask is not None:
             cross_attention_mask = jnp.pad(jnp.asarray(cross_attention_mask), ((0, 0), (extra, 0), (0, 0), (0, 0)))
-    vision = dict(pixel_values=pixel_values, aspect_ratio_ids=aspect_ratio_ids, aspect_ratio_mask=aspect_ratio_mask,
-                  cross_attention_mask=cross_attention_mask)
+    states = None
+    if pixel_values is not None:
+        if aspect_ratio_ids is None:
+            raise ValueError("aspect_ratio_ids must be given with pixel_values (from the image processor)")
+        if aspect_ratio_mask is None:
+            aspect_ratio_mask = jnp.ones(pixel_values.shape[:3], jnp.int32)
+        states = _encode_images(params, config, pixel_values, aspect_ratio_ids, aspect_ratio_mask)
     cache_length = length + extra + round_up(sampling.max_new_tokens, cache_bucket)
-    return _generate(params, input_ids, attention_mask, vision, rng, config=config, sampling=sampling,
-                     cache_length=cache_length, mesh=mesh)
+    return _generate(params, input_ids, attention_mask, states, cross_attention_mask, stop_array, rng,
+                     config=config, sampling=sampling, cache_length=cache_length, mesh=mesh)

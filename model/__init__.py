@@ -7,7 +7,8 @@ docs/sampler.md), value_head_apply, init_value_head, and the
 config helpers ModelConfig, preset, load_hf_config, from_hf_dict, to_hf_dict.
 """
 
-from model.config import ConfigError, ModelConfig, TextConfig, VisionConfig, from_hf_dict, load_hf_config, preset, to_hf_dict
+from model.config import (ConfigError, ModelConfig, TextConfig, VisionConfig, from_hf_dict, load_hf_config, preset,
+                          to_hf_dict)
 from model.forward import KVCache, decode, extend, forward, forward_hidden, init_cache, positions_from_mask, prefill
 from model.hf_io import ModelLoadError, load_hf, save_hf
 from model.params import GROUPS, init_params, param_counts, param_shapes

@@ -39,8 +39,11 @@ def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
     return jnp.where(mask == 1, jnp.cumsum(mask, axis=-1) - 1, 1)
 
 
-def vision_states(params: Params, config: ModelConfig, pixel_values, aspect_ratio_ids, aspect_ratio_mask):
+def vision_states(params: Params, config: ModelConfig, pixel_values, aspect_ratio_ids, aspect_ratio_mask,
+                  cross_attention_states=None):
     """Projected vision states (B, V, D) from the vision encoder (model.vision.encode_images)."""
+    if cross_attention_states is not None:
+        raise ValueError("give pixel_values or cross_attention_states, not both")
     if aspect_ratio_ids is None:
         raise ValueError("aspect_ratio_ids must be given with pixel_values (from the image processor)")
     if aspect_ratio_mask is None:
@@ -67,7 +70,8 @@ def forward_hidden(params: Params, config: ModelConfig, input_ids: jax.Array, *,
     if position_ids is None:
         position_ids = positions_from_mask(attention_mask)
     if pixel_values is not None:
-        cross_attention_states = vision_states(params, config, pixel_values, aspect_ratio_ids, aspect_ratio_mask)
+        cross_attention_states = vision_states(params, config, pixel_values, aspect_ratio_ids, aspect_ratio_mask,
+                                               cross_attention_states)
     slots = jnp.arange(s)
     cos, sin = T.rope_cos_sin(config.text, position_ids, dtype)
     allowed = T.self_attention_allowed(attention_mask != 0, slots, slots)
@@ -157,7 +161,8 @@ def extend(params: Params, config: ModelConfig, input_ids: jax.Array, cache: KVC
     if position_ids is None:
         position_ids = jnp.where(valid, cache.next_position[:, None] + jnp.cumsum(valid, axis=-1) - 1, 1)
     if pixel_values is not None:
-        cross_attention_states = vision_states(params, config, pixel_values, aspect_ratio_ids, aspect_ratio_mask)
+        cross_attention_states = vision_states(params, config, pixel_values, aspect_ratio_ids, aspect_ratio_mask,
+                                               cross_attention_states)
     cross_k, cross_v = cache.cross_k, cache.cross_v
     if cross_attention_states is not None:
         if cross_k is None or cross_k.shape[2] != cross_attention_states.shape[1]:

@@ -141,7 +141,8 @@ def load_hf(path: str | os.PathLike, *, mesh=None, rules=None, param_dtype: str 
         array = np.asarray(array, dtype=np_dtype)
         if mesh is None:
             return jax.device_put(array)
-        return jax.device_put(array, get_path(shardings, tree_path))
+        # each process builds only its addressable shards (works on one host and on many)
+        return jax.make_array_from_callback(array.shape, get_path(shardings, tree_path), lambda index: array[index])
 
     params: dict = {}
     try:
@@ -255,8 +256,9 @@ def save_hf(path: str | os.PathLike, config: ModelConfig, params: dict, *,
         (path / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total_bytes},
                                                    "weight_map": weight_map}, indent=2))
     hf_config = to_hf_dict(config)
-    hf_config["dtype"] = config.param_dtype
-    hf_config["text_config"]["dtype"] = hf_config["vision_config"]["dtype"] = config.param_dtype
+    # the dtype the tensors were written in (the params may differ from config.param_dtype)
+    stored = str(np.dtype(get_path(params, ("language_model", "lm_head", "kernel")).dtype))
+    hf_config["dtype"] = hf_config["text_config"]["dtype"] = hf_config["vision_config"]["dtype"] = stored
     (path / "config.json").write_text(json.dumps(hf_config, indent=2))
     if "value_head" in params:
         flat = {".".join(p): np.asarray(get_path(params["value_head"], p)) for p in _paths(params["value_head"])}

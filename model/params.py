@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import jax
@@ -144,7 +145,13 @@ def has_vision_module() -> bool:
 
 def init_params(rng: jax.Array, config: ModelConfig, *, value_head: bool = False) -> Params:
     """Random params for the whole policy (vision_encoder, projector, language_model, cross_attention, and
-    value_head when asked), in config.param_dtype. Use under jax.eval_shape for shapes without allocation."""
+    value_head when asked), in config.param_dtype. Use under jax.eval_shape for shapes without allocation.
+    Runs as one jitted computation (eager per-leaf draws would compile a kernel per shape)."""
+    return _init_params_jit(rng, config, value_head)
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def _init_params_jit(rng: jax.Array, config: ModelConfig, value_head: bool) -> Params:
     text_key, vision_key, value_key = jax.random.split(rng, 3)
     params = init_text_params(text_key, config)
     if has_vision_module():

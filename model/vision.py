@@ -113,7 +113,7 @@ def _maybe_remat(fn, remat: str):
 
 
 def run_local_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: ModelConfig
-                      ) -> tuple[jax.Array, jax.Array]:
+                     ) -> tuple[jax.Array, jax.Array]:
     """Scan the local layers; also collect the hidden states named by `intermediate_layers_indices`.
 
     Returns (last hidden (BI, S, D), intermediates (M, BI, S, D)) with M = len(indices). The intermediates are
@@ -152,6 +152,7 @@ def run_local_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: M
 
 
 def run_global_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: ModelConfig) -> jax.Array:
+    """Scan the gated global layers over x (BI, S, D) with the same mask as the local layers."""
     layer_fn = _maybe_remat(lambda h, layer: encoder_layer(h, layer, invalid, config.vision), config.remat)
     x, _ = jax.lax.scan(lambda h, layer: (layer_fn(h, layer), None), x, layers)
     return x

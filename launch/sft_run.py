@@ -13,6 +13,7 @@ command on the same directory resumes from the latest checkpoint and ends exactl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 import time
@@ -89,6 +90,25 @@ def place_state(state: Any, params_shardings: Any, freeze: tuple[str, ...], mesh
     return jax.device_put(state, shardings)
 
 
+@functools.lru_cache(maxsize=8)
+def compiled_train_step(model_config, optimizer_config, total_steps: int, grad_accum_steps: int,
+                        compute_dtype: str) -> tuple[Any, Callable]:
+    """(optimizer, jitted donating train step) for these settings, memoised so that several runs in one process
+    (a notebook, a sweep driver, the tests) share one compiled program per shape."""
+    optimizer = make_optimizer(optimizer_config, total_steps)
+    logits_fn = functools.partial(forward_from_batch, config=model_config)
+    step = jax.jit(functools.partial(train_step, logits_fn=logits_fn, optimizer=optimizer,
+                                     grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype),
+                   donate_argnums=0)
+    return optimizer, step
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_heldout_loss(model_config) -> Callable:
+    """The memoised held-out loss function of a model config (see compiled_train_step)."""
+    return make_heldout_loss(functools.partial(forward_from_batch, config=model_config))
+
+
 def place_batch(batch: dict, mesh) -> dict:
     from model.sharding import batch_sharding
 
@@ -131,20 +151,20 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int]
     length = padded_length(encoded_lengths(tokenizer, data.train + data.heldout), config.data.length_multiple)
     slots = image_slots(data.train + data.heldout)
     model_config = source.config.replace(dtype=config.compute_dtype)
-    logits_fn = functools.partial(forward_from_batch, config=model_config)
     num_params = parameter_count(source.params)  # N of 6ND: every parameter, frozen ones included (docs/sft.md)
 
     mesh = make_mesh_from_config(config.mesh)
     from model.sharding import param_shardings
     params_sh = param_shardings(source.config, mesh, source.params)
+    # The peak learning rate lives in the optimizer state (sft/optim.py), so the compiled step is shared by runs
+    # that differ only in it; the state is initialised with the config's own rate.
+    _, step_fn = compiled_train_step(model_config, dataclasses.replace(config.optimizer, lr=0.0), config.steps,
+                                     config.grad_accum_steps, config.compute_dtype)
     optimizer = make_optimizer(config.optimizer, config.steps)
     state = init_train_state(source.params, optimizer, config.freeze, jax.random.PRNGKey(config.seed))
     state = place_state(state, params_sh, config.freeze, mesh)
-    step_fn = jax.jit(functools.partial(train_step, logits_fn=logits_fn, optimizer=optimizer,
-                                        grad_accum_steps=config.grad_accum_steps,
-                                        compute_dtype=config.compute_dtype), donate_argnums=0)
 
-    evaluate = _make_evaluator(config, source, model_config, logits_fn, data, length, slots, mesh,
+    evaluate = _make_evaluator(config, source, model_config, data, length, slots, mesh,
                                generate if generate is not None else default_generate())
     train = list(data.train)
 
@@ -213,13 +233,13 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int]
             "stopped_early": not finished}
 
 
-def _make_evaluator(config: SFTConfig, source, model_config, logits_fn, data, length: int, slots: int, mesh,
+def _make_evaluator(config: SFTConfig, source, model_config, data, length: int, slots: int, mesh,
                     generate: Optional[Callable]) -> Callable[[Any, int, float], list[dict]]:
     """``evaluate(params, step, gflops) -> [eval records]``: one record per evaluation split with the greedy
     success, the in-distribution one also carrying the held-out loss. Without a sampler, one record of kind
     "heldout" with the held-out loss (the schema's eval records need a success rate)."""
     task_name = TASK_NAMES[(config.task, config.modality)]
-    heldout_loss = make_heldout_loss(logits_fn)
+    heldout_loss = compiled_heldout_loss(model_config)
     batches = [place_batch(b, mesh) for b in heldout_batches(
         source.tokenizer, data.heldout, source.image_config, batch_size=config.batch_size, length=length,
         num_image_slots=slots)] if data.heldout else []

@@ -1,0 +1,163 @@
+"""`memgen sft` end to end on the tiny preset: the command, metrics in the report's schema, learning, exact resume,
+non-finite steps, freezing, greedy-success records and clear errors. Runs share one compiled step (the step is
+memoised per model/optimizer shape), so only the first run and the frozen one compile."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from launch.cli import main
+from launch.config import resolve
+from launch.metrics import read_metrics
+from launch.metrics_schema import load_runs
+from launch.sft_run import run_sft
+
+STEPS = 10
+# eval at 0, 5, 10; checkpoints at 4, 8 (and 10, forced): an interruption after step 6 resumes from 4.
+OVERRIDES = [f"steps={STEPS}", "eval_every=5", "checkpoint.every_steps=4", "checkpoint.keep=3", "eval_examples=8",
+             "train_examples=32"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One tokenizer cache for the module (MEMGEN_CACHE), so the offline tokenizer is trained once."""
+    path = tmp_path_factory.mktemp("memgen-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEMGEN_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def cli_run(cache, tmp_path_factory):
+    """The uninterrupted reference run, through the command line."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    assert main(["sft", "--preset", "sft-tiny", "--out", str(out), *OVERRIDES]) == 0
+    return out
+
+
+def _safetensors(directory):
+    from safetensors.numpy import load_file
+
+    return {name: array for file in sorted(directory.glob("*.safetensors")) for name, array in load_file(file).items()}
+
+
+def test_the_command_writes_a_run_the_report_reads_and_the_loss_falls(cli_run):
+    run, = load_runs([cli_run])
+    train = run.of_kind("train")
+    assert [r["step"] for r in train] == list(range(1, STEPS + 1))
+    for record in train:
+        assert {"step", "loss", "lr", "tokens", "gflops"} <= set(record) and record["arm"] == "sft"
+    gflops = [r["gflops"] for r in train]
+    assert all(b > a for a, b in zip(gflops, gflops[1:]))
+    # 6 N D: N every parameter of the model, D the real (non-padding) tokens of the batches.
+    config = json.loads((cli_run / "config.json").read_text())
+    assert config["steps"] == STEPS
+    num_params = sum(a.size for a in _safetensors(cli_run / "final").values())
+    assert train[-1]["gflops"] == pytest.approx(6 * num_params * sum(r["tokens"] for r in train) / 1e9)
+    assert train[-1]["loss"] < train[0]["loss"] - 0.3
+    heldout = [r for r in run.records if "heldout_loss" in r]
+    assert [r["step"] for r in heldout] == [0, 5, 10]
+    assert heldout[-1]["heldout_loss"] < heldout[0]["heldout_loss"]
+    assert (cli_run / "tensorboard").is_dir() and (cli_run / "final" / "tokenizer.json").is_file()
+
+
+def test_an_interrupted_run_resumed_with_the_same_command_ends_identically(cli_run, tmp_path):
+    config = resolve("sft-tiny", OVERRIDES)
+    partial = run_sft(config, tmp_path, stop_after=6)
+    assert partial["stopped_early"] and partial["final_dir"] is None
+    assert max(r["step"] for r in read_metrics(tmp_path)) == 6  # records 5 and 6 come after checkpoint 4
+    assert main(["sft", "--preset", "sft-tiny", "--out", str(tmp_path), *OVERRIDES]) == 0
+    assert (tmp_path / "metrics.jsonl").read_text() == (cli_run / "metrics.jsonl").read_text()
+    resumed, uninterrupted = _safetensors(tmp_path / "final"), _safetensors(cli_run / "final")
+    assert resumed.keys() == uninterrupted.keys()
+    for name in resumed:
+        np.testing.assert_array_equal(resumed[name], uninterrupted[name], err_msg=name)
+
+
+def test_a_run_directory_of_another_config_is_not_resumed(cli_run, capsys):
+    assert main(["sft", "--preset", "sft-tiny", "--out", str(cli_run), *OVERRIDES, "seed=1"]) == 2
+    assert "holds a run with another config (differs in: seed)" in capsys.readouterr().err
+
+
+def test_consecutive_non_finite_steps_stop_the_run_with_a_clear_message(cache, tmp_path, capsys):
+    code = main(["sft", "--preset", "sft-tiny", "--out", str(tmp_path), *OVERRIDES, "optimizer.lr=1e30",
+                 "max_consecutive_skips=2"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "was not finite for 2 steps in a row (max_consecutive_skips=2); lower optimizer.lr" in error
+    train = [r for r in read_metrics(tmp_path) if r["kind"] == "train"]
+    assert [r["skipped"] for r in train[-2:]] == [1, 1] and train[-1]["loss"] is None
+    assert train[-1]["tokens"] == 0  # a skipped step adds no training compute
+
+
+def test_freezing_the_vision_tower_leaves_it_bit_identical(cache, tmp_path):
+    from launch.model_source import load_model
+
+    config = resolve("sft-tiny", OVERRIDES[1:] + ["steps=2", "freeze=[vision_encoder,projector]"])
+    run_sft(config, tmp_path)
+    initial = load_model("tiny", seed=0).params
+    final = load_model(str(tmp_path / "final"), seed=0).params
+    for group in ("vision_encoder", "projector"):
+        for a, b in zip(*(__import__("jax").tree.leaves(p[group]) for p in (initial, final))):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    changed = [not np.array_equal(a, b) for a, b in zip(*(__import__("jax").tree.leaves(p["language_model"])
+                                                          for p in (initial, final)))]
+    assert any(changed)
+
+
+def test_greedy_success_becomes_eval_records_per_split(cache, tmp_path):
+    """The greedy hook with a sampler that answers the expert answer for the in-distribution hands: every split is
+    evaluated and verified by the task's verifier (rule-OOD hands need other formulas, so some fail there)."""
+    from model.chat import encode_response
+    from model.tokenizer import load_tokenizer
+    from tasks.general_points import expert_response, GeneralPointsConfig, sample_hands
+    from launch.expert_data import GREEDY_SEED_OFFSET
+
+    config = resolve("sft-tiny", OVERRIDES + ["greedy_examples=3"])
+    tokenizer = None
+    hands = sample_hands(GeneralPointsConfig(), config.seed + GREEDY_SEED_OFFSET, 3)
+    calls = []
+
+    def generate(params, model_config, input_ids, *, max_new_tokens, temperature, attention_mask, stop_tokens,
+                 **vision):
+        nonlocal tokenizer
+        from launch.model_source import load_model
+        tokenizer = tokenizer or load_model("tiny", seed=0).tokenizer
+        calls.append(input_ids.shape)
+        rows = [encode_response(tokenizer, expert_response(hand, GeneralPointsConfig())) for hand in hands]
+        rows += [rows[0]] * (input_ids.shape[0] - len(rows))
+        width = max(len(r) for r in rows)
+        tokens = np.stack([np.pad(r, (0, width - len(r))) for r in rows])
+
+        class Generation:
+            pass
+        out = Generation()
+        out.tokens, out.lengths = tokens, np.asarray([len(r) for r in rows])
+        return out
+
+    run_sft(config, tmp_path, generate=generate, stop_after=1)  # the same compiled step as the other runs
+    run, = load_runs([tmp_path])
+    evals = run.of_kind("eval")
+    assert sorted({r["split"] for r in evals}) == ["in_distribution", "rule_ood"]
+    first = [r for r in evals if r["step"] == 0]
+    assert len(first) == len(evals) == 2
+    in_dist = next(r for r in first if r["split"] == "in_distribution")
+    assert in_dist["success"] == 1.0 and in_dist["n"] == 3 and in_dist["success_se"] == 0.0
+    assert "heldout_loss" in in_dist and in_dist["task"] == "gp-l"
+    assert all(shape[0] == config.batch_size for shape in calls)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optimizer.lrr=1"], "unknown config key 'optimizer.lrr' (did you mean 'optimizer.lr'?); valid keys are: "),
+    (["model=/nonexistent/llama"], "the model directory /nonexistent/llama does not exist; pass model=PATH"),
+    (["data.path=/nonexistent/expert.jsonl"], "the expert data file /nonexistent/expert.jsonl does not exist"),
+])
+def test_bad_input_stops_with_one_sentence(cache, tmp_path, capsys, overrides, message):
+    assert main(["sft", "--preset", "sft-tiny", "--out", str(tmp_path), *overrides]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    if "unknown" in message:
+        assert "checkpoint.every_steps" in error and "data.path" in error

@@ -43,7 +43,7 @@ def test_an_example_longer_than_the_run_length_is_an_error_not_truncated(tokeniz
 
 
 def test_vision_batches_have_fixed_image_slots_and_masks(tokenizer):
-    conversations = expert_conversations(GeneralPointsConfig(modality="vision", image_width=128, image_height=64),
+    conversations = expert_conversations(GeneralPointsConfig(modality="vision"),
                                          seed=0, size=2)
     slots = image_slots(conversations)
     assert slots == 1

@@ -141,7 +141,6 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int]
         raise ConfigError(f"steps ({config.steps}) and batch_size ({config.batch_size}) must be positive and "
                           f"batch_size a multiple of grad_accum_steps ({config.grad_accum_steps})")
     _check_run_dir(out_dir, config)
-    save_config(config, out_dir)
 
     source = load_model(config.model, seed=config.seed, cache_dir=None)
     data = load_expert_data(task=config.task, modality=config.modality, seed=config.seed,
@@ -160,8 +159,11 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int]
     # that differ only in it; the state is initialised with the config's own rate.
     _, step_fn = compiled_train_step(model_config, dataclasses.replace(config.optimizer, lr=0.0), config.steps,
                                      config.grad_accum_steps, config.compute_dtype)
-    optimizer = make_optimizer(config.optimizer, config.steps)
-    state = init_train_state(source.params, optimizer, config.freeze, jax.random.PRNGKey(config.seed))
+    try:
+        optimizer = make_optimizer(config.optimizer, config.steps)
+        state = init_train_state(source.params, optimizer, config.freeze, jax.random.PRNGKey(config.seed))
+    except ValueError as error:  # a freeze entry that matches nothing, a bad schedule setting
+        raise ConfigError(str(error)) from None
     state = place_state(state, params_sh, config.freeze, mesh)
 
     evaluate = _make_evaluator(config, source, model_config, data, length, slots, mesh,
@@ -173,6 +175,7 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int]
         return sft_batch(tokenizer, [train[i] for i in indices], image_config, length=length,
                          num_image_slots=slots)
 
+    save_config(config, out_dir)  # only now: a bad model path, data file or freeze entry leaves no run behind
     ckpt = config.checkpoint
     with CheckpointManager(out_dir / CHECKPOINT_DIR, every_steps=ckpt.every_steps, keep=ckpt.keep,
                            async_save=ckpt.async_save) as checkpoints:
@@ -215,8 +218,8 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int]
                     raise SFTRunError(
                         f"stopped at step {step}: the loss or gradient was not finite for "
                         f"{run_state['consecutive_skips']} steps in a row (max_consecutive_skips="
-                        f"{config.max_consecutive_skips}); lower optimizer.lr or check the data, then resume from "
-                        f"the last checkpoint in {out_dir / CHECKPOINT_DIR}")
+                        f"{config.max_consecutive_skips}); lower optimizer.lr or check the data and start again "
+                        "in a new --out directory")
                 if config.eval_every > 0 and (step % config.eval_every == 0 or step == config.steps):
                     for record in evaluate(state.params, step, gflops):
                         writer.write(record["step"], record)
@@ -240,8 +243,9 @@ def _make_evaluator(config: SFTConfig, source, model_config, data, length: int, 
     "heldout" with the held-out loss (the schema's eval records need a success rate)."""
     task_name = TASK_NAMES[(config.task, config.modality)]
     heldout_loss = compiled_heldout_loss(model_config)
+    eval_batch_size = config.batch_size // config.grad_accum_steps  # a microbatch: what fits for training fits
     batches = [place_batch(b, mesh) for b in heldout_batches(
-        source.tokenizer, data.heldout, source.image_config, batch_size=config.batch_size, length=length,
+        source.tokenizer, data.heldout, source.image_config, batch_size=eval_batch_size, length=length,
         num_image_slots=slots)] if data.heldout else []
     episodes = greedy_episodes(config.task, config.modality, config.seed, config.greedy_examples) \
         if generate is not None and config.greedy_examples > 0 else {}
@@ -253,7 +257,7 @@ def _make_evaluator(config: SFTConfig, source, model_config, data, length: int, 
         for split, split_episodes in episodes.items():
             result = greedy_success(params, model_config, source.tokenizer, source.image_config, split_episodes,
                                     verify, generate=generate, max_new_tokens=config.max_new_tokens,
-                                    batch_size=config.batch_size, num_image_slots=slots)
+                                    batch_size=eval_batch_size, num_image_slots=slots)
             extra = {}
             if split == "in_distribution" and loss is not None:
                 extra = dict(heldout_loss=loss["loss"], heldout_accuracy=loss["accuracy"],

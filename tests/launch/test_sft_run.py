@@ -154,10 +154,45 @@ def test_greedy_success_becomes_eval_records_per_split(cache, tmp_path):
     (["optimizer.lrr=1"], "unknown config key 'optimizer.lrr' (did you mean 'optimizer.lr'?); valid keys are: "),
     (["model=/nonexistent/llama"], "the model directory /nonexistent/llama does not exist; pass model=PATH"),
     (["data.path=/nonexistent/expert.jsonl"], "the expert data file /nonexistent/expert.jsonl does not exist"),
+    (["freeze=[vision]"], "freeze entry 'vision' matches no parameter; use a param group"),
 ])
 def test_bad_input_stops_with_one_sentence(cache, tmp_path, capsys, overrides, message):
     assert main(["sft", "--preset", "sft-tiny", "--out", str(tmp_path), *overrides]) == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
+    assert not (tmp_path / "config.json").exists()  # a failed start leaves no run behind to conflict with
     if "unknown" in message:
         assert "checkpoint.every_steps" in error and "data.path" in error
+
+
+def test_the_state_is_placed_on_the_mesh_with_moments_sharded_like_their_params():
+    """On a 2 x 2 x 2 (data x fsdp x tensor) mesh of the 8 virtual CPU devices: each Adam moment gets its param's
+    sharding (some of them really split), scalars are replicated, every leaf is committed to the mesh."""
+    import jax
+    from jax.sharding import PartitionSpec
+
+    from launch.sft_run import make_mesh_from_config, place_state
+    from model.config import preset
+    from model.params import init_params
+    from model.sharding import param_shardings
+    from sft.optim import OptimizerConfig, flatten_paths, make_optimizer
+    from sft.step import init_train_state
+
+    config = preset("tiny")
+    params = init_params(jax.random.PRNGKey(0), config)
+    mesh = make_mesh_from_config((-1, 2, 2))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    freeze = ("vision_encoder",)
+    state = init_train_state(params, make_optimizer(OptimizerConfig(), 10), freeze, jax.random.PRNGKey(0))
+    placed = place_state(state, param_shardings(config, mesh, params), freeze, mesh)
+    trainable = flatten_paths(placed.trainable)
+    adam, = [node for node in jax.tree.leaves(placed.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
+             if hasattr(node, "mu")]  # optax's ScaleByAdamState(count, mu, nu) inside the chain
+    split = 0
+    for moments in (adam.mu, adam.nu):
+        for path, moment in flatten_paths(moments).items():
+            assert moment.sharding == trainable[path].sharding, path
+            split += moment.sharding.spec != PartitionSpec(*[None] * moment.ndim)
+    assert split > 0
+    assert placed.step.sharding.spec == PartitionSpec() and placed.rng.sharding.mesh == mesh
+    assert all(leaf.sharding.mesh == mesh for leaf in jax.tree.leaves(placed))

@@ -77,6 +77,28 @@ def test_an_interrupted_run_resumed_with_the_same_command_ends_identically(cli_r
         np.testing.assert_array_equal(resumed[name], uninterrupted[name], err_msg=name)
 
 
+@pytest.mark.slow
+def test_a_run_killed_mid_save_resumes_to_the_same_end(cli_run, cache, tmp_path):
+    """kill -9 of a subprocess while the checkpoint of step 8 is being written: the same command then resumes
+    (from step 4, or 8 if its files happened to be complete) and ends as the uninterrupted run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "MEMGEN_CACHE": str(cache)}
+    result = subprocess.run([sys.executable, str(repo / "tests/launch/sft_kill_script.py"), str(tmp_path), "8",
+                             *OVERRIDES], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == -9, result.stderr[-2000:]
+    assert max(r["step"] for r in read_metrics(tmp_path)) == 8 and not (tmp_path / "final").exists()
+    assert main(["sft", "--preset", "sft-tiny", "--out", str(tmp_path), *OVERRIDES]) == 0
+    assert (tmp_path / "metrics.jsonl").read_text() == (cli_run / "metrics.jsonl").read_text()
+    resumed, uninterrupted = _safetensors(tmp_path / "final"), _safetensors(cli_run / "final")
+    for name in uninterrupted:
+        np.testing.assert_array_equal(resumed[name], uninterrupted[name], err_msg=name)
+
+
 def test_a_run_directory_of_another_config_is_not_resumed(cli_run, capsys):
     assert main(["sft", "--preset", "sft-tiny", "--out", str(cli_run), *OVERRIDES, "seed=1"]) == 2
     assert "holds a run with another config (differs in: seed)" in capsys.readouterr().err

@@ -80,7 +80,7 @@ class SFTConfig:
     max_new_tokens: int = 128
     log_every: int = 1
     max_consecutive_skips: int = 5
-    mesh: tuple[int, int, int] = (-1, 1, 1)
+    mesh: tuple[int, int, int] = (1, -1, 1)
     data: DataConfig = DataConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()

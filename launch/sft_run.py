@@ -26,6 +26,7 @@ import numpy as np
 from launch.checkpoint import CheckpointError, CheckpointManager
 from launch.config import CONFIG_FILENAME, ConfigError, SFTConfig, load_config, preset_names, resolve, save_config
 from launch.expert_data import DataError, greedy_episodes, load_expert_data
+from launch.mesh import host_local_batch_slice
 from launch.metrics import MetricsWriter
 from launch.metrics_schema import eval_record, train_record
 from launch.model_source import ModelSourceError, load_model, save_policy
@@ -34,7 +35,7 @@ from launch.sft_eval import default_generate, greedy_success, heldout_batches, m
 from rl.compute import ComputeCounter, add, parameter_count, total_gflops
 from sft.batches import encoded_lengths, forward_from_batch, image_slots, padded_length, sft_batch
 from sft.data_order import batch_example_indices
-from sft.optim import flatten_paths, make_optimizer, partition, trainable_mask
+from sft.optim import make_optimizer, partition, trainable_mask
 from sft.step import init_train_state, train_step
 
 FINAL_DIR = "final"
@@ -50,43 +51,36 @@ class SFTRunError(RuntimeError):
 # --- the pieces the loop is made of ---------------------------------------------------------------------------
 
 def make_mesh_from_config(shape: tuple[int, int, int]) -> jax.sharding.Mesh:
-    """The (data, fsdp, tensor) mesh; -1 takes all remaining devices."""
-    from model.sharding import make_mesh
+    """The (data, fsdp, tensor) mesh of ``launch.mesh``; -1 takes all remaining devices, and sizes without a -1
+    that multiply to fewer than the visible devices use the first that many (e.g. (1, 1, 1): one device)."""
+    from launch.mesh import MeshConfig, MeshError, make_mesh
 
-    sizes = list(shape)
-    devices = jax.device_count()
-    if sizes.count(-1) > 1 or any(size == 0 or size < -1 for size in sizes):
-        raise ConfigError(f"mesh={list(shape)} must hold positive sizes and at most one -1")
-    fixed = int(np.prod([size for size in sizes if size != -1]))
-    if -1 in sizes:
-        sizes[sizes.index(-1)] = max(devices // fixed, 1)
-    if int(np.prod(sizes)) > devices:
-        raise ConfigError(f"mesh={list(shape)} needs {int(np.prod(sizes))} devices but {devices} are visible; "
-                          "make the mesh smaller")
-    return make_mesh(dict(zip(("data", "fsdp", "tensor"), sizes)), jax.devices()[:int(np.prod(sizes))])
+    try:
+        mesh_config = MeshConfig(*shape)
+        devices = jax.devices()
+        if -1 not in shape and int(np.prod(shape)) < len(devices):
+            devices = devices[:int(np.prod(shape))]
+        return make_mesh(mesh_config, devices)
+    except MeshError as error:
+        raise ConfigError(f"mesh={list(shape)}: {error}") from None
 
 
-def place_state(state: Any, params_shardings: Any, freeze: tuple[str, ...], mesh) -> Any:
+def place_state(state: Any, params_shardings: Any, freeze: tuple[str, ...], mesh, optimizer) -> Any:
     """The train state committed to the mesh: params by the model's sharding rules, optimizer moments like their
-    params, scalars replicated. Committed arrays make a restored state compile to the same program."""
+    params (``launch.mesh.optimizer_state_specs``), scalars replicated. Committed arrays make a restored state
+    compile to the same program."""
     from jax.sharding import NamedSharding, PartitionSpec
 
+    from launch.mesh import optimizer_state_specs
+
     trainable_sh, frozen_sh = partition(params_shardings, trainable_mask(params_shardings, freeze))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    by_path = {tuple(path.split("/")): sharding for path, sharding in flatten_paths(trainable_sh).items()}
-
-    def like_its_param(path, leaf) -> Any:
-        # Adam's moments are trees shaped like the trainable params, nested under optax's state: a leaf whose key
-        # path ends with a param's path is that param's moment and is sharded like it.
-        names = tuple(str(getattr(key, "key", getattr(key, "name", key))) for key in path)
-        for start in range(len(names)):
-            if names[start:] in by_path and getattr(leaf, "ndim", 0):
-                return by_path[names[start:]]
-        return replicated
-
-    opt_shardings = jax.tree_util.tree_map_with_path(like_its_param, state.opt_state)
-    shardings = state.replace(step=replicated, trainable=trainable_sh, frozen=frozen_sh, opt_state=opt_shardings,
-                              rng=replicated)
+    specs = jax.tree.map(lambda sharding: sharding.spec, trainable_sh)
+    opt_specs = optimizer_state_specs(optimizer, state.opt_state, specs)
+    named = lambda spec: NamedSharding(mesh, spec)  # noqa: E731
+    shardings = state.replace(step=named(PartitionSpec()), trainable=trainable_sh, frozen=frozen_sh,
+                              opt_state=jax.tree.map(named, opt_specs,
+                                                     is_leaf=lambda x: isinstance(x, PartitionSpec)),
+                              rng=named(PartitionSpec()))
     return jax.device_put(state, shardings)
 
 
@@ -110,9 +104,18 @@ def compiled_heldout_loss(model_config) -> Callable:
 
 
 def place_batch(batch: dict, mesh) -> dict:
-    from model.sharding import batch_sharding
+    """This host's rows of a batch (all rows on one host) -> global arrays sharded over data x fsdp."""
+    from launch.mesh import make_global_batch
 
-    return {key: jax.device_put(value, batch_sharding(mesh, value.shape)) for key, value in batch.items()}
+    return make_global_batch(batch, mesh)
+
+
+def _global_sum(value: int) -> int:
+    """The sum of a host-side count over all hosts (the value itself on one host)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+    return int(np.sum(multihost_utils.process_allgather(np.asarray(value, np.int64))))
 
 
 def _check_run_dir(out_dir: Path, config: SFTConfig) -> None:
@@ -164,14 +167,17 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int]
         state = init_train_state(source.params, optimizer, config.freeze, jax.random.PRNGKey(config.seed))
     except ValueError as error:  # a freeze entry that matches nothing, a bad schedule setting
         raise ConfigError(str(error)) from None
-    state = place_state(state, params_sh, config.freeze, mesh)
+    state = place_state(state, params_sh, config.freeze, mesh, optimizer)
 
     evaluate = _make_evaluator(config, source, model_config, data, length, slots, mesh,
                                generate if generate is not None else default_generate())
     train = list(data.train)
 
+    host_rows = host_local_batch_slice(config.batch_size)
+
     def batch_at(step: int) -> dict:
-        indices = batch_example_indices(config.seed, step, config.batch_size, len(train))
+        """This host's rows of batch ``step`` (every row on a single host)."""
+        indices = batch_example_indices(config.seed, step, config.batch_size, len(train))[host_rows]
         return sft_batch(tokenizer, [train[i] for i in indices], image_config, length=length,
                          num_image_slots=slots)
 
@@ -195,7 +201,8 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int]
             step = start
             while step < config.steps:
                 batch = batch_at(step)
-                processed = int(batch["attention_mask"].sum())  # D: every real token goes forward + backward
+                # D: every real token goes forward + backward (summed over hosts: the global batch's tokens).
+                processed = _global_sum(int(batch["attention_mask"].sum()))
                 state, metrics = step_fn(state, place_batch(batch, mesh))
                 metrics = {key: float(value) for key, value in jax.device_get(metrics).items()}
                 step += 1

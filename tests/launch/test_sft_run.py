@@ -205,8 +205,9 @@ def test_the_state_is_placed_on_the_mesh_with_moments_sharded_like_their_params(
     mesh = make_mesh_from_config((-1, 2, 2))
     assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
     freeze = ("vision_encoder",)
-    state = init_train_state(params, make_optimizer(OptimizerConfig(), 10), freeze, jax.random.PRNGKey(0))
-    placed = place_state(state, param_shardings(config, mesh, params), freeze, mesh)
+    optimizer = make_optimizer(OptimizerConfig(), 10)
+    state = init_train_state(params, optimizer, freeze, jax.random.PRNGKey(0))
+    placed = place_state(state, param_shardings(config, mesh, params), freeze, mesh, optimizer)
     trainable = flatten_paths(placed.trainable)
     adam, = [node for node in jax.tree.leaves(placed.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
              if hasattr(node, "mu")]  # optax's ScaleByAdamState(count, mu, nu) inside the chain

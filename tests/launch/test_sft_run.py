@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -123,10 +124,10 @@ def test_freezing_the_vision_tower_leaves_it_bit_identical(cache, tmp_path):
     initial = load_model("tiny", seed=0).params
     final = load_model(str(tmp_path / "final"), seed=0).params
     for group in ("vision_encoder", "projector"):
-        for a, b in zip(*(__import__("jax").tree.leaves(p[group]) for p in (initial, final))):
+        for a, b in zip(jax.tree.leaves(initial[group]), jax.tree.leaves(final[group])):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    changed = [not np.array_equal(a, b) for a, b in zip(*(__import__("jax").tree.leaves(p["language_model"])
-                                                          for p in (initial, final)))]
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(initial["language_model"]),
+                                                        jax.tree.leaves(final["language_model"]))]
     assert any(changed)
 
 
@@ -190,7 +191,6 @@ def test_bad_input_stops_with_one_sentence(cache, tmp_path, capsys, overrides, m
 def test_the_state_is_placed_on_the_mesh_with_moments_sharded_like_their_params():
     """On a 2 x 2 x 2 (data x fsdp x tensor) mesh of the 8 virtual CPU devices: each Adam moment gets its param's
     sharding (some of them really split), scalars are replicated, every leaf is committed to the mesh."""
-    import jax
     from jax.sharding import PartitionSpec
 
     from launch.sft_run import make_mesh_from_config, place_state
@@ -219,3 +219,21 @@ def test_the_state_is_placed_on_the_mesh_with_moments_sharded_like_their_params(
     assert split > 0
     assert placed.step.sharding.spec == PartitionSpec() and placed.rng.sharding.mesh == mesh
     assert all(leaf.sharding.mesh == mesh for leaf in jax.tree.leaves(placed))
+
+
+def test_expert_data_from_a_jsonl_file_and_a_held_out_set_that_shares_no_prompt(cache, tmp_path):
+    from launch.expert_data import heldout_conversations, load_expert_data, prompt_key
+    from tasks.general_points import GeneralPointsConfig, expert_conversations, write_jsonl
+
+    path = write_jsonl(expert_conversations(GeneralPointsConfig(), seed=5, size=12), tmp_path / "data" / "gp.jsonl")
+    data = load_expert_data(task="general_points", modality="language", seed=0, train_examples=0,
+                            eval_examples=40, path=str(path))
+    assert len(data.train) == 12 and len(data.heldout) == 40
+    assert not {prompt_key(c) for c in data.train} & {prompt_key(c) for c in data.heldout}
+    # Drawn with the training data's own seed, every first candidate is a training prompt: all are replaced by
+    # later draws of the same seed.
+    train = expert_conversations(GeneralPointsConfig(), seed=7, size=10)
+    heldout = heldout_conversations("general_points", "language", 7, 10, exclude=train)
+    assert len(heldout) == 10 and not {prompt_key(c) for c in train} & {prompt_key(c) for c in heldout}
+    summary = run_sft(resolve("sft-tiny", OVERRIDES + [f"data.path={path}"]), tmp_path / "run", stop_after=1)
+    assert summary["step"] == 1 and summary["train_tokens"] > 0

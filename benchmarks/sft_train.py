@@ -134,7 +134,7 @@ def cpu_benchmark(args) -> dict:
 
 def gpu_benchmark(args) -> dict:
     device = jax.devices()[0]
-    base = model.preset("11b")
+    base = model.preset(args.shape_preset)
     cross = tuple(i for i in range(args.layers) if i % 5 == 3)
     config = base.replace(text=dataclasses.replace(base.text, num_hidden_layers=args.layers,
                                                    cross_attention_layers=cross),
@@ -148,7 +148,7 @@ def gpu_benchmark(args) -> dict:
     tokens = args.batch * args.seq
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device.device_kind), None)
     achieved = 6 * num_params * tokens / seconds
-    return {"mode": "gpu", "device": device.device_kind, "layers": args.layers, "cross_attention_layers": cross,
+    return {"mode": "gpu", "shape_preset": args.shape_preset, "device": device.device_kind, "layers": args.layers, "cross_attention_layers": cross,
             "batch": args.batch, "seq": args.seq, "remat": args.remat, "num_params": num_params,
             "compile_s": round(warmup, 1), "step_s": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
             "achieved_tflops": round(achieved / 1e12, 1),
@@ -163,6 +163,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layers", type=int, default=10, help="GPU mode: decoder layers of the 11B-shaped model")
+    parser.add_argument("--shape-preset", default="11b",
+                        help="GPU mode: the model whose widths are used (tiny: a CPU smoke test of this path)")
     parser.add_argument("--remat", default="full", choices=["none", "full", "dots"])
     parser.add_argument("--freeze-vision", action="store_true", help="GPU mode: freeze the vision encoder")
     parser.add_argument("--peak-tflops", type=float, default=None)

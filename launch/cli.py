@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("launch.predict", "R^2 and Spearman of pre-RL predictors vs post-RL success"),
     "plan": ("launch.plan", "bytes per device for params, gradients, optimizer state, KV cache and activations "
              "on a mesh, and whether it fits a GPU"),
+    "data": ("launch.data_cmd", "write a task's expert data or evaluation instances as JSONL (+ PNGs for vision)"),
 }
 
 

@@ -1,0 +1,133 @@
+"""`memgen convert`: move a policy's params between a Hugging Face mllama directory (safetensors + config.json,
+what transformers loads) and an Orbax params checkpoint (what JAX code restores onto any mesh).
+
+    memgen convert hf-to-orbax --hf checkpoints/Llama-3.2-11B-Vision-Instruct --out ckpt/11b-orbax
+    memgen convert orbax-to-hf --orbax ckpt/11b-orbax --out exported/11b-hf
+
+Orbax directory layout: OUT/params (an `orbax.checkpoint.StandardCheckpointer` checkpoint of the params pytree,
+the nested dict of `model.init_params`, value head included when present) and OUT/model_config.json (the
+`model.ModelConfig`, as `launch.config.to_dict` writes it, dtypes included). Both directions keep every array's
+dtype and bits; the HF side is written by `model.save_hf` and read by `model.load_hf`.
+
+Python: `hf_to_orbax(hf_dir, out_dir)`, `orbax_to_hf(orbax_dir, out_dir)`, `load_orbax(orbax_dir) -> (config,
+params)`, `save_orbax(out_dir, config, params)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+PARAMS_ITEM = "params"
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+class ConvertError(ValueError):
+    """A source directory is missing or is not what the conversion needs; the message says which and what to do."""
+
+
+def save_orbax(out_dir: str | Path, config, params: dict) -> Path:
+    """Write params (Orbax) and the model config (JSON) into `out_dir`, which must not already hold params."""
+    import orbax.checkpoint as ocp
+
+    from launch.config import to_dict
+
+    out_dir = Path(out_dir).absolute()
+    if (out_dir / PARAMS_ITEM).exists():
+        raise ConvertError(f"{out_dir / PARAMS_ITEM} already exists; choose an empty --out directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(out_dir / PARAMS_ITEM, params)
+        checkpointer.wait_until_finished()
+    (out_dir / MODEL_CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    return out_dir
+
+
+def load_orbax(orbax_dir: str | Path):
+    """(config, params) from a directory written by :func:`save_orbax`; params restored with the stored dtypes
+    and checked against the config's shapes."""
+    import orbax.checkpoint as ocp
+
+    import model
+    from launch.config import ConfigError, from_dict
+
+    orbax_dir = Path(orbax_dir).absolute()
+    config_file, params_dir = orbax_dir / MODEL_CONFIG_FILE, orbax_dir / PARAMS_ITEM
+    if not orbax_dir.is_dir():
+        raise ConvertError(f"{orbax_dir} is not a directory; pass the --out directory of 'memgen convert "
+                           "hf-to-orbax'")
+    if not config_file.is_file() or not params_dir.is_dir():
+        raise ConvertError(f"{orbax_dir} holds no {MODEL_CONFIG_FILE} and {PARAMS_ITEM}/; pass a directory written "
+                           "by 'memgen convert hf-to-orbax'")
+    try:
+        config = from_dict(model.ModelConfig, json.loads(config_file.read_text()))
+    except (json.JSONDecodeError, ConfigError) as error:
+        raise ConvertError(f"{config_file} is not a model config ({error}); re-create the directory with "
+                           "'memgen convert hf-to-orbax'") from None
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            metadata = checkpointer.metadata(params_dir)
+            tree = getattr(metadata, "item_metadata", metadata)
+            has_value_head = "value_head" in tree
+            expected = model.param_shapes(config, value_head=has_value_head)
+            params = checkpointer.restore(params_dir, expected)
+    except ConvertError:
+        raise
+    except Exception as error:  # orbax raises many types for a damaged or mismatched checkpoint
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConvertError(f"cannot restore the params in {params_dir} for the config in {config_file} "
+                           f"({message}); re-create it with 'memgen convert hf-to-orbax'") from None
+    return config, params
+
+
+def hf_to_orbax(hf_dir: str | Path, out_dir: str | Path) -> dict:
+    import model
+
+    if not Path(hf_dir).is_dir():
+        raise ConvertError(f"--hf {hf_dir} is not a directory; pass a Hugging Face mllama model directory")
+    try:
+        config, params = model.load_hf(hf_dir)
+    except model.ModelLoadError as error:
+        raise ConvertError(str(error)) from None
+    save_orbax(out_dir, config, params)
+    return {"from": str(hf_dir), "to": str(out_dir), **model.param_counts(params),
+            "param_dtype": config.param_dtype}
+
+
+def orbax_to_hf(orbax_dir: str | Path, out_dir: str | Path, *, max_shard_size: str = "5GB") -> dict:
+    import model
+
+    config, params = load_orbax(orbax_dir)
+    model.save_hf(out_dir, config, params, max_shard_size=max_shard_size)
+    return {"from": str(orbax_dir), "to": str(out_dir), **model.param_counts(params),
+            "param_dtype": config.param_dtype}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="direction", metavar="DIRECTION", required=True)
+    to_orbax = sub.add_parser("hf-to-orbax", help="a Hugging Face mllama directory -> an Orbax params checkpoint")
+    to_orbax.add_argument("--hf", required=True, help="Hugging Face mllama directory (config.json + safetensors)")
+    to_orbax.add_argument("--out", required=True, help="new directory for params/ and model_config.json")
+    to_hf = sub.add_parser("orbax-to-hf", help="an Orbax params checkpoint -> a Hugging Face mllama directory")
+    to_hf.add_argument("--orbax", required=True, help="directory written by 'memgen convert hf-to-orbax'")
+    to_hf.add_argument("--out", required=True, help="output Hugging Face directory")
+    to_hf.add_argument("--max-shard-size", default="5GB", help="safetensors shard size (e.g. 5GB, 100MB)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.direction == "hf-to-orbax":
+            summary = hf_to_orbax(args.hf, args.out)
+        else:
+            summary = orbax_to_hf(args.orbax, args.out, max_shard_size=args.max_shard_size)
+    except ConvertError as error:
+        print(f"memgen convert: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.direction}: {summary['from']} -> {summary['to']}: {summary['total']:,} params "
+          f"({summary['param_dtype']})")
+    return 0

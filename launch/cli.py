@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "on a mesh, and whether it fits a GPU"),
     "data": ("launch.data_cmd", "write a task's expert data or evaluation instances as JSONL (+ PNGs for vision)"),
     "convert": ("launch.convert", "convert params between a Hugging Face mllama directory and an Orbax checkpoint"),
+    "bench": ("launch.bench", "run the benchmarks (benchmarks/*.py) and write a JSON file and a markdown table"),
 }
 
 

@@ -87,3 +87,30 @@ def test_bad_directories_stop_with_one_sentence(round_trip, tmp_path, capsys):
         assert cli.main(["convert", *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (argv, err)
+
+
+def test_sft_run_directory_exports_the_checkpoints_combined_params(tmp_path, capsys):
+    """A run directory as launch/checkpoint.py and `memgen sft` lay it out: config.json (model = a preset) and
+    checkpoints/<step>/state holding the TrainState with a frozen vision encoder."""
+    from launch.checkpoint import CheckpointManager
+    from sft.optim import OptimizerConfig, make_optimizer
+    from sft.step import init_train_state
+
+    config = model.preset("tiny")
+    optimizer = make_optimizer(OptimizerConfig(), 10)
+    states = {step: init_train_state(model.init_params(jax.random.key(step), config), optimizer,
+                                     ("vision_encoder",), jax.random.PRNGKey(0)) for step in (2, 4)}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "tiny", "freeze": ["vision_encoder"], "extra": 1}))
+    with CheckpointManager(run / "checkpoints", every_steps=2, keep=3, async_save=False) as manager:
+        for step, state in states.items():
+            manager.save(step, state, {"train_tokens": step})
+    for step_args, step in (([], 4), (["--step", "2"], 2)):
+        out = tmp_path / f"hf{step}"
+        assert cli.main(["convert", "orbax-to-hf", "--orbax", str(run), *step_args, "--out", str(out)]) == 0
+        assert f"(step {step})" in capsys.readouterr().out
+        _, loaded = model.load_hf(out)
+        _assert_same_trees(states[step].params, loaded)
+    assert cli.main(["convert", "orbax-to-hf", "--orbax", str(run), "--step", "3", "--out", str(tmp_path / "x")]) == 2
+    assert "holds no complete checkpoint of step 3" in capsys.readouterr().err

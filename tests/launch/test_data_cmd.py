@@ -57,6 +57,7 @@ def test_evaluation_split_first_prompts_use_the_split_config(tmp_path, split, ca
     (["--task", "gp-l", "num_cards=9"], "the task config rejects the overrides"),
     (["--task", "gp-l", "--split", "visual_ood"], "has no split 'visual_ood'"),
     (["--task", "gp-l", "--size", "0"], "--size must be at least 1"),
+    (["--task", "gp-l", "modality=vision"], "the modality comes from --task"),
 ])
 def test_bad_input_stops_with_one_sentence(tmp_path, capsys, argv, message):
     assert cli.main(["data", "--out", str(tmp_path), *argv]) == 2

@@ -13,8 +13,8 @@ dtype and bits; the HF side is written by `model.save_hf` and read by `model.loa
 `--orbax` also accepts a `memgen sft` run directory (config.json + checkpoints/<step>/state, the Orbax TrainState
 that launch/checkpoint.py writes): the params of its latest complete checkpoint (or `--step`) are
 `sft.optim.combine(state.trainable, state.frozen)`; the model config comes from the run config's `model` (a
-preset name or a Hugging Face directory) with the checkpoint's param dtype. The whole TrainState is restored
-(optimizer moments included), so this needs about three times the params' memory on the host.
+preset name or a Hugging Face directory) with the checkpoint's param dtype. Only the two param partitions are restored (an
+Orbax partial restore: the optimizer moments stay on disk).
 
 Python: `hf_to_orbax(hf_dir, out_dir)`, `orbax_to_hf(orbax_dir, out_dir)`, `load_orbax(orbax_dir) -> (config,
 params)`, `save_orbax(out_dir, config, params)`.
@@ -28,7 +28,6 @@ import sys
 from pathlib import Path
 
 import jax
-import numpy as np
 
 PARAMS_ITEM = "params"
 MODEL_CONFIG_FILE = "model_config.json"
@@ -98,10 +97,26 @@ def _latest_step(checkpoints: Path) -> int | None:
     return max(steps) if steps else None
 
 
-def load_run(run_dir: str | Path, step: int | None = None):
-    """(config, params, step) of a `memgen sft` run directory's checkpoint (the latest when step is None)."""
+def _restore_params_partitions(state_dir: Path) -> dict:
+    """Only the `trainable` and `frozen` entries of a saved TrainState (a partial restore: the optimizer moments
+    stay on disk), onto this process's first device, with their stored dtypes."""
     import orbax.checkpoint as ocp
 
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(state_dir)
+        tree = getattr(metadata, "item_metadata", metadata)
+        tree = getattr(tree, "tree", tree)
+        wanted = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree[key])
+                  for key in ("trainable", "frozen")}
+        restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(dtype=s.dtype, global_shape=s.shape,
+                                                                    sharding=device), wanted)
+        return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+            item=wanted, restore_args=restore_args, partial_restore=True))
+
+
+def load_run(run_dir: str | Path, step: int | None = None):
+    """(config, params, step) of a `memgen sft` run directory's checkpoint (the latest when step is None)."""
     import model
     from sft.optim import combine
 
@@ -124,8 +139,7 @@ def load_run(run_dir: str | Path, step: int | None = None):
         raise ConvertError(f"the run's model {model_name!r} is neither a preset nor a Hugging Face directory "
                            f"here ({error}); run the conversion where the run's model is") from None
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            state = checkpointer.restore(state_dir)
+        state = _restore_params_partitions(state_dir)
         params = combine(state["trainable"], state["frozen"])
     except Exception as error:  # orbax raises many types for a damaged checkpoint
         message = str(error).splitlines()[0] if str(error) else type(error).__name__

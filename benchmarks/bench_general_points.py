@@ -48,10 +48,24 @@ def bench_verify(config: GeneralPointsConfig, seconds: float, kind: str) -> tupl
     return _rate(run, seconds)
 
 
-def bench_hands(config: GeneralPointsConfig, seconds: float) -> tuple[float, float]:
-    sample_hands(config, 0, 50_000)  # warm-up: fills the solvability cache
+def bench_hands(config: GeneralPointsConfig, seconds: float, hands_per_round: int = 100_000) -> tuple[float, float]:
+    sample_hands(config, 0, hands_per_round // 2)  # warm-up: fills the solvability cache
     seeds = iter(range(1, 10**9))
-    return _rate(lambda: len(sample_hands(config, next(seeds), 100_000)), seconds)
+    return _rate(lambda: len(sample_hands(config, next(seeds), hands_per_round)), seconds)
+
+
+def measure(seconds: float = 2.0, hands_per_round: int = 100_000, kinds=("typical", "correct", "wrong"),
+            splits=("in-distribution", "rule-OOD", "5 cards, target 36")) -> dict:
+    """{"verify": {"GP-L typical": (per CPU-s, per wall-s), ...}, "sample": {split: (per CPU-s, per wall-s)}}."""
+    text = GeneralPointsConfig()
+    vision = GeneralPointsConfig(modality="vision")
+    verify_rates = {f"{name} {kind}": bench_verify(config, seconds, kind)
+                    for name, config in (("GP-L", text), ("GP-VL", vision)) for kind in kinds}
+    split_configs = {"in-distribution": text,
+                     "rule-OOD": GeneralPointsConfig(face_cards="distinct", require_face_card=True),
+                     "5 cards, target 36": GeneralPointsConfig(num_cards=5, target=36)}
+    sample_rates = {name: bench_hands(split_configs[name], seconds, hands_per_round) for name in splits}
+    return {"verify": verify_rates, "sample": sample_rates}
 
 
 def main() -> None:
@@ -60,17 +74,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"python {platform.python_version()} on {platform.machine()}, load average "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; best of repeated rounds, one Python thread")
-    text = GeneralPointsConfig()
-    vision = GeneralPointsConfig(modality="vision")
-    for name, config in (("GP-L", text), ("GP-VL", vision)):
-        for kind in ("typical", "correct", "wrong"):
-            cpu, wall = bench_verify(config, args.seconds, kind)
-            print(f"verify {name:5s} {kind:8s} responses: {cpu:10,.0f} verifications/CPU-s "
-                  f"({wall:,.0f}/wall-s)")
-    splits = {"in-distribution": text, "rule-OOD": GeneralPointsConfig(face_cards="distinct", require_face_card=True),
-              "5 cards, target 36": GeneralPointsConfig(num_cards=5, target=36)}
-    for name, config in splits.items():
-        cpu, wall = bench_hands(config, args.seconds)
+    figures = measure(args.seconds)
+    for name, (cpu, wall) in figures["verify"].items():
+        print(f"verify {name:14s} responses: {cpu:10,.0f} verifications/CPU-s ({wall:,.0f}/wall-s)")
+    for name, (cpu, wall) in figures["sample"].items():
         print(f"sample {name:20s}: {cpu:10,.0f} solvable hands/CPU-s ({wall:,.0f}/wall-s)")
 
 

@@ -73,7 +73,7 @@ def random_params(config, seed: int = 0):
     return jax.jit(model.init_params, static_argnums=1)(jax.random.key(seed), config)
 
 
-def bench_cpu(args) -> None:
+def bench_cpu(args) -> dict:
     import torch
     import transformers
 
@@ -102,7 +102,7 @@ def bench_cpu(args) -> None:
     compile_s, ours_s, our_tokens = timed(ours, args.repeats)
     _, hf_after_s, _ = timed(theirs, 1)
     hf_tokens = hf_tokens[:, args.prompt:].numpy()
-    print(json.dumps(dict(
+    return dict(
         part="cpu", preset=args.preset, batch=args.batch, prompt=args.prompt, images=args.images, new_tokens=n,
         memgen_compile_s=round(compile_s - ours_s, 3), memgen_s=round(ours_s, 4),
         memgen_tokens_per_s=round(args.batch * n / ours_s, 1), transformers_first_s=round(hf_first_s, 3),
@@ -110,10 +110,10 @@ def bench_cpu(args) -> None:
         transformers_after_memgen_s=round(hf_after_s, 4),
         speedup=round(hf_s / ours_s, 2), greedy_tokens_equal=float(np.mean(np.asarray(our_tokens) == hf_tokens)),
         transformers=transformers.__version__, torch_threads=torch.get_num_threads(), jax=jax.__version__,
-        device=jax.devices()[0].device_kind)))
+        device=jax.devices()[0].device_kind)
 
 
-def bench_episode(args) -> None:
+def bench_episode(args) -> dict:
     config = model.preset(args.preset)
     params = random_params(config)
     inputs = prompt_batch(config, args.batch, args.prompt, args.images)
@@ -175,13 +175,13 @@ def bench_episode(args) -> None:
 
     recompute()
     recomputed = [statistics.median(r[t] for r in [recompute() for _ in range(args.repeats)]) for t in range(turns)]
-    print(json.dumps(dict(
+    return dict(
         part="episode", preset=args.preset, batch=batch, prompt=args.prompt, images=args.images, new_tokens=n,
         feedback=chunk, turns=turns, cache_slots=slots, compile_and_first_episode_s=round(compile_s, 2),
         turn_s=[round(s, 4) for s in per_turn], episode_s=round(sum(per_turn), 4),
         max_later_turn_over_first=round(max(per_turn[1:]) / per_turn[0], 3),
         episode_over_first_turn=round(sum(per_turn) / per_turn[0], 3),
-        recompute_turn_s=[round(s, 4) for s in recomputed], recompute_episode_s=round(sum(recomputed), 4))))
+        recompute_turn_s=[round(s, 4) for s in recomputed], recompute_episode_s=round(sum(recomputed), 4))
 
 
 def decode_step_bytes(config, params, batch: int, cache_slots: int, images: int) -> int:
@@ -200,7 +200,7 @@ def decode_step_bytes(config, params, batch: int, cache_slots: int, images: int)
     return weights + self_kv + cross_kv
 
 
-def bench_gpu(args) -> None:
+def bench_gpu(args) -> dict:
     config = model.preset(args.preset).replace(dtype="bfloat16", param_dtype="bfloat16")
     device = jax.devices()[0]
     params = random_params(config)
@@ -245,7 +245,7 @@ def bench_gpu(args) -> None:
     bandwidth = args.hbm_tbps * 1e12 if args.hbm_tbps else next(
         (bw for name, bw in PEAK_BANDWIDTH.items() if name in device.device_kind), float("nan"))
     roofline_s = step_bytes / bandwidth
-    print(json.dumps(dict(
+    return dict(
         part="gpu", preset=args.preset, device=device.device_kind, platform=device.platform, batch=args.batch,
         prompt=args.prompt, images=args.images, new_tokens=n, dtype="bfloat16",
         text_prefill_compile_s=round(prefill_first - prefill_s, 2), text_prefill_s=round(prefill_s, 4),
@@ -253,7 +253,7 @@ def bench_gpu(args) -> None:
         decode_step_ms=round(1e3 * step_s, 3), decode_tokens_per_s=round(args.batch * n / decode_s, 1),
         step_bytes_gb=round(step_bytes / 1e9, 3), peak_bandwidth_tbps=bandwidth / 1e12,
         roofline_step_ms=round(1e3 * roofline_s, 3),
-        roofline_share=None if math.isnan(roofline_s) else round(roofline_s / step_s, 3))))
+        roofline_share=None if math.isnan(roofline_s) else round(roofline_s / step_s, 3))
 
 
 def main() -> None:
@@ -273,7 +273,7 @@ def main() -> None:
     gpu = args.part == "gpu"
     args.preset = args.preset or ("11b" if gpu else "small")
     args.batch = args.batch or (64 if gpu else 8)
-    {"cpu": bench_cpu, "episode": bench_episode, "gpu": bench_gpu}[args.part](args)
+    print(json.dumps({"cpu": bench_cpu, "episode": bench_episode, "gpu": bench_gpu}[args.part](args)))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,21 @@ def constrain_layer_inputs(mesh_config: MeshConfig) -> None:
     text.self_attention_layer = layer
 
 
+def measure(model: str = "small", batch: int = 8, seq: int = 128,
+            meshes=("data=2,fsdp=2,tensor=2", "data=8,fsdp=1", "fsdp=2,tensor=4", "fsdp=8"),
+            remats=P.REMATS, constrain: bool = False):
+    """Yields one dict per (mesh, remat): `launch.plan.xla_train_step_memory`'s result with the mesh and remat."""
+    for mesh_text in meshes:
+        mesh_config = MeshConfig.parse(mesh_text)
+        if constrain:
+            constrain_layer_inputs(mesh_config)
+        for remat in remats:
+            config = P.PlanConfig(model=model, mesh=mesh_config, devices=8, batch_size=batch,
+                                  seq_len=seq, num_images=0, remat=remat, compute_dtype="float32",
+                                  freeze=("vision_encoder",))
+            yield {"mesh": mesh_text, "remat": remat, **P.xla_train_step_memory(config)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="small")
@@ -47,18 +62,10 @@ def main() -> None:
     args = parser.parse_args()
     print("| mesh | remat | XLA arguments | planned | XLA temp | planned grads + activations | factor |")
     print("|---|---|---|---|---|---|---|")
-    for mesh_text in args.meshes:
-        mesh_config = MeshConfig.parse(mesh_text)
-        if args.constrain_layer_inputs:
-            constrain_layer_inputs(mesh_config)
-        for remat in P.REMATS:
-            config = P.PlanConfig(model=args.model, mesh=mesh_config, devices=8, batch_size=args.batch,
-                                  seq_len=args.seq, num_images=0, remat=remat, compute_dtype="float32",
-                                  freeze=("vision_encoder",))
-            r = P.xla_train_step_memory(config)
-            print(f"| {mesh_text} | {remat} | {r['argument_bytes']:,} | {r['planned_argument_bytes']:,} | "
-                  f"{r['temp_bytes']:,} | {r['planned_temp_bytes']:,} | "
-                  f"{r['temp_bytes'] / r['planned_temp_bytes']:.2f} |", flush=True)
+    for r in measure(args.model, args.batch, args.seq, args.meshes, constrain=args.constrain_layer_inputs):
+        print(f"| {r['mesh']} | {r['remat']} | {r['argument_bytes']:,} | {r['planned_argument_bytes']:,} | "
+              f"{r['temp_bytes']:,} | {r['planned_temp_bytes']:,} | "
+              f"{r['temp_bytes'] / r['planned_temp_bytes']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

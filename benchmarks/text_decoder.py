@@ -32,17 +32,11 @@ def _timed(fn, repeats):
     return compile_s, statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--prompt", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=32, help="decode steps per timed call")
-    parser.add_argument("--images", type=int, default=0, help="images per sample (random vision states)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-
+def measure(preset: str = "small", batch: int = 4, prompt: int = 128, steps: int = 32, images: int = 0,
+            dtype: str = "float32", repeats: int = 3) -> dict:
+    """The figures this script prints, as a dict."""
+    args = argparse.Namespace(preset=preset, batch=batch, prompt=prompt, steps=steps, images=images, dtype=dtype,
+                              repeats=repeats)
     config = model.preset(args.preset).replace(dtype=args.dtype, param_dtype=args.dtype)
     params = model.init_params(jax.random.key(0), config)
     rng = np.random.default_rng(0)
@@ -82,7 +76,7 @@ def main() -> None:
         return holder["tokens"]
 
     decode_compile, decode_s = _timed(run_decode, args.repeats)
-    print(json.dumps({
+    return {
         "preset": args.preset, "dtype": args.dtype, "batch": b, "prompt": s, "images": args.images,
         "device": str(jax.devices()[0]),
         "compile_s": {"forward": round(forward_compile, 2), "prefill": round(prefill_compile, 2),
@@ -91,7 +85,21 @@ def main() -> None:
         "prefill_s": round(prefill_s, 4),
         "decode_step_s": round(decode_s / args.steps, 5),
         "decode_tokens_per_s": round(b * args.steps / decode_s, 1),
-    }))
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=32, help="decode steps per timed call")
+    parser.add_argument("--images", type=int, default=0, help="images per sample (random vision states)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(json.dumps(measure(args.preset, args.batch, args.prompt, args.steps, args.images, args.dtype,
+                             args.repeats)))
 
 
 if __name__ == "__main__":

@@ -18,15 +18,10 @@ from model.config import preset
 from model.vision import encode_images, init_vision_params
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--images", type=int, default=1, help="images per sample")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-
+def measure(preset_name: str = "small", batch: int = 2, images: int = 1, dtype: str = "float32",
+            repeats: int = 5) -> dict:
+    """The figures this script prints, as a dict."""
+    args = argparse.Namespace(preset=preset_name, batch=batch, images=images, dtype=dtype, repeats=repeats)
     config = preset(args.preset).replace(dtype=args.dtype, param_dtype=args.dtype)
     v = config.vision
     params = init_vision_params(jax.random.PRNGKey(0), config)
@@ -46,12 +41,23 @@ def main() -> None:
         encode(params, config, pixels, ids, mask).block_until_ready()
         times.append(time.perf_counter() - start)
     per_call = statistics.median(times)
-    print(json.dumps({
+    return {
         "preset": args.preset, "dtype": args.dtype, "batch": args.batch, "images": args.images,
         "tiles": v.max_num_tiles, "tokens_per_image": v.max_num_tiles * v.num_patches,
         "device": str(jax.devices()[0]), "compile_s": round(compile_s, 3), "seconds_per_call": round(per_call, 4),
         "images_per_s": round(args.batch * args.images / per_call, 2),
-    }))
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--images", type=int, default=1, help="images per sample")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(json.dumps(measure(args.preset, args.batch, args.images, args.dtype, args.repeats)))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("launch.sft_run", "supervised fine-tuning from expert data, resumable"),
     "plan": ("launch.plan", "bytes per device for params, gradients, optimizer state, KV cache and activations "
              "on a mesh, and whether it fits a GPU"),
+    "data": ("launch.data_cmd", "write a task's expert data or evaluation instances as JSONL (+ PNGs for vision)"),
+    "convert": ("launch.convert", "convert params between a Hugging Face mllama directory and an Orbax checkpoint"),
+    "bench": ("launch.bench", "run the benchmarks (benchmarks/*.py) and write a JSON file and a markdown table"),
 }
 
 

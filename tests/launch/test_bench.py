@@ -1,0 +1,42 @@
+"""launch.bench (`memgen bench`): a quick tiny run of two cheap benchmarks writes bench.json and bench.md with
+positive figures, the goal peers and their ratios, compile seconds and the machine; unknown names stop with one
+sentence."""
+
+import json
+import math
+
+from launch import bench, cli
+
+
+def test_quick_tiny_run_writes_json_and_markdown(tmp_path, capsys):
+    assert cli.main(["bench", "--out", str(tmp_path), "--quick", "--preset", "tiny",
+                     "--only", "vision_encoder,verifier"]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["errors"] == {} and set(result["seconds"]) == {"verifier", "vision_encoder"}
+    names = [r["name"] for r in result["rows"]]
+    assert names[:3] == ["verify GP-L typical", "verify GP-VL typical", "sample hands in-distribution"]
+    assert names[3].startswith("vision encoder")
+    for r in result["rows"]:
+        assert r["memgen"] > 0 and math.isfinite(r["memgen"])
+    verify = result["rows"][0]
+    assert verify["peer"] == 50_000 and verify["ratio"] == verify["memgen"] / 50_000
+    assert result["rows"][3]["compile_s"] > 0 and result["rows"][3]["raw"]["preset"] == "tiny"
+    machine = result["machine"]
+    assert machine["cpu_count"] >= 1 and machine["devices"] and machine["jax"]
+    table = (tmp_path / "bench.md").read_text()
+    assert "| name | config | memgen | peer | ratio | compile s |" in table
+    assert "verify GP-L typical" in table and "(goal)" in table and machine["platform"] in table
+    assert table in capsys.readouterr().out
+
+
+def test_ratio_direction():
+    assert bench.row("x", "", 200.0, "tokens/s", 100.0, "peer")["ratio"] == 2.0
+    assert bench.row("x", "", 100.0, "bytes", 150.0, "XLA", higher_is_better=False)["ratio"] == 1.5
+    assert bench.row("x", "", 100.0, "tokens/s")["ratio"] is None
+
+
+def test_unknown_benchmark_stops_with_one_sentence(tmp_path, capsys):
+    assert cli.main(["bench", "--out", str(tmp_path), "--only", "verifier,warp"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown benchmark warp" in err and err.count("\n") == 1
+    assert not (tmp_path / "bench.json").exists()

@@ -1,0 +1,65 @@
+"""launch.data_cmd (`memgen data`): the files it writes read back through the task's own reader and equal the
+task's generators' output; evaluation splits use the split's config; bad input stops with one sentence."""
+
+import json
+
+import numpy as np
+import pytest
+
+import tasks.general_points as gp
+from launch import cli
+
+
+def test_gp_l_expert_data_equals_the_task_generator(tmp_path, capsys):
+    assert cli.main(["data", "--task", "gp-l", "--out", str(tmp_path), "--size", "5", "--seed", "3",
+                     "target=24", "max_verify_steps=4"]) == 0
+    out = capsys.readouterr().out
+    assert "5 conversations" in out and "gp-l_train_expert.jsonl" in out
+    written = gp.read_jsonl(tmp_path / "gp-l_train_expert.jsonl")
+    config = gp.GeneralPointsConfig(max_verify_steps=4)
+    assert written == gp.expert_conversations(config, 3, 5)
+    record = json.loads((tmp_path / "gp-l_train_expert.config.json").read_text())
+    assert record["config"]["max_verify_steps"] == 4 and record["size"] == 5 and record["images"] == 0
+
+
+def test_gp_vl_suboptimal_writes_images_and_multi_turn(tmp_path, capsys):
+    assert cli.main(["data", "--task", "gp-vl", "--out", str(tmp_path), "--size", "2", "--kind", "suboptimal",
+                     "image_width=224", "image_height=112"]) == 0
+    written = gp.read_jsonl(tmp_path / "gp-vl_train_suboptimal.jsonl")
+    config = gp.GeneralPointsConfig(modality="vision", image_width=224, image_height=112)
+    assert written == gp.suboptimal_trajectories(config, 0, 2)
+    assert all(len(conversation) >= 4 for conversation in written)
+    assert len(list((tmp_path / "gp-vl_train_suboptimal_images").glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("split", ["rule_ood", "visual_ood"])
+def test_evaluation_split_first_prompts_use_the_split_config(tmp_path, split, capsys):
+    assert cli.main(["data", "--task", "gp-vl", "--out", str(tmp_path), "--size", "3", "--split", split,
+                     "image_width=224", "image_height=112"]) == 0
+    written = gp.read_jsonl(tmp_path / f"gp-vl_{split}.jsonl")
+    base = gp.GeneralPointsConfig(modality="vision", image_width=224, image_height=112)
+    split_config = gp.evaluation_splits(base)[split]
+    expected = [gp.reset(split_config, hand=h).conversation for h in gp.sample_hands(split_config, 0, 3)]
+    assert written == expected and all(len(c) == 1 and c[0].role == "user" for c in written)
+    record = json.loads((tmp_path / f"gp-vl_{split}.config.json").read_text())
+    if split == "rule_ood":
+        assert record["config"]["face_cards"] == "distinct" and record["config"]["require_face_card"]
+    else:
+        assert record["config"]["suits"] == "red"
+        image = written[0][0].image
+        # red suits: some pixel is clearly red
+        assert np.any((image[..., 0] > 150) & (image[..., 1] < 80) & (image[..., 2] < 80))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "gp-xl"], "unknown task 'gp-xl'"),
+    (["--task", "gp-l", "targt=3"], "unknown config key 'targt' (did you mean 'target'?)"),
+    (["--task", "gp-l", "num_cards=9"], "the task config rejects the overrides"),
+    (["--task", "gp-l", "--split", "visual_ood"], "has no split 'visual_ood'"),
+    (["--task", "gp-l", "--size", "0"], "--size must be at least 1"),
+    (["--task", "gp-l", "modality=vision"], "the modality comes from --task"),
+])
+def test_bad_input_stops_with_one_sentence(tmp_path, capsys, argv, message):
+    assert cli.main(["data", "--out", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -108,10 +108,11 @@ class SelfAttentionInputs(NamedTuple):
 
 def self_attention_layer(p: Params, x: jax.Array, inputs: SelfAttentionInputs, text: TextConfig,
                          kv_buffers: tuple[jax.Array, jax.Array] | None = None,
-                         write_index: jax.Array | None = None):
+                         write_index: jax.Array | None = None, layer: int = 0):
     """One Llama decoder layer. x (B, S, D). Without a cache the keys are this call's tokens; with `kv_buffers`
-    (k, v each (B, S_max, KV, Dh)) the new keys/values are written at slot `write_index` and attention runs over
-    all S_max slots (the bias masks the empty ones). Returns (x, updated kv_buffers or None)."""
+    (k, v: the stacked buffers (L, B, S_max, KV, Dh) of all self-attention layers) this layer's new keys/values
+    are written at [layer, :, write_index] (only the new slots: no whole-buffer copies in a decode loop) and
+    attention runs over all S_max slots (the bias masks the empty ones). Returns (x, updated kv_buffers or None)."""
     b, s, _ = x.shape
     h, kv, dh = text.num_attention_heads, text.num_key_value_heads, text.head_dim
     attn = p["self_attn"]
@@ -121,12 +122,12 @@ def self_attention_layer(p: Params, x: jax.Array, inputs: SelfAttentionInputs, t
     v = linear(normed, attn["v_proj"]["kernel"]).reshape(b, s, kv, dh)
     q, k = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
     if kv_buffers is not None:
-        k_buf, v_buf = kv_buffers
-        start = (0, write_index, 0, 0)
-        k_buf = jax.lax.dynamic_update_slice(k_buf, k.astype(k_buf.dtype), start)
-        v_buf = jax.lax.dynamic_update_slice(v_buf, v.astype(v_buf.dtype), start)
-        kv_buffers = (k_buf, v_buf)
-        k, v = k_buf.astype(x.dtype), v_buf.astype(x.dtype)
+        k_all, v_all = kv_buffers
+        start = (layer, 0, write_index, 0, 0)
+        k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), start)
+        v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
+        kv_buffers = (k_all, v_all)
+        k, v = k_all[layer].astype(x.dtype), v_all[layer].astype(x.dtype)
     x = x + linear(attend(q, k, v, inputs.bias), attn["o_proj"]["kernel"])
     x = x + swiglu_mlp(p["mlp"], rms_norm(x, p["post_attention_layernorm"]["scale"], text.rms_norm_eps))
     return x, kv_buffers
@@ -244,21 +245,19 @@ def decoder(params: Params, config: ModelConfig, x: jax.Array, self_inputs: Self
             p = jax.tree.map(lambda a: a[start], params["cross_attention"]["layers"])
             x = cross_layer(p, x, cross_kv[0][start], cross_kv[1][start])
             continue
-        stacked = _slice_layers(self_params, start, stop, num_self)
         if self_cache is None:
             def body(x, p):
                 return self_layer(p, x, None)[0], None
-            x, _ = jax.lax.scan(body, x, stacked)
+            x, _ = jax.lax.scan(body, x, _slice_layers(self_params, start, stop, num_self))
         else:
-            def body(carry, p):
-                x, k_all, v_all, layer = carry
-                buffers = (jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False),
-                           jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False))
-                x, (k_new, v_new) = self_layer(p, x, buffers)
-                k_all = jax.lax.dynamic_update_index_in_dim(k_all, k_new, layer, 0)
-                v_all = jax.lax.dynamic_update_index_in_dim(v_all, v_new, layer, 0)
-                return (x, k_all, v_all, layer + 1), None
-            (x, k_all, v_all, _), _ = jax.lax.scan(body, (x, *self_cache, jnp.int32(start)), stacked)
+            # With a cache (inference: prefill, extend, decode; no remat) the layers are unrolled with static
+            # indices: a scan dynamic-slices every layer's weights and cache buffers on each step, which made the
+            # sampler's CPU decode step ~5x slower (small preset, batch 8: 41 ms -> 8 ms).
+            k_all, v_all = self_cache
+            for layer in range(start, stop):
+                p = jax.tree.map(lambda a: a[layer], self_params)
+                x, (k_all, v_all) = self_attention_layer(p, x, self_inputs, text, (k_all, v_all), write_index,
+                                                         layer)
             self_cache = (k_all, v_all)
     x = rms_norm(x, params["language_model"]["norm"]["scale"], text.rms_norm_eps)
     return x, self_cache

@@ -208,7 +208,7 @@ def transition_cross_attention_mask(prompt_cross_mask: jax.Array, context_order:
     return jnp.concatenate([context, response], axis=2)
 
 
-def transition_policy(params: Params, config: ModelConfig, minibatch: dict[str, jax.Array], *,
+def transition_policy(params: Params, minibatch: dict[str, jax.Array], *, config: ModelConfig,
                       temperature: float) -> tuple[jax.Array, jax.Array, None]:
     """`rl.ppo_update`'s policy_fn: for n transitions, the forward over context + response (n, C + N), the
     response tokens' log-probs (n, N) under log_softmax(logits / temperature) (`model.sampler.token_logprobs`, the

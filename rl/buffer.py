@@ -1,0 +1,57 @@
+"""From a rollout's `Trajectory` to the flat PPO buffer that `rl.ppo_update` consumes with
+`rl.rollout.transition_policy` as its policy_fn, and the rollout statistics a run logs. Pure jnp.
+
+Axes: B episodes, K transitions per episode, N = B * K buffer entries (padded transitions included, `valid`
+False: every mean skips them and the shapes stay static), C context tokens, S response tokens.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rl.gae import gae
+from rl.ppo import PPOConfig, sequence_logprob
+from rl.rollout import Trajectory, transition_sequences
+
+
+def ppo_buffer(trajectory: Trajectory, config: PPOConfig) -> dict[str, jax.Array]:
+    """GAE over each row's transitions (gamma, lambda of config.gae; the rollout's bootstrap value for rows the
+    budget cut off), then everything flattened to N = B * K: context_ids, context_mask (N, C), response_ids,
+    response_mask (N, S), old_logprob (N,) (the sum of the sampling log-probs), old_values, advantages, returns,
+    rewards (N,), valid (N,) bool. The sequence log-prob uses unit token weights (config.answer_key_weight 1)."""
+    if config.answer_key_weight != 1.0:
+        raise ValueError("ppo_buffer supports answer_key_weight=1.0 only (the true log-prob); the reference's 0.5 "
+                         "weight before the answer key needs its token position, which the rollout does not track yet.")
+    t = trajectory
+    advantages, returns = gae(t.rewards, t.values, t.dones, t.valid, t.bootstrap_value, config.gae)
+    sequences = transition_sequences(t)
+    sequences.pop("context_order")
+    old_logprob = sequence_logprob(t.response_logprobs, t.response_mask)
+    per_transition = dict(sequences, old_logprob=old_logprob, old_values=t.values, advantages=advantages,
+                          returns=returns, rewards=t.rewards, valid=t.valid)
+    batch, steps = t.rewards.shape
+    return {name: value.reshape(batch * steps, *value.shape[2:]) for name, value in per_transition.items()}
+
+
+def rollout_statistics(trajectory: Trajectory) -> dict[str, jax.Array]:
+    """Per-episode means over the B rows: return (sum of rewards), success (any successful transition), episode
+    length (verified responses), response length (tokens per valid response), and the token counts of the rollout
+    (prompt + responses + feedback: the forward-only tokens D_buffer of rl.compute)."""
+    t = trajectory
+    valid = t.valid.astype(jnp.float32)
+    response_tokens = t.response_mask.sum(axis=-1)  # (B, K)
+    return {
+        "episode_return": jnp.mean(jnp.sum(t.rewards, axis=1)),
+        "episode_success": jnp.mean(jnp.any(t.success, axis=1).astype(jnp.float32)),
+        "episode_length": jnp.mean(jnp.sum(valid, axis=1)),
+        "response_length": jnp.sum(response_tokens) / jnp.maximum(jnp.sum(valid), 1.0),
+        "reward_mean": jnp.sum(t.rewards) / jnp.maximum(jnp.sum(valid), 1.0),
+        "inference_tokens": (jnp.sum(t.prompt_mask) + jnp.sum(response_tokens) + jnp.sum(t.feedback_mask)),
+    }
+
+
+def train_token_count(buffer: dict[str, jax.Array]) -> jax.Array:
+    """Tokens one pass of the update scores: context + response of every valid transition (D_RL per epoch)."""
+    per_entry = buffer["context_mask"].sum(axis=-1) + buffer["response_mask"].sum(axis=-1)
+    return jnp.sum(jnp.where(buffer["valid"], per_entry, 0))

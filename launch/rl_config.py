@@ -83,7 +83,7 @@ register_preset("rl-gp-l", RLConfig(init="", episodes_per_update=256, ppo=_PAPER
 _TINY_EPISODES = EpisodeConfig(max_verify_steps=2, max_new_tokens=8, feedback_len=160, reward="digits")
 register_preset("rl-tiny", RLConfig(
     init="tiny", updates=12, episodes_per_update=8, episodes=_TINY_EPISODES, eval_episodes=8,
-    ppo=PPOConfig(minibatch_size=8, epochs=2, learning_rate=3e-3, final_learning_rate=1e-4, max_grad_norm=1.0),
+    ppo=PPOConfig(minibatch_size=8, epochs=4, learning_rate=1e-2, final_learning_rate=1e-3, max_grad_norm=1.0),
     checkpoint=CheckpointConfig(every_steps=2, keep=2, async_save=False)))
 register_preset("eval-gp-l", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10)))
 register_preset("eval-tiny", EvalConfig(init="tiny", episodes=4, verify_budgets=(1, 2),

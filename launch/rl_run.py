@@ -71,6 +71,25 @@ def _resolve_run_config(config: RLConfig, out: Path) -> RLConfig:
     return config
 
 
+_COMPILED: dict = {}
+
+
+def _compiled(policy, config: RLConfig, total_steps: int):
+    """The jitted rollout, PPO update and buffer builder of a run, shared by runs of the same shapes in one process
+    (tests, sweeps): a new jit object would compile again."""
+    key = (policy.config, str(policy.tokenizer_dir), config.episodes, config.episodes_per_update, config.ppo,
+           total_steps)
+    if key not in _COMPILED:
+        episodes = config.episodes
+        runner = RolloutRunner(policy, episodes, episodes.max_verify_steps, config.episodes_per_update)
+        policy_fn = functools.partial(transition_policy, config=policy.config, temperature=episodes.temperature)
+        optimizer = ppo_optimizer(config.ppo, total_steps)
+        update = jax.jit(functools.partial(ppo_update, policy_fn=policy_fn, optimizer=optimizer, config=config.ppo),
+                         donate_argnums=0)
+        _COMPILED[key] = (runner, update, jax.jit(functools.partial(ppo_buffer, config=config.ppo)), {})
+    return _COMPILED[key]
+
+
 def init_tokens(init: str) -> int:
     """D_init: the training tokens behind the starting policy, summed from the train records of a memgen run
     directory's metrics.jsonl (0 for a preset or a plain Hugging Face directory)."""
@@ -98,12 +117,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     decay = optax.cosine_decay_schedule(1.0, total_steps, config.ppo.final_learning_rate / config.ppo.learning_rate)
     state = init_train_state(policy.params, optimizer)
     num_params = parameter_count(policy.params)
-    runner = RolloutRunner(policy, episodes, episodes.max_verify_steps, config.episodes_per_update)
-    policy_fn = functools.partial(transition_policy, config=policy.config, temperature=episodes.temperature)
-    update = jax.jit(functools.partial(ppo_update, policy_fn=policy_fn, optimizer=optimizer, config=config.ppo),
-                     donate_argnums=0)
-    make_buffer = jax.jit(functools.partial(ppo_buffer, config=config.ppo))
-    eval_runners: dict = {}
+    runner, update, make_buffer, eval_runners = _compiled(policy, config, total_steps)
 
     checkpoints = CheckpointManager(out / CHECKPOINT_DIR, every_steps=config.checkpoint.every_steps,
                                     keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)

@@ -14,6 +14,7 @@ its first tokens and its closing `<|eot_id|>` + assistant header (counted in `tr
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -44,6 +45,7 @@ class EpisodeVerifier:
         self.responses: list[list[str]] = [[] for _ in self.states]
         self.verdicts: list[list[Any]] = [[] for _ in self.states]
         self.truncated_feedback = 0
+        self.seconds = 0.0  # host time spent in the callback (decode, verify, encode the feedback)
         self._results: dict[tuple[int, int], tuple] = {}
         return self
 
@@ -65,6 +67,13 @@ class EpisodeVerifier:
         return float(transition.verdict.reward), bool(transition.done), bool(transition.verdict.success), feedback
 
     def __call__(self, tokens, lengths, active, step):
+        began = time.perf_counter()
+        try:
+            return self._call(tokens, lengths, active, step)
+        finally:
+            self.seconds += time.perf_counter() - began
+
+    def _call(self, tokens, lengths, active, step):
         tokens, lengths, active, step = np.asarray(tokens), np.asarray(lengths), np.asarray(active), int(step)
         batch = tokens.shape[0]
         rewards = np.zeros((batch,), np.float32)

@@ -27,21 +27,21 @@ def templates(tmp_path_factory):
 
 
 def test_rl_raises_the_mean_reward(tmp_path, templates):
-    config = resolve("rl-tiny", templates + ["updates=10"])
+    config = resolve("rl-tiny", templates + ["updates=6"])
     run_rl(config, tmp_path / "run", show_progress=False)
     rewards = [r["reward_mean"] for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
-    assert len(rewards) == 10
+    assert len(rewards) == 6
     print("rl-tiny reward_mean per update:", np.round(rewards, 3).tolist())
-    assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.05, rewards
+    assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.1, rewards
     run = load_run(tmp_path / "run")  # what memgen report reads
     assert {r["split"] for r in run.evals()} == {"in_distribution", "rule_ood"}
     assert (tmp_path / "run" / "final" / "config.json").is_file()
 
 
 def test_resume_equals_uninterrupted(tmp_path, templates):
-    config = resolve("rl-tiny", templates + ["updates=3"])
+    config = resolve("rl-tiny", templates + ["updates=2"])
     whole = run_rl(config, tmp_path / "whole", show_progress=False)
-    run_rl(config, tmp_path / "parts", stop_after=2, show_progress=False)
+    run_rl(config, tmp_path / "parts", stop_after=1, show_progress=False)
     resumed = run_rl(config, tmp_path / "parts", show_progress=False)
     for a, b in zip(jax.tree.leaves(whole["params"]), jax.tree.leaves(resumed["params"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -15,6 +15,7 @@ from typing import Literal
 
 from launch.config import CheckpointConfig, register_preset
 from rl.gae import GAEConfig
+from rl.grpo import GRPOConfig
 from rl.ppo import PPOConfig
 
 
@@ -48,6 +49,10 @@ class RLConfig:
     max_verify_steps transitions, a multiple of ppo.minibatch_size). ``init``: where the policy comes from: a
     model preset name (random init from ``seed``), a Hugging Face mllama directory, or a `memgen sft` run
     directory (its final/ policy). A value head is added (random, from ``seed``) when the source has none.
+    ``algorithm``: "ppo" (the paper) or "grpo" (groups of grpo.group_size consecutive episodes on one hand; the
+    episode return is normalised within its group and given to each of its transitions; grpo.epochs and
+    grpo.minibatch_size apply, and the optimizer is ppo_optimizer with the ppo.* learning-rate, eps and grad-norm
+    fields).
     ``eval_every`` updates (0: only at the end) it evaluates ``eval_episodes`` greedy episodes per split."""
 
     init: str = "tiny"
@@ -55,7 +60,9 @@ class RLConfig:
     updates: int = 20
     episodes_per_update: int = 64
     episodes: EpisodeConfig = EpisodeConfig()
+    algorithm: Literal["ppo", "grpo"] = "ppo"
     ppo: PPOConfig = PPOConfig()
+    grpo: GRPOConfig = GRPOConfig()
     eval_every: int = 0
     eval_episodes: int = 64
     log_every: int = 1

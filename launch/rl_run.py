@@ -34,9 +34,10 @@ from launch.metrics_schema import eval_record, train_record
 from launch.progress import ProgressBar
 from launch.rl_common import TASK_NAMES, RolloutRunner, evaluate, load_policy, new_episodes, save_policy, task_config
 from launch.rl_config import RLConfig
-from rl.buffer import ppo_buffer, rollout_statistics, train_token_count
+from rl.buffer import grpo_buffer, ppo_buffer, rollout_statistics, train_token_count
 from rl.compute import ComputeCounter, add, parameter_count, total_gflops
-from rl.ppo import optimizer_steps_per_update, peak_learning_rate, ppo_optimizer, ppo_update
+from rl.grpo import grpo_update
+from rl.ppo import peak_learning_rate, ppo_optimizer, ppo_update
 from rl.rollout import transition_policy
 from rl.update import TrainState, init_train_state
 
@@ -50,11 +51,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. updates=100 ppo.epochs=2")
 
 
+def _epochs_and_minibatch(config: RLConfig) -> tuple[int, int]:
+    algorithm = config.ppo if config.algorithm == "ppo" else config.grpo
+    return algorithm.epochs, algorithm.minibatch_size
+
+
 def _check_config(config: RLConfig) -> None:
     transitions = config.episodes_per_update * config.episodes.max_verify_steps
-    if transitions % config.ppo.minibatch_size:
+    _, minibatch = _epochs_and_minibatch(config)
+    if transitions % minibatch:
         raise ConfigError(f"episodes_per_update x episodes.max_verify_steps = {transitions} transitions is not a "
-                          f"multiple of ppo.minibatch_size={config.ppo.minibatch_size}; change one of them")
+                          f"multiple of {config.algorithm}.minibatch_size={minibatch}; change one of them")
+    if config.algorithm == "grpo" and config.episodes_per_update % config.grpo.group_size:
+        raise ConfigError(f"episodes_per_update={config.episodes_per_update} is not a multiple of "
+                          f"grpo.group_size={config.grpo.group_size}; change one of them")
     if config.ppo.kl_mode is not None or config.ppo.entropy_coef:
         raise ConfigError("memgen rl does not wire a reference model or an entropy bonus yet; leave ppo.kl_mode=none "
                           "and ppo.entropy_coef=0 (the paper uses neither)")
@@ -77,16 +87,21 @@ _COMPILED: dict = {}
 def _compiled(policy, config: RLConfig, total_steps: int):
     """The jitted rollout, PPO update and buffer builder of a run, shared by runs of the same shapes in one process
     (tests, sweeps): a new jit object would compile again."""
-    key = (policy.config, str(policy.tokenizer_dir), config.episodes, config.episodes_per_update, config.ppo,
-           total_steps)
+    key = (policy.config, str(policy.tokenizer_dir), config.episodes, config.episodes_per_update, config.algorithm,
+           config.ppo, config.grpo, total_steps)
     if key not in _COMPILED:
         episodes = config.episodes
         runner = RolloutRunner(policy, episodes, episodes.max_verify_steps, config.episodes_per_update)
         policy_fn = functools.partial(transition_policy, config=policy.config, temperature=episodes.temperature)
         optimizer = ppo_optimizer(config.ppo, total_steps)
-        update = jax.jit(functools.partial(ppo_update, policy_fn=policy_fn, optimizer=optimizer, config=config.ppo),
-                         donate_argnums=0)
-        _COMPILED[key] = (runner, update, jax.jit(functools.partial(ppo_buffer, config=config.ppo)), {})
+        if config.algorithm == "ppo":
+            update = functools.partial(ppo_update, policy_fn=policy_fn, optimizer=optimizer, config=config.ppo)
+            make_buffer = functools.partial(ppo_buffer, config=config.ppo)
+        else:
+            logprob_fn = lambda params, minibatch: policy_fn(params, minibatch)[0]  # noqa: E731
+            update = functools.partial(grpo_update, logprob_fn=logprob_fn, optimizer=optimizer, config=config.grpo)
+            make_buffer = functools.partial(grpo_buffer, config=config.grpo)
+        _COMPILED[key] = (runner, jax.jit(update, donate_argnums=0), jax.jit(make_buffer), {})
     return _COMPILED[key]
 
 
@@ -112,7 +127,8 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     gp_config = task_config(episodes)
     task = TASK_NAMES[(episodes.task, episodes.modality)]
     transitions = config.episodes_per_update * episodes.max_verify_steps
-    total_steps = max(1, config.updates * optimizer_steps_per_update(transitions, config.ppo))
+    epochs, minibatch = _epochs_and_minibatch(config)
+    total_steps = max(1, config.updates * epochs * (transitions // minibatch))
     optimizer = ppo_optimizer(config.ppo, total_steps)
     decay = optax.cosine_decay_schedule(1.0, total_steps, config.ppo.final_learning_rate / config.ppo.learning_rate)
     state = init_train_state(policy.params, optimizer)
@@ -132,7 +148,8 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
             ProgressBar(config.updates, description="rl", initial=start, enabled=show_progress) as bar:
         for index in range(start, end):
             began = time.perf_counter()
-            states = new_episodes(gp_config, (config.seed, index), config.episodes_per_update)
+            group = config.grpo.group_size if config.algorithm == "grpo" else 1
+            states = new_episodes(gp_config, (config.seed, index), config.episodes_per_update // group, group)
             rollout_key, update_key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), index))
             trajectory, verifier = runner(state.params, states, rollout_key)
             rollout_seconds = time.perf_counter() - began
@@ -141,7 +158,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
             lr = float(peak_learning_rate(state.opt_state)) * float(decay(state.step))
             state, metrics = update(state, buffer, update_key)
             metrics = jax.device_get(metrics)
-            trained = int(train_token_count(buffer)) * config.ppo.epochs
+            trained = int(train_token_count(buffer)) * epochs
             counter = add(counter, train_tokens=trained, inference_tokens=int(stats["inference_tokens"]))
             step = index + 1
             gflops = total_gflops(counter, num_params)

@@ -1,5 +1,6 @@
 """From a rollout's `Trajectory` to the flat PPO buffer that `rl.ppo_update` consumes with
-`rl.rollout.transition_policy` as its policy_fn, and the rollout statistics a run logs. Pure jnp.
+`rl.rollout.transition_policy` as its policy_fn (or the GRPO buffer of `rl.grpo_update`), and the rollout
+statistics a run logs. Pure jnp.
 
 Axes: B episodes, K transitions per episode, N = B * K buffer entries (padded transitions included, `valid`
 False: every mean skips them and the shapes stay static), C context tokens, S response tokens.
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from rl.gae import gae
+from rl.grpo import GRPOConfig, group_advantages
 from rl.ppo import PPOConfig, sequence_logprob
 from rl.rollout import Trajectory, transition_sequences
 
@@ -55,3 +57,22 @@ def train_token_count(buffer: dict[str, jax.Array]) -> jax.Array:
     """Tokens one pass of the update scores: context + response of every valid transition (D_RL per epoch)."""
     per_entry = buffer["context_mask"].sum(axis=-1) + buffer["response_mask"].sum(axis=-1)
     return jnp.sum(jnp.where(buffer["valid"], per_entry, 0))
+
+
+def grpo_buffer(trajectory: Trajectory, config: GRPOConfig) -> dict[str, jax.Array]:
+    """The flat GRPO buffer: rows are G groups of `config.group_size` consecutive episodes on one instance; each
+    episode's return (the sum of its transitions' rewards) is normalised within its group (`group_advantages`) and
+    every transition of the episode gets that advantage. Keys: context_ids, context_mask, response_ids,
+    response_mask (N, ...), old_token_logprobs (N, S), advantages, rewards, valid (N,). Padded transitions have an
+    empty response mask, so they add no token to the loss."""
+    t = trajectory
+    batch, steps = t.rewards.shape
+    if batch % config.group_size:
+        raise ValueError(f"grpo_buffer needs a multiple of group_size={config.group_size} episodes, got {batch}.")
+    returns = jnp.sum(jnp.where(t.valid, t.rewards, 0.0), axis=1)
+    advantages = group_advantages(returns.reshape(-1, config.group_size), config).reshape(batch)
+    sequences = transition_sequences(t)
+    sequences.pop("context_order")
+    per_transition = dict(sequences, old_token_logprobs=t.response_logprobs,
+                          advantages=jnp.where(t.valid, advantages[:, None], 0.0), rewards=t.rewards, valid=t.valid)
+    return {name: value.reshape(batch * steps, *value.shape[2:]) for name, value in per_transition.items()}

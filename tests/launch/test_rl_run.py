@@ -59,3 +59,14 @@ def test_eval_sweeps_the_verification_budget(tmp_path, templates):
     for r in records:
         assert r["n"] == 4 and set(r["pass_at_k"]) == {"1", "2"} and 0 <= r["success"] <= 1
         assert r["episode_length"] <= r["verify_budget"]
+
+
+def test_grpo_runs_and_raises_the_mean_reward(tmp_path, templates):
+    config = resolve("rl-tiny", templates + ["updates=5", "algorithm=grpo", "grpo.group_size=4",
+                                             "grpo.minibatch_size=8", "grpo.epochs=4"])
+    run_rl(config, tmp_path / "grpo", show_progress=False)
+    records = [r for r in read_metrics(tmp_path / "grpo") if r["kind"] == "train"]
+    rewards = [r["reward_mean"] for r in records]
+    print("rl-tiny GRPO reward_mean per update:", np.round(rewards, 3).tolist())
+    assert "response_tokens" in records[0] and "value_loss" not in records[0]  # the GRPO update ran
+    assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.1, rewards

@@ -1,6 +1,7 @@
 """The scan rollout against a plain Python loop that regenerates every turn from the concatenated ids with
 `model.generate` (no cache reuse), scripted verifiers (always right / always wrong / mixed) for rewards, dones,
-masks and episode lengths, and the first PPO ratio == 1 from the training sequences."""
+masks and episode lengths, and the first PPO ratio == 1 from the training sequences (text, and images with the
+rebuilt cross-attention mask)."""
 
 import functools
 
@@ -145,5 +146,37 @@ def test_first_ppo_ratio_is_one(tiny):
     new = np.where(mask, np.asarray(token_logprobs), 0.0).sum(-1)
     old = traj.response_logprobs.reshape(B * K, N).sum(-1)
     ratio = np.exp(new - old)[valid]
+    np.testing.assert_allclose(ratio, 1.0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(values)[valid], traj.values.reshape(-1)[valid], atol=1e-4)
+
+
+def test_first_ppo_ratio_is_one_with_images(tiny):
+    """GP-VL layout: images encoded once, cross-attention K/V in the cache; the training sequences rebuild the
+    cross-attention mask (prompt rows, then the prompt's last row repeated) and give the same log-probs and values."""
+    from model.forward import vision_states
+    from rl.rollout import transition_cross_attention_mask
+    from tests.model.test_forward import image_batch
+
+    config, params = tiny
+    inputs = image_batch(config, np.random.default_rng(5), [[1], [2], [4]], P, [[3], [2], [1]], pad=[2, 1, 0])
+    states = vision_states(params, config, jnp.asarray(inputs["pixel_values"]), jnp.asarray(inputs["aspect_ratio_ids"]),
+                           jnp.asarray(inputs["aspect_ratio_mask"]))
+    cross = jnp.asarray(inputs["cross_attention_mask"], jnp.int32)
+    sampling = SamplingConfig(N, temperature=0.7)
+    VERIFIER.script([None, 1, 0], [5, 2, 4])
+    traj = jax.device_get(compiled_rollout(config, sampling)(
+        params, prompt_ids=jnp.asarray(inputs["input_ids"], jnp.int32),
+        prompt_mask=jnp.asarray(inputs["attention_mask"], jnp.int32), rng=jax.random.key(4),
+        cross_attention_states=states, cross_attention_mask=cross))
+    seqs = transition_sequences(traj)
+    cross_seq = transition_cross_attention_mask(cross, seqs.pop("context_order"), N)
+    flat = {name: np.asarray(value).reshape(B * K, *value.shape[2:]) for name, value in seqs.items()}
+    flat["cross_attention_mask"] = np.asarray(cross_seq).reshape(B * K, *cross_seq.shape[2:])
+    flat["cross_attention_states"] = np.repeat(np.asarray(states), K, axis=0)
+    token_logprobs, values, _ = jax.jit(functools.partial(transition_policy, config=config, temperature=0.7))(
+        params, minibatch=flat)
+    valid = traj.valid.reshape(-1)
+    new = np.where(flat["response_mask"] != 0, np.asarray(token_logprobs), 0.0).sum(-1)
+    ratio = np.exp(new - traj.response_logprobs.reshape(B * K, N).sum(-1))[valid]
     np.testing.assert_allclose(ratio, 1.0, atol=1e-4)
     np.testing.assert_allclose(np.asarray(values)[valid], traj.values.reshape(-1)[valid], atol=1e-4)

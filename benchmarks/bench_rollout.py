@@ -43,9 +43,9 @@ def main() -> None:
         states = new_episodes(gp_config, (seed,), args.episodes)
         prompts = runner.prompts(states)  # timed here once more than the runner needs: a fair upper bound
         prep = time.perf_counter() - began
-        trajectory, verifier = runner(policy.params, states, jax.random.key(seed))
+        trajectory, verifier, _ = runner(policy.params, states, jax.random.key(seed))
         wall = time.perf_counter() - began
-        return dict(wall=wall, prep=2 * prep, callback=verifier.seconds, prompt_len=prompts[0].shape[1],
+        return dict(wall=wall, prep=2 * prep, callback=verifier.seconds, prompt_len=prompts.input_ids.shape[1],
                     steps=float(trajectory.valid.sum(axis=1).mean()),
                     response_tokens=int(trajectory.response_mask.sum()),
                     truncated_feedback=verifier.truncated_feedback)

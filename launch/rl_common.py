@@ -143,21 +143,37 @@ class RolloutRunner:
         self._rollout = jax.jit(functools.partial(rollout, config=policy.config, verifier=self.verifier,
                                                   rollout_config=self.rollout_config))
 
-    def prompts(self, states) -> tuple[np.ndarray, np.ndarray]:
-        batch = batch_conversations(self.policy.tokenizer, [s.conversation for s in states], self.policy.image_config,
-                                    add_generation_prompt=True, padding_side="left", bucket=self.episodes.prompt_bucket)
-        if batch.pixel_values is not None:
-            raise ConfigError("image episodes (modality=vision) are not wired into memgen rl/eval yet; use "
-                              "modality=language")
-        return batch.input_ids, batch.attention_mask
+    def prompts(self, states):
+        """The left-padded prompt batch (`model.chat.ConversationBatch`; one image slot in the vision modality)."""
+        vision = self.episodes.modality == "vision"
+        return batch_conversations(self.policy.tokenizer, [s.conversation for s in states], self.policy.image_config,
+                                   add_generation_prompt=True, padding_side="left", bucket=self.episodes.prompt_bucket,
+                                   num_image_slots=1 if vision else None)
 
-    def __call__(self, params, states, rng: jax.Array) -> tuple[Trajectory, EpisodeVerifier]:
+    def __call__(self, params, states, rng: jax.Array):
+        """(trajectory, verifier, images): images = (encoded images (B, V, D), the prompts' cross-attention mask
+        (B, P, I, T)) for the vision modality (what the buffer needs), else None."""
         if len(states) != self.batch_size:
             raise ValueError(f"the rollout was built for {self.batch_size} episodes, got {len(states)}")
-        ids, mask = self.prompts(states)
+        batch = self.prompts(states)
+        images = None
+        image_inputs = {}
+        if batch.pixel_values is not None:
+            encoded = _encode_images(params, self.policy.config, jnp.asarray(batch.pixel_values),
+                                     jnp.asarray(batch.aspect_ratio_ids), jnp.asarray(batch.aspect_ratio_mask))
+            images = (encoded, jnp.asarray(batch.cross_attention_mask, jnp.int32))
+            image_inputs = dict(cross_attention_states=images[0], cross_attention_mask=images[1])
         self.verifier.reset(states)
-        trajectory = self._rollout(params, prompt_ids=jnp.asarray(ids), prompt_mask=jnp.asarray(mask), rng=rng)
-        return jax.device_get(trajectory), self.verifier
+        trajectory = self._rollout(params, prompt_ids=jnp.asarray(batch.input_ids),
+                                   prompt_mask=jnp.asarray(batch.attention_mask), rng=rng, **image_inputs)
+        return jax.device_get(trajectory), self.verifier, images
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _encode_images(params, config, pixel_values, aspect_ratio_ids, aspect_ratio_mask):
+    """The images' projected vision states (B, V, D), once per episode batch."""
+    from model.forward import vision_states
+    return vision_states(params, config, pixel_values, aspect_ratio_ids, aspect_ratio_mask)
 
 
 # --------------------------------------------------------------------------------------------- evaluation
@@ -187,12 +203,21 @@ def evaluate(policy: Policy, params, episodes: EpisodeConfig, *, split: str, bud
     if key not in runners:
         runners[key] = RolloutRunner(policy, episodes, budget, batch)
     states = new_episodes(splits[split], (seed, budget, sorted(splits).index(split)), num_episodes, n_samples)
-    trajectory, _ = runners[key](params, states, jax.random.key(seed))
+    trajectory, verifier, _ = runners[key](params, states, jax.random.key(seed))
     solved = np.asarray(trajectory.success).any(axis=1).reshape(num_episodes, n_samples)
     rate = float(solved.mean())
     fields = dict(split=split, n=int(solved.size), success=rate,
                   success_se=float(binomial_standard_error(rate, solved.size)), verify_budget=budget,
                   episode_length=float(np.asarray(trajectory.valid).sum(axis=1).mean()))
+    if episodes.modality == "vision":
+        from rl.metrics import recognition_accuracy
+        from tasks.general_points import recognition_correct
+
+        # every verified response of every episode: did it name the hand's cards (GP-VL's recognition)?
+        cards_ok = [recognition_correct(text, state.hand, splits[split])
+                    for state, texts in zip(states, verifier.responses) for text in texts]
+        accuracy, se = recognition_accuracy(jnp.asarray(cards_ok, bool))
+        fields.update(recognition_accuracy=float(accuracy), recognition_accuracy_se=float(se))
     if n_samples > 1:
         fields["pass_at_k"] = pass_at_k_values(solved, n_samples)
     return fields

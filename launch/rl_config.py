@@ -1,10 +1,10 @@
 """Configs and presets of `memgen rl` and `memgen eval` (registered in launch/config.py's preset registry when
 this module is imported; kept apart from launch/config.py so the SFT and RL commands can evolve separately).
 
-Presets: rl-gp-l (the paper's PPO hyperparameters on Llama 3.2 11B Vision: lr 1e-6 -> 1e-9, 4 epochs,
+Presets: rl-gp-l, rl-gp-vl (the paper's PPO hyperparameters on Llama 3.2 11B Vision: lr 1e-6 -> 1e-9, 4 epochs,
 clip 0.1, grad-norm 0.01, gamma 0.9, lambda 0.95, 5 verification steps), rl-tiny (the tiny random model with the
-reachable "digits" reward, for tests and CPU demos). GP-VL (images) is
-not wired into the commands yet (the rollout supports images: `rl.rollout.rollout(cross_attention_states=...)`), eval-gp-l, eval-tiny (verification-budget sweep
+reachable "digits" reward, for tests and CPU demos); rl-gp-vl and eval-gp-vl are the vision variants
+(modality=vision: the rendered hand is encoded once per episode), eval-gp-l, eval-gp-vl, eval-tiny (verification-budget sweep
 1, 3, 5, 10 as the paper's Figure 10).
 """
 
@@ -29,7 +29,7 @@ class EpisodeConfig:
     replacing GeneralPoints' packaged templates (docs/general_points.md), None = packaged."""
 
     task: Literal["general_points"] = "general_points"
-    modality: Literal["language"] = "language"
+    modality: Literal["language", "vision"] = "language"
     target: int = 24
     num_cards: int = 4
     face_cards: Literal["ten", "distinct"] = "ten"
@@ -87,11 +87,16 @@ class EvalConfig:
 _PAPER_PPO = PPOConfig(minibatch_size=64, gae=GAEConfig(0.9, 0.95))
 # The paper's runs start from an SFT checkpoint: init="" makes the command ask for init=DIR.
 register_preset("rl-gp-l", RLConfig(init="", episodes_per_update=256, ppo=_PAPER_PPO))
+register_preset("rl-gp-vl", RLConfig(init="", episodes_per_update=256, ppo=_PAPER_PPO,
+                                     episodes=EpisodeConfig(modality="vision")))
 _TINY_EPISODES = EpisodeConfig(max_verify_steps=2, max_new_tokens=8, feedback_len=160, reward="digits")
 register_preset("rl-tiny", RLConfig(
     init="tiny", updates=12, episodes_per_update=8, episodes=_TINY_EPISODES, eval_episodes=8,
     ppo=PPOConfig(minibatch_size=8, epochs=4, learning_rate=1e-2, final_learning_rate=1e-3, max_grad_norm=1.0),
     checkpoint=CheckpointConfig(every_steps=2, keep=2, async_save=False)))
 register_preset("eval-gp-l", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10)))
+register_preset("eval-gp-vl", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10),
+                                         splits=("in_distribution", "rule_ood", "visual_ood"),
+                                         sampling=EpisodeConfig(modality="vision", temperature=0.0)))
 register_preset("eval-tiny", EvalConfig(init="tiny", episodes=4, verify_budgets=(1, 2),
                                         sampling=dataclasses.replace(_TINY_EPISODES, temperature=0.0)))

@@ -32,7 +32,8 @@ from launch.config import CONFIG_FILENAME, ConfigError, load_config, resolve, sa
 from launch.metrics import MetricsWriter, read_metrics
 from launch.metrics_schema import eval_record, train_record
 from launch.progress import ProgressBar
-from launch.rl_common import TASK_NAMES, RolloutRunner, evaluate, load_policy, new_episodes, save_policy, task_config
+from launch.rl_common import (TASK_NAMES, RolloutRunner, evaluate, load_policy, new_episodes, save_policy,
+                              task_config)
 from launch.rl_config import RLConfig
 from rl.buffer import grpo_buffer, ppo_buffer, rollout_statistics, train_token_count
 from rl.compute import ComputeCounter, add, parameter_count, total_gflops
@@ -82,6 +83,12 @@ def _resolve_run_config(config: RLConfig, out: Path) -> RLConfig:
 
 
 _COMPILED: dict = {}
+
+
+def evaluation_split_names(gp_config) -> list[str]:
+    """The paper's splits of a training config: in-distribution, rule-OOD and (vision) visual-OOD."""
+    from tasks.general_points import evaluation_splits
+    return list(evaluation_splits(gp_config))
 
 
 def _compiled(policy, config: RLConfig, total_steps: int):
@@ -151,9 +158,9 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
             group = config.grpo.group_size if config.algorithm == "grpo" else 1
             states = new_episodes(gp_config, (config.seed, index), config.episodes_per_update // group, group)
             rollout_key, update_key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), index))
-            trajectory, verifier = runner(state.params, states, rollout_key)
+            trajectory, verifier, images = runner(state.params, states, rollout_key)
             rollout_seconds = time.perf_counter() - began
-            buffer = make_buffer(trajectory)
+            buffer = make_buffer(trajectory, images=images)
             stats = jax.device_get(rollout_statistics(trajectory))
             lr = float(peak_learning_rate(state.opt_state)) * float(decay(state.step))
             state, metrics = update(state, buffer, update_key)
@@ -170,7 +177,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                     truncated_feedback=verifier.truncated_feedback,
                     **{k: v for k, v in last.items() if k not in ("loss", "inference_tokens")}))
             if (config.eval_every and step % config.eval_every == 0) or step == config.updates:
-                for split in ("in_distribution", "rule_ood"):
+                for split in evaluation_split_names(gp_config):
                     fields = evaluate(policy, state.params, episodes, split=split, budget=episodes.max_verify_steps,
                                       num_episodes=config.eval_episodes, n_samples=1, seed=config.seed + 1,
                                       runners=eval_runners)

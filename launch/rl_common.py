@@ -23,9 +23,9 @@ from launch.episodes import EpisodeVerifier
 from launch.rl_config import EpisodeConfig
 from model.chat import batch_conversations
 from model.processor import ImageProcessorConfig
-from model.sampler import SamplingConfig, round_up
+from model.sampler import SamplingConfig
 from model.tokenizer import ChatTokenizer, ensure_tokenizer, load_tokenizer
-from rl.rollout import RolloutConfig, Trajectory, rollout
+from rl.rollout import RolloutConfig, rollout
 
 FINAL_DIR = "final"
 TASK_NAMES = {("general_points", "language"): "gp-l", ("general_points", "vision"): "gp-vl"}

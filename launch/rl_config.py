@@ -3,9 +3,9 @@ this module is imported; kept apart from launch/config.py so the SFT and RL comm
 
 Presets: rl-gp-l, rl-gp-vl (the paper's PPO hyperparameters on Llama 3.2 11B Vision: lr 1e-6 -> 1e-9, 4 epochs,
 clip 0.1, grad-norm 0.01, gamma 0.9, lambda 0.95, 5 verification steps), rl-tiny (the tiny random model with the
-reachable "digits" reward, for tests and CPU demos); rl-gp-vl and eval-gp-vl are the vision variants
-(modality=vision: the rendered hand is encoded once per episode), eval-gp-l, eval-gp-vl, eval-tiny (verification-budget sweep
-1, 3, 5, 10 as the paper's Figure 10).
+reachable "digits" reward, for tests and CPU demos), eval-gp-l, eval-gp-vl, eval-tiny (verification-budget sweep
+1, 3, 5, 10 as the paper's Figure 10). The -vl presets are the vision variants (modality=vision: the rendered hand
+is encoded once per episode).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ class EpisodeConfig:
     GeneralPoints (the training split; evaluation derives rule-OOD and visual-OOD from it). ``reward``: "task"
     (the verifier's reward) or "digits" (the share of the response's characters that are digits, in [0, 1]: a
     dense reward a tiny random model can learn within a few updates; for tests and demos, not an experiment).
-    ``feedback_len``: the feedback turn's token bucket; ``prompt_bucket``: prompts are left-padded to a multiple. ``prompt_template``/``feedback_template``: text files
-    replacing GeneralPoints' packaged templates (docs/general_points.md), None = packaged."""
+    ``feedback_len``: the feedback turn's token bucket; ``prompt_bucket``: prompts are left-padded to a multiple.
+    ``prompt_template``/``feedback_template``: text files replacing GeneralPoints' packaged templates (docs/general_points.md), None = packaged."""
 
     task: Literal["general_points"] = "general_points"
     modality: Literal["language", "vision"] = "language"

@@ -40,7 +40,7 @@ from rl.compute import ComputeCounter, add, parameter_count, total_gflops
 from rl.grpo import grpo_update
 from rl.ppo import peak_learning_rate, ppo_optimizer, ppo_update
 from rl.rollout import transition_policy
-from rl.update import TrainState, init_train_state
+from rl.update import init_train_state
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL_DIR = "final"

@@ -2,7 +2,6 @@
 digit characters in a response, EpisodeConfig.reward), a run stopped and resumed ends exactly as an uninterrupted
 one, and `memgen eval` writes one eval record per split and verification budget (with pass@k when sampling)."""
 
-import dataclasses
 
 import jax
 import numpy as np

@@ -69,3 +69,13 @@ def test_grpo_runs_and_raises_the_mean_reward(tmp_path, templates):
     print("rl-tiny GRPO reward_mean per update:", np.round(rewards, 3).tolist())
     assert "response_tokens" in records[0] and "value_loss" not in records[0]  # the GRPO update ran
     assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.05, rewards  # measured 0.027 -> 0.11
+
+
+def test_eval_vision_reports_recognition_and_visual_ood(tmp_path, templates):
+    overrides = [o.replace("episodes.", "sampling.") for o in templates]
+    assert main(["eval", "--preset", "eval-tiny", "--out", str(tmp_path / "vl"), *overrides, "episodes=2",
+                 "verify_budgets=1", "splits=in_distribution,visual_ood", "sampling.modality=vision"]) == 0
+    records = [r for r in read_metrics(tmp_path / "vl") if r["kind"] == "eval"]
+    assert [r["split"] for r in records] == ["in_distribution", "visual_ood"]
+    for r in records:
+        assert r["task"] == "gp-vl" and 0 <= r["recognition_accuracy"] <= 1 and "recognition_accuracy_se" in r

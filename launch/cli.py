@@ -12,6 +12,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("launch.demo", "run the embedded default end to end on a CPU and write a report"),
     "report": ("launch.report", "figures (PNG) and report.md from runs' metrics.jsonl"),
     "predict": ("launch.predict", "R^2 and Spearman of pre-RL predictors vs post-RL success"),
+    "sft": ("launch.sft_run", "supervised fine-tuning from expert data, resumable"),
+    "plan": ("launch.plan", "bytes per device for params, gradients, optimizer state, KV cache and activations "
+             "on a mesh, and whether it fits a GPU"),
     "rl": ("launch.rl_run", "PPO with multi-turn revision rollouts from an SFT run, a HF directory or a preset"),
     "eval": ("launch.eval_run", "success per split and verification budget (and pass@k) of a policy"),
 }

@@ -43,12 +43,26 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the expert data comes from. ``path`` empty: generated in-process from the task config and the run's
+    seed (a run is reproducible from its config alone); otherwise a JSONL written by the task's ``write_jsonl``.
+    Every example is padded to one length: the longest example rounded up to ``length_multiple`` tokens."""
+
+    path: str = ""
+    length_multiple: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
 class SFTConfig:
     """One SFT run. ``steps`` optimizer steps of ``batch_size`` examples (split into ``grad_accum_steps``
     microbatches); ``freeze`` lists param groups (vision_encoder, projector, language_model, cross_attention,
     value_head) or whole-path regexes; ``compute_dtype`` is the dtype params are cast to inside the loss (the
     master weights stay float32); the run stops after ``max_consecutive_skips`` non-finite steps in a row;
-    ``eval_every`` steps it measures the held-out loss on ``eval_examples`` examples (0: never)."""
+    ``eval_every`` steps it measures the held-out loss on ``eval_examples`` examples and the greedy success on
+    ``greedy_examples`` hands per evaluation split, answering with at most ``max_new_tokens`` tokens (0: never).
+    ``model`` is a model preset name (tiny, small, 11b, 90b: random init with the seed and memgen's offline
+    tokenizer) or a Hugging Face mllama directory. ``mesh`` is the device mesh's (data, fsdp, tensor) sizes, -1
+    for all remaining devices."""
 
     task: Literal["general_points", "virl"] = "general_points"
     modality: Literal["language", "vision"] = "language"
@@ -62,8 +76,12 @@ class SFTConfig:
     train_examples: int = 1000
     eval_examples: int = 128
     eval_every: int = 50
+    greedy_examples: int = 32
+    max_new_tokens: int = 128
     log_every: int = 1
     max_consecutive_skips: int = 5
+    mesh: tuple[int, int, int] = (1, -1, 1)
+    data: DataConfig = DataConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
 
@@ -96,17 +114,21 @@ def resolve(preset: str, overrides: Iterable[str] = ()) -> Any:
     return apply_overrides(get_preset(preset), overrides)
 
 
-# The reference protocol's SFT runs (lr 1e-6 for the text variants, 5e-7 for the vision ones; full fine-tune).
+# The reference protocol's SFT runs (lr 1e-6 for the text variants, 5e-7 for the vision ones; full fine-tune,
+# batch 128) from a local download of meta-llama/Llama-3.2-11B-Vision-Instruct (override model=PATH).
+REFERENCE_MODEL_DIR = "checkpoints/Llama-3.2-11B-Vision-Instruct"
 for _task, _short in (("general_points", "gp"), ("virl", "virl")):
-    register_preset(f"sft-{_short}-l", SFTConfig(task=_task, modality="language", model="llama-3.2-11b-vision",
+    register_preset(f"sft-{_short}-l", SFTConfig(task=_task, modality="language", model=REFERENCE_MODEL_DIR,
                                                  batch_size=128, optimizer=OptimizerConfig(lr=1e-6)))
-    register_preset(f"sft-{_short}-vl", SFTConfig(task=_task, modality="vision", model="llama-3.2-11b-vision",
+    register_preset(f"sft-{_short}-vl", SFTConfig(task=_task, modality="vision", model=REFERENCE_MODEL_DIR,
                                                   batch_size=128, optimizer=OptimizerConfig(lr=5e-7)))
-# Small enough for a CPU: a tiny random model, few steps, float32.
-register_preset("sft-tiny", SFTConfig(model="tiny", steps=20, batch_size=4, train_examples=64, eval_examples=16,
-                                      eval_every=10, compute_dtype="float32",
-                                      optimizer=OptimizerConfig(lr=1e-3),
-                                      checkpoint=CheckpointConfig(every_steps=10, keep=2)))
+# Small enough for a CPU (seconds per step): the tiny random model with the offline tokenizer, float32, one device.
+_TINY = SFTConfig(model="tiny", steps=20, batch_size=4, train_examples=64, eval_examples=16, eval_every=10,
+                  greedy_examples=4, max_new_tokens=48, compute_dtype="float32", mesh=(1, 1, 1),
+                  optimizer=OptimizerConfig(lr=1e-3), checkpoint=CheckpointConfig(every_steps=10, keep=2))
+register_preset("sft-tiny", _TINY)
+register_preset("tiny-gp-l", _TINY)
+register_preset("tiny-gp-vl", dataclasses.replace(_TINY, modality="vision"))
 
 
 # --- overrides -----------------------------------------------------------------------------------------------

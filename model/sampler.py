@@ -162,7 +162,8 @@ def start(params: Params, config: ModelConfig, input_ids: jax.Array, attention_m
           *, pixel_values=None, aspect_ratio_ids=None, aspect_ratio_mask=None, cross_attention_mask=None,
           cross_attention_states=None) -> SamplerState:
     """Prefill padded prompts input_ids (B, S) into an empty `cache` (model.init_cache; num_images > 0 when images
-    are given: their cross-attention K/V are computed here, once). Padding may be anywhere (left is usual)."""
+    are given: their cross-attention K/V are computed here, once). Padding may be anywhere (left is usual); a row
+    without any token (a batch filler) gets meaningless next-token logits: pass it as inactive to sample_turn."""
     if attention_mask is None:
         attention_mask = jnp.ones(input_ids.shape, jnp.int32)
     _, hidden, cache = prefill(params, config, input_ids, attention_mask, cache, pixel_values=pixel_values,

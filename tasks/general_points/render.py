@@ -69,7 +69,9 @@ def _draw_text(draw: ImageDraw.ImageDraw, text: str, x: float, y: float, pixel: 
             for col, cell in enumerate(line):
                 if cell == "#":
                     x0, y0 = x + col * pixel, y + row * pixel
-                    draw.rectangle((x0, y0, x0 + pixel - 1, y0 + pixel - 1), fill=ink)
+                    # A font pixel narrower than one image pixel still covers one (tiny card sizes).
+                    extent = max(pixel - 1, 0)
+                    draw.rectangle((x0, y0, x0 + extent, y0 + extent), fill=ink)
         x += 6 * pixel
 
 

@@ -102,3 +102,13 @@ def test_render_size_determinism_and_ink():
     assert len({s.tobytes() for s in singles}) == 13
     with pytest.raises(ValueError):
         render_hand(())
+
+
+@pytest.mark.parametrize("size", [(64, 64), (128, 64), (112, 112)])
+def test_the_smallest_accepted_sizes_render(size):
+    """The config accepts 64..8192 pixels; tiny CPU models use 64-112 pixel images."""
+    hand = (Card(1, "S"), Card(12, "H"), Card(10, "D"), Card(5, "C"))
+    width, height = size
+    image = render_hand(hand, width, height)
+    assert image.shape == (height, width, 3)
+    assert np.array_equal(image, render_hand(hand, width, height))

@@ -1,0 +1,85 @@
+"""Where a run's policy comes from: a model preset name (random init from the run's seed, with memgen's offline
+tokenizer at the preset's vocabulary size) or a Hugging Face mllama directory (weights, tokenizer and image
+preprocessor config read from it). Also writes a trained policy back as such a directory, so the next command
+(RL, evaluation, transformers) loads it with the same code path. Host side; arrays stay as the model made them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+
+from model.processor import ImageProcessorConfig, from_hf_preprocessor_config, to_hf_preprocessor_config
+from model.tokenizer import ChatTokenizer, ensure_tokenizer, load_tokenizer
+
+
+class ModelSourceError(ValueError):
+    """The model named by a config cannot be loaded; the message says what to pass instead."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The model config, params (fp32 nested dicts), tokenizer, its directory, and the image preprocessing."""
+
+    config: Any
+    params: Any
+    tokenizer: ChatTokenizer
+    tokenizer_dir: Path
+    image_config: ImageProcessorConfig
+
+
+def image_config_of(model_config: Any) -> ImageProcessorConfig:
+    """Image preprocessing that fits a model config (tiles of the vision tower's image size)."""
+    return ImageProcessorConfig(tile_size=model_config.vision.image_size,
+                                max_image_tiles=model_config.vision.max_num_tiles)
+
+
+def load_model(spec: str, *, seed: int, cache_dir: Optional[Path] = None) -> ModelSource:
+    """``spec``: a preset name (tiny, small, 11b, 90b) or a path to a Hugging Face mllama directory. Params are
+    float32 (the master weights); a preset's tokenizer is built under ``cache_dir`` (default: memgen's cache)."""
+    from model.config import PRESETS, preset
+    from model.hf_io import ModelLoadError, load_hf
+    from model.params import init_params
+
+    if spec in PRESETS:
+        config = preset(spec)
+        vocab = config.text.vocab_size
+        tokenizer_dir = ensure_tokenizer(None if cache_dir is None else cache_dir / f"tokenizer-vocab{vocab}",
+                                         vocab_size=vocab)
+        params = init_params(jax.random.PRNGKey(seed), config)
+        return ModelSource(config, params, load_tokenizer(tokenizer_dir), tokenizer_dir, image_config_of(config))
+    path = Path(spec)
+    if not path.is_dir():
+        raise ModelSourceError(f"the model directory {path} does not exist; pass model=PATH to a Hugging Face "
+                               f"mllama download or a preset name ({', '.join(PRESETS)})")
+    try:
+        config, params = load_hf(path, param_dtype="float32", dtype="float32")
+        tokenizer = load_tokenizer(path)
+    except (ModelLoadError, FileNotFoundError, ValueError) as error:
+        raise ModelSourceError(f"the model directory {path} cannot be loaded: {error}") from None
+    try:
+        image_config = from_hf_preprocessor_config(path)
+    except FileNotFoundError:
+        image_config = image_config_of(config)
+    return ModelSource(config, params, tokenizer, path, image_config)
+
+
+def save_policy(directory: Path, source: ModelSource, params: Any) -> Path:
+    """Write ``params`` as a Hugging Face mllama directory (config.json, safetensors, value head if any) with the
+    tokenizer files and preprocessor_config.json, so ``load_model(str(directory))`` and transformers load it."""
+    from model.hf_io import save_hf
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_hf(directory, source.config.replace(dtype="float32", param_dtype="float32"), params)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        file = Path(source.tokenizer_dir) / name
+        if file.is_file():
+            (directory / name).write_bytes(file.read_bytes())
+    (directory / "preprocessor_config.json").write_text(
+        json.dumps(to_hf_preprocessor_config(source.image_config), indent=2) + "\n")
+    return directory

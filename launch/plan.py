@@ -1,0 +1,417 @@
+"""`memgen plan`: bytes per device of a training / sampling setup on a mesh, and whether it fits a GPU.
+
+Every figure is a per-device byte count of arrays whose global shapes come from the real code (`model.param_shapes`,
+`model.init_cache`, the SFT optimizer's `init` under `jax.eval_shape`) and whose shard shapes come from the real
+placement rules (`model.sharding.partition_spec` with `model.sharding.DEFAULT_RULES`; a mesh axis that does not
+divide a dim leaves it replicated, as the sharding code does). Nothing is allocated: a 90B plan runs on a laptop.
+
+Categories (details and the activation formula in docs/plan.md):
+  params      all params in `param_dtype`.
+  gradients   trainable params only (frozen groups get none), in `param_dtype`; x2 with gradient accumulation
+              (the running sum and one microbatch's gradient).
+  optimizer   the SFT optimizer (`sft.optim.make_optimizer`, AdamW) initialised on the trainable partition:
+              two moments per trainable param plus replicated scalars (count, injected hyperparameters).
+  activations a training step's saved activations per layer (remat "none" / "dots" / "full") x layers, plus one
+              layer's working set and the logits/loss tensors, for one microbatch.
+  kv_cache    the sampler's cache (self K/V (L_self, B, S, KV, Dh), cross K/V (L_cross, B, V, KV, Dh)).
+Totals: train = params + gradients + optimizer + activations(remat); rollout = params + optimizer + kv_cache
+(the optimizer state stays resident between updates). The verdict uses the larger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import PartitionSpec
+
+from launch.mesh import MeshConfig, MeshError, abstract_mesh, cache_partition_specs, optimizer_state_specs
+from model.config import ModelConfig, load_hf_config, preset
+from model.sharding import BATCH_AXES, DEFAULT_RULES, logical_axes, partition_spec
+
+GiB = 1024 ** 3
+# Nominal memory (decimal GB, as sold) and what a process can actually allocate (the CUDA context, cuBLAS and
+# NCCL workspaces take the rest; XLA's default preallocation is 75% of this unless XLA_PYTHON_CLIENT_MEM_FRACTION
+# is raised).
+GPUS: dict[str, dict[str, float]] = {
+    "h100": {"nominal_gb": 80, "usable_bytes": 78 * GiB},
+    "h200": {"nominal_gb": 141, "usable_bytes": 139 * GiB},
+}
+TIGHT_FRACTION = 0.9  # above 90% of usable memory: "tight" (fragmentation and XLA scratch may not fit)
+REMATS = ("none", "dots", "full")
+
+
+class PlanError(ValueError):
+    """A planner input that cannot be used; the message names it and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanConfig:
+    """One plan. `model`: a preset (tiny, small, 11b, 90b) or a Hugging Face model directory. `batch_size`
+    global rows per optimizer step (split into `grad_accum_steps` microbatches for activations), `seq_len` tokens
+    per row, `num_images` images per row (0: text only), also the sampler's cache size. `freeze`: group names or
+    whole-path regexes (as the SFT config). `param_dtype` / `compute_dtype`: None = the model config's."""
+
+    model: str = "11b"
+    mesh: MeshConfig = MeshConfig()
+    devices: int = 8
+    gpu: Literal["h100", "h200"] = "h100"
+    freeze: tuple[str, ...] = ()
+    batch_size: int = 8
+    seq_len: int = 2048
+    num_images: int = 1
+    grad_accum_steps: int = 1
+    remat: Literal["none", "dots", "full"] = "full"
+    param_dtype: str | None = None
+    compute_dtype: str | None = None
+    value_head: bool = False
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def model_config(config: PlanConfig) -> ModelConfig:
+    if Path(config.model).is_dir() or "/" in config.model:
+        model = load_hf_config(config.model)
+    else:
+        model = preset(config.model)
+    changes = {}
+    if config.param_dtype:
+        changes["param_dtype"] = config.param_dtype
+    if config.compute_dtype:
+        changes["dtype"] = config.compute_dtype
+    return model.replace(**changes)
+
+
+def shard_shape(shape: Sequence[int], spec: PartitionSpec, mesh_shape: dict[str, int]) -> tuple[int, ...]:
+    """The per-device block of an array of `shape` placed by `spec` (the specs come from `partition_spec`, so
+    every sharded dim divides exactly)."""
+    out = []
+    for i, size in enumerate(shape):
+        entry = spec[i] if i < len(spec) else None
+        axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        out.append(size // math.prod(mesh_shape[a] for a in axes))
+    return tuple(out)
+
+
+def device_bytes(shape: Sequence[int], dtype: Any, spec: PartitionSpec, mesh_shape: dict[str, int]) -> int:
+    return math.prod(shard_shape(shape, spec, mesh_shape)) * np.dtype(dtype).itemsize
+
+
+def tree_device_bytes(tree: Any, specs: Any, mesh_shape: dict[str, int]) -> int:
+    leaves = jax.tree.leaves(tree)
+    spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+    return sum(device_bytes(leaf.shape, leaf.dtype, spec, mesh_shape) for leaf, spec in zip(leaves, spec_leaves))
+
+
+def param_specs(model: ModelConfig, params: Any, mesh, rules=DEFAULT_RULES) -> Any:
+    """PartitionSpecs of `params` (any subset of the groups) by the rules, via model.sharding."""
+    return jax.tree.map(lambda leaf, axes: partition_spec(leaf.shape, axes, mesh, rules), params,
+                        logical_axes(model, params), is_leaf=lambda x: isinstance(x, tuple))
+
+
+# ------------------------------------------------------------------------------------------------ activations
+def _tensor(shape, axes, dtype_bytes):
+    return (tuple(int(s) for s in shape), tuple(axes), int(dtype_bytes))
+
+
+def layer_tensors(rows: int, tokens: int, keys: int, hidden: int, heads: int, kv_heads: int, head_dim: int,
+                  mlp: int, dtype_bytes: int, *, mlp_tensors: int = 3, kv_from_input: bool = True):
+    """The activations one transformer layer keeps for its backward pass without remat, as (shape, logical axes,
+    bytes per element): the layer input and both normed inputs (B, S, D), q (B, S, H*Dh), k and v (B, S, KV*Dh)
+    when they come from this layer's input (self-attention), the attention probabilities (B, H, S, K) in the
+    compute dtype and in float32 (the softmax runs in float32), the attention output (B, S, H*Dh), the residual
+    after attention (B, S, D) and `mlp_tensors` MLP intermediates (B, S, F) (gate, up, their product for SwiGLU)."""
+    b, s = rows, tokens
+    x = ("batch", None, None)
+    out = [_tensor((b, s, hidden), x, dtype_bytes) for _ in range(4)]           # input, normed, residual, normed
+    out.append(_tensor((b, s, heads * head_dim), ("batch", None, "heads"), dtype_bytes))        # q
+    out.append(_tensor((b, s, heads * head_dim), ("batch", None, "heads"), dtype_bytes))        # attention out
+    if kv_from_input:
+        out += [_tensor((b, s, kv_heads * head_dim), ("batch", None, "kv_heads"), dtype_bytes)] * 2
+    out.append(_tensor((b, heads, s, keys), ("batch", "heads", None, None), dtype_bytes))      # probs
+    out.append(_tensor((b, heads, s, keys), ("batch", "heads", None, None), 4))                # fp32 softmax
+    out += [_tensor((b, s, mlp), ("batch", None, "mlp"), dtype_bytes)] * mlp_tensors
+    return out
+
+
+def saved_tensors(remat: str, rows: int, tokens: int, hidden: int, heads: int, kv_heads: int, head_dim: int,
+                  mlp: int, dtype_bytes: int, *, mlp_tensors: int = 3, kv_from_input: bool = True):
+    """What one layer keeps between forward and backward under a remat policy. "none": `layer_tensors`.
+    "dots" (save matmul outputs without batch dims): the input and the projections' outputs q, k, v, o (B, S, D),
+    the MLP's up-projections (mlp_tensors - 1 of them, B, S, F) and down (B, S, D); the attention einsums have
+    batch dims and are recomputed. "full": the layer input only."""
+    b, s = rows, tokens
+    x = _tensor((b, s, hidden), ("batch", None, None), dtype_bytes)
+    if remat == "full":
+        return [x]
+    if remat == "dots":
+        out = [x, x, x, _tensor((b, s, heads * head_dim), ("batch", None, "heads"), dtype_bytes)]   # in, o, down, q
+        if kv_from_input:
+            out += [_tensor((b, s, kv_heads * head_dim), ("batch", None, "kv_heads"), dtype_bytes)] * 2
+        out += [_tensor((b, s, mlp), ("batch", None, "mlp"), dtype_bytes)] * (mlp_tensors - 1)
+        return out
+    raise PlanError(f"remat {remat!r} is not one of {', '.join(REMATS)}")
+
+
+def activation_tensors(model: ModelConfig, remat: str, rows: int, seq: int, images: int, trainable_groups: set[str]):
+    """(per-layer saved tensors x layer count) + one layer's working set + logits/loss, as a list of
+    (shape, logical axes, bytes per element, multiplicity). The vision encoder contributes only when it trains."""
+    t, v = model.text, model.vision
+    itemsize = np.dtype(model.dtype).itemsize
+    vision_tokens = images * v.max_num_tiles * v.num_patches
+    text_args = dict(rows=rows, tokens=seq, hidden=t.hidden_size, heads=t.num_attention_heads,
+                     kv_heads=t.num_key_value_heads, head_dim=t.head_dim, mlp=t.intermediate_size,
+                     dtype_bytes=itemsize)
+    out = []
+
+    def add(tensors, count):
+        out.extend((shape, axes, nbytes, count) for shape, axes, nbytes in tensors)
+
+    num_self, num_cross = len(t.self_attention_layers), len(t.cross_attention_layers) if images else 0
+    if remat == "none":
+        add(layer_tensors(keys=seq, **text_args), num_self)
+        if num_cross:
+            add(layer_tensors(keys=vision_tokens, kv_from_input=False, **text_args), num_cross)
+    else:
+        add(saved_tensors(remat, **text_args), num_self)
+        if num_cross:
+            add(saved_tensors(remat, kv_from_input=False, **text_args), num_cross)
+        add(layer_tensors(keys=max(seq, vision_tokens if num_cross else 0), **text_args), 1)  # recomputed layer
+    if num_cross:
+        # vision states (B, V, D) and the stacked cross-attention K/V (L_cross, B, V, KV, Dh) x 2
+        add([_tensor((rows, vision_tokens, t.hidden_size), ("batch", None, None), itemsize)], 1)
+        add([_tensor((num_cross, rows, vision_tokens, t.num_key_value_heads, t.head_dim),
+                     ("layers", "batch", None, "kv_heads", None), itemsize)], 2)
+        if "vision_encoder" in trainable_groups:
+            padded = -(-v.num_patches // 8) * 8
+            vision_args = dict(rows=rows * images, tokens=v.max_num_tiles * padded, hidden=v.hidden_size,
+                               heads=v.attention_heads, kv_heads=v.attention_heads, head_dim=v.head_dim,
+                               mlp=v.intermediate_size, dtype_bytes=itemsize, mlp_tensors=2)
+            layers = v.num_hidden_layers + v.num_global_layers
+            if remat == "none":
+                add(layer_tensors(keys=vision_args["tokens"], **vision_args), layers)
+            else:
+                add(saved_tensors(remat, **vision_args), layers)
+    # logits (B, S, vocab) in the compute dtype, their float32 copy and log-softmax (sft.loss)
+    logits = ((rows, seq, t.vocab_size), ("batch", None, "vocab"))
+    add([_tensor(*logits, itemsize), _tensor(*logits, 4), _tensor(*logits, 4)], 1)
+    return out
+
+
+def activation_bytes(tensors, mesh, mesh_shape) -> int:
+    rules = {**DEFAULT_RULES, "batch": BATCH_AXES}
+    total = 0
+    for shape, axes, nbytes, count in tensors:
+        spec = partition_spec(shape, axes, mesh, rules)
+        total += math.prod(shard_shape(shape, spec, mesh_shape)) * nbytes * count
+    return total
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+def plan(config: PlanConfig) -> dict[str, Any]:
+    """The plan as a JSON-able dict: per-device bytes by category, totals, the GPU and the verdict."""
+    from model.forward import init_cache
+    from model.params import param_shapes
+    from sft.optim import OptimizerConfig, make_optimizer, partition, trainable_mask
+
+    if config.gpu not in GPUS:
+        raise PlanError(f"unknown GPU {config.gpu!r}; choose one of {', '.join(GPUS)}")
+    if config.remat not in REMATS:
+        raise PlanError(f"remat {config.remat!r} is not one of {', '.join(REMATS)}")
+    if config.batch_size < 1 or config.seq_len < 1 or config.num_images < 0 or config.grad_accum_steps < 1:
+        raise PlanError("batch size, sequence length and grad_accum_steps must be positive and images >= 0")
+    if config.batch_size % config.grad_accum_steps:
+        raise PlanError(f"batch size {config.batch_size} is not a multiple of grad_accum_steps "
+                        f"{config.grad_accum_steps}")
+    model = model_config(config)
+    mesh = abstract_mesh(config.mesh, config.devices)
+    mesh_shape = dict(mesh.shape)
+
+    params = param_shapes(model, value_head=config.value_head)
+    specs = param_specs(model, params, mesh)
+    try:
+        mask = trainable_mask(params, config.freeze)
+    except ValueError as error:
+        raise PlanError(str(error)) from None
+    trainable, _ = partition(params, mask)
+    trainable_specs, _ = partition(specs, mask) if trainable else ({}, {})
+    optimizer = make_optimizer(OptimizerConfig(), total_steps=1)
+    opt_state = jax.eval_shape(optimizer.init, trainable)
+    opt_specs = optimizer_state_specs(optimizer, opt_state, trainable_specs)
+
+    param_b = tree_device_bytes(params, specs, mesh_shape)
+    trainable_b = tree_device_bytes(trainable, trainable_specs, mesh_shape)
+    grads_b = trainable_b * (2 if config.grad_accum_steps > 1 else 1)
+    opt_b = tree_device_bytes(opt_state, opt_specs, mesh_shape)
+
+    rows = config.batch_size // config.grad_accum_steps
+    groups = {path for path in trainable}
+    activations = {remat: activation_bytes(
+        activation_tensors(model, remat, rows, config.seq_len, config.num_images, groups), mesh, mesh_shape)
+        for remat in REMATS}
+
+    cache = jax.eval_shape(lambda: init_cache(model, config.batch_size, config.seq_len,
+                                              num_images=config.num_images))
+    kv_b = tree_device_bytes(cache, cache_partition_specs(cache, mesh), mesh_shape)
+
+    train_total = param_b + grads_b + opt_b + activations[config.remat]
+    rollout_total = param_b + opt_b + kv_b
+    usable = int(GPUS[config.gpu]["usable_bytes"])
+    peak = max(train_total, rollout_total)
+    verdict = "fits" if peak <= TIGHT_FRACTION * usable else "tight" if peak <= usable else "does not fit"
+    counts = {group: sum(math.prod(x.shape) for x in jax.tree.leaves(params[group])) for group in params}
+    return {
+        "model": config.model, "mesh": mesh_shape, "devices": config.devices, "gpu": config.gpu,
+        "freeze": list(config.freeze), "trainable_groups": sorted(groups),
+        "param_counts": counts, "param_dtype": model.param_dtype, "compute_dtype": model.dtype,
+        "batch_size": config.batch_size, "seq_len": config.seq_len, "num_images": config.num_images,
+        "grad_accum_steps": config.grad_accum_steps, "remat": config.remat,
+        "bytes_per_device": {"params": param_b, "gradients": grads_b, "optimizer": opt_b,
+                             "activations": activations[config.remat], "kv_cache": kv_b},
+        "activations_by_remat": activations,
+        "train_total": train_total, "rollout_total": rollout_total,
+        "usable_bytes": usable, "headroom_bytes": usable - peak, "verdict": verdict,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="11b", help="preset (tiny, small, 11b, 90b) or a Hugging Face model dir")
+    parser.add_argument("--mesh", default="data=1,fsdp=-1,tensor=1",
+                        help="axis sizes, e.g. data=1,fsdp=8,tensor=1 (-1: the rest)")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="devices in all (hosts x GPUs per host); default: the mesh product, or 8")
+    parser.add_argument("--gpu", choices=sorted(GPUS), default="h100")
+    parser.add_argument("--freeze", nargs="*", default=[], help="param groups or whole-path regexes to freeze")
+    parser.add_argument("--batch", type=int, default=8, help="global batch (rows per optimizer step)")
+    parser.add_argument("--seq", type=int, default=2048, help="tokens per row (also the KV cache length)")
+    parser.add_argument("--images", type=int, default=1, help="images per row (0: text only)")
+    parser.add_argument("--grad-accum", type=int, default=1, help="microbatches per step")
+    parser.add_argument("--remat", choices=REMATS, default="full")
+    parser.add_argument("--param-dtype", choices=("float32", "bfloat16"), default=None)
+    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="bfloat16")
+    parser.add_argument("--value-head", action="store_true", help="include PPO's value head")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def config_from_args(args: argparse.Namespace) -> PlanConfig:
+    mesh = MeshConfig.parse(args.mesh)
+    devices = args.devices
+    if devices is None:
+        sizes = mesh.sizes_as_given().values()
+        devices = math.prod(sizes) if -1 not in sizes else 8
+    return PlanConfig(model=args.model, mesh=mesh, devices=devices, gpu=args.gpu, freeze=tuple(args.freeze),
+                      batch_size=args.batch, seq_len=args.seq, num_images=args.images,
+                      grad_accum_steps=args.grad_accum, remat=args.remat, param_dtype=args.param_dtype,
+                      compute_dtype=args.compute_dtype, value_head=args.value_head)
+
+
+def _gib(value: int) -> str:
+    return f"{value / GiB:,.2f} GiB"
+
+
+def render(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    mesh = ",".join(f"{k}={v}" for k, v in result["mesh"].items())
+    table = Table(title=f"memgen plan: {result['model']} on {result['devices']} x {result['gpu']} ({mesh}), "
+                        f"per device")
+    table.add_column("what")
+    table.add_column("bytes per device", justify="right")
+    for name, value in result["bytes_per_device"].items():
+        label = f"activations (remat {result['remat']})" if name == "activations" else name.replace("_", " ")
+        table.add_row(label, _gib(value))
+    for remat, value in result["activations_by_remat"].items():
+        if remat != result["remat"]:
+            table.add_row(f"  (activations with remat {remat})", _gib(value))
+    table.add_row("train step total", _gib(result["train_total"]))
+    table.add_row("rollout total", _gib(result["rollout_total"]))
+    table.add_row(f"usable on {result['gpu']}", _gib(result["usable_bytes"]))
+    table.add_row("headroom", _gib(result["headroom_bytes"]))
+    console = Console()
+    console.print(table)
+    frozen = ", ".join(result["freeze"]) or "nothing"
+    console.print(f"{result['verdict'].upper()}: batch {result['batch_size']} x {result['seq_len']} tokens, "
+                  f"{result['num_images']} image(s)/row, {result['grad_accum_steps']} microbatch(es), params "
+                  f"{result['param_dtype']}, compute {result['compute_dtype']}, frozen: {frozen}.")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result = plan(config_from_args(args))
+    except (PlanError, MeshError, ValueError) as error:
+        print(f"memgen plan: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        render(result)
+    return 0 if result["verdict"] != "does not fit" else 1
+
+
+# ------------------------------------------------------------------------------------------------ XLA check
+def xla_train_step_memory(config: PlanConfig) -> dict[str, Any]:
+    """Compile the real SFT train step (`sft.train_step` over `model.forward`, text only) sharded by the same
+    rules on this process's first `config.devices` devices, and return XLA's per-device memory analysis next to
+    the plan. Nothing is allocated (abstract params, lower + compile only); use tiny/small configs."""
+    import functools
+
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+
+    import sft
+    from launch.mesh import make_mesh
+    from model.forward import forward as model_forward
+    from model.params import param_shapes
+    from model.sharding import batch_sharding
+
+    if config.num_images:
+        raise PlanError("the XLA check compiles the text-only step; use num_images=0")
+    result = plan(config)
+    cfg = model_config(config).replace(remat=config.remat)
+    mesh = make_mesh(config.mesh, jax.devices()[:config.devices])
+    params = param_shapes(cfg, value_head=config.value_head)
+    mask = sft.trainable_mask(params, config.freeze)
+    trainable, frozen = sft.partition(params, mask)
+    trainable_specs, frozen_specs = sft.partition(param_specs(cfg, params, mesh), mask)
+    optimizer = sft.make_optimizer(sft.OptimizerConfig(), total_steps=10)
+    opt_state = jax.eval_shape(optimizer.init, trainable)
+    state = sft.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), trainable=trainable, frozen=frozen,
+                           opt_state=opt_state, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+    state_specs = sft.TrainState(step=PartitionSpec(), trainable=trainable_specs, frozen=frozen_specs,
+                                 opt_state=optimizer_state_specs(optimizer, opt_state, trainable_specs),
+                                 rng=PartitionSpec())
+    shape = (config.batch_size, config.seq_len)
+    batch = {name: jax.ShapeDtypeStruct(shape, jnp.int32) for name in ("input_ids", "attention_mask", "loss_mask")}
+    batch_specs = {name: batch_sharding(mesh, shape).spec for name in batch}
+
+    def logits_fn(params, batch):
+        return model_forward(params, cfg, batch["input_ids"], attention_mask=batch["attention_mask"])
+
+    named = lambda tree: jax.tree.map(lambda spec: NamedSharding(mesh, spec), tree,  # noqa: E731
+                                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+    step = functools.partial(sft.train_step, logits_fn=logits_fn, optimizer=optimizer,
+                             grad_accum_steps=config.grad_accum_steps)
+    jitted = jax.jit(step, in_shardings=(named(state_specs), named(batch_specs)),
+                     out_shardings=(named(state_specs), None), donate_argnums=0)
+    analysis = jitted.lower(state, batch).compile().memory_analysis()
+    mesh_shape = dict(mesh.shape)
+    planned = result["bytes_per_device"]
+    return {
+        "plan": result,
+        # what the planner says the step's arguments are: params + optimizer + the batch + step and rng
+        "planned_argument_bytes": (planned["params"] + planned["optimizer"]
+                                   + tree_device_bytes(batch, batch_specs, mesh_shape) + 4 + 8),
+        "planned_temp_bytes": planned["gradients"] + planned["activations"],
+        "argument_bytes": int(analysis.argument_size_in_bytes),
+        "output_bytes": int(analysis.output_size_in_bytes),
+        "alias_bytes": int(analysis.alias_size_in_bytes),
+        "temp_bytes": int(analysis.temp_size_in_bytes),
+    }

@@ -1,0 +1,69 @@
+"""One process of the multi-host test: a few SFT train steps (sft.train_step over model.forward, tiny preset,
+text groups) on a ("data", "fsdp", "tensor") = (1, 8, 1) mesh over 8 CPU devices (FSDP across the processes),
+each process feeding only its host-local rows of a fixed global batch. Prints one JSON line
+{"process": 0, "losses": [...], ...} (process 0 of a multi-process run, or the single process).
+
+Usage: python multihost_worker.py single | python multihost_worker.py COORDINATOR_ADDRESS PROCESS_ID
+(the caller sets XLA_FLAGS device counts and JAX_PLATFORMS=cpu)."""
+
+import functools
+import json
+import sys
+
+import jax
+import numpy as np
+
+STEPS, BATCH, SEQ = 3, 8, 16
+
+
+def main(argv: list[str]) -> None:
+    from launch.mesh import DistributedConfig, MeshConfig, host_local_batch_slice, initialize, make_global_batch, \
+        make_mesh
+
+    if argv[0] != "single":
+        initialize(DistributedConfig(coordinator_address=argv[0], num_processes=2, process_id=int(argv[1])))
+    import model
+    import sft
+
+    config = model.preset("tiny")
+    mesh = make_mesh(MeshConfig(data=1, fsdp=-1, tensor=1))
+    assert jax.device_count() == 8
+    # The same params on every host, drawn with numpy from the real shapes (model.init_params' jitted init of
+    # the whole tree costs seconds of compilation per process).
+    # Text only: the vision groups would only add unused arguments and compile time.
+    draw = np.random.default_rng(0)
+    shapes = model.param_shapes(config)
+    text_groups = {group: shapes[group] for group in ("language_model", "cross_attention")}
+    host_params = jax.tree.map(lambda s: (np.ones(s.shape) if len(s.shape) == 1 else
+                                          draw.normal(0.0, 0.02, s.shape)).astype(s.dtype), text_groups)
+    shardings = model.sharding.param_shardings(config, mesh, host_params)
+    params = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]),
+                          host_params, shardings)
+    optimizer = sft.make_optimizer(sft.OptimizerConfig(lr=1e-2, warmup_fraction=0.0), total_steps=STEPS)
+    state = jax.jit(lambda p: sft.init_train_state(p, optimizer, (), jax.random.key(1)))(params)
+
+    rng = np.random.default_rng(0)
+    global_batch = {"input_ids": rng.integers(0, config.text.vocab_size, (BATCH, SEQ), dtype=np.int32),
+                    "loss_mask": (rng.random((BATCH, SEQ)) < 0.7).astype(np.int32)}
+    rows = host_local_batch_slice(BATCH)
+    batch = make_global_batch({k: v[rows] for k, v in global_batch.items()}, mesh)
+
+    def logits_fn(params, batch):
+        return model.forward(params, config, batch["input_ids"])
+
+    # The state keeps its placement from step to step (otherwise step 2 would compile again for the placement
+    # XLA chose for step 1's outputs).
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    step = jax.jit(functools.partial(sft.train_step, logits_fn=logits_fn, optimizer=optimizer),
+                   out_shardings=(state_shardings, None), donate_argnums=0)
+    losses = []
+    for _ in range(STEPS):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    if jax.process_index() == 0:
+        print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
+                          "rows": [rows.start, rows.stop], "losses": losses}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,95 @@
+"""launch.mesh: the one mesh config, multi-host settings from the environment, per-host batches, and the
+cache / optimizer-state placements (checked against real placed arrays on 8 CPU devices)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+import model
+from launch.mesh import (DistributedConfig, MeshConfig, MeshError, cache_partition_specs, check_host_rows,
+                         host_local_batch_slice, initialize, make_global_batch, make_mesh, optimizer_state_specs)
+
+
+def test_mesh_config_resolves_the_rest_and_rejects_bad_products():
+    assert MeshConfig().resolve(8) == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert MeshConfig(data=2, fsdp=-1, tensor=2).resolve(8) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert MeshConfig(data=-1, fsdp=2, tensor=1).resolve(8)["data"] == 4
+    with pytest.raises(MeshError, match="has 6 devices but 8 are available"):
+        MeshConfig(data=1, fsdp=3, tensor=2).resolve(8)
+    with pytest.raises(MeshError, match="does not divide 8"):
+        MeshConfig(fsdp=-1, tensor=3).resolve(8)
+    with pytest.raises(MeshError, match="at most one"):
+        MeshConfig(data=-1, fsdp=-1)
+    assert MeshConfig.parse("data=2, tensor=4") == MeshConfig(data=2, fsdp=-1, tensor=4)
+    with pytest.raises(MeshError, match="not AXIS=SIZE"):
+        MeshConfig.parse("pipeline=2")
+
+
+def test_make_mesh_has_the_three_auto_axes():
+    mesh = make_mesh(MeshConfig(data=2, fsdp=-1, tensor=2))
+    assert mesh.axis_names == ("data", "fsdp", "tensor")
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
+    with pytest.raises(MeshError, match="has 4 devices but 8"):
+        make_mesh(MeshConfig(data=1, fsdp=2, tensor=2))
+
+
+def test_distributed_config_from_environment_and_overrides():
+    env = {"MEMGEN_COORDINATOR": "10.0.0.1:1234", "MEMGEN_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2",
+           "MEMGEN_LOCAL_DEVICE_IDS": "0,1"}
+    config = DistributedConfig.from_env(env)
+    assert config == DistributedConfig("10.0.0.1:1234", 4, 2, (0, 1))
+    assert DistributedConfig.from_env(env, process_id=3, coordinator_address=None).process_id == 3
+    jax_only = {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+    assert DistributedConfig.from_env(jax_only) == DistributedConfig("h:1", 2, 1)
+    assert DistributedConfig.from_env({}) == DistributedConfig()
+    with pytest.raises(MeshError, match="MEMGEN_NUM_PROCESSES='two' is not an integer"):
+        DistributedConfig.from_env({"MEMGEN_NUM_PROCESSES": "two"})
+    with pytest.raises(MeshError, match="needs a coordinator address"):
+        initialize(DistributedConfig(num_processes=2, process_id=0))
+    with pytest.raises(MeshError, match="outside 0..1"):
+        initialize(DistributedConfig("h:1", num_processes=2, process_id=2))
+    assert initialize(DistributedConfig()) is False  # one process: nothing to join
+
+
+def test_host_local_slices_tile_the_global_batch():
+    slices = [host_local_batch_slice(12, i, 3) for i in range(3)]
+    assert [(s.start, s.stop) for s in slices] == [(0, 4), (4, 8), (8, 12)]
+    assert host_local_batch_slice(8) == slice(0, 8)  # this single process
+    with pytest.raises(MeshError, match="multiple of 3"):
+        host_local_batch_slice(10, 0, 3)
+    check_host_rows([slice(4, 6), slice(6, 8)], 12, 1, 3)  # host 1 of 3 holds rows 4:8
+    with pytest.raises(MeshError, match="hold batch rows 0:12, not its block 4:8"):
+        check_host_rows([slice(None), slice(None)], 12, 1, 3)  # batch axis replicated: every host holds all
+
+
+def test_make_global_batch_places_rows_by_the_batch_rule():
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    rows = np.arange(8 * 5, dtype=np.int32).reshape(8, 5)
+    batch = make_global_batch({"input_ids": rows[host_local_batch_slice(8)]}, mesh)
+    ids = batch["input_ids"]
+    assert ids.sharding.spec == PartitionSpec(("data", "fsdp"), None)
+    np.testing.assert_array_equal(np.asarray(ids), rows)
+    assert ids.addressable_shards[0].data.shape == (2, 5)
+
+
+def test_cache_and_optimizer_specs_follow_the_rules():
+    config = model.preset("tiny")
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    cache = jax.eval_shape(lambda: model.init_cache(config, 4, 16, num_images=1))
+    specs = cache_partition_specs(cache, mesh)
+    assert specs.self_k == PartitionSpec(None, ("data", "fsdp"), None, "tensor", None)
+    assert specs.cross_v == PartitionSpec(None, ("data", "fsdp"), None, "tensor", None)
+    assert specs.index == PartitionSpec()
+    params = {"w": jax.ShapeDtypeStruct((8, 4), jnp.float32)}
+    optimizer = optax.adamw(1e-3)
+    state = jax.eval_shape(optimizer.init, params)
+    opt_specs = optimizer_state_specs(optimizer, state, {"w": PartitionSpec("fsdp", None)})
+    assert opt_specs[0].mu["w"] == PartitionSpec("fsdp", None)
+    assert opt_specs[0].nu["w"] == PartitionSpec("fsdp", None)
+    assert opt_specs[0].count == PartitionSpec()
+    # the specs are usable as real placements
+    jax.device_put(jnp.zeros((8, 4)), NamedSharding(mesh, opt_specs[0].mu["w"]))

@@ -1,0 +1,239 @@
+"""`memgen sft` end to end on the tiny preset: the command, metrics in the report's schema, learning, exact resume,
+non-finite steps, freezing, greedy-success records and clear errors. Runs share one compiled step (the step is
+memoised per model/optimizer shape), so only the first run and the frozen one compile."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from launch.cli import main
+from launch.config import resolve
+from launch.metrics import read_metrics
+from launch.metrics_schema import load_runs
+from launch.sft_run import run_sft
+
+STEPS = 10
+# eval at 0, 5, 10; checkpoints at 4, 8 (and 10, forced): an interruption after step 6 resumes from 4.
+OVERRIDES = [f"steps={STEPS}", "eval_every=5", "checkpoint.every_steps=4", "checkpoint.keep=3", "eval_examples=8",
+             "train_examples=32"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One tokenizer cache for the module (MEMGEN_CACHE), so the offline tokenizer is trained once."""
+    path = tmp_path_factory.mktemp("memgen-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEMGEN_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def cli_run(cache, tmp_path_factory):
+    """The uninterrupted reference run, through the command line."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    assert main(["sft", "--preset", "sft-tiny", "--out", str(out), *OVERRIDES]) == 0
+    return out
+
+
+def _safetensors(directory):
+    from safetensors.numpy import load_file
+
+    return {name: array for file in sorted(directory.glob("*.safetensors")) for name, array in load_file(file).items()}
+
+
+def test_the_command_writes_a_run_the_report_reads_and_the_loss_falls(cli_run):
+    run, = load_runs([cli_run])
+    train = run.of_kind("train")
+    assert [r["step"] for r in train] == list(range(1, STEPS + 1))
+    for record in train:
+        assert {"step", "loss", "lr", "tokens", "gflops"} <= set(record) and record["arm"] == "sft"
+    gflops = [r["gflops"] for r in train]
+    assert all(b > a for a, b in zip(gflops, gflops[1:]))
+    # 6 N D: N every parameter of the model, D the real (non-padding) tokens of the batches.
+    config = json.loads((cli_run / "config.json").read_text())
+    assert config["steps"] == STEPS
+    num_params = sum(a.size for a in _safetensors(cli_run / "final").values())
+    assert train[-1]["gflops"] == pytest.approx(6 * num_params * sum(r["tokens"] for r in train) / 1e9)
+    assert train[-1]["loss"] < train[0]["loss"] - 0.3
+    heldout = [r for r in run.records if "heldout_loss" in r]
+    assert [r["step"] for r in heldout] == [0, 5, 10]
+    assert heldout[-1]["heldout_loss"] < heldout[0]["heldout_loss"]
+    assert (cli_run / "tensorboard").is_dir() and (cli_run / "final" / "tokenizer.json").is_file()
+
+
+def test_an_interrupted_run_resumed_with_the_same_command_ends_identically(cli_run, tmp_path):
+    config = resolve("sft-tiny", OVERRIDES)
+    partial = run_sft(config, tmp_path, stop_after=6)
+    assert partial["stopped_early"] and partial["final_dir"] is None
+    assert max(r["step"] for r in read_metrics(tmp_path)) == 6  # records 5 and 6 come after checkpoint 4
+    assert main(["sft", "--preset", "sft-tiny", "--out", str(tmp_path), *OVERRIDES]) == 0
+    assert (tmp_path / "metrics.jsonl").read_text() == (cli_run / "metrics.jsonl").read_text()
+    resumed, uninterrupted = _safetensors(tmp_path / "final"), _safetensors(cli_run / "final")
+    assert resumed.keys() == uninterrupted.keys()
+    for name in resumed:
+        np.testing.assert_array_equal(resumed[name], uninterrupted[name], err_msg=name)
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_save_resumes_to_the_same_end(cli_run, cache, tmp_path):
+    """kill -9 of a subprocess while the checkpoint of step 8 is being written: the same command then resumes
+    (from step 4, or 8 if its files happened to be complete) and ends as the uninterrupted run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "MEMGEN_CACHE": str(cache)}
+    result = subprocess.run([sys.executable, str(repo / "tests/launch/sft_kill_script.py"), str(tmp_path), "8",
+                             *OVERRIDES], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == -9, result.stderr[-2000:]
+    assert max(r["step"] for r in read_metrics(tmp_path)) == 8 and not (tmp_path / "final").exists()
+    assert main(["sft", "--preset", "sft-tiny", "--out", str(tmp_path), *OVERRIDES]) == 0
+    assert (tmp_path / "metrics.jsonl").read_text() == (cli_run / "metrics.jsonl").read_text()
+    resumed, uninterrupted = _safetensors(tmp_path / "final"), _safetensors(cli_run / "final")
+    for name in uninterrupted:
+        np.testing.assert_array_equal(resumed[name], uninterrupted[name], err_msg=name)
+
+
+def test_a_run_directory_of_another_config_is_not_resumed(cli_run, capsys):
+    assert main(["sft", "--preset", "sft-tiny", "--out", str(cli_run), *OVERRIDES, "seed=1"]) == 2
+    assert "holds a run with another config (differs in: seed)" in capsys.readouterr().err
+
+
+def test_consecutive_non_finite_steps_stop_the_run_with_a_clear_message(cache, tmp_path, capsys):
+    code = main(["sft", "--preset", "sft-tiny", "--out", str(tmp_path), *OVERRIDES, "optimizer.lr=1e30",
+                 "max_consecutive_skips=2"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "was not finite for 2 steps in a row (max_consecutive_skips=2); lower optimizer.lr" in error
+    train = [r for r in read_metrics(tmp_path) if r["kind"] == "train"]
+    assert [r["skipped"] for r in train[-2:]] == [1, 1] and train[-1]["loss"] is None
+    assert train[-1]["tokens"] == 0  # a skipped step adds no training compute
+
+
+def test_freezing_the_vision_tower_leaves_it_bit_identical(cache, tmp_path):
+    from launch.model_source import load_model
+
+    config = resolve("sft-tiny", OVERRIDES[1:] + ["steps=2", "freeze=[vision_encoder,projector]"])
+    run_sft(config, tmp_path)
+    initial = load_model("tiny", seed=0).params
+    final = load_model(str(tmp_path / "final"), seed=0).params
+    for group in ("vision_encoder", "projector"):
+        for a, b in zip(jax.tree.leaves(initial[group]), jax.tree.leaves(final[group])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(initial["language_model"]),
+                                                        jax.tree.leaves(final["language_model"]))]
+    assert any(changed)
+
+
+def test_greedy_success_becomes_eval_records_per_split(cache, tmp_path):
+    """The greedy hook with a sampler that answers the expert answer for the in-distribution hands: every split is
+    evaluated and verified by the task's verifier (rule-OOD hands need other formulas, so some fail there)."""
+    from model.chat import encode_response
+    from model.tokenizer import load_tokenizer
+    from tasks.general_points import expert_response, GeneralPointsConfig, sample_hands
+    from launch.expert_data import GREEDY_SEED_OFFSET
+
+    config = resolve("sft-tiny", OVERRIDES + ["greedy_examples=3"])
+    tokenizer = None
+    hands = sample_hands(GeneralPointsConfig(), config.seed + GREEDY_SEED_OFFSET, 3)
+    calls = []
+
+    def generate(params, model_config, input_ids, *, max_new_tokens, temperature, attention_mask, stop_tokens,
+                 **vision):
+        nonlocal tokenizer
+        from launch.model_source import load_model
+        tokenizer = tokenizer or load_model("tiny", seed=0).tokenizer
+        calls.append(input_ids.shape)
+        rows = [encode_response(tokenizer, expert_response(hand, GeneralPointsConfig())) for hand in hands]
+        rows += [rows[0]] * (input_ids.shape[0] - len(rows))
+        width = max(len(r) for r in rows)
+        tokens = np.stack([np.pad(r, (0, width - len(r))) for r in rows])
+
+        class Generation:
+            pass
+        out = Generation()
+        out.tokens, out.lengths = tokens, np.asarray([len(r) for r in rows])
+        return out
+
+    run_sft(config, tmp_path, generate=generate, stop_after=1)  # the same compiled step as the other runs
+    run, = load_runs([tmp_path])
+    evals = run.of_kind("eval")
+    assert sorted({r["split"] for r in evals}) == ["in_distribution", "rule_ood"]
+    first = [r for r in evals if r["step"] == 0]
+    assert len(first) == len(evals) == 2
+    in_dist = next(r for r in first if r["split"] == "in_distribution")
+    assert in_dist["success"] == 1.0 and in_dist["n"] == 3 and in_dist["success_se"] == 0.0
+    assert "heldout_loss" in in_dist and in_dist["task"] == "gp-l"
+    assert all(shape[0] == config.batch_size for shape in calls)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optimizer.lrr=1"], "unknown config key 'optimizer.lrr' (did you mean 'optimizer.lr'?); valid keys are: "),
+    (["model=/nonexistent/llama"], "the model directory /nonexistent/llama does not exist; pass model=PATH"),
+    (["data.path=/nonexistent/expert.jsonl"], "the expert data file /nonexistent/expert.jsonl does not exist"),
+    (["freeze=[vision]"], "freeze entry 'vision' matches no parameter; use a param group"),
+])
+def test_bad_input_stops_with_one_sentence(cache, tmp_path, capsys, overrides, message):
+    assert main(["sft", "--preset", "sft-tiny", "--out", str(tmp_path), *overrides]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert not (tmp_path / "config.json").exists()  # a failed start leaves no run behind to conflict with
+    if "unknown" in message:
+        assert "checkpoint.every_steps" in error and "data.path" in error
+
+
+def test_the_state_is_placed_on_the_mesh_with_moments_sharded_like_their_params():
+    """On a 2 x 2 x 2 (data x fsdp x tensor) mesh of the 8 virtual CPU devices: each Adam moment gets its param's
+    sharding (some of them really split), scalars are replicated, every leaf is committed to the mesh."""
+    from jax.sharding import PartitionSpec
+
+    from launch.sft_run import make_mesh_from_config, place_state
+    from model.config import preset
+    from model.params import init_params
+    from model.sharding import param_shardings
+    from sft.optim import OptimizerConfig, flatten_paths, make_optimizer
+    from sft.step import init_train_state
+
+    config = preset("tiny")
+    params = init_params(jax.random.PRNGKey(0), config)
+    mesh = make_mesh_from_config((-1, 2, 2))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    freeze = ("vision_encoder",)
+    optimizer = make_optimizer(OptimizerConfig(), 10)
+    state = init_train_state(params, optimizer, freeze, jax.random.PRNGKey(0))
+    placed = place_state(state, param_shardings(config, mesh, params), freeze, mesh, optimizer)
+    trainable = flatten_paths(placed.trainable)
+    adam, = [node for node in jax.tree.leaves(placed.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
+             if hasattr(node, "mu")]  # optax's ScaleByAdamState(count, mu, nu) inside the chain
+    split = 0
+    for moments in (adam.mu, adam.nu):
+        for path, moment in flatten_paths(moments).items():
+            assert moment.sharding == trainable[path].sharding, path
+            split += moment.sharding.spec != PartitionSpec(*[None] * moment.ndim)
+    assert split > 0
+    assert placed.step.sharding.spec == PartitionSpec() and placed.rng.sharding.mesh == mesh
+    assert all(leaf.sharding.mesh == mesh for leaf in jax.tree.leaves(placed))
+
+
+def test_expert_data_from_a_jsonl_file_and_a_held_out_set_that_shares_no_prompt(cache, tmp_path):
+    from launch.expert_data import heldout_conversations, load_expert_data, prompt_key
+    from tasks.general_points import GeneralPointsConfig, expert_conversations, write_jsonl
+
+    path = write_jsonl(expert_conversations(GeneralPointsConfig(), seed=5, size=12), tmp_path / "data" / "gp.jsonl")
+    data = load_expert_data(task="general_points", modality="language", seed=0, train_examples=0,
+                            eval_examples=40, path=str(path))
+    assert len(data.train) == 12 and len(data.heldout) == 40
+    assert not {prompt_key(c) for c in data.train} & {prompt_key(c) for c in data.heldout}
+    # Drawn with the training data's own seed, every first candidate is a training prompt: all are replaced by
+    # later draws of the same seed.
+    train = expert_conversations(GeneralPointsConfig(), seed=7, size=10)
+    heldout = heldout_conversations("general_points", "language", 7, 10, exclude=train)
+    assert len(heldout) == 10 and not {prompt_key(c) for c in train} & {prompt_key(c) for c in heldout}
+    summary = run_sft(resolve("sft-tiny", OVERRIDES + [f"data.path={path}"]), tmp_path / "run", stop_after=1)
+    assert summary["step"] == 1 and summary["train_tokens"] > 0

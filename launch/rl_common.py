@@ -2,17 +2,15 @@
 prompts, one compiled rollout per shape (`RolloutRunner`), and the evaluation of a policy on a split at a
 verification budget. Host side (I/O, numpy episode states); the pure pieces are rl.rollout and rl.buffer.
 
-`load_policy` mirrors `launch.model_source.load_model` of `memgen sft` (branch sftrun, not on main yet) and adds
-`memgen sft`/`memgen rl` run directories; the two are to be unified when it lands.
+`load_policy` is `launch.model_source.load_model` (what `memgen sft` uses) plus run directories (their final/) and a
+value head; `save_policy` is model_source's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,72 +18,39 @@ import numpy as np
 
 from launch.config import ConfigError
 from launch.episodes import EpisodeVerifier
+from launch.model_source import ModelSource, ModelSourceError, load_model, save_policy  # noqa: F401 (re-exported)
 from launch.rl_config import EpisodeConfig
 from model.chat import batch_conversations
-from model.processor import ImageProcessorConfig
 from model.sampler import SamplingConfig
-from model.tokenizer import ChatTokenizer, ensure_tokenizer, load_tokenizer
 from rl.rollout import RolloutConfig, rollout
 
 FINAL_DIR = "final"
 TASK_NAMES = {("general_points", "language"): "gp-l", ("general_points", "vision"): "gp-vl"}
 
 
-@dataclass(frozen=True)
-class Policy:
-    """A model config, its float32 params (with a value head), tokenizer and image preprocessing."""
-
-    config: Any
-    params: Any
-    tokenizer: ChatTokenizer
-    tokenizer_dir: Path
-    image_config: ImageProcessorConfig
+Policy = ModelSource  # config, float32 params (with a value head here), tokenizer, tokenizer_dir, image_config
 
 
-def load_policy(spec: str, *, seed: int) -> Policy:
-    """`spec`: a model preset (tiny, small, 11b, 90b: random init from `seed`, memgen's offline tokenizer), a
-    Hugging Face mllama directory, or a run directory of `memgen sft` / `memgen rl` (its final/ policy). A value
-    head is initialised from `seed` when the source has none."""
-    from model.config import PRESETS, preset
-    from model.hf_io import load_hf
-    from model.params import init_params
+def load_policy(spec: str, *, seed: int) -> ModelSource:
+    """`spec`: what `launch.model_source.load_model` takes (a model preset: random init from `seed` with the
+    offline tokenizer; or a Hugging Face mllama directory), or a run directory of `memgen sft` / `memgen rl` (its
+    final/ policy). A value head is initialised from `seed` when the source has none."""
     from model.value_head import init_value_head
 
     if not spec:
         raise ConfigError("this preset needs init=DIR: a `memgen sft` run directory or a Hugging Face mllama "
                           "directory (or a model preset name such as tiny for a random policy)")
-    if spec in PRESETS:
-        config = preset(spec)
-        tokenizer_dir = ensure_tokenizer(vocab_size=config.text.vocab_size)
-        params = init_params(jax.random.key(seed), config, value_head=True)
-    else:
-        path = Path(spec)
-        if (path / FINAL_DIR).is_dir():
-            path = path / FINAL_DIR
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"init={spec!r} is neither a model preset ({', '.join(PRESETS)}) nor a directory with "
-                              "config.json (a Hugging Face mllama download or a finished memgen run's final/)")
-        config, params = load_hf(path, param_dtype="float32", dtype="float32")
-        tokenizer_dir = path
-        if "value_head" not in params:
-            params = dict(params, value_head=init_value_head(jax.random.key(seed), config))
-    image_config = ImageProcessorConfig(tile_size=config.vision.image_size,
-                                        max_image_tiles=config.vision.max_num_tiles)
-    return Policy(config, params, load_tokenizer(tokenizer_dir), Path(tokenizer_dir), image_config)
-
-
-def save_policy(directory: Path, policy: Policy, params: Any) -> Path:
-    """`params` as a Hugging Face mllama directory (value head included) with the tokenizer files."""
-    from model.hf_io import save_hf
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_hf(directory, policy.config.replace(dtype="float32", param_dtype="float32"), params)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        file = policy.tokenizer_dir / name
-        if file.is_file():
-            (directory / name).write_bytes(file.read_bytes())
-    return directory
+    path = Path(spec)
+    if (path / FINAL_DIR).is_dir():
+        spec = str(path / FINAL_DIR)
+    try:
+        source = load_model(spec, seed=seed)
+    except ModelSourceError as error:
+        raise ConfigError(str(error)) from None
+    if "value_head" not in source.params:
+        params = dict(source.params, value_head=init_value_head(jax.random.key(seed), source.config))
+        source = dataclasses.replace(source, params=params)
+    return source
 
 
 # --------------------------------------------------------------------------------------------- episodes

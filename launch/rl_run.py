@@ -48,7 +48,9 @@ FINAL_DIR = "final"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="rl-tiny", help="a preset name (rl-tiny, rl-gp-l); default rl-tiny")
-    parser.add_argument("--out", required=True, help="the run directory (resumed if it holds a run)")
+    parser.add_argument("--out", required=True, help="the run directory (re-run the same command to resume)")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="UPDATE",
+                        help="stop after this update, as if interrupted (resume later with the same command)")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. updates=100 ppo.epochs=2")
 
 
@@ -198,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         config = resolve(args.preset, args.overrides)
         if not isinstance(config, RLConfig):
             raise ConfigError(f"preset {args.preset!r} is not an RL preset; use rl-tiny or rl-gp-l")
-        summary = run_rl(config, args.out)
+        summary = run_rl(config, args.out, stop_after=args.stop_after)
     except ConfigError as error:
         print(f"memgen rl: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,72 @@
+"""Benchmark of the multi-turn revision rollout (rl.rollout via launch.rl_common.RolloutRunner): GeneralPoints-L
+episodes with a verification budget of 5 on a random policy (the `small` preset by default, so every episode uses
+all 5 steps: the worst case). Prints one JSON line: episodes per second after compilation (median of --repeats
+rollouts, each on fresh hands) and where a rollout's wall time goes: episode creation + prompt encoding (host),
+the verifier callback (host: decode, verify, encode the feedback turn), and the rest (device: prefill, sampling,
+feedback appends). The share outside generation is (host prep + callback) / wall time; the goal is < 10%.
+
+Example: `PYTHONPATH=. python benchmarks/bench_rollout.py --preset small --episodes 16 --max-new-tokens 64`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+
+from launch.rl_common import RolloutRunner, load_policy, new_episodes, task_config
+from launch.rl_config import EpisodeConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--episodes", type=int, default=16)
+    parser.add_argument("--verify-steps", type=int, default=5)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--feedback-len", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    policy = load_policy(args.preset, seed=0)
+    episodes = EpisodeConfig(max_verify_steps=args.verify_steps, max_new_tokens=args.max_new_tokens,
+                             feedback_len=args.feedback_len, temperature=args.temperature)
+    gp_config = task_config(episodes)
+    runner = RolloutRunner(policy, episodes, args.verify_steps, args.episodes)
+
+    def one(seed: int) -> dict:
+        began = time.perf_counter()
+        states = new_episodes(gp_config, (seed,), args.episodes)
+        prompts = runner.prompts(states)  # timed here once more than the runner needs: a fair upper bound
+        prep = time.perf_counter() - began
+        trajectory, verifier, _ = runner(policy.params, states, jax.random.key(seed))
+        wall = time.perf_counter() - began
+        return dict(wall=wall, prep=2 * prep, callback=verifier.seconds, prompt_len=prompts.input_ids.shape[1],
+                    steps=float(trajectory.valid.sum(axis=1).mean()),
+                    response_tokens=int(trajectory.response_mask.sum()),
+                    truncated_feedback=verifier.truncated_feedback)
+
+    began = time.perf_counter()
+    one(0)
+    compile_seconds = time.perf_counter() - began
+    runs = [one(seed) for seed in range(1, args.repeats + 1)]
+    wall = statistics.median(r["wall"] for r in runs)
+    outside = statistics.median((r["prep"] + r["callback"]) / r["wall"] for r in runs)
+    print(json.dumps(dict(
+        benchmark="rollout", preset=args.preset, device=jax.devices()[0].device_kind, episodes=args.episodes,
+        verify_steps=args.verify_steps, max_new_tokens=args.max_new_tokens, feedback_len=args.feedback_len,
+        prompt_tokens=runs[0]["prompt_len"], mean_steps=runs[0]["steps"], first_call_seconds=round(compile_seconds, 2),
+        rollout_seconds=round(wall, 3), episodes_per_second=round(args.episodes / wall, 3),
+        response_tokens_per_second=round(statistics.median(r["response_tokens"] / r["wall"] for r in runs), 1),
+        host_prep_seconds=round(statistics.median(r["prep"] for r in runs), 4),
+        callback_seconds=round(statistics.median(r["callback"] for r in runs), 4),
+        share_outside_generation=round(outside, 4),
+        truncated_feedback=runs[0]["truncated_feedback"])))
+
+
+if __name__ == "__main__":
+    main()

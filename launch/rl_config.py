@@ -1,0 +1,102 @@
+"""Configs and presets of `memgen rl` and `memgen eval` (registered in launch/config.py's preset registry when
+this module is imported; kept apart from launch/config.py so the SFT and RL commands can evolve separately).
+
+Presets: rl-gp-l, rl-gp-vl (the paper's PPO hyperparameters on Llama 3.2 11B Vision: lr 1e-6 -> 1e-9, 4 epochs,
+clip 0.1, grad-norm 0.01, gamma 0.9, lambda 0.95, 5 verification steps), rl-tiny (the tiny random model with the
+reachable "digits" reward, for tests and CPU demos), eval-gp-l, eval-gp-vl, eval-tiny (verification-budget sweep
+1, 3, 5, 10 as the paper's Figure 10). The -vl presets are the vision variants (modality=vision: the rendered hand
+is encoded once per episode).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from launch.config import CheckpointConfig, register_preset
+from rl.gae import GAEConfig
+from rl.grpo import GRPOConfig
+from rl.ppo import PPOConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeConfig:
+    """The task instances and how a response is sampled. ``target``/``num_cards``/``face_cards`` configure
+    GeneralPoints (the training split; evaluation derives rule-OOD and visual-OOD from it). ``reward``: "task"
+    (the verifier's reward) or "digits" (the share of the response's characters that are digits, in [0, 1]: a
+    dense reward a tiny random model can learn within a few updates; for tests and demos, not an experiment).
+    ``feedback_len``: the feedback turn's token bucket; ``prompt_bucket``: prompts are left-padded to a multiple.
+    ``prompt_template``/``feedback_template``: text files replacing GeneralPoints' packaged templates (docs/general_points.md), None = packaged."""
+
+    task: Literal["general_points"] = "general_points"
+    modality: Literal["language", "vision"] = "language"
+    target: int = 24
+    num_cards: int = 4
+    face_cards: Literal["ten", "distinct"] = "ten"
+    max_verify_steps: int = 5
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    feedback_len: int = 96
+    prompt_bucket: int = 64
+    reward: Literal["task", "digits"] = "task"
+    prompt_template: str | None = None
+    feedback_template: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """One RL run: ``updates`` PPO updates, each on a rollout of ``episodes_per_update`` episodes (N = episodes x
+    max_verify_steps transitions, a multiple of ppo.minibatch_size). ``init``: where the policy comes from: a
+    model preset name (random init from ``seed``), a Hugging Face mllama directory, or a `memgen sft` run
+    directory (its final/ policy). A value head is added (random, from ``seed``) when the source has none.
+    ``algorithm``: "ppo" (the paper) or "grpo" (groups of grpo.group_size consecutive episodes on one hand; the
+    episode return is normalised within its group and given to each of its transitions; grpo.epochs and
+    grpo.minibatch_size apply, and the optimizer is ppo_optimizer with the ppo.* learning-rate, eps and grad-norm
+    fields).
+    ``eval_every`` updates (0: only at the end) it evaluates ``eval_episodes`` greedy episodes per split."""
+
+    init: str = "tiny"
+    seed: int = 0
+    updates: int = 20
+    episodes_per_update: int = 64
+    episodes: EpisodeConfig = EpisodeConfig()
+    algorithm: Literal["ppo", "grpo"] = "ppo"
+    ppo: PPOConfig = PPOConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    eval_every: int = 0
+    eval_episodes: int = 64
+    log_every: int = 1
+    checkpoint: CheckpointConfig = CheckpointConfig(every_steps=5)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation: ``episodes`` instances per split and verification budget; ``verify_budgets`` the budgets
+    swept (one record each); ``n_samples`` > 1 samples each instance that many times (at ``episodes.temperature``)
+    and adds pass@k for k = 1, 2, 4, ... <= n_samples. ``init`` as RLConfig.init (also an `memgen rl` run dir)."""
+
+    init: str = "tiny"
+    seed: int = 1234
+    episodes: int = 64
+    verify_budgets: tuple[int, ...] = (5,)
+    n_samples: int = 1
+    splits: tuple[str, ...] = ("in_distribution", "rule_ood")
+    sampling: EpisodeConfig = EpisodeConfig(temperature=0.0)
+
+
+_PAPER_PPO = PPOConfig(minibatch_size=64, gae=GAEConfig(0.9, 0.95))
+# The paper's runs start from an SFT checkpoint: init="" makes the command ask for init=DIR.
+register_preset("rl-gp-l", RLConfig(init="", episodes_per_update=256, ppo=_PAPER_PPO))
+register_preset("rl-gp-vl", RLConfig(init="", episodes_per_update=256, ppo=_PAPER_PPO,
+                                     episodes=EpisodeConfig(modality="vision")))
+_TINY_EPISODES = EpisodeConfig(max_verify_steps=2, max_new_tokens=8, feedback_len=160, reward="digits")
+register_preset("rl-tiny", RLConfig(
+    init="tiny", updates=12, episodes_per_update=8, episodes=_TINY_EPISODES, eval_episodes=8,
+    ppo=PPOConfig(minibatch_size=8, epochs=4, learning_rate=1e-2, final_learning_rate=1e-3, max_grad_norm=1.0),
+    checkpoint=CheckpointConfig(every_steps=2, keep=2, async_save=False)))
+register_preset("eval-gp-l", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10)))
+register_preset("eval-gp-vl", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10),
+                                         splits=("in_distribution", "rule_ood", "visual_ood"),
+                                         sampling=EpisodeConfig(modality="vision", temperature=0.0)))
+register_preset("eval-tiny", EvalConfig(init="tiny", episodes=4, verify_budgets=(1, 2),
+                                        sampling=dataclasses.replace(_TINY_EPISODES, temperature=0.0)))

@@ -1,0 +1,209 @@
+"""`memgen rl --preset NAME --out DIR [key=value ...]`: PPO with multi-turn revision rollouts, resumable.
+
+The imperative shell around rl/: load the policy (`init`: an SFT run, a Hugging Face directory or a preset),
+then per update: fresh GeneralPoints episodes (hands from Generator((seed, update))) -> jitted scan rollout with the
+verifier callback (rl.rollout) -> GAE and the flat buffer (rl.buffer) -> jitted `rl.ppo_update` with
+`rl.rollout.transition_policy` -> metrics (train records through launch.metrics_schema, with GFLOPs of
+X_RL = 6N(D_init + D_RL) + 2N D_buffer from the measured tokens) -> evaluation -> checkpoint.
+
+Python API: ``run_rl(config, out_dir, *, stop_after=None) -> summary dict``.
+
+A run directory holds config.json, metrics.jsonl, tensorboard/, checkpoints/ (Orbax: TrainState plus the loop's
+counters: update index, compute counter) and final/ (the policy with its value head as a Hugging Face directory).
+Re-running the same command on the same directory resumes from the latest checkpoint and ends exactly as an
+uninterrupted run (every random draw is a function of (seed, update)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import optax
+
+from launch.checkpoint import CheckpointManager
+from launch.config import CONFIG_FILENAME, ConfigError, load_config, resolve, save_config, to_dict
+from launch.metrics import MetricsWriter, read_metrics
+from launch.metrics_schema import eval_record, train_record
+from launch.progress import ProgressBar
+from launch.rl_common import (TASK_NAMES, RolloutRunner, evaluate, load_policy, new_episodes, save_policy,
+                              task_config)
+from launch.rl_config import RLConfig
+from rl.buffer import grpo_buffer, ppo_buffer, rollout_statistics, train_token_count
+from rl.compute import ComputeCounter, add, parameter_count, total_gflops
+from rl.grpo import grpo_update
+from rl.ppo import peak_learning_rate, ppo_optimizer, ppo_update
+from rl.rollout import transition_policy
+from rl.update import init_train_state
+
+CHECKPOINT_DIR = "checkpoints"
+FINAL_DIR = "final"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="rl-tiny", help="a preset name (rl-tiny, rl-gp-l); default rl-tiny")
+    parser.add_argument("--out", required=True, help="the run directory (re-run the same command to resume)")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="UPDATE",
+                        help="stop after this update, as if interrupted (resume later with the same command)")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. updates=100 ppo.epochs=2")
+
+
+def _epochs_and_minibatch(config: RLConfig) -> tuple[int, int]:
+    algorithm = config.ppo if config.algorithm == "ppo" else config.grpo
+    return algorithm.epochs, algorithm.minibatch_size
+
+
+def _check_config(config: RLConfig) -> None:
+    transitions = config.episodes_per_update * config.episodes.max_verify_steps
+    _, minibatch = _epochs_and_minibatch(config)
+    if transitions % minibatch:
+        raise ConfigError(f"episodes_per_update x episodes.max_verify_steps = {transitions} transitions is not a "
+                          f"multiple of {config.algorithm}.minibatch_size={minibatch}; change one of them")
+    if config.algorithm == "grpo" and config.episodes_per_update % config.grpo.group_size:
+        raise ConfigError(f"episodes_per_update={config.episodes_per_update} is not a multiple of "
+                          f"grpo.group_size={config.grpo.group_size}; change one of them")
+    if config.ppo.kl_mode is not None or config.ppo.entropy_coef:
+        raise ConfigError("memgen rl does not wire a reference model or an entropy bonus yet; leave ppo.kl_mode=none "
+                          "and ppo.entropy_coef=0 (the paper uses neither)")
+
+
+def _resolve_run_config(config: RLConfig, out: Path) -> RLConfig:
+    """The run's config; a directory that holds another config's run is refused."""
+    if (out / CONFIG_FILENAME).is_file():
+        existing = load_config(RLConfig, out)
+        if to_dict(existing) != to_dict(config):
+            raise ConfigError(f"{out} holds a run with another config; resume it with the same arguments or use a "
+                              "new --out directory")
+    save_config(config, out)
+    return config
+
+
+_COMPILED: dict = {}
+
+
+def evaluation_split_names(gp_config) -> list[str]:
+    """The paper's splits of a training config: in-distribution, rule-OOD and (vision) visual-OOD."""
+    from tasks.general_points import evaluation_splits
+    return list(evaluation_splits(gp_config))
+
+
+def _compiled(policy, config: RLConfig, total_steps: int):
+    """The jitted rollout, PPO update and buffer builder of a run, shared by runs of the same shapes in one process
+    (tests, sweeps): a new jit object would compile again."""
+    key = (policy.config, str(policy.tokenizer_dir), config.episodes, config.episodes_per_update, config.algorithm,
+           config.ppo, config.grpo, total_steps)
+    if key not in _COMPILED:
+        episodes = config.episodes
+        runner = RolloutRunner(policy, episodes, episodes.max_verify_steps, config.episodes_per_update)
+        policy_fn = functools.partial(transition_policy, config=policy.config, temperature=episodes.temperature)
+        optimizer = ppo_optimizer(config.ppo, total_steps)
+        if config.algorithm == "ppo":
+            update = functools.partial(ppo_update, policy_fn=policy_fn, optimizer=optimizer, config=config.ppo)
+            make_buffer = functools.partial(ppo_buffer, config=config.ppo)
+        else:
+            logprob_fn = lambda params, minibatch: policy_fn(params, minibatch)[0]  # noqa: E731
+            update = functools.partial(grpo_update, logprob_fn=logprob_fn, optimizer=optimizer, config=config.grpo)
+            make_buffer = functools.partial(grpo_buffer, config=config.grpo)
+        _COMPILED[key] = (runner, jax.jit(update, donate_argnums=0), jax.jit(make_buffer), {})
+    return _COMPILED[key]
+
+
+def init_tokens(init: str) -> int:
+    """D_init: the training tokens behind the starting policy, summed from the train records of a memgen run
+    directory's metrics.jsonl (0 for a preset or a plain Hugging Face directory)."""
+    path = Path(init)
+    if not (path / "metrics.jsonl").is_file():
+        return 0
+    return sum(int(r.get("tokens", 0)) for r in read_metrics(path) if r.get("kind") == "train")
+
+
+def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] = None,
+           show_progress: Optional[bool] = None) -> dict[str, Any]:
+    """Run (or resume) the RL run of `config` in `out_dir`; `stop_after` ends after that many updates in total
+    (to test resumption). Returns a summary: updates done, last metrics, final GFLOPs."""
+    _check_config(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = _resolve_run_config(config, out)
+    policy = load_policy(config.init, seed=config.seed)
+    episodes = config.episodes
+    gp_config = task_config(episodes)
+    task = TASK_NAMES[(episodes.task, episodes.modality)]
+    transitions = config.episodes_per_update * episodes.max_verify_steps
+    epochs, minibatch = _epochs_and_minibatch(config)
+    total_steps = max(1, config.updates * epochs * (transitions // minibatch))
+    optimizer = ppo_optimizer(config.ppo, total_steps)
+    decay = optax.cosine_decay_schedule(1.0, total_steps, config.ppo.final_learning_rate / config.ppo.learning_rate)
+    state = init_train_state(policy.params, optimizer)
+    num_params = parameter_count(policy.params)
+    runner, update, make_buffer, eval_runners = _compiled(policy, config, total_steps)
+
+    checkpoints = CheckpointManager(out / CHECKPOINT_DIR, every_steps=config.checkpoint.every_steps,
+                                    keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+    restored = checkpoints.restore_latest(state)
+    start, counter = 0, ComputeCounter(init_tokens=init_tokens(config.init))
+    if restored is not None:
+        state, start = restored.state, int(restored.run_state["update"])
+        counter = ComputeCounter(**restored.run_state["compute"])
+    end = config.updates if stop_after is None else min(config.updates, stop_after)
+    last: dict[str, Any] = {}
+    with checkpoints, MetricsWriter(out, resume_step=start if restored is not None else None) as writer, \
+            ProgressBar(config.updates, description="rl", initial=start, enabled=show_progress) as bar:
+        for index in range(start, end):
+            began = time.perf_counter()
+            group = config.grpo.group_size if config.algorithm == "grpo" else 1
+            states = new_episodes(gp_config, (config.seed, index), config.episodes_per_update // group, group)
+            rollout_key, update_key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), index))
+            trajectory, verifier, images = runner(state.params, states, rollout_key)
+            rollout_seconds = time.perf_counter() - began
+            buffer = make_buffer(trajectory, images=images)
+            stats = jax.device_get(rollout_statistics(trajectory))
+            lr = float(peak_learning_rate(state.opt_state)) * float(decay(state.step))
+            state, metrics = update(state, buffer, update_key)
+            metrics = jax.device_get(metrics)
+            trained = int(train_token_count(buffer)) * epochs
+            counter = add(counter, train_tokens=trained, inference_tokens=int(stats["inference_tokens"]))
+            step = index + 1
+            gflops = total_gflops(counter, num_params)
+            last = {name: float(value) for name, value in {**metrics, **stats}.items()}
+            if step % config.log_every == 0 or step == end:
+                writer.write(step, train_record(
+                    step=step, gflops=gflops, loss=last["loss"], lr=lr, tokens=trained, arm="rl", task=task,
+                    rollout_seconds=rollout_seconds, update_seconds=time.perf_counter() - began - rollout_seconds,
+                    truncated_feedback=verifier.truncated_feedback,
+                    **{k: v for k, v in last.items() if k not in ("loss", "inference_tokens")}))
+            if (config.eval_every and step % config.eval_every == 0) or step == config.updates:
+                for split in evaluation_split_names(gp_config):
+                    fields = evaluate(policy, state.params, episodes, split=split, budget=episodes.max_verify_steps,
+                                      num_episodes=config.eval_episodes, n_samples=1, seed=config.seed + 1,
+                                      runners=eval_runners)
+                    writer.write(step, eval_record(step=step, gflops=gflops, task=task, arm="rl", seed=config.seed,
+                                                   **fields))
+            checkpoints.save(step, state, {"update": step, "compute": dataclasses.asdict(counter)},
+                             force=step == end)
+            bar.update(step, loss=last["loss"], tokens=trained)
+        if end == config.updates and end > start:
+            save_policy(out / FINAL_DIR, policy, jax.device_get(state.params))
+    return {"updates": end, "metrics": last, "gflops": total_gflops(counter, num_params), "params": state.params}
+
+
+def run(args: argparse.Namespace) -> int:
+    import launch.rl_config  # noqa: F401  (registers the rl presets)
+
+    try:
+        config = resolve(args.preset, args.overrides)
+        if not isinstance(config, RLConfig):
+            raise ConfigError(f"preset {args.preset!r} is not an RL preset; use rl-tiny or rl-gp-l")
+        summary = run_rl(config, args.out, stop_after=args.stop_after)
+    except ConfigError as error:
+        print(f"memgen rl: {error}", file=sys.stderr)
+        return 2
+    print(f"memgen rl: {summary['updates']} updates, {summary['gflops']:.3g} GFLOPs, "
+          f"episode return {summary['metrics'].get('episode_return', float('nan')):.4f}; run in {args.out}")
+    return 0

@@ -1,0 +1,224 @@
+"""Multi-turn revision rollouts: one decision point of a batch of episodes as a `jax.lax.scan` over verification
+steps on one KV cache, and the PPO training sequences built from the rollout's token ids.
+
+Axes: B episodes (rows), P prompt tokens (left-padded), K verification steps (`max_verify_steps`), N response
+tokens (`sampling.max_new_tokens`), F feedback tokens (`feedback_len`, right-padded), C context tokens of a
+transition's training sequence (C = P + (K - 1) (N + F)), I images per row, T tiles, V vision tokens, D hidden.
+
+One scan step (verification step k):
+  1. `model.sampler.sample_turn` decodes a response for every live row into the cache (finished rows are masked
+     with `active`: they sample nothing and write only never-attended padding slots);
+  2. the host-side verifier judges it through `jax.pure_callback` (the imperative boundary, see
+     `VerifierFn`): token ids (B, N) + lengths + active rows + k -> reward, done, success and the feedback turn's
+     token ids (B, F) right-padded with their mask;
+  3. the feedback turn (it ends with the assistant header) is appended to the same cache with `model.forward.extend`
+     (rows that are done append nothing), and the value head reads the hidden state at the chunk's last valid
+     token: the position that generates the next response's first token.
+The prompt is prefilled once; images are encoded once per episode by the caller (`cross_attention_states`) and
+their cross-attention K/V live in the cache. Nothing is re-tokenised: the trajectory is the ids in the arrays.
+
+V-IRL (a correct action starts a fresh conversation): one call of `rollout` is one decision point; the run loop
+calls it once per decision point with the fresh prompts of the rows' next decision and concatenates the (B, K)
+transitions along K (GAE then runs over the whole route; `rl.gae` allows several episodes and padding per row).
+
+Log-probs: `Trajectory.response_logprobs` are the sampler's log_softmax(logits / temperature) (no top-k / top-p
+when these are off); `transition_policy` recomputes them with `model.sampler.token_logprobs` from the same ids, so
+the first PPO ratio is 1 (tests/rl/test_rollout.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model import text as T
+from model.config import ModelConfig
+from model.forward import extend, forward, init_cache
+from model.sampler import SamplerState, SamplingConfig, _last_valid, sample_turn, token_logprobs
+from model.value_head import value_head_apply
+
+Params = dict[str, Any]
+
+# verifier(tokens (B, N) int32, lengths (B,) int32, active (B,) bool, step () int32) ->
+#   (rewards (B,) float32, done (B,) bool, success (B,) bool, feedback_ids (B, F) int32, feedback_mask (B, F) int32)
+VerifierFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, ...]]
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Static shape of a rollout: how a response is sampled, the verification budget K (scan length) and the
+    feedback bucket F (a feedback turn's ids are right-padded to F; the verifier must fit them)."""
+
+    sampling: SamplingConfig
+    max_verify_steps: int = 5
+    feedback_len: int = 64
+
+    def __post_init__(self):
+        if self.max_verify_steps < 1 or self.feedback_len < 1:
+            raise ValueError(f"RolloutConfig needs max_verify_steps >= 1 and feedback_len >= 1, got "
+                             f"{self.max_verify_steps} and {self.feedback_len}.")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Trajectory:
+    """What one decision point's rollout produced. prompt_ids / prompt_mask (B, P); per transition (B, K, ...):
+    response_ids, response_logprobs (sampling log-probs, 0 off the mask), response_mask (N), feedback_ids,
+    feedback_mask (F; all 0 when the episode ended at that step); values (value-head estimate at the context's last
+    token before the response), rewards, dones (the episode ended at this transition), success, valid (the row was
+    still running: a real transition) (B, K); bootstrap_value (B,) the value of the context after the last step
+    (used by GAE for rows cut off by the budget K without the verifier saying done)."""
+
+    prompt_ids: jax.Array
+    prompt_mask: jax.Array
+    response_ids: jax.Array
+    response_logprobs: jax.Array
+    response_mask: jax.Array
+    feedback_ids: jax.Array
+    feedback_mask: jax.Array
+    values: jax.Array
+    rewards: jax.Array
+    dones: jax.Array
+    success: jax.Array
+    valid: jax.Array
+    bootstrap_value: jax.Array
+
+
+def _extend_with_value(params: Params, config: ModelConfig, state: SamplerState | None, tokens: jax.Array,
+                       mask: jax.Array, cache, **image_inputs) -> tuple[SamplerState, jax.Array]:
+    """Append tokens (B, n) under mask (B, n) to the cache; the new sampler state and the value (B,) at each row's
+    last valid token (rows with none keep their logits; their value is meaningless and masked by the caller)."""
+    _, hidden, cache = extend(params, config, tokens, cache, attention_mask=mask, return_hidden=True, **image_inputs)
+    last_hidden, has_tokens = _last_valid(hidden, mask)
+    logits = T.lm_head(params, last_hidden).astype(jnp.float32)
+    if state is not None:
+        logits = jnp.where(has_tokens[:, None], logits, state.last_logits)
+    values = value_head_apply(params["value_head"], last_hidden[:, None])[:, 0]
+    return SamplerState(cache, logits), values
+
+
+def call_verifier(verifier: VerifierFn, tokens: jax.Array, lengths: jax.Array, active: jax.Array, step: jax.Array,
+                  feedback_len: int):
+    """`verifier` through `jax.pure_callback` with static result shapes. JAX may call a pure callback more than
+    once with the same arguments (or drop an unused one), so a stateful verifier must answer a repeated
+    (row, step) with its cached result: `launch.episodes.EpisodeVerifier` does."""
+    batch = tokens.shape[0]
+    shapes = (jax.ShapeDtypeStruct((batch,), jnp.float32), jax.ShapeDtypeStruct((batch,), jnp.bool_),
+              jax.ShapeDtypeStruct((batch,), jnp.bool_), jax.ShapeDtypeStruct((batch, feedback_len), jnp.int32),
+              jax.ShapeDtypeStruct((batch, feedback_len), jnp.int32))
+    return jax.pure_callback(verifier, shapes, tokens, lengths, active, step, vmap_method="sequential")
+
+
+def cache_length(prompt_len: int, rollout_config: RolloutConfig) -> int:
+    """Cache slots a rollout needs: the prompt, K responses and K feedback turns."""
+    k = rollout_config.max_verify_steps
+    return prompt_len + k * (rollout_config.sampling.max_new_tokens + rollout_config.feedback_len)
+
+
+def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
+            *, verifier: VerifierFn, rollout_config: RolloutConfig, cross_attention_states: jax.Array | None = None,
+            cross_attention_mask: jax.Array | None = None, stop_tokens: jax.Array | None = None) -> Trajectory:
+    """One decision point of B episodes: prefill the left-padded prompts (B, P), then a `jax.lax.scan` over K
+    verification steps (module docstring). `cross_attention_states` (B, V, D): the images, encoded once
+    (`model.sampler._encode_images` / `model.forward.vision_states`), with the prompt's cross_attention_mask
+    (B, P, I, T). `stop_tokens` (S,) int32 (-1 = unused) overrides sampling.stop_tokens. Jit it with `config`,
+    `verifier` and `rollout_config` static."""
+    sampling = rollout_config.sampling
+    batch, prompt_len = prompt_ids.shape
+    num_images = 0
+    if cross_attention_states is not None:
+        num_images = cross_attention_states.shape[1] // (config.vision.max_num_tiles * config.vision.num_patches)
+    cache = init_cache(config, batch, cache_length(prompt_len, rollout_config), num_images=num_images)
+    image_inputs = {}
+    if cross_attention_states is not None:
+        image_inputs = dict(cross_attention_states=cross_attention_states, cross_attention_mask=cross_attention_mask)
+    state, value = _extend_with_value(params, config, None, prompt_ids, prompt_mask, cache, **image_inputs)
+
+    def verification_step(carry, step):
+        state, value, finished, rng = carry
+        rng, key = jax.random.split(rng)
+        active = ~finished
+        state, generation = sample_turn(params, config, state, key, sampling, active=active, stop_tokens=stop_tokens)
+        rewards, done, success, feedback_ids, feedback_mask = call_verifier(
+            verifier, generation.tokens, generation.lengths, active, step, rollout_config.feedback_len)
+        done = active & done
+        continues = active & ~done
+        feedback_mask = jnp.where(continues[:, None], feedback_mask, 0)
+        feedback_ids = jnp.where(feedback_mask != 0, feedback_ids, config.text.pad_token_id)
+        state, new_value = _extend_with_value(params, config, state, feedback_ids, feedback_mask, state.cache)
+        positions = jnp.arange(sampling.max_new_tokens)[None, :]
+        response_mask = active[:, None] & (positions < generation.lengths[:, None])
+        out = dict(response_ids=generation.tokens, response_logprobs=jnp.where(response_mask, generation.logprobs, 0.0),
+                   response_mask=response_mask, feedback_ids=feedback_ids, feedback_mask=feedback_mask,
+                   values=jnp.where(active, value, 0.0), rewards=jnp.where(active, rewards, 0.0), dones=done,
+                   success=active & success, valid=active)
+        value = jnp.where(continues, new_value, value)
+        return (state, value, finished | done, rng), out
+
+    carry = (state, value, jnp.zeros((batch,), bool), rng)
+    (_, last_value, finished, _), steps = jax.lax.scan(
+        verification_step, carry, jnp.arange(rollout_config.max_verify_steps, dtype=jnp.int32))
+    per_row = {name: jnp.swapaxes(array, 0, 1) for name, array in steps.items()}  # (K, B, ...) -> (B, K, ...)
+    return Trajectory(prompt_ids=prompt_ids, prompt_mask=prompt_mask, bootstrap_value=jnp.where(finished, 0.0,
+                                                                                                 last_value),
+                      **per_row)
+
+
+# --------------------------------------------------------------------------------------- training sequences
+def transition_sequences(trajectory: Trajectory) -> dict[str, jax.Array]:
+    """Per transition (B, K): its context (prompt + earlier responses and feedback turns) compacted to the left
+    (padding first, so the last context token is at C - 1), and its response. Returns context_ids,
+    context_mask (B, K, C), response_ids, response_mask (B, K, N) and `context_order` (B, K, C), the stream
+    positions the context was gathered from (for per-token side inputs such as a cross-attention mask).
+    Pure jnp: built from the rollout's ids, never from text."""
+    t = trajectory
+    batch, steps, n = t.response_ids.shape
+    turns = jnp.concatenate([t.response_ids, t.feedback_ids], axis=-1)  # (B, K, N + F)
+    turn_mask = jnp.concatenate([t.response_mask.astype(jnp.int32), t.feedback_mask.astype(jnp.int32)], axis=-1)
+    per_turn = turns.shape[-1]
+    stream = jnp.concatenate([t.prompt_ids, turns[:, :-1].reshape(batch, -1)], axis=1)  # (B, C)
+    stream_mask = jnp.concatenate([t.prompt_mask.astype(jnp.int32), turn_mask[:, :-1].reshape(batch, -1)], axis=1)
+    prompt_len = t.prompt_ids.shape[1]
+    limit = prompt_len + jnp.arange(steps) * per_turn  # (K,) context of transition k ends before this
+    context_mask = (stream_mask[:, None, :] != 0) & (jnp.arange(stream.shape[1])[None, None, :] < limit[None, :, None])
+    order = jnp.argsort(context_mask.astype(jnp.int32), axis=-1, stable=True)  # padding first, then tokens in order
+    context_ids = jnp.take_along_axis(jnp.broadcast_to(stream[:, None], context_mask.shape), order, axis=-1)
+    context_mask = jnp.take_along_axis(context_mask, order, axis=-1).astype(jnp.int32)
+    return dict(context_ids=context_ids, context_mask=context_mask, response_ids=t.response_ids,
+                response_mask=t.response_mask.astype(jnp.int32), context_order=order)
+
+
+def transition_cross_attention_mask(prompt_cross_mask: jax.Array, context_order: jax.Array,
+                                    response_len: int) -> jax.Array:
+    """The cross-attention mask (B, K, C + N, I, T) of the training sequences: the prompt's rows (B, P, I, T) for
+    prompt tokens, and for every later token the prompt's last row (what the cache repeats for appended tokens),
+    gathered in the context's order."""
+    batch, prompt_len = prompt_cross_mask.shape[:2]
+    steps, context_len = context_order.shape[1:]
+    last = prompt_cross_mask[:, -1:]
+    stream = jnp.concatenate([prompt_cross_mask, jnp.broadcast_to(last, (batch, context_len - prompt_len,
+                                                                         *last.shape[2:]))], axis=1)
+    gathered = jax.vmap(lambda s, o: s[o], in_axes=(None, 0))
+    context = jax.vmap(gathered)(stream, context_order)  # (B, K, C, I, T)
+    response = jnp.broadcast_to(last[:, None], (batch, steps, response_len, *last.shape[2:]))
+    return jnp.concatenate([context, response], axis=2)
+
+
+def transition_policy(params: Params, minibatch: dict[str, jax.Array], *, config: ModelConfig,
+                      temperature: float) -> tuple[jax.Array, jax.Array, None]:
+    """`rl.ppo_update`'s policy_fn: for n transitions, the forward over context + response (n, C + N), the
+    response tokens' log-probs (n, N) under log_softmax(logits / temperature) (`model.sampler.token_logprobs`, the
+    sampler's definition) and the value (n,) at the last context token. Optional minibatch keys
+    "cross_attention_states" (n, V, D) and "cross_attention_mask" (n, C + N, I, T)."""
+    context, response = minibatch["context_ids"], minibatch["response_ids"]
+    ids = jnp.concatenate([context, response], axis=1)
+    mask = jnp.concatenate([minibatch["context_mask"], minibatch["response_mask"]], axis=1)
+    logits, values = forward(params, config, ids, attention_mask=mask,
+                             cross_attention_states=minibatch.get("cross_attention_states"),
+                             cross_attention_mask=minibatch.get("cross_attention_mask"), return_values=True)
+    c = context.shape[1]
+    return token_logprobs(logits[:, c - 1:-1], response, temperature), values[:, c - 1], None

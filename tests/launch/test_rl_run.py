@@ -1,0 +1,81 @@
+"""`memgen rl` and `memgen eval` on the tiny model: a short seeded run raises the mean "digits" reward (the share of
+digit characters in a response, EpisodeConfig.reward), a run stopped and resumed ends exactly as an uninterrupted
+one, and `memgen eval` writes one eval record per split and verification budget (with pass@k when sampling)."""
+
+
+import jax
+import numpy as np
+import pytest
+
+import launch.rl_config  # noqa: F401  (registers the presets)
+from launch.cli import main
+from launch.config import resolve
+from launch.metrics import read_metrics
+from launch.metrics_schema import load_run
+from launch.rl_run import run_rl
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory):
+    """Short GeneralPoints templates, so the tiny model's contexts (its tokenizer has few merges) stay short."""
+    folder = tmp_path_factory.mktemp("templates")
+    (folder / "prompt.txt").write_text("Cards ${cards}. Make ${target}. Answer in JSON.")
+    (folder / "feedback.txt").write_text("Wrong: ${reason}")
+    return [f"episodes.prompt_template={folder / 'prompt.txt'}",
+            f"episodes.feedback_template={folder / 'feedback.txt'}", "episodes.feedback_len=64"]
+
+
+def test_rl_raises_the_mean_reward(tmp_path, templates):
+    config = resolve("rl-tiny", templates + ["updates=6"])
+    run_rl(config, tmp_path / "run", show_progress=False)
+    rewards = [r["reward_mean"] for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert len(rewards) == 6
+    print("rl-tiny reward_mean per update:", np.round(rewards, 3).tolist())
+    assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.1, rewards
+    run = load_run(tmp_path / "run")  # what memgen report reads
+    assert {r["split"] for r in run.evals()} == {"in_distribution", "rule_ood"}
+    assert (tmp_path / "run" / "final" / "config.json").is_file()
+
+
+def test_resume_equals_uninterrupted(tmp_path, templates):
+    config = resolve("rl-tiny", templates + ["updates=2"])
+    whole = run_rl(config, tmp_path / "whole", show_progress=False)
+    run_rl(config, tmp_path / "parts", stop_after=1, show_progress=False)
+    resumed = run_rl(config, tmp_path / "parts", show_progress=False)
+    for a, b in zip(jax.tree.leaves(whole["params"]), jax.tree.leaves(resumed["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    strip = lambda records: [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]
+    assert strip(read_metrics(tmp_path / "whole")) == strip(read_metrics(tmp_path / "parts"))
+
+
+def test_eval_sweeps_the_verification_budget(tmp_path, templates):
+    overrides = [o.replace("episodes.", "sampling.") for o in templates]
+    assert main(["eval", "--preset", "eval-tiny", "--out", str(tmp_path / "eval"), *overrides,
+                 "n_samples=2", "sampling.temperature=1.0", "episodes=2"]) == 0
+    records = [r for r in read_metrics(tmp_path / "eval") if r["kind"] == "eval"]
+    assert sorted((r["split"], r["verify_budget"]) for r in records) == sorted(
+        (s, b) for s in ("in_distribution", "rule_ood") for b in (1, 2))
+    for r in records:
+        assert r["n"] == 4 and set(r["pass_at_k"]) == {"1", "2"} and 0 <= r["success"] <= 1
+        assert r["episode_length"] <= r["verify_budget"]
+
+
+def test_grpo_runs_and_raises_the_mean_reward(tmp_path, templates):
+    config = resolve("rl-tiny", templates + ["updates=5", "algorithm=grpo", "grpo.group_size=4",
+                                             "grpo.minibatch_size=8", "grpo.epochs=4"])
+    run_rl(config, tmp_path / "grpo", show_progress=False)
+    records = [r for r in read_metrics(tmp_path / "grpo") if r["kind"] == "train"]
+    rewards = [r["reward_mean"] for r in records]
+    print("rl-tiny GRPO reward_mean per update:", np.round(rewards, 3).tolist())
+    assert "response_tokens" in records[0] and "value_loss" not in records[0]  # the GRPO update ran
+    assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.05, rewards  # measured 0.027 -> 0.11
+
+
+def test_eval_vision_reports_recognition_and_visual_ood(tmp_path, templates):
+    overrides = [o.replace("episodes.", "sampling.") for o in templates]
+    assert main(["eval", "--preset", "eval-tiny", "--out", str(tmp_path / "vl"), *overrides, "episodes=2",
+                 "verify_budgets=1", "splits=in_distribution,visual_ood", "sampling.modality=vision"]) == 0
+    records = [r for r in read_metrics(tmp_path / "vl") if r["kind"] == "eval"]
+    assert [r["split"] for r in records] == ["in_distribution", "visual_ood"]
+    for r in records:
+        assert r["task"] == "gp-vl" and 0 <= r["recognition_accuracy"] <= 1 and "recognition_accuracy_se" in r

@@ -1,0 +1,182 @@
+"""The scan rollout against a plain Python loop that regenerates every turn from the concatenated ids with
+`model.generate` (no cache reuse), scripted verifiers (always right / always wrong / mixed) for rewards, dones,
+masks and episode lengths, and the first PPO ratio == 1 from the training sequences (text, and images with the
+rebuilt cross-attention mask)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import model
+from model.sampler import SamplingConfig
+from rl.rollout import RolloutConfig, rollout, transition_policy, transition_sequences
+
+B, K, N, F = 3, 3, 6, 5
+PROMPT_LENGTHS = (7, 4, 9)
+P = 9
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = model.preset("tiny")
+    params = model.init_params(jax.random.key(0), config, value_head=True)
+    return config, params
+
+
+def prompts(config, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = np.full((B, P), config.text.pad_token_id, np.int32)
+    mask = np.zeros((B, P), np.int32)
+    for b, length in enumerate(PROMPT_LENGTHS):
+        ids[b, P - length:] = rng.integers(0, config.text.vocab_size - 16, length)
+        mask[b, P - length:] = 1
+    return ids, mask
+
+
+class ScriptedVerifier:
+    """Row b is solved at step solve_at[b] (never if None); until then reward -1 and a feedback turn of
+    feedback_lengths[b] distinct token ids; the budget K ends every episode (done at step K - 1)."""
+
+    def script(self, solve_at, feedback_lengths, seen=None):
+        self.solve_at, self.feedback_lengths, self.seen = solve_at, feedback_lengths, seen
+        return self
+
+    def feedback(self, row, step):
+        return (np.arange(self.feedback_lengths[row]) * 7 + 11 * row + 3 * step + 1) % 250
+
+    def __call__(self, tokens, lengths, active, step):
+        step = int(step)
+        rewards = np.zeros((B,), np.float32)
+        done, success = np.zeros((B,), bool), np.zeros((B,), bool)
+        ids, mask = np.zeros((B, F), np.int32), np.zeros((B, F), np.int32)
+        for b in range(B):
+            if not active[b]:
+                continue
+            if self.seen is not None:
+                self.seen.append((b, step, np.asarray(tokens[b, :lengths[b]]).tolist()))
+            solved = self.solve_at[b] is not None and step == self.solve_at[b]
+            rewards[b], success[b], done[b] = (5.0 if solved else -1.0), solved, solved or step == K - 1
+            fb = self.feedback(b, step)
+            ids[b, :len(fb)], mask[b, :len(fb)] = fb, 1
+        return rewards, done, success, ids, mask
+
+
+VERIFIER = ScriptedVerifier()  # one static object for every test: the rollout compiles once per sampling config
+
+
+@functools.cache
+def compiled_rollout(config, sampling):
+    return jax.jit(functools.partial(rollout, config=config, verifier=VERIFIER,
+                                     rollout_config=RolloutConfig(sampling, K, F)))
+
+
+def run_rollout(config, params, verifier, sampling, seed=0):
+    assert verifier is VERIFIER
+    ids, mask = prompts(config)
+    fn = compiled_rollout(config, sampling)
+    return jax.device_get(fn(params, prompt_ids=ids, prompt_mask=mask, rng=jax.random.key(seed)))
+
+
+def test_scan_equals_python_loop(tiny):
+    """Greedy: every response, log-prob and value equals regenerating from the concatenated ids."""
+    config, params = tiny
+    verifier = VERIFIER.script([0, 1, None], [5, 2, 4])
+    traj = run_rollout(config, params, verifier, SamplingConfig(N))
+    ids, mask = prompts(config)
+    contexts = [list(ids[b][mask[b] == 1]) for b in range(B)]
+    forward = jax.jit(functools.partial(model.forward, config=config, return_values=True))
+    for k in range(K):
+        rows = [b for b in range(B) if verifier.solve_at[b] is None or k <= verifier.solve_at[b]]
+        np.testing.assert_array_equal(traj.valid[:, k], [b in rows for b in range(B)])
+        length = max(len(contexts[b]) for b in rows)
+        batch = np.full((len(rows), length), config.text.pad_token_id, np.int32)
+        batch_mask = np.zeros_like(batch)
+        for i, b in enumerate(rows):
+            batch[i, length - len(contexts[b]):], batch_mask[i, length - len(contexts[b]):] = contexts[b], 1
+        generation = model.generate(params, config, jnp.asarray(batch), attention_mask=jnp.asarray(batch_mask),
+                                    max_new_tokens=N)
+        logits, values = forward(params, input_ids=jnp.asarray(batch), attention_mask=jnp.asarray(batch_mask))
+        for i, b in enumerate(rows):
+            n = int(generation.lengths[i])
+            assert int(traj.response_mask[b, k].sum()) == n
+            np.testing.assert_array_equal(traj.response_ids[b, k, :n], np.asarray(generation.tokens[i, :n]))
+            np.testing.assert_allclose(traj.response_logprobs[b, k, :n], np.asarray(generation.logprobs[i, :n]),
+                                       atol=1e-4)
+            np.testing.assert_allclose(traj.values[b, k], float(values[i, -1]), atol=1e-4)
+            contexts[b] += list(np.asarray(generation.tokens[i, :n]))
+            if not traj.dones[b, k]:
+                contexts[b] += list(verifier.feedback(b, k))
+    np.testing.assert_array_equal(traj.dones.sum(axis=1), [1, 1, 1])
+
+
+@pytest.mark.parametrize("solve_at, steps, reward_sum", [([0, 0, 0], [1, 1, 1], [5, 5, 5]),
+                                                          ([None] * 3, [3, 3, 3], [-3, -3, -3]),
+                                                          ([2, None, 1], [3, 3, 2], [3, -3, 4])])
+def test_scripted_verifier(tiny, solve_at, steps, reward_sum):
+    config, params = tiny
+    seen = []
+    traj = run_rollout(config, params, VERIFIER.script(solve_at, [5, 2, 4], seen), SamplingConfig(N))
+    np.testing.assert_array_equal(traj.valid.sum(axis=1), steps)  # episode lengths
+    np.testing.assert_array_equal(traj.rewards.sum(axis=1), reward_sum)
+    np.testing.assert_array_equal(traj.dones.sum(axis=1), [1, 1, 1])  # exactly one terminal transition per row
+    last = np.asarray(steps) - 1
+    assert traj.dones[np.arange(B), last].all()
+    np.testing.assert_array_equal(traj.success.any(axis=1), [s is not None for s in solve_at])
+    assert not traj.response_mask[~traj.valid].any() and not traj.feedback_mask[traj.dones].any()
+    assert (traj.rewards[~traj.valid] == 0).all() and (traj.bootstrap_value == 0).all()
+    # the verifier saw every valid response exactly once per (row, step), with its ids
+    assert sorted((b, k) for b, k, _ in set((b, k, tuple(t)) for b, k, t in seen)) == \
+        sorted((b, k) for b in range(B) for k in range(steps[b]))
+
+
+def test_first_ppo_ratio_is_one(tiny):
+    """Sampling at temperature 0.7: the training sequences' recomputed log-probs and values equal the rollout's."""
+    config, params = tiny
+    traj = run_rollout(config, params, VERIFIER.script([None, 1, 0], [5, 2, 4]), SamplingConfig(N, temperature=0.7),
+                       seed=3)
+    seqs = transition_sequences(traj)
+    flat = {name: np.asarray(value).reshape(B * K, *value.shape[2:]) for name, value in seqs.items()}
+    token_logprobs, values, _ = jax.jit(functools.partial(transition_policy, config=config, temperature=0.7))(
+        params, minibatch=flat)
+    valid = traj.valid.reshape(-1)
+    mask = flat["response_mask"] != 0
+    new = np.where(mask, np.asarray(token_logprobs), 0.0).sum(-1)
+    old = traj.response_logprobs.reshape(B * K, N).sum(-1)
+    ratio = np.exp(new - old)[valid]
+    np.testing.assert_allclose(ratio, 1.0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(values)[valid], traj.values.reshape(-1)[valid], atol=1e-4)
+
+
+def test_first_ppo_ratio_is_one_with_images(tiny):
+    """GP-VL layout: images encoded once, cross-attention K/V in the cache; the training sequences rebuild the
+    cross-attention mask (prompt rows, then the prompt's last row repeated) and give the same log-probs and values."""
+    from model.forward import vision_states
+    from rl.rollout import transition_cross_attention_mask
+    from tests.model.test_forward import image_batch
+
+    config, params = tiny
+    inputs = image_batch(config, np.random.default_rng(5), [[1], [2], [4]], P, [[3], [2], [1]], pad=[2, 1, 0])
+    states = vision_states(params, config, jnp.asarray(inputs["pixel_values"]), jnp.asarray(inputs["aspect_ratio_ids"]),
+                           jnp.asarray(inputs["aspect_ratio_mask"]))
+    cross = jnp.asarray(inputs["cross_attention_mask"], jnp.int32)
+    sampling = SamplingConfig(N, temperature=0.7)
+    VERIFIER.script([None, 1, 0], [5, 2, 4])
+    traj = jax.device_get(compiled_rollout(config, sampling)(
+        params, prompt_ids=jnp.asarray(inputs["input_ids"], jnp.int32),
+        prompt_mask=jnp.asarray(inputs["attention_mask"], jnp.int32), rng=jax.random.key(4),
+        cross_attention_states=states, cross_attention_mask=cross))
+    seqs = transition_sequences(traj)
+    cross_seq = transition_cross_attention_mask(cross, seqs.pop("context_order"), N)
+    flat = {name: np.asarray(value).reshape(B * K, *value.shape[2:]) for name, value in seqs.items()}
+    flat["cross_attention_mask"] = np.asarray(cross_seq).reshape(B * K, *cross_seq.shape[2:])
+    flat["cross_attention_states"] = np.repeat(np.asarray(states), K, axis=0)
+    token_logprobs, values, _ = jax.jit(functools.partial(transition_policy, config=config, temperature=0.7))(
+        params, minibatch=flat)
+    valid = traj.valid.reshape(-1)
+    new = np.where(flat["response_mask"] != 0, np.asarray(token_logprobs), 0.0).sum(-1)
+    ratio = np.exp(new - traj.response_logprobs.reshape(B * K, N).sum(-1))[valid]
+    np.testing.assert_allclose(ratio, 1.0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(values)[valid], traj.values.reshape(-1)[valid], atol=1e-4)

@@ -1,4 +1,6 @@
-"""The `memgen` command line. Each subcommand lives in its own module with `add_arguments(parser)` and
+"""The `memgen` command line: post-training of Llama 3.2 Vision that tells memorisation from generalisation.
+
+Each subcommand lives in its own module with `add_arguments(parser)` and
 `run(args) -> int`; this file only dispatches, importing a subcommand's module when it is used."""
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("launch.data_cmd", "write a task's expert data or evaluation instances as JSONL (+ PNGs for vision)"),
     "convert": ("launch.convert", "convert params between a Hugging Face mllama directory and an Orbax checkpoint"),
     "bench": ("launch.bench", "run the benchmarks (benchmarks/*.py) and write a JSON file and a markdown table"),
-
     "rl": ("launch.rl_run", "PPO with multi-turn revision rollouts from an SFT run, a HF directory or a preset"),
     "eval": ("launch.eval_run", "success per split and verification budget (and pass@k) of a policy"),
 }

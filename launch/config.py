@@ -99,19 +99,22 @@ def register_preset(name: str, make: Callable[[], Any] | Any) -> None:
     _PRESETS[name] = (lambda: make) if is_instance else make
 
 
-def preset_names() -> list[str]:
-    return sorted(_PRESETS)
+def preset_names(kind: type | None = None) -> list[str]:
+    """Registered preset names; with ``kind``, only those whose config is of that class (a command's presets)."""
+    return sorted(name for name, make in _PRESETS.items() if kind is None or isinstance(make(), kind))
 
 
-def get_preset(name: str) -> Any:
-    if name not in _PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+def get_preset(name: str, kind: type | None = None) -> Any:
+    """The config of preset ``name``; with ``kind``, a preset of another command is refused in one sentence."""
+    if name not in _PRESETS or (kind is not None and not isinstance(_PRESETS[name](), kind)):
+        problem = "is unknown" if name not in _PRESETS else "belongs to another command"
+        raise ConfigError(f"preset {name!r} {problem}; choose one of: {', '.join(preset_names(kind))}")
     return _PRESETS[name]()
 
 
-def resolve(preset: str, overrides: Iterable[str] = ()) -> Any:
-    """The config of ``preset`` with the command-line ``overrides`` applied."""
-    return apply_overrides(get_preset(preset), overrides)
+def resolve(preset: str, overrides: Iterable[str] = (), kind: type | None = None) -> Any:
+    """The config of ``preset`` (of class ``kind`` when given) with the command-line ``overrides`` applied."""
+    return apply_overrides(get_preset(preset, kind), overrides)
 
 
 # The reference protocol's SFT runs (lr 1e-6 for the text variants, 5e-7 for the vision ones; full fine-tune,

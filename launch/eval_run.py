@@ -63,9 +63,7 @@ def run(args: argparse.Namespace) -> int:
     import launch.rl_config  # noqa: F401  (registers the eval presets)
 
     try:
-        config = resolve(args.preset, args.overrides)
-        if not isinstance(config, EvalConfig):
-            raise ConfigError(f"preset {args.preset!r} is not an evaluation preset; use eval-tiny or eval-gp-l")
+        config = resolve(args.preset, args.overrides, kind=EvalConfig)
         records = run_eval(config, args.out)
     except ConfigError as error:
         print(f"memgen eval: {error}", file=sys.stderr)

@@ -197,9 +197,7 @@ def run(args: argparse.Namespace) -> int:
     import launch.rl_config  # noqa: F401  (registers the rl presets)
 
     try:
-        config = resolve(args.preset, args.overrides)
-        if not isinstance(config, RLConfig):
-            raise ConfigError(f"preset {args.preset!r} is not an RL preset; use rl-tiny or rl-gp-l")
+        config = resolve(args.preset, args.overrides, kind=RLConfig)
         summary = run_rl(config, args.out, stop_after=args.stop_after)
     except ConfigError as error:
         print(f"memgen rl: {error}", file=sys.stderr)

@@ -283,7 +283,7 @@ def _make_evaluator(config: SFTConfig, source, model_config, data, length: int, 
 # --- the command ------------------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", required=True, help=f"one of: {', '.join(preset_names())}")
+    parser.add_argument("--preset", required=True, help=f"one of: {', '.join(preset_names(SFTConfig))}")
     parser.add_argument("--out", required=True, help="the run directory (re-run the same command to resume)")
     parser.add_argument("--stop-after", type=int, default=None, metavar="STEP",
                         help="stop after this step, as if interrupted (resume later with the same command)")
@@ -293,7 +293,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = resolve(args.preset, args.overrides)
+        config = resolve(args.preset, args.overrides, kind=SFTConfig)
         started = time.monotonic()
         summary = run_sft(config, args.out, stop_after=args.stop_after)
     except (ConfigError, DataError, ModelSourceError, SFTRunError) as error:

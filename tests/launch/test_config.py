@@ -17,10 +17,19 @@ def test_presets_hold_the_reference_learning_rates():
     assert get_preset("sft-gp-l").optimizer.lr == 1e-6
     assert get_preset("sft-gp-vl").optimizer.lr == 5e-7
     assert get_preset("sft-virl-vl").modality == "vision" and get_preset("sft-virl-vl").task == "virl"
-    with pytest.raises(ConfigError, match="unknown preset 'nope'; choose one of: .*sft-tiny"):
+    with pytest.raises(ConfigError, match="preset 'nope' is unknown; choose one of: .*sft-tiny"):
         get_preset("nope")
     with pytest.raises(ConfigError, match="already registered"):
         register_preset("sft-tiny", SFTConfig())
+
+
+def test_a_command_refuses_another_commands_preset():
+    import launch.rl_config  # noqa: F401  (registers the rl and eval presets)
+
+    assert "rl-tiny" in preset_names() and "rl-tiny" not in preset_names(SFTConfig)
+    assert resolve("sft-tiny", kind=SFTConfig).task == "general_points"
+    with pytest.raises(ConfigError, match="preset 'rl-tiny' belongs to another command; choose one of: .*sft-tiny"):
+        resolve("rl-tiny", kind=SFTConfig)
 
 
 def test_overrides_parse_by_field_type():

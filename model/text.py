@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.config import ModelConfig, TextConfig
+from model.sharding import constrain_batch
 
 Params = dict[str, Any]
 
@@ -263,17 +264,18 @@ def decoder(params: Params, config: ModelConfig, x: jax.Array, self_inputs: Self
 
     self_layer = _remat(self_layer, config)
     cross_layer = _remat(lambda p, x, k, v: cross_attention_layer(p, x, k, v, cross_inputs, text), config)
+    x = constrain_batch(x)
 
     for kind, start, stop in layer_plan(text):
         if kind == "cross":
             if cross_kv is None:
                 continue
             p = _layer(params["cross_attention"]["layers"], start)
-            x = cross_layer(p, x, cross_kv[0][start], cross_kv[1][start])
+            x = cross_layer(p, constrain_batch(x), cross_kv[0][start], cross_kv[1][start])
             continue
         if self_cache is None:
             def body(x, p):
-                return self_layer(p, x, None)[0], None
+                return self_layer(p, constrain_batch(x), None)[0], None
             x, _ = jax.lax.scan(body, x, _slice_layers(self_params, start, stop, num_self))
         else:
             # With a cache (inference: prefill, extend, decode; no remat) the layers are unrolled with static
@@ -282,7 +284,7 @@ def decoder(params: Params, config: ModelConfig, x: jax.Array, self_inputs: Self
             k_all, v_all = self_cache
             for layer in range(start, stop):
                 p = _layer(self_params, layer)
-                x, (k_all, v_all) = self_attention_layer(p, x, self_inputs, text,
+                x, (k_all, v_all) = self_attention_layer(p, constrain_batch(x), self_inputs, text,
                                                          (k_all, v_all), write_index, layer)
             self_cache = (k_all, v_all)
     x = rms_norm(x, params["language_model"]["norm"]["scale"], text.rms_norm_eps)
@@ -290,9 +292,10 @@ def decoder(params: Params, config: ModelConfig, x: jax.Array, self_inputs: Self
 
 
 def embed(params: Params, input_ids: jax.Array, dtype) -> jax.Array:
-    """Token embeddings (B, S, D) in the compute dtype (the table has vocab_size + 8 rows)."""
+    """Token embeddings (B, S, D) in the compute dtype (the table has vocab_size + 8 rows), batch-constrained on a
+    context mesh (model.sharding.constrain_batch)."""
     table = params["language_model"]["embed_tokens"]["embedding"]
-    return jnp.take(table, input_ids, axis=0).astype(dtype)
+    return constrain_batch(jnp.take(table, input_ids, axis=0).astype(dtype))
 
 
 def lm_head(params: Params, hidden: jax.Array) -> jax.Array:

@@ -211,6 +211,7 @@ def sample_turn(params: Params, config: ModelConfig, state: SamplerState, rng: j
     pad = jnp.int32(config.text.pad_token_id)
     stops = jnp.asarray((sampling.stop_tokens or (-1,)) if stop_tokens is None else stop_tokens, jnp.int32)
     done = jnp.zeros((batch,), bool) if active is None else ~jnp.asarray(active, bool)
+    params = T.unstack_layers(params, config)  # per-layer weights sliced once, not on every step (T.unstack_layers)
     loop = _Loop(state, jnp.full((batch, n), pad, jnp.int32), jnp.zeros((batch, n), jnp.float32), done,
                  jnp.zeros((batch,), jnp.int32), jnp.zeros((), jnp.int32))
 

@@ -89,6 +89,22 @@ def batch_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(*spec, *([None] * (len(shape) - 1))))
 
 
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """x (B, ...) constrained to batch over the context mesh's ("data", "fsdp") axes (those that divide B), other
+    axes replicated: the activation constraint the model applies to its layer inputs. A no-op unless a mesh is set
+    for tracing (`jax.set_mesh(mesh)` around the jit call or inside the jitted function) with Auto axes: without
+    one, or on one device, or inside shard_map (Manual axes), nothing changes. Under pure FSDP (weights' embed dim
+    over "fsdp") XLA's propagation otherwise drops the batch sharding of activations (docs/plan.md)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or x.ndim == 0:
+        return x
+    auto = {name for name, kind in zip(mesh.axis_names, mesh.axis_types) if kind == jax.sharding.AxisType.Auto}
+    spec = partition_spec(x.shape[:1], ("batch",), mesh, {"batch": tuple(a for a in BATCH_AXES if a in auto)})
+    if spec[0] is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(spec[0], *([None] * (x.ndim - 1))))
+
+
 def sharded_forward(config: ModelConfig, mesh: Mesh, params, rules: Mapping[str, Any] = DEFAULT_RULES):
     """A jitted `forward(params, **batch) -> logits` with params sharded by the rules, batch inputs (input_ids,
     attention_mask, pixel_values, ...) and logits sharded on the batch axis. `params` (arrays or shapes) fixes
@@ -107,7 +123,8 @@ def sharded_forward(config: ModelConfig, mesh: Mesh, params, rules: Mapping[str,
             out = batch_sharding(mesh, (*seq, config.text.vocab_size))
             compiled[key] = jax.jit(lambda p, b: forward(p, config, **b),
                                     in_shardings=(p_shardings, b_shardings), out_shardings=out)
-        return compiled[key](params, batch)
+        with jax.set_mesh(mesh):  # the model's activation constraints (constrain_batch) apply on this mesh
+            return compiled[key](params, batch)
 
     return run
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.config import ModelConfig, TextConfig
+from model.sharding import constrain_batch
 
 Params = dict[str, Any]
 
@@ -213,10 +214,36 @@ def _remat(fn, config: ModelConfig):
     return jax.checkpoint(fn, policy=policy)
 
 
-def _slice_layers(tree: Params, start: int, stop: int, total: int) -> Params:
+def _slice_layers(tree: Params | tuple, start: int, stop: int, total: int) -> Params:
+    if isinstance(tree, tuple):  # unstacked (`unstack_layers`): restack this run for the scan
+        return jax.tree.map(lambda *a: jnp.stack(a), *tree[start:stop])
     if start == 0 and stop == total:
         return tree
     return jax.tree.map(lambda a: a[start:stop], tree)
+
+
+def _layer(tree: Params | tuple, index: int) -> Params:
+    """One layer's weights from stacked (L, ...) leaves or an `unstack_layers` tuple."""
+    return tree[index] if isinstance(tree, tuple) else jax.tree.map(lambda a: a[index], tree)
+
+
+def unstack_layers(params: Params, config: ModelConfig) -> Params:
+    """params with the stacked self- and cross-attention layers split into tuples of per-layer trees (same
+    arrays, same values; `decoder` accepts both). The sampler does this once before its decode loop: XLA's CPU
+    backend otherwise materialises every layer's weight slice inside the `while_loop` body, i.e. copies all the
+    text weights on every decode step (small preset, batch 8: ~9 ms of a ~20-30 ms step)."""
+    text = config.text
+
+    def split(tree, count):
+        return tuple(_layer(tree, i) for i in range(count)) if not isinstance(tree, tuple) else tree
+
+    out = dict(params)
+    out["language_model"] = {**params["language_model"],
+                             "layers": split(params["language_model"]["layers"], len(text.self_attention_layers))}
+    if "cross_attention" in params:
+        out["cross_attention"] = {**params["cross_attention"], "layers": split(
+            params["cross_attention"]["layers"], len(text.cross_attention_layers))}
+    return out
 
 
 def decoder(params: Params, config: ModelConfig, x: jax.Array, self_inputs: SelfAttentionInputs,
@@ -237,17 +264,18 @@ def decoder(params: Params, config: ModelConfig, x: jax.Array, self_inputs: Self
 
     self_layer = _remat(self_layer, config)
     cross_layer = _remat(lambda p, x, k, v: cross_attention_layer(p, x, k, v, cross_inputs, text), config)
+    x = constrain_batch(x)
 
     for kind, start, stop in layer_plan(text):
         if kind == "cross":
             if cross_kv is None:
                 continue
-            p = jax.tree.map(lambda a: a[start], params["cross_attention"]["layers"])
-            x = cross_layer(p, x, cross_kv[0][start], cross_kv[1][start])
+            p = _layer(params["cross_attention"]["layers"], start)
+            x = cross_layer(p, constrain_batch(x), cross_kv[0][start], cross_kv[1][start])
             continue
         if self_cache is None:
             def body(x, p):
-                return self_layer(p, x, None)[0], None
+                return self_layer(p, constrain_batch(x), None)[0], None
             x, _ = jax.lax.scan(body, x, _slice_layers(self_params, start, stop, num_self))
         else:
             # With a cache (inference: prefill, extend, decode; no remat) the layers are unrolled with static
@@ -255,17 +283,19 @@ def decoder(params: Params, config: ModelConfig, x: jax.Array, self_inputs: Self
             # sampler's CPU decode step ~5x slower (small preset, batch 8: 41 ms -> 8 ms).
             k_all, v_all = self_cache
             for layer in range(start, stop):
-                p = jax.tree.map(lambda a: a[layer], self_params)
-                x, (k_all, v_all) = self_attention_layer(p, x, self_inputs, text, (k_all, v_all), write_index,
-                                                         layer)
+                p = _layer(self_params, layer)
+                x, (k_all, v_all) = self_attention_layer(p, constrain_batch(x), self_inputs, text,
+                                                         (k_all, v_all), write_index, layer)
             self_cache = (k_all, v_all)
     x = rms_norm(x, params["language_model"]["norm"]["scale"], text.rms_norm_eps)
     return x, self_cache
 
 
 def embed(params: Params, input_ids: jax.Array, dtype) -> jax.Array:
-    """Token embeddings (B, S, D) in the compute dtype (the table has vocab_size + 8 rows)."""
-    return jnp.take(params["language_model"]["embed_tokens"]["embedding"], input_ids, axis=0).astype(dtype)
+    """Token embeddings (B, S, D) in the compute dtype (the table has vocab_size + 8 rows), batch-constrained on a
+    context mesh (model.sharding.constrain_batch)."""
+    table = params["language_model"]["embed_tokens"]["embedding"]
+    return constrain_batch(jnp.take(table, input_ids, axis=0).astype(dtype))
 
 
 def lm_head(params: Params, hidden: jax.Array) -> jax.Array:
@@ -275,5 +305,8 @@ def lm_head(params: Params, hidden: jax.Array) -> jax.Array:
 
 def stacked_cross_kv(params: Params, vision_states: jax.Array, config: ModelConfig):
     """Keys/values of every cross-attention layer, stacked: (L_cross, B, V, KV, Dh) each."""
-    return jax.lax.map(lambda p: cross_attention_kv(p, vision_states, config.text),
-                       params["cross_attention"]["layers"])
+    layers = params["cross_attention"]["layers"]
+    if isinstance(layers, tuple):
+        kv = [cross_attention_kv(p, vision_states, config.text) for p in layers]
+        return jnp.stack([k for k, _ in kv]), jnp.stack([v for _, v in kv])
+    return jax.lax.map(lambda p: cross_attention_kv(p, vision_states, config.text), layers)

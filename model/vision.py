@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from model.config import ModelConfig, VisionConfig
+from model.sharding import constrain_batch
 
 Params = dict[str, Any]
 
@@ -141,7 +142,7 @@ def run_local_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: M
         layer, slot = xs
         if write_input:
             buffer = jax.lax.dynamic_update_index_in_dim(buffer, h, slot, axis=0)
-        h = layer_fn(h, layer)
+        h = layer_fn(constrain_batch(h), layer)
         if not write_input:
             buffer = jax.lax.dynamic_update_index_in_dim(buffer, h, slot, axis=0)
         return (h, buffer), None
@@ -154,7 +155,7 @@ def run_local_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: M
 def run_global_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: ModelConfig) -> jax.Array:
     """Scan the gated global layers over x (BI, S, D) with the same mask as the local layers."""
     layer_fn = _maybe_remat(lambda h, layer: encoder_layer(h, layer, invalid, config.vision), config.remat)
-    x, _ = jax.lax.scan(lambda h, layer: (layer_fn(h, layer), None), x, layers)
+    x, _ = jax.lax.scan(lambda h, layer: (layer_fn(constrain_batch(h), layer), None), x, layers)
     return x
 
 

@@ -138,3 +138,23 @@ def test_greedy_decoding_matches_transformers_generate(jitted):
         step_logits, cache = decode(params, config, jnp.asarray(tokens[-1]), cache)
         tokens.append(np.asarray(step_logits.argmax(-1)))
     np.testing.assert_array_equal(np.stack(tokens, 1), expected)
+
+
+def test_unstacked_layers_give_identical_outputs(ref):
+    """text.unstack_layers (what the sampler's decode loop uses) changes only how weights are sliced: forward
+    (scanned layers) and a cached extend with cross-attention K/V agree to float32 rounding (the op fusion may
+    differ, so not bit for bit)."""
+    from model import text as T
+    config, params = ref
+    unstacked = T.unstack_layers(params, config)
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, config.text.vocab_size, (2, 6)).astype(np.int32)
+    states, mask = vision_inputs(config, rng, 2, 6)
+    kwargs = dict(cross_attention_states=states, cross_attention_mask=mask)
+    close(model.forward(unstacked, config, ids, **kwargs), model.forward(params, config, ids, **kwargs))
+    outputs = []
+    for tree in (params, unstacked):
+        cache = model.init_cache(config, 2, 8, num_images=1)
+        _, cache = model.prefill(tree, config, ids, None, cache, **kwargs)
+        outputs.append(model.decode(tree, config, ids[:, 0], cache)[0])
+    close(outputs[1], outputs[0])

@@ -60,3 +60,22 @@ def test_sharded_forward_equals_unsharded(ref):
     assert logits.sharding.spec[0] == "data"
     valid = inputs["attention_mask"] == 1
     np.testing.assert_allclose(np.asarray(logits)[valid], expected[valid], rtol=1e-5, atol=1e-5)
+
+
+def test_activation_constraints_only_under_a_context_mesh(ref):
+    """constrain_batch puts the layer inputs' batch axis on ("data", "fsdp") when traced under jax.set_mesh and
+    is a no-op without one (the lowered forward then has no sharding constraint at all)."""
+    from model.sharding import constrain_batch
+    config, params = ref
+    ids = np.zeros((4, 8), np.int32)
+    lower = lambda: jax.jit(model.forward, static_argnums=1).lower(params, config, ids).as_text()  # noqa: E731
+    assert "sharding_constraint" not in lower()
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    with jax.set_mesh(mesh):
+        text = lower()
+        spec = jax.jit(lambda x: constrain_batch(x)).lower(np.zeros((4, 3, 5), np.float32)).as_text()
+        odd = jax.jit(lambda x: constrain_batch(x)).lower(np.zeros((3, 5), np.float32)).as_text()
+    # embedding output + 4 text layer inputs (tiny: 2 self, 2 cross; the scan body holds one constraint)
+    assert text.count("sdy.sharding_constraint") >= 3
+    assert '<@mesh, [{"data", "fsdp"}, {}, {}]>' in spec  # batch over data x fsdp, the rest replicated
+    assert "sharding_constraint" not in odd  # 3 rows: neither data nor fsdp divides it, nothing to constrain

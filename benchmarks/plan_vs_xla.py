@@ -24,38 +24,23 @@ from launch import plan as P  # noqa: E402
 from launch.mesh import MeshConfig, make_mesh  # noqa: E402
 
 
-<<<<<<< HEAD
-def constrain_layer_inputs(mesh_config: MeshConfig) -> None:
-    """Experiment only: wrap model.text.self_attention_layer so its input is constrained to the batch placement
-    (what a sharding constraint inside the model's decoder would do)."""
-    import model.text as text
-    mesh = make_mesh(mesh_config)
-    original = text.__dict__.setdefault("_unconstrained_self_attention_layer", text.self_attention_layer)
-
-    def layer(p, x, *args, **kwargs):
-        x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None, None)))
-        return original(p, x, *args, **kwargs)
-
-    text.self_attention_layer = layer
-
-
 def measure(model: str = "small", batch: int = 8, seq: int = 128,
             meshes=("data=2,fsdp=2,tensor=2", "data=8,fsdp=1", "fsdp=2,tensor=4", "fsdp=8"),
-            remats=P.REMATS, constrain: bool = False):
-    """Yields one dict per (mesh, remat): `launch.plan.xla_train_step_memory`'s result with the mesh and remat."""
+            remats=P.REMATS, mesh_context: bool = True):
+    """Yields one dict per (mesh, remat): `launch.plan.xla_train_step_memory`'s result with the mesh and remat.
+    With `mesh_context` the step is compiled under `jax.set_mesh`, which turns on the model's activation
+    sharding constraints."""
     for mesh_text in meshes:
         mesh_config = MeshConfig.parse(mesh_text)
-        if constrain:
-            constrain_layer_inputs(mesh_config)
+        mesh = make_mesh(mesh_config, jax.devices()[:8])
         for remat in remats:
             config = P.PlanConfig(model=model, mesh=mesh_config, devices=8, batch_size=batch,
                                   seq_len=seq, num_images=0, remat=remat, compute_dtype="float32",
                                   freeze=("vision_encoder",))
-            yield {"mesh": mesh_text, "remat": remat, **P.xla_train_step_memory(config)}
+            with jax.set_mesh(mesh) if mesh_context else contextlib.nullcontext():
+                yield {"mesh": mesh_text, "remat": remat, **P.xla_train_step_memory(config)}
 
 
-=======
->>>>>>> perf
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="small")
@@ -67,25 +52,10 @@ def main() -> None:
     args = parser.parse_args()
     print("| mesh | remat | XLA arguments | planned | XLA temp | planned grads + activations | factor |")
     print("|---|---|---|---|---|---|---|")
-<<<<<<< HEAD
-    for r in measure(args.model, args.batch, args.seq, args.meshes, constrain=args.constrain_layer_inputs):
+    for r in measure(args.model, args.batch, args.seq, args.meshes, mesh_context=not args.no_mesh_context):
         print(f"| {r['mesh']} | {r['remat']} | {r['argument_bytes']:,} | {r['planned_argument_bytes']:,} | "
               f"{r['temp_bytes']:,} | {r['planned_temp_bytes']:,} | "
               f"{r['temp_bytes'] / r['planned_temp_bytes']:.2f} |", flush=True)
-=======
-    for mesh_text in args.meshes:
-        mesh_config = MeshConfig.parse(mesh_text)
-        mesh = make_mesh(mesh_config, jax.devices()[:8])
-        for remat in P.REMATS:
-            config = P.PlanConfig(model=args.model, mesh=mesh_config, devices=8, batch_size=args.batch,
-                                  seq_len=args.seq, num_images=0, remat=remat, compute_dtype="float32",
-                                  freeze=("vision_encoder",))
-            with contextlib.nullcontext() if args.no_mesh_context else jax.set_mesh(mesh):
-                r = P.xla_train_step_memory(config)
-            print(f"| {mesh_text} | {remat} | {r['argument_bytes']:,} | {r['planned_argument_bytes']:,} | "
-                  f"{r['temp_bytes']:,} | {r['planned_temp_bytes']:,} | "
-                  f"{r['temp_bytes'] / r['planned_temp_bytes']:.2f} |", flush=True)
->>>>>>> perf
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ VIEW_OFFSETS_DEG = (0.0, 90.0, 180.0, 270.0)
 EYE_HEIGHT_M = 1.7
 NEAR_M = 0.5
 FAR_M = 320.0
-DETAIL_M = 70.0  # windows and lane dashes only this close
+DETAIL_PX = 2.0  # windows and lane dashes are drawn only where they would be at least this many pixels tall
 SIGN_HEIGHT_M = 3.2
 SEPARATOR_COLOR = (0, 0, 0)
 
@@ -68,15 +68,15 @@ class _Camera:
 
     def __init__(self, xy: np.ndarray, heading_deg: float, size: int):
         t = math.radians(heading_deg)
-        self.xy = np.asarray(xy, dtype=np.float64)
-        self.forward = np.array([math.sin(t), math.cos(t)])
-        self.right = np.array([math.cos(t), -math.sin(t)])
+        self.xy = (float(xy[0]), float(xy[1]))
+        self.forward = (math.sin(t), math.cos(t))
+        self.right = (math.cos(t), -math.sin(t))
         self.size = size
         self.focal = size / 2.0  # tan(45 deg) = 1
 
     def lateral_depth(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rel = np.asarray(pts, dtype=np.float64) - self.xy
-        return rel @ self.right, rel @ self.forward
+        rel = np.asarray(pts, dtype=np.float64) - np.asarray(self.xy)
+        return rel @ np.asarray(self.right), rel @ np.asarray(self.forward)
 
     def visible_segment(self, l: np.ndarray, d: np.ndarray) -> np.ndarray:
         """Mask of segments (endpoint arrays of shape (2, M)) that can intersect the view frustum."""
@@ -86,26 +86,31 @@ class _Camera:
         far = (d[0] > FAR_M) & (d[1] > FAR_M)
         return ~(behind | right | left | far)
 
-    def project(self, poly_world: list[tuple[float, float, float]]) -> list[tuple[float, float]] | None:
-        """Clip a planar polygon (x, y, z) against the near plane and project it; None when nothing is left."""
-        pts = np.asarray(poly_world, dtype=np.float64)
-        l, d = self.lateral_depth(pts[:, :2])
-        cam = list(zip(l, d, pts[:, 2] - EYE_HEIGHT_M))
-        clipped = []
-        for i, cur in enumerate(cam):
-            prev = cam[i - 1]
-            cur_in, prev_in = cur[1] >= NEAR_M, prev[1] >= NEAR_M
-            if cur_in != prev_in:
-                t = (NEAR_M - prev[1]) / (cur[1] - prev[1])
-                clipped.append(tuple(p + t * (c - p) for p, c in zip(prev, cur)))
-            if cur_in:
-                clipped.append(cur)
-        if len(clipped) < 3:
-            return None
+    def project(self, poly_world) -> list[tuple[float, float]] | None:
+        """Clip a planar polygon [(x, y, z), ...] against the near plane and project it; None when nothing is
+        left. Plain Python floats: the polygons are small and many, numpy's per-call overhead would dominate."""
+        (fx, fy), (rx, ry), (cx, cy) = self.forward, self.right, self.xy
+        cam = []
+        for x, y, z in poly_world:
+            dx, dy = x - cx, y - cy
+            cam.append((dx * rx + dy * ry, dx * fx + dy * fy, z - EYE_HEIGHT_M))
+        if min(c[1] for c in cam) < NEAR_M:
+            clipped = []
+            for i, cur in enumerate(cam):
+                prev = cam[i - 1]
+                cur_in, prev_in = cur[1] >= NEAR_M, prev[1] >= NEAR_M
+                if cur_in != prev_in:
+                    t = (NEAR_M - prev[1]) / (cur[1] - prev[1])
+                    clipped.append(tuple(p + t * (c - p) for p, c in zip(prev, cur)))
+                if cur_in:
+                    clipped.append(cur)
+            if len(clipped) < 3:
+                return None
+            cam = clipped
         half, f = self.size / 2.0, self.focal
         limit = 50.0 * self.size  # keep PIL's integer rasteriser in range; far-off vertices only
-        return [(float(np.clip(half + f * x / z, -limit, limit)), float(np.clip(half - f * h / z, -limit, limit)))
-                for x, z, h in clipped]
+        return [(min(max(half + f * x / d, -limit), limit), min(max(half - f * h / d, -limit), limit))
+                for x, d, h in cam]
 
 
 def _shade(color, factor: float) -> tuple[int, int, int]:
@@ -116,7 +121,7 @@ def render_view(city: City, xy, heading_deg: float, size: int, sign_radius_m: fl
                 view_name: str = "front") -> tuple[np.ndarray, tuple[SignPlacement, ...]]:
     """One (size, size, 3) view from local point `xy` along `heading_deg`, and the signs drawn in it."""
     style, arrays = city.style, _city_arrays(city)
-    cam = _Camera(np.asarray(xy, dtype=np.float64), heading_deg, size)
+    cam = _Camera(xy, heading_deg, size)
     horizon = size // 2
     sky = np.linspace(np.asarray(style.sky_top, float), np.asarray(style.sky_bottom, float), horizon)
     pixels = np.empty((size, size, 3), dtype=np.uint8)
@@ -138,19 +143,20 @@ def render_view(city: City, xy, heading_deg: float, size: int, sign_radius_m: fl
     keep = cam.visible_segment(np.stack([la, lb]), np.stack([da, db])) | (
         np.minimum(np.hypot(la, da), np.hypot(lb, db)) < style.road_width_m)
     for k in np.flatnonzero(keep):
-        quad = [(*(a_ext[k] + n[k] * half), 0.0), (*(b_ext[k] + n[k] * half), 0.0),
-                (*(b_ext[k] - n[k] * half), 0.0), (*(a_ext[k] - n[k] * half), 0.0)]
+        quad = [(*(a_ext[k] + n[k] * half).tolist(), 0.0), (*(b_ext[k] + n[k] * half).tolist(), 0.0),
+                (*(b_ext[k] - n[k] * half).tolist(), 0.0), (*(a_ext[k] - n[k] * half).tolist(), 0.0)]
         poly = cam.project(quad)
         if poly:
             draw.polygon(poly, fill=style.road)
     for k in np.flatnonzero(keep):
         mid_a, mid_b = cam.lateral_depth(np.stack([ea[k], eb[k]]))[1]
-        if min(mid_a, mid_b) > DETAIL_M:
+        if min(mid_a, mid_b) > cam.focal * EYE_HEIGHT_M / DETAIL_PX:
             continue
         for s in np.arange(half + 1.0, length[k] - half - 1.0, 8.0):
             p, q = ea[k] + u[k] * s, ea[k] + u[k] * min(s + 3.0, length[k])
             w = n[k] * 0.15
-            poly = cam.project([(*(p + w), 0.01), (*(q + w), 0.01), (*(q - w), 0.01), (*(p - w), 0.01)])
+            poly = cam.project([(*(p + w).tolist(), 0.01), (*(q + w).tolist(), 0.01), (*(q - w).tolist(), 0.01),
+                                (*(p - w).tolist(), 0.01)])
             if poly:
                 draw.polygon(poly, fill=style.lane)
 
@@ -162,19 +168,20 @@ def render_view(city: City, xy, heading_deg: float, size: int, sign_radius_m: fl
     mid_dist = np.hypot((la + lb) / 2.0, (da + db) / 2.0)
     for k in keep[np.argsort(-mid_dist[keep], kind="stable")]:
         building = city.buildings[k]
-        a, b, h = ba[k], bb[k], bh[k]
-        poly = cam.project([(*a, 0.0), (*b, 0.0), (*b, h), (*a, h)])
+        a, b, h = ba[k], bb[k], float(bh[k])
+        (ax, ay), (bx, by) = building.a, building.b
+        poly = cam.project([(ax, ay, 0.0), (bx, by, 0.0), (bx, by, h), (ax, ay, h)])
         if not poly:
             continue
         draw.polygon(poly, fill=building.color, outline=_shade(building.color, 0.6))
-        if min(da[k], db[k]) > DETAIL_M:
+        if min(da[k], db[k]) > cam.focal * 1.6 / DETAIL_PX:  # a window is 1.6 m tall
             continue
         width = float(np.linalg.norm(b - a))
         along = (b - a) / width
-        for z in np.arange(2.5, h - 1.5, 10.0 / style.window_rows_per_10m):
-            for s in np.arange(1.0, width - 1.5, 3.0):
-                p, q = a + along * s, a + along * (s + 1.4)
-                win = cam.project([(*p, z), (*q, z), (*q, z + 1.6), (*p, z + 1.6)])
+        for z in np.arange(2.5, h - 1.5, 10.0 / style.window_rows_per_10m).tolist():
+            for s in np.arange(1.0, width - 1.5, 3.0).tolist():
+                (px_, py_), (qx, qy) = (a + along * s).tolist(), (a + along * (s + 1.4)).tolist()
+                win = cam.project([(px_, py_, z), (qx, qy, z), (qx, qy, z + 1.6), (px_, py_, z + 1.6)])
                 if win:
                     draw.polygon(win, fill=style.window)
 

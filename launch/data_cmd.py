@@ -57,10 +57,13 @@ def _general_points(modality: str) -> TaskData:
                     gp.suboptimal_trajectories, first_prompts, gp.write_jsonl)
 
 
-# V-IRL: the training routes and the in-distribution / rule-OOD evaluation routes come from the one training
-# city (as the paper's all come from New York), drawn with different route seeds; visual OOD is the VLN-mini-
-# shaped set of 9 cities in the other styles.
+# V-IRL: the training routes and the in-distribution / rule-OOD evaluation routes come from the training city
+# (as the paper's all come from New York), drawn with different route seeds; one synthetic city has 24 places
+# (at most 552 ordered pairs), so training sets larger than VIRL_ROUTES_PER_TRAIN_CITY go on into further
+# training-style cities train_city(1), train_city(2), ... Visual OOD is the VLN-mini-shaped set of 9 cities in
+# the other styles.
 VIRL_TRAIN_CITY_SEED = 0
+VIRL_ROUTES_PER_TRAIN_CITY = 250
 VIRL_EVAL_ROUTE_SEED_OFFSET = 1_000_003
 VIRL_OOD_CITIES = 9
 
@@ -79,10 +82,14 @@ def _virl(modality: str) -> TaskData:
 
     def training(walk):
         def generate(config, seed, size):
-            city = virl.train_city(VIRL_TRAIN_CITY_SEED)
-            views = views_of(city, config)
-            return [conversation for route in virl.generate_routes(city, size, seed)
-                    for conversation in walk(route, config, views=views)]
+            out = []
+            for k in range(math.ceil(size / VIRL_ROUTES_PER_TRAIN_CITY)):
+                city = virl.train_city(VIRL_TRAIN_CITY_SEED + k)
+                views = views_of(city, config)
+                n = min(VIRL_ROUTES_PER_TRAIN_CITY, size - k * VIRL_ROUTES_PER_TRAIN_CITY)
+                out += [conversation for route in virl.generate_routes(city, n, seed)
+                        for conversation in walk(route, config, views=views)]
+            return out
         return generate
 
     def evaluation_splits(config):

@@ -121,3 +121,15 @@ def test_virl_vl_visual_ood_uses_the_other_style_cities(tmp_path, capsys):
     assert written == expected and all(c[0].image is not None for c in written)
     assert cli.main(["data", "--task", "virl-l", "--out", str(tmp_path), "--split", "visual_ood"]) == 2
     assert "has no split 'visual_ood'" in capsys.readouterr().err
+
+
+def test_virl_training_routes_go_on_into_further_train_cities(tmp_path, capsys, monkeypatch):
+    import tasks.virl as virl
+    from tasks.virl import expert
+    from launch import data_cmd
+    monkeypatch.setattr(data_cmd, "VIRL_ROUTES_PER_TRAIN_CITY", 2)
+    data_cmd.write_data("virl-l", tmp_path, size=3, seed=4)
+    config = virl.VirlConfig()
+    routes = list(virl.generate_routes(virl.train_city(0), 2, 4)) + list(virl.generate_routes(virl.train_city(1), 1, 4))
+    expected = [c for route in routes for c in expert.optimal_conversations(route, config)]
+    assert expert.read_jsonl(tmp_path / "virl-l_train_expert.jsonl") == expected

@@ -63,3 +63,73 @@ def test_bad_input_stops_with_one_sentence(tmp_path, capsys, argv, message):
     assert cli.main(["data", "--out", str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def _virl_routes(seed, size):
+    import tasks.virl as virl
+    return virl.generate_routes(virl.train_city(0), size, seed)
+
+
+def test_virl_l_expert_data_is_every_decision_of_size_routes(tmp_path, capsys):
+    import tasks.virl as virl
+    from tasks.virl import expert
+    assert cli.main(["data", "--task", "virl-l", "--out", str(tmp_path), "--size", "2", "--seed", "1"]) == 0
+    written = expert.read_jsonl(tmp_path / "virl-l_train_expert.jsonl")
+    config = virl.VirlConfig()
+    expected = [c for route in _virl_routes(1, 2) for c in expert.optimal_conversations(route, config)]
+    assert written == expected and len(written) > 2
+    assert all(c[-1].role == "assistant" and '"action"' in c[-1].content for c in written)
+    record = json.loads((tmp_path / "virl-l_train_expert.config.json").read_text())
+    assert record["config"]["action_space"] == "absolute" and record["size"] == len(expected)
+
+
+def test_virl_vl_suboptimal_has_images_and_the_verifier_turn(tmp_path, capsys):
+    from tasks.virl import expert
+    assert cli.main(["data", "--task", "virl-vl", "--out", str(tmp_path), "--size", "1", "--kind", "suboptimal",
+                     "view_size=32"]) == 0
+    written = expert.read_jsonl(tmp_path / "virl-vl_train_suboptimal.jsonl")
+    assert written and all(len(c) == 4 and c[0].image is not None for c in written)
+    assert written[0][0].image.shape == (2 * 32 + 5, 2 * 32 + 5, 3)
+    assert "not accepted" in written[0][2].content
+
+
+@pytest.mark.parametrize("split, action_space", [("in_distribution", "absolute"), ("rule_ood", "relative")])
+def test_virl_l_evaluation_splits_first_prompts(tmp_path, capsys, split, action_space):
+    import tasks.virl as virl
+    from tasks.virl import expert
+    from launch.data_cmd import VIRL_EVAL_ROUTE_SEED_OFFSET
+    assert cli.main(["data", "--task", "virl-l", "--out", str(tmp_path), "--size", "2", "--split", split]) == 0
+    written = expert.read_jsonl(tmp_path / f"virl-l_{split}.jsonl")
+    config = virl.VirlConfig(action_space=action_space)
+    routes = _virl_routes(VIRL_EVAL_ROUTE_SEED_OFFSET, 2)
+    assert written == [virl.VirlEpisode(route, config).conversation for route in routes]
+    assert all(len(c) == 1 and c[0].role == "user" for c in written)
+    assert (action_space == "relative") == ("slightly left" in written[0][0].content)
+    assert json.loads((tmp_path / f"virl-l_{split}.config.json").read_text())["config"]["action_space"] == action_space
+
+
+def test_virl_vl_visual_ood_uses_the_other_style_cities(tmp_path, capsys):
+    import tasks.virl as virl
+    from tasks.virl import expert
+    from tasks.virl.render import CityViews
+    assert cli.main(["data", "--task", "virl-vl", "--out", str(tmp_path), "--size", "2", "--split", "visual_ood",
+                     "view_size=32"]) == 0
+    written = expert.read_jsonl(tmp_path / "virl-vl_visual_ood.jsonl")
+    config = virl.VirlConfig(modality="vision", view_size=32)
+    expected = [virl.VirlEpisode(route, config, views=CityViews(city, 32, 5, config.landmark_radius_m)).conversation
+                for city, routes in virl.visual_ood_set(0, n_cities=2, routes_per_city=1) for route in routes]
+    assert written == expected and all(c[0].image is not None for c in written)
+    assert cli.main(["data", "--task", "virl-l", "--out", str(tmp_path), "--split", "visual_ood"]) == 2
+    assert "has no split 'visual_ood'" in capsys.readouterr().err
+
+
+def test_virl_training_routes_go_on_into_further_train_cities(tmp_path, capsys, monkeypatch):
+    import tasks.virl as virl
+    from tasks.virl import expert
+    from launch import data_cmd
+    monkeypatch.setattr(data_cmd, "VIRL_ROUTES_PER_TRAIN_CITY", 2)
+    data_cmd.write_data("virl-l", tmp_path, size=3, seed=4)
+    config = virl.VirlConfig()
+    routes = list(virl.generate_routes(virl.train_city(0), 2, 4)) + list(virl.generate_routes(virl.train_city(1), 1, 4))
+    expected = [c for route in routes for c in expert.optimal_conversations(route, config)]
+    assert expert.read_jsonl(tmp_path / "virl-l_train_expert.jsonl") == expected

@@ -1,6 +1,7 @@
 """Where a run's policy comes from: a model preset name (random init from the run's seed, with memgen's offline
-tokenizer at the preset's vocabulary size) or a Hugging Face mllama directory (weights, tokenizer and image
-preprocessor config read from it). Also writes a trained policy back as such a directory, so the next command
+tokenizer at the preset's vocabulary size), a Hugging Face mllama directory (weights, tokenizer and image
+preprocessor config read from it), or a memgen run directory (its final/ policy, and the training tokens behind
+it: D_init of the next run's compute axis). Also writes a trained policy back as such a directory, so the next command
 (RL, evaluation, transformers) loads it with the same code path. Host side; arrays stay as the model made them.
 """
 
@@ -15,6 +16,9 @@ import jax
 
 from model.processor import ImageProcessorConfig, from_hf_preprocessor_config, to_hf_preprocessor_config
 from model.tokenizer import ChatTokenizer, ensure_tokenizer, load_tokenizer
+
+
+RUN_FINAL_DIR = "final"
 
 
 class ModelSourceError(ValueError):
@@ -38,9 +42,21 @@ def image_config_of(model_config: Any) -> ImageProcessorConfig:
                                 max_image_tiles=model_config.vision.max_num_tiles)
 
 
+def init_tokens(spec: str) -> int:
+    """D_init: the training tokens behind a starting policy, summed from the train records of a memgen run
+    directory's metrics.jsonl (0 for a preset or a plain Hugging Face directory)."""
+    from launch.metrics import read_metrics
+
+    path = Path(spec)
+    if not (path / "metrics.jsonl").is_file():
+        return 0
+    return sum(int(r.get("tokens", 0)) for r in read_metrics(path) if r.get("kind") == "train")
+
+
 def load_model(spec: str, *, seed: int, cache_dir: Optional[Path] = None) -> ModelSource:
-    """``spec``: a preset name (tiny, small, 11b, 90b) or a path to a Hugging Face mllama directory. Params are
-    float32 (the master weights); a preset's tokenizer is built under ``cache_dir`` (default: memgen's cache)."""
+    """``spec``: a preset name (tiny, small, 11b, 90b), a path to a Hugging Face mllama directory, or a memgen run
+    directory (its final/ policy). Params are float32 (the master weights); a preset's tokenizer is built under
+    ``cache_dir`` (default: memgen's cache)."""
     from model.config import PRESETS, preset
     from model.hf_io import ModelLoadError, load_hf
     from model.params import init_params
@@ -53,6 +69,8 @@ def load_model(spec: str, *, seed: int, cache_dir: Optional[Path] = None) -> Mod
         params = init_params(jax.random.PRNGKey(seed), config)
         return ModelSource(config, params, load_tokenizer(tokenizer_dir), tokenizer_dir, image_config_of(config))
     path = Path(spec)
+    if (path / RUN_FINAL_DIR).is_dir():
+        path = path / RUN_FINAL_DIR
     if not path.is_dir():
         raise ModelSourceError(f"the model directory {path} does not exist; pass model=PATH to a Hugging Face "
                                f"mllama download or a preset name ({', '.join(PRESETS)})")

@@ -59,7 +59,7 @@ def task_config(episodes: EpisodeConfig, max_verify_steps: int | None = None):
     from tasks.general_points import GeneralPointsConfig
 
     return GeneralPointsConfig(target=episodes.target, num_cards=episodes.num_cards, face_cards=episodes.face_cards,
-                               modality=episodes.modality,
+                               modality=episodes.modality, suits=episodes.suits, hand_pool=episodes.hand_pool,
                                max_verify_steps=max_verify_steps or episodes.max_verify_steps,
                                prompt_template=episodes.prompt_template,
                                feedback_template=episodes.feedback_template)
@@ -161,6 +161,8 @@ def evaluate(policy: Policy, params, episodes: EpisodeConfig, *, split: str, bud
     from tasks.general_points import evaluation_splits
 
     splits = evaluation_splits(task_config(episodes, budget))
+    if episodes.hand_pool == "train":  # trained on the training pool: evaluate on hands never trained on
+        splits = {name: dataclasses.replace(value, hand_pool="heldout") for name, value in splits.items()}
     if split not in splits:
         raise ConfigError(f"split {split!r} does not exist for this task; choose from {', '.join(splits)}")
     batch = num_episodes * n_samples

@@ -183,17 +183,36 @@ def _cell_seed(seed: int, index: int) -> int:
     return 7919 * seed + 104729 * (index + 1)
 
 
-def cell_data(cells: list[tuple[Any, str, int]], seed: int) -> tuple[list, list]:
-    """(conversations, hands) of the cells, shuffled together with ``seed``."""
-    from tasks.general_points import expert_conversations, sample_hands, suboptimal_trajectories
+def cell_hands(cells: list[tuple[Any, str, int]], seed: int) -> list:
+    """The hands of the cells' examples, in `cell_data`'s order (the expert writers draw exactly these: hand
+    sampling is a pure function of (config, seed, size))."""
+    from tasks.general_points import sample_hands
 
-    conversations, hands = [], []
+    hands = [hand for index, (gp, _, count) in enumerate(cells) for hand in sample_hands(gp, _cell_seed(seed, index),
+                                                                                         count)]
+    return [hands[i] for i in np.random.default_rng(seed).permutation(len(hands))]
+
+
+def cell_data(cells: list[tuple[Any, str, int]], seed: int) -> list:
+    """The conversations of the cells (expert answers or multi-turn revisions), shuffled with ``seed``."""
+    from tasks.general_points import expert_conversations, suboptimal_trajectories
+
+    conversations = []
     for index, (gp, kind, count) in enumerate(cells):
         make = expert_conversations if kind == "expert" else suboptimal_trajectories
         conversations += make(gp, _cell_seed(seed, index), count)
-        hands += sample_hands(gp, _cell_seed(seed, index), count)  # the same hands make drew (a pure function)
-    order = np.random.default_rng(seed).permutation(len(conversations))
-    return [conversations[i] for i in order], [hands[i] for i in order]
+    return [conversations[i] for i in np.random.default_rng(seed).permutation(len(conversations))]
+
+
+def training_and_evaluation_hands(config: MiniatureConfig) -> tuple[dict[str, list], dict[str, list]]:
+    """Every hand any stage trains on ({stage: hands}) and every evaluation hand ({split-seed: hands})."""
+    train = {"base": cell_hands(base_cells(config, config.base.steps * config.base.batch_size), seed=0),
+             "sft": cell_hands(sft_arm_cells(config), seed=1)}
+    evaluation = {}
+    for seed in config.seeds:
+        train[f"rl-seed{seed}"] = rl_training_hands(config, seed)
+        evaluation.update({f"{split}-seed{seed}": hands for split, hands in evaluation_hands(config, seed).items()})
+    return train, evaluation
 
 
 def sft_arm_cells(config: MiniatureConfig) -> list[tuple[Any, str, int]]:
@@ -240,12 +259,15 @@ def evaluation_hands(config: MiniatureConfig, seed: int) -> dict[str, list]:
 
 # --- the stages -----------------------------------------------------------------------------------------------------
 
-def _write_data(path: Path, conversations: list) -> str:
+def _write_data(path: Path, make: Callable[[], list]) -> str:
+    """Write the JSONL once (a resumed run trains on the very file it started with)."""
     from tasks.general_points import write_jsonl
 
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl(conversations, path)
+        temporary = path.with_suffix(".tmp")
+        write_jsonl(make(), temporary)
+        temporary.replace(path)
     return str(path)
 
 
@@ -333,6 +355,7 @@ def run_miniature(config: MiniatureConfig, out_dir: str | Path, *, log: Callable
     """Run (or resume) the miniature in ``out_dir``; returns the summary (also OUT/summary.json)."""
     from launch.model_source import load_model
     from launch.rl_run import run_rl
+    from tasks.general_points import read_jsonl
     from launch.sft_run import run_sft
     from rl.compute import parameter_count
 
@@ -348,17 +371,10 @@ def run_miniature(config: MiniatureConfig, out_dir: str | Path, *, log: Callable
     started, walls = time.monotonic(), {}
 
     began = _stage("data: base mixture, in-distribution SFT data, evaluation hands (held-out pool)", log)
-    base_total = config.base.steps * config.base.batch_size
-    base_conversations, base_hands = cell_data(base_cells(config, base_total), seed=0)
-    sft_conversations, sft_hands = cell_data(sft_arm_cells(config), seed=1)
-    train_hands = {"base": base_hands, "sft": sft_hands}
-    eval_hands = {}
-    for seed in config.seeds:
-        train_hands[f"rl-seed{seed}"] = rl_training_hands(config, seed)
-        eval_hands.update({f"{split}-seed{seed}": hands for split, hands in evaluation_hands(config, seed).items()})
-    distinct = check_disjoint(train_hands, eval_hands)
-    base_data = _write_data(out / "data" / "base.jsonl", base_conversations)
-    sft_data = _write_data(out / "data" / "sft_in_distribution.jsonl", sft_conversations)
+    distinct = check_disjoint(*training_and_evaluation_hands(config))
+    base_data = _write_data(out / "data" / "base.jsonl",
+                            lambda: cell_data(base_cells(config, config.base.steps * config.base.batch_size), seed=0))
+    sft_data = _write_data(out / "data" / "sft_in_distribution.jsonl", lambda: cell_data(sft_arm_cells(config), seed=1))
     walls["data"] = time.monotonic() - began
 
     began = _stage(f"base stage: {config.model} from scratch, {config.base.steps} steps on the rule-stating mixture",
@@ -376,7 +392,7 @@ def run_miniature(config: MiniatureConfig, out_dir: str | Path, *, log: Callable
         run_rl(rl_arm_config(config, base_dir, seed), rl_dir, show_progress=progress)
         walls[f"rl-seed{seed}"] = time.monotonic() - began
         if sft_steps is None:  # every seed's SFT arm gets the first RL arm's compute, so their steps align
-            sft_steps = sft_steps_for(config, rl_post_training_gflops(rl_dir), sft_conversations, num_params,
+            sft_steps = sft_steps_for(config, rl_post_training_gflops(rl_dir), read_jsonl(sft_data), num_params,
                                       source.tokenizer)
         began = _stage(f"SFT arm, seed {seed}: {sft_steps} steps on in-distribution expert answers (equal GFLOPs)",
                        log)

@@ -42,15 +42,21 @@ def image_config_of(model_config: Any) -> ImageProcessorConfig:
                                 max_image_tiles=model_config.vision.max_num_tiles)
 
 
-def init_tokens(spec: str) -> int:
-    """D_init: the training tokens behind a starting policy, summed from the train records of a memgen run
-    directory's metrics.jsonl (0 for a preset or a plain Hugging Face directory)."""
-    from launch.metrics import read_metrics
+COMPUTE_FILE = "memgen_compute.json"
 
+
+def init_tokens(spec: str) -> int:
+    """D_init: the training tokens behind a starting policy (its own D_init plus what its run trained), read from
+    the compute record a memgen run writes beside its final policy (0 for a preset or a plain Hugging Face
+    directory)."""
     path = Path(spec)
-    if not (path / "metrics.jsonl").is_file():
+    if (path / RUN_FINAL_DIR).is_dir():
+        path = path / RUN_FINAL_DIR
+    record = path / COMPUTE_FILE
+    if not record.is_file():
         return 0
-    return sum(int(r.get("tokens", 0)) for r in read_metrics(path) if r.get("kind") == "train")
+    counts = json.loads(record.read_text(encoding="utf-8"))
+    return int(counts.get("init_tokens", 0)) + int(counts.get("train_tokens", 0))
 
 
 def load_model(spec: str, *, seed: int, cache_dir: Optional[Path] = None) -> ModelSource:
@@ -86,13 +92,18 @@ def load_model(spec: str, *, seed: int, cache_dir: Optional[Path] = None) -> Mod
     return ModelSource(config, params, tokenizer, path, image_config)
 
 
-def save_policy(directory: Path, source: ModelSource, params: Any) -> Path:
+def save_policy(directory: Path, source: ModelSource, params: Any, compute: Any = None) -> Path:
     """Write ``params`` as a Hugging Face mllama directory (config.json, safetensors, value head if any) with the
-    tokenizer files and preprocessor_config.json, so ``load_model(str(directory))`` and transformers load it."""
+    tokenizer files and preprocessor_config.json, so ``load_model(str(directory))`` and transformers load it.
+    ``compute``: the run's `rl.compute.ComputeCounter`, kept as memgen_compute.json (the next run's D_init)."""
+    import dataclasses
+
     from model.hf_io import save_hf
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if compute is not None:
+        (directory / COMPUTE_FILE).write_text(json.dumps(dataclasses.asdict(compute)) + "\n", encoding="utf-8")
     save_hf(directory, source.config.replace(dtype="float32", param_dtype="float32"), params)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         file = Path(source.tokenizer_dir) / name

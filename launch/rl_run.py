@@ -188,7 +188,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                              force=step == end)
             bar.update(step, loss=last["loss"], tokens=trained)
         if end == config.updates and end > start:
-            save_policy(out / FINAL_DIR, policy, jax.device_get(state.params))
+            save_policy(out / FINAL_DIR, policy, jax.device_get(state.params), compute=counter)
     return {"updates": end, "metrics": last, "gflops": total_gflops(counter, num_params), "params": state.params}
 
 

@@ -242,7 +242,7 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int]
     finished = step >= config.steps
     final_dir = None
     if finished:
-        final_dir = save_policy(out_dir / FINAL_DIR, source, jax.device_get(state.params))
+        final_dir = save_policy(out_dir / FINAL_DIR, source, jax.device_get(state.params), compute=counter)
     return {"step": int(step), "loss": run_state["last_loss"], "train_tokens": counter.train_tokens,
             "gflops": total_gflops(counter, num_params), "skipped": run_state["skipped"],
             "num_params": num_params, "final_dir": None if final_dir is None else str(final_dir),

@@ -191,6 +191,15 @@ def evaluate(policy: Policy, params, episodes: EpisodeConfig, *, split: str, bud
     fields = dict(split=split, n=int(solved.size), success=rate,
                   success_se=float(binomial_standard_error(rate, solved.size)), verify_budget=budget,
                   episode_length=float(np.asarray(trajectory.valid).sum(axis=1).mean()))
+    from tasks.general_points import rule_followed
+
+    # the first answer of each episode: did its "number" field apply the split's face-card rule?
+    followed = [rule_followed(texts[0], state.hand, splits[split]) for state, texts in zip(states, verifier.responses)
+                if texts]
+    if followed:
+        followed_rate = float(np.mean(followed))
+        fields.update(rule_accuracy=followed_rate,
+                      rule_accuracy_se=float(binomial_standard_error(followed_rate, len(followed))))
     if episodes.modality == "vision":
         from rl.metrics import recognition_accuracy
         from tasks.general_points import recognition_correct

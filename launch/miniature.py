@@ -276,7 +276,7 @@ def base_sft_config(config: MiniatureConfig, data_path: str) -> SFTConfig:
     return SFTConfig(model=config.model, seed=0, steps=base.steps, batch_size=base.batch_size,
                      compute_dtype="float32", train_examples=base.steps * base.batch_size, eval_examples=0,
                      eval_every=0, greedy_examples=0, max_new_tokens=config.max_new_tokens, log_every=10,
-                     mesh=(1, 1, 1), data=DataConfig(path=data_path, length_multiple=16),
+                     mesh=(1, 1, 1), data=DataConfig(path=data_path, length_multiple=16, length_buckets=2),
                      optimizer=OptimizerConfig(lr=base.lr, warmup_fraction=0.05),
                      checkpoint=CheckpointConfig(every_steps=max(1, base.steps // 4), keep=1, async_save=False))
 

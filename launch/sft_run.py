@@ -34,12 +34,13 @@ from launch.progress import ProgressBar
 from launch.sft_eval import default_generate, greedy_success, heldout_batches, make_heldout_loss
 from rl.compute import ComputeCounter, add, parameter_count, total_gflops
 from sft.batches import encoded_lengths, forward_from_batch, image_slots, padded_length, sft_batch
-from sft.data_order import batch_example_indices
+from sft.data_order import batch_example_indices, bucket_for, length_buckets
 from sft.optim import make_optimizer, partition, trainable_mask
 from sft.step import init_train_state, train_step
 
 FINAL_DIR = "final"
 CHECKPOINT_DIR = "checkpoints"
+LENGTH_GROUP_BATCHES = 16  # data.length_buckets > 1: examples are sorted by length within chunks of 16 batches
 TASK_NAMES = {("general_points", "language"): "gp-l", ("general_points", "vision"): "gp-vl",
               ("virl", "language"): "virl-l", ("virl", "vision"): "virl-vl"}
 
@@ -178,13 +179,22 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int]
         evaluate = _make_evaluator(config, source, model_config, data, length, slots, mesh,
                                    generate if generate is not None else default_generate())
     train = list(data.train)
+    buckets = grouping_lengths = None
+    group = 0
+    if config.data.length_buckets > 1:  # grouped by length, each batch padded to its bucket (sft.data_order)
+        train_lengths = encoded_lengths(tokenizer, train)
+        buckets = length_buckets(train_lengths, config.data.length_buckets, config.data.length_multiple)
+        grouping_lengths, group = train_lengths, LENGTH_GROUP_BATCHES * config.batch_size
 
     host_rows = host_local_batch_slice(config.batch_size)
 
     def batch_at(step: int) -> dict:
         """This host's rows of batch ``step`` (every row on a single host)."""
-        indices = batch_example_indices(config.seed, step, config.batch_size, len(train))[host_rows]
-        return sft_batch(tokenizer, [train[i] for i in indices], image_config, length=length,
+        indices = batch_example_indices(config.seed, step, config.batch_size, len(train), grouping_lengths,
+                                        group)
+        padded = length if buckets is None else bucket_for(train_lengths[indices], buckets)
+        indices = indices[host_rows]
+        return sft_batch(tokenizer, [train[i] for i in indices], image_config, length=padded,
                          num_image_slots=slots)
 
     save_config(config, out_dir)  # only now: a bad model path, data file or freeze entry leaves no run behind

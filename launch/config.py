@@ -46,10 +46,13 @@ class CheckpointConfig:
 class DataConfig:
     """Where the expert data comes from. ``path`` empty: generated in-process from the task config and the run's
     seed (a run is reproducible from its config alone); otherwise a JSONL written by the task's ``write_jsonl``.
-    Every example is padded to one length: the longest example rounded up to ``length_multiple`` tokens."""
+    Every example is padded to one length: the longest example rounded up to ``length_multiple`` tokens; with
+    ``length_buckets`` > 1, batches are grouped by length (chunks of 16 batches sorted by length, sft.data_order)
+    and each is padded to the shortest of that many bucket lengths that fits it (one compilation per bucket)."""
 
     path: str = ""
     length_multiple: int = 64
+    length_buckets: int = 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,63 +1,64 @@
-"""`memgen demo`: for now, a GeneralPoints sample episode (interim until the end-to-end demo exists).
+"""`memgen demo --out DIR [--preset miniature-demo] [key=value ...]`: the README's main command.
 
-Prints the prompt of a seeded vision episode, a wrong response with its verdict and the feedback turn that the
-next prompt appends, then a correct response with its verdict, and writes the card image as DIR/cards.png.
+Runs the CPU miniature of the paper end to end (launch/miniature.py, docs/miniature.md): builds the offline
+tokenizer, generates GeneralPoints data, trains the `small` model from scratch into a rule-following base, then
+spends equal compute on more SFT and on RL (PPO with multi-turn verification), evaluates in-distribution and
+rule-OOD at several compute points, and writes DIR/report.md, DIR/metrics.jsonl, DIR/summary.json and PNG plots.
+`--preset miniature` is the full experiment (more seeds, longer stages: tens of minutes on a CPU). Re-running the
+same command resumes. It starts by printing one episode of the task, so you see what the model is asked.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import sys
+import time
 from pathlib import Path
 
-from PIL import Image
-
-from tasks.general_points import GeneralPointsConfig, expected_fields, expert_response, reset, step
+from launch.config import ConfigError, preset_names, resolve
+from launch.miniature import MiniatureConfig, MiniatureError, run_miniature, task_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="directory for the demo's files (default: demo_out)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled hand (default: 0)")
+    parser.add_argument("--preset", default="miniature-demo",
+                        help=f"one of: {', '.join(preset_names(MiniatureConfig))} (default: miniature-demo)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. seeds=[0,1] rl.updates=8 base.steps=200")
 
 
-def _show_verdict(verdict) -> None:
-    print(f"verdict: reward {verdict.reward:+g}, category {verdict.category}, success {verdict.success}")
-    print(f"verifier: {verdict.feedback}")
+def show_sample_episode(config: MiniatureConfig) -> None:
+    """One episode of the miniature's task: the prompt, a wrong answer, the verifier's message, the right one."""
+    import numpy as np
+
+    from tasks.general_points import expert_response, reset, step, wrong_response
+
+    gp = task_config(config, hand_pool="all")
+    state = reset(gp, seed=0)
+    print("--- the task (in-distribution: J/Q/K = 10), one episode ---")
+    print(f"user:      {state.conversation[0].content}")
+    wrong = wrong_response(state.hand, gp, np.random.default_rng(0))
+    state, transition = step(state, wrong)
+    print(f"assistant: {wrong}")
+    print(f"verifier:  reward {transition.verdict.reward:+g} ({transition.verdict.category})")
+    if transition.feedback is not None:
+        print(f"user:      {transition.feedback.content}")
+    right = expert_response(state.hand, gp)
+    state, transition = step(state, right)
+    print(f"assistant: {right}")
+    print(f"verifier:  reward {transition.verdict.reward:+g} ({transition.verdict.category})\n")
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = GeneralPointsConfig(modality="vision")
-    state = reset(config, seed=args.seed)
-    prompt = state.conversation[0]
-    image_path = out / "cards.png"
-    Image.fromarray(prompt.image).save(image_path)
-    labels = " ".join(f"{card.label}{card.suit}" for card in state.hand)
-    print(f"GeneralPoints sample episode (vision, target {config.target}, seed {args.seed}): hand {labels}")
-    print(f"card image: {image_path}\n")
-    print("--- prompt (user, with the image) ---")
-    print(prompt.content)
-
-    fields = expected_fields(state.hand, config)
-    numbers = fields["number"]
-    # A legal formula with the right numbers but a wrong value: the sum, else the product, else a difference
-    # chain (a - b - c - d is below every card value, so one of the three misses the target).
-    chains = [(" + ", sum(numbers)), (" * ", math.prod(numbers)), (" - ", numbers[0] - sum(numbers[1:]))]
-    operator = next(op for op, value in chains if value != config.target)
-    wrong = json.dumps({**fields, "formula": operator.join(map(str, numbers)) + f" = {config.target}"})
-    print("\n--- response 1 (assistant) ---")
-    print(wrong)
-    state, transition = step(state, wrong)
-    _show_verdict(transition.verdict)
-    if transition.feedback is not None:
-        print("\n--- feedback turn (user) ---")
-        print(transition.feedback.content)
-    correct = expert_response(state.hand, config)
-    print("\n--- response 2 (assistant) ---")
-    print(correct)
-    state, transition = step(state, correct)
-    _show_verdict(transition.verdict)
-    print(f"\nepisode done: {transition.done}, solved: {state.solved}, responses verified: {state.steps_taken}")
+    try:
+        config = resolve(args.preset, args.overrides, kind=MiniatureConfig)
+        show_sample_episode(config)
+        started = time.monotonic()
+        summary = run_miniature(config, Path(args.out))
+    except (ConfigError, MiniatureError) as error:
+        print(f"memgen demo: {error}", file=sys.stderr)
+        return 2
+    print(f"memgen demo: finished in {time.monotonic() - started:.0f} s; report: {Path(args.out) / 'report.md'}")
+    for sentence in summary["verdict"]:
+        print(f"  {sentence}")
     return 0

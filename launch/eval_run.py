@@ -22,7 +22,7 @@ from launch.metrics import MetricsWriter
 from launch.metrics_schema import eval_record
 from launch.rl_common import TASK_NAMES, evaluate, load_policy
 from launch.rl_config import EvalConfig
-from launch.rl_run import init_tokens
+from launch.model_source import init_tokens
 from rl.compute import ComputeCounter, parameter_count, total_gflops
 
 

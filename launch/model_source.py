@@ -1,6 +1,7 @@
 """Where a run's policy comes from: a model preset name (random init from the run's seed, with memgen's offline
-tokenizer at the preset's vocabulary size) or a Hugging Face mllama directory (weights, tokenizer and image
-preprocessor config read from it). Also writes a trained policy back as such a directory, so the next command
+tokenizer at the preset's vocabulary size), a Hugging Face mllama directory (weights, tokenizer and image
+preprocessor config read from it), or a memgen run directory (its final/ policy, and the training tokens behind
+it: D_init of the next run's compute axis). Also writes a trained policy back as such a directory, so the next command
 (RL, evaluation, transformers) loads it with the same code path. Host side; arrays stay as the model made them.
 """
 
@@ -15,6 +16,9 @@ import jax
 
 from model.processor import ImageProcessorConfig, from_hf_preprocessor_config, to_hf_preprocessor_config
 from model.tokenizer import ChatTokenizer, ensure_tokenizer, load_tokenizer
+
+
+RUN_FINAL_DIR = "final"
 
 
 class ModelSourceError(ValueError):
@@ -38,9 +42,27 @@ def image_config_of(model_config: Any) -> ImageProcessorConfig:
                                 max_image_tiles=model_config.vision.max_num_tiles)
 
 
+COMPUTE_FILE = "memgen_compute.json"
+
+
+def init_tokens(spec: str) -> int:
+    """D_init: the training tokens behind a starting policy (its own D_init plus what its run trained), read from
+    the compute record a memgen run writes beside its final policy (0 for a preset or a plain Hugging Face
+    directory)."""
+    path = Path(spec)
+    if (path / RUN_FINAL_DIR).is_dir():
+        path = path / RUN_FINAL_DIR
+    record = path / COMPUTE_FILE
+    if not record.is_file():
+        return 0
+    counts = json.loads(record.read_text(encoding="utf-8"))
+    return int(counts.get("init_tokens", 0)) + int(counts.get("train_tokens", 0))
+
+
 def load_model(spec: str, *, seed: int, cache_dir: Optional[Path] = None) -> ModelSource:
-    """``spec``: a preset name (tiny, small, 11b, 90b) or a path to a Hugging Face mllama directory. Params are
-    float32 (the master weights); a preset's tokenizer is built under ``cache_dir`` (default: memgen's cache)."""
+    """``spec``: a preset name (tiny, small, 11b, 90b), a path to a Hugging Face mllama directory, or a memgen run
+    directory (its final/ policy). Params are float32 (the master weights); a preset's tokenizer is built under
+    ``cache_dir`` (default: memgen's cache)."""
     from model.config import PRESETS, preset
     from model.hf_io import ModelLoadError, load_hf
     from model.params import init_params
@@ -53,6 +75,8 @@ def load_model(spec: str, *, seed: int, cache_dir: Optional[Path] = None) -> Mod
         params = init_params(jax.random.PRNGKey(seed), config)
         return ModelSource(config, params, load_tokenizer(tokenizer_dir), tokenizer_dir, image_config_of(config))
     path = Path(spec)
+    if (path / RUN_FINAL_DIR).is_dir():
+        path = path / RUN_FINAL_DIR
     if not path.is_dir():
         raise ModelSourceError(f"the model directory {path} does not exist; pass model=PATH to a Hugging Face "
                                f"mllama download or a preset name ({', '.join(PRESETS)})")
@@ -68,13 +92,18 @@ def load_model(spec: str, *, seed: int, cache_dir: Optional[Path] = None) -> Mod
     return ModelSource(config, params, tokenizer, path, image_config)
 
 
-def save_policy(directory: Path, source: ModelSource, params: Any) -> Path:
+def save_policy(directory: Path, source: ModelSource, params: Any, compute: Any = None) -> Path:
     """Write ``params`` as a Hugging Face mllama directory (config.json, safetensors, value head if any) with the
-    tokenizer files and preprocessor_config.json, so ``load_model(str(directory))`` and transformers load it."""
+    tokenizer files and preprocessor_config.json, so ``load_model(str(directory))`` and transformers load it.
+    ``compute``: the run's `rl.compute.ComputeCounter`, kept as memgen_compute.json (the next run's D_init)."""
+    import dataclasses
+
     from model.hf_io import save_hf
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if compute is not None:
+        (directory / COMPUTE_FILE).write_text(json.dumps(dataclasses.asdict(compute)) + "\n", encoding="utf-8")
     save_hf(directory, source.config.replace(dtype="float32", param_dtype="float32"), params)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         file = Path(source.tokenizer_dir) / name

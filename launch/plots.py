@@ -31,7 +31,8 @@ FOOTNOTE = ("points: mean over seeds ± 1 binomial SE; line: Savitzky-Golay (ord
             "too few to smooth; band: ± 1 SE; faint lines: single seeds")
 SPLIT_TITLES = {"in_distribution": "in-distribution", "rule_ood": "rule OOD", "visual_ood": "visual OOD"}
 METRIC_LABELS = {"success": "success rate (%)", "per_step_accuracy": "per-step accuracy (%)",
-                 "recognition_accuracy": "recognition accuracy (%)", "heldout_loss": "held-out loss (nats/token)"}
+                 "recognition_accuracy": "recognition accuracy (%)", "heldout_loss": "held-out loss (nats/token)",
+                 "rule_accuracy": "rule accuracy (%)"}
 TASK_TITLES = {"gp-l": "GP-L", "gp-vl": "GP-VL", "virl-l": "V-IRL-L", "virl-vl": "V-IRL-VL"}
 DPI = 110
 

@@ -251,7 +251,8 @@ def render_report(runs: Sequence[Run], made: Sequence[MadeFigure], skipped: Sequ
     lines += ["", "## Results", ""]
     tables = [("success", results_rows(runs, "success")),
               ("per_step_accuracy", results_rows(runs, "per_step_accuracy")),
-              ("recognition_accuracy", results_rows(runs, "recognition_accuracy"))]
+              ("recognition_accuracy", results_rows(runs, "recognition_accuracy")),
+              ("rule_accuracy", results_rows(runs, "rule_accuracy"))]
     all_rows = []
     for metric, rows in tables:
         if not rows:
@@ -269,7 +270,7 @@ def render_report(runs: Sequence[Run], made: Sequence[MadeFigure], skipped: Sequ
 
     lines += ["", "## Reading", ""]
     if all_rows:
-        lines += [f"- {reading_sentence(row)}" for row in tables[0][1] + tables[1][1]]
+        lines += [f"- {reading_sentence(row)}" for row in tables[0][1] + tables[1][1] + tables[3][1]]
         lines += [f"- {sentence}" for sentence in paper_pattern_sentences(tables[0][1])]
         lines += ["", "\"Went up/down\" means the change exceeds 2 standard errors of the change (binomial over the "
                   "episodes, or the seeds' spread when larger); anything smaller is reported as no significant "

@@ -59,7 +59,7 @@ def task_config(episodes: EpisodeConfig, max_verify_steps: int | None = None):
     from tasks.general_points import GeneralPointsConfig
 
     return GeneralPointsConfig(target=episodes.target, num_cards=episodes.num_cards, face_cards=episodes.face_cards,
-                               modality=episodes.modality,
+                               modality=episodes.modality, suits=episodes.suits, hand_pool=episodes.hand_pool,
                                max_verify_steps=max_verify_steps or episodes.max_verify_steps,
                                prompt_template=episodes.prompt_template,
                                feedback_template=episodes.feedback_template)
@@ -152,28 +152,54 @@ def pass_at_k_values(successes: np.ndarray, n_samples: int) -> dict[int, float]:
     return {int(k): float(v) for k, v in zip(kept, values)}
 
 
+def evaluation_splits_of(episodes: EpisodeConfig, budget: int) -> dict:
+    """{split: GeneralPoints config} of the evaluation (the held-out hand pool when training uses the train pool)."""
+    from tasks.general_points import evaluation_splits
+
+    splits = evaluation_splits(task_config(episodes, budget))
+    if episodes.hand_pool == "train":  # trained on the training pool: evaluate on hands never trained on
+        splits = {name: dataclasses.replace(value, hand_pool="heldout") for name, value in splits.items()}
+    return splits
+
+
+def evaluation_episodes(episodes: EpisodeConfig, *, split: str, budget: int, num_episodes: int, n_samples: int,
+                        seed: int) -> list:
+    """The fresh episodes `evaluate` plays: `num_episodes` instances of `split`, each `n_samples` times."""
+    splits = evaluation_splits_of(episodes, budget)
+    if split not in splits:
+        raise ConfigError(f"split {split!r} does not exist for this task; choose from {', '.join(splits)}")
+    return new_episodes(splits[split], (seed, budget, sorted(splits).index(split)), num_episodes, n_samples)
+
+
 def evaluate(policy: Policy, params, episodes: EpisodeConfig, *, split: str, budget: int, num_episodes: int,
              n_samples: int, seed: int, runners: dict) -> dict:
     """Success of `num_episodes` instances of `split` within `budget` verification steps (each instance sampled
     `n_samples` times; pass@k when > 1). Returns eval_record fields: split, n, success, success_se, verify_budget,
     pass_at_k; also the mean episode length."""
     from rl.metrics import binomial_standard_error
-    from tasks.general_points import evaluation_splits
 
-    splits = evaluation_splits(task_config(episodes, budget))
-    if split not in splits:
-        raise ConfigError(f"split {split!r} does not exist for this task; choose from {', '.join(splits)}")
+    states = evaluation_episodes(episodes, split=split, budget=budget, num_episodes=num_episodes,
+                                 n_samples=n_samples, seed=seed)
+    splits = evaluation_splits_of(episodes, budget)
     batch = num_episodes * n_samples
     key = (budget, batch)
     if key not in runners:
         runners[key] = RolloutRunner(policy, episodes, budget, batch)
-    states = new_episodes(splits[split], (seed, budget, sorted(splits).index(split)), num_episodes, n_samples)
     trajectory, verifier, _ = runners[key](params, states, jax.random.key(seed))
     solved = np.asarray(trajectory.success).any(axis=1).reshape(num_episodes, n_samples)
     rate = float(solved.mean())
     fields = dict(split=split, n=int(solved.size), success=rate,
                   success_se=float(binomial_standard_error(rate, solved.size)), verify_budget=budget,
                   episode_length=float(np.asarray(trajectory.valid).sum(axis=1).mean()))
+    from tasks.general_points import rule_followed
+
+    # the first answer of each episode: did its "number" field apply the split's face-card rule?
+    followed = [rule_followed(texts[0], state.hand, splits[split]) for state, texts in zip(states, verifier.responses)
+                if texts]
+    if followed:
+        followed_rate = float(np.mean(followed))
+        fields.update(rule_accuracy=followed_rate,
+                      rule_accuracy_se=float(binomial_standard_error(followed_rate, len(followed))))
     if episodes.modality == "vision":
         from rl.metrics import recognition_accuracy
         from tasks.general_points import recognition_correct

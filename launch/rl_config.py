@@ -26,7 +26,9 @@ class EpisodeConfig:
     (the verifier's reward) or "digits" (the share of the response's characters that are digits, in [0, 1]: a
     dense reward a tiny random model can learn within a few updates; for tests and demos, not an experiment).
     ``feedback_len``: the feedback turn's token bucket; ``prompt_bucket``: prompts are left-padded to a multiple.
-    ``prompt_template``/``feedback_template``: text files replacing GeneralPoints' packaged templates (docs/general_points.md), None = packaged."""
+    ``prompt_template``/``feedback_template``: text files replacing GeneralPoints' packaged templates (docs/general_points.md), None = packaged.
+    ``suits``: the training hands' colours. ``hand_pool``: "train" draws training hands from GeneralPoints' training
+    pool of rank multisets and evaluates on the held-out pool, so no evaluation hand is ever trained on."""
 
     task: Literal["general_points"] = "general_points"
     modality: Literal["language", "vision"] = "language"
@@ -41,6 +43,8 @@ class EpisodeConfig:
     reward: Literal["task", "digits"] = "task"
     prompt_template: str | None = None
     feedback_template: str | None = None
+    suits: Literal["black", "red", "mixed"] = "black"
+    hand_pool: Literal["all", "train"] = "all"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +57,8 @@ class RLConfig:
     episode return is normalised within its group and given to each of its transitions; grpo.epochs and
     grpo.minibatch_size apply, and the optimizer is ppo_optimizer with the ppo.* learning-rate, eps and grad-norm
     fields).
-    ``eval_every`` updates (0: only at the end) it evaluates ``eval_episodes`` greedy episodes per split."""
+    ``eval_every`` updates (0: only at the end; otherwise also before the first update) it evaluates
+    ``eval_episodes`` episodes per split, sampled at ``eval_temperature`` (0: greedy)."""
 
     init: str = "tiny"
     seed: int = 0
@@ -65,6 +70,7 @@ class RLConfig:
     grpo: GRPOConfig = GRPOConfig()
     eval_every: int = 0
     eval_episodes: int = 64
+    eval_temperature: float = 0.0
     log_every: int = 1
     checkpoint: CheckpointConfig = CheckpointConfig(every_steps=5)
 

@@ -29,7 +29,8 @@ import optax
 
 from launch.checkpoint import CheckpointManager
 from launch.config import CONFIG_FILENAME, ConfigError, load_config, resolve, save_config, to_dict
-from launch.metrics import MetricsWriter, read_metrics
+from launch.metrics import MetricsWriter
+from launch.model_source import init_tokens
 from launch.metrics_schema import eval_record, train_record
 from launch.progress import ProgressBar
 from launch.rl_common import (TASK_NAMES, RolloutRunner, evaluate, load_policy, new_episodes, save_policy,
@@ -114,15 +115,6 @@ def _compiled(policy, config: RLConfig, total_steps: int):
     return _COMPILED[key]
 
 
-def init_tokens(init: str) -> int:
-    """D_init: the training tokens behind the starting policy, summed from the train records of a memgen run
-    directory's metrics.jsonl (0 for a preset or a plain Hugging Face directory)."""
-    path = Path(init)
-    if not (path / "metrics.jsonl").is_file():
-        return 0
-    return sum(int(r.get("tokens", 0)) for r in read_metrics(path) if r.get("kind") == "train")
-
-
 def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] = None,
            show_progress: Optional[bool] = None) -> dict[str, Any]:
     """Run (or resume) the RL run of `config` in `out_dir`; `stop_after` ends after that many updates in total
@@ -155,6 +147,18 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     last: dict[str, Any] = {}
     with checkpoints, MetricsWriter(out, resume_step=start if restored is not None else None) as writer, \
             ProgressBar(config.updates, description="rl", initial=start, enabled=show_progress) as bar:
+        evaluation = dataclasses.replace(episodes, temperature=config.eval_temperature)
+
+        def write_evaluation(step: int, gflops: float) -> None:
+            for split in evaluation_split_names(gp_config):
+                fields = evaluate(policy, state.params, evaluation, split=split, budget=episodes.max_verify_steps,
+                                  num_episodes=config.eval_episodes, n_samples=1, seed=config.seed + 1,
+                                  runners=eval_runners)
+                writer.write(step, eval_record(step=step, gflops=gflops, task=task, arm="rl", seed=config.seed,
+                                               **fields))
+
+        if start == 0 and config.eval_every:
+            write_evaluation(0, total_gflops(counter, num_params))
         for index in range(start, end):
             began = time.perf_counter()
             group = config.grpo.group_size if config.algorithm == "grpo" else 1
@@ -179,17 +183,12 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                     truncated_feedback=verifier.truncated_feedback,
                     **{k: v for k, v in last.items() if k not in ("loss", "inference_tokens")}))
             if (config.eval_every and step % config.eval_every == 0) or step == config.updates:
-                for split in evaluation_split_names(gp_config):
-                    fields = evaluate(policy, state.params, episodes, split=split, budget=episodes.max_verify_steps,
-                                      num_episodes=config.eval_episodes, n_samples=1, seed=config.seed + 1,
-                                      runners=eval_runners)
-                    writer.write(step, eval_record(step=step, gflops=gflops, task=task, arm="rl", seed=config.seed,
-                                                   **fields))
+                write_evaluation(step, gflops)
             checkpoints.save(step, state, {"update": step, "compute": dataclasses.asdict(counter)},
                              force=step == end)
             bar.update(step, loss=last["loss"], tokens=trained)
         if end == config.updates and end > start:
-            save_policy(out / FINAL_DIR, policy, jax.device_get(state.params))
+            save_policy(out / FINAL_DIR, policy, jax.device_get(state.params), compute=counter)
     return {"updates": end, "metrics": last, "gflops": total_gflops(counter, num_params), "params": state.params}
 
 

@@ -29,17 +29,18 @@ from launch.expert_data import DataError, greedy_episodes, load_expert_data
 from launch.mesh import host_local_batch_slice
 from launch.metrics import MetricsWriter
 from launch.metrics_schema import eval_record, train_record
-from launch.model_source import ModelSourceError, load_model, save_policy
+from launch.model_source import ModelSourceError, init_tokens, load_model, save_policy
 from launch.progress import ProgressBar
 from launch.sft_eval import default_generate, greedy_success, heldout_batches, make_heldout_loss
 from rl.compute import ComputeCounter, add, parameter_count, total_gflops
 from sft.batches import encoded_lengths, forward_from_batch, image_slots, padded_length, sft_batch
-from sft.data_order import batch_example_indices
+from sft.data_order import batch_example_indices, bucket_for, length_buckets
 from sft.optim import make_optimizer, partition, trainable_mask
 from sft.step import init_train_state, train_step
 
 FINAL_DIR = "final"
 CHECKPOINT_DIR = "checkpoints"
+LENGTH_GROUP_BATCHES = 16  # data.length_buckets > 1: examples are sorted by length within chunks of 16 batches
 TASK_NAMES = {("general_points", "language"): "gp-l", ("general_points", "vision"): "gp-vl",
               ("virl", "language"): "virl-l", ("virl", "vision"): "virl-vl"}
 
@@ -134,11 +135,16 @@ def _check_run_dir(out_dir: Path, config: SFTConfig) -> None:
 # --- the loop ---------------------------------------------------------------------------------------------------
 
 def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int] = None,
-            generate: Optional[Callable] = None, progress: Optional[bool] = None) -> dict:
+            generate: Optional[Callable] = None, progress: Optional[bool] = None,
+            evaluate: Optional[Callable[[Any, int, float], list[dict]]] = None) -> dict:
     """Train (or resume) the run in ``out_dir``; returns a summary {step, loss, train_tokens, gflops, skipped,
     final_dir, stopped_early}. ``stop_after``: stop after that step as if interrupted (checkpoint and metrics as
     they are; for tests and time-boxed jobs). ``generate``: the sampler for the greedy-success hook (default
-    ``model.generate`` when present; without one only the held-out loss is evaluated)."""
+    ``model.generate`` when present; without one only the held-out loss is evaluated). ``evaluate``: replaces the
+    built-in evaluation (held-out loss + greedy success on the task's default splits) with
+    ``evaluate(params, step, gflops) -> [records]`` (validated metrics records), called at step 0 and every
+    ``eval_every`` steps; an experiment with its own task variant (docs/miniature.md) brings its own.
+    When ``model`` is a memgen run directory, its training tokens count as D_init on the compute axis."""
     out_dir = Path(out_dir)
     if config.steps < 1 or config.batch_size < 1 or config.batch_size % config.grad_accum_steps:
         raise ConfigError(f"steps ({config.steps}) and batch_size ({config.batch_size}) must be positive and "
@@ -169,16 +175,26 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int]
         raise ConfigError(str(error)) from None
     state = place_state(state, params_sh, config.freeze, mesh, optimizer)
 
-    evaluate = _make_evaluator(config, source, model_config, data, length, slots, mesh,
-                               generate if generate is not None else default_generate())
+    if evaluate is None:
+        evaluate = _make_evaluator(config, source, model_config, data, length, slots, mesh,
+                                   generate if generate is not None else default_generate())
     train = list(data.train)
+    buckets = grouping_lengths = None
+    group = 0
+    if config.data.length_buckets > 1:  # grouped by length, each batch padded to its bucket (sft.data_order)
+        train_lengths = encoded_lengths(tokenizer, train)
+        buckets = length_buckets(train_lengths, config.data.length_buckets, config.data.length_multiple)
+        grouping_lengths, group = train_lengths, LENGTH_GROUP_BATCHES * config.batch_size
 
     host_rows = host_local_batch_slice(config.batch_size)
 
     def batch_at(step: int) -> dict:
         """This host's rows of batch ``step`` (every row on a single host)."""
-        indices = batch_example_indices(config.seed, step, config.batch_size, len(train))[host_rows]
-        return sft_batch(tokenizer, [train[i] for i in indices], image_config, length=length,
+        indices = batch_example_indices(config.seed, step, config.batch_size, len(train), grouping_lengths,
+                                        group)
+        padded = length if buckets is None else bucket_for(train_lengths[indices], buckets)
+        indices = indices[host_rows]
+        return sft_batch(tokenizer, [train[i] for i in indices], image_config, length=padded,
                          num_image_slots=slots)
 
     save_config(config, out_dir)  # only now: a bad model path, data file or freeze entry leaves no run behind
@@ -192,7 +208,7 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int]
         start, run_state = 0, {"train_tokens": 0, "consecutive_skips": 0, "skipped": 0, "last_loss": None}
         if restored is not None:
             start, state, run_state = restored.step, restored.state, {**run_state, **restored.run_state}
-        counter = ComputeCounter(train_tokens=int(run_state["train_tokens"]))
+        counter = ComputeCounter(init_tokens=init_tokens(config.model), train_tokens=int(run_state["train_tokens"]))
         with MetricsWriter(out_dir, resume_step=None if restored is None else start) as writer, \
                 ProgressBar(config.steps, initial=start, enabled=progress) as bar:
             if start == 0 and config.eval_every > 0:
@@ -236,7 +252,7 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int]
     finished = step >= config.steps
     final_dir = None
     if finished:
-        final_dir = save_policy(out_dir / FINAL_DIR, source, jax.device_get(state.params))
+        final_dir = save_policy(out_dir / FINAL_DIR, source, jax.device_get(state.params), compute=counter)
     return {"step": int(step), "loss": run_state["last_loss"], "train_tokens": counter.train_tokens,
             "gflops": total_gflops(counter, num_params), "skipped": run_state["skipped"],
             "num_params": num_params, "final_dir": None if final_dir is None else str(final_dir),

@@ -183,7 +183,11 @@ def from_hf_dict(hf: dict[str, Any]) -> ModelConfig:
         raise ConfigError(
             f"vision_output_dim {vcfg.vision_output_dim} != hidden_size x (1 + number of intermediate layers) = "
             f"{vcfg.hidden_size * (1 + len(vcfg.intermediate_layers_indices))}")
-    return ModelConfig(vision=vcfg, text=tcfg, image_token_index=int(hf.get("image_token_index", 128256)))
+    # memgen's own key (transformers keeps unknown keys as attributes): the value head's widths of a policy memgen
+    # wrote; a released checkpoint has none and gets the paper's (1024, 512).
+    value_head = hf.get("memgen_value_head_hidden")
+    extra = {} if value_head is None else {"value_head_hidden": tuple(int(width) for width in value_head)}
+    return ModelConfig(vision=vcfg, text=tcfg, image_token_index=int(hf.get("image_token_index", 128256)), **extra)
 
 
 def to_hf_dict(config: ModelConfig) -> dict[str, Any]:
@@ -198,6 +202,7 @@ def to_hf_dict(config: ModelConfig) -> dict[str, Any]:
         "model_type": "mllama",
         "architectures": ["MllamaForConditionalGeneration"],
         "image_token_index": config.image_token_index,
+        "memgen_value_head_hidden": list(config.value_head_hidden),
         "vision_config": {
             "model_type": "mllama_vision_model",
             "hidden_size": v.hidden_size, "hidden_act": "gelu", "num_hidden_layers": v.num_hidden_layers,

@@ -16,6 +16,7 @@ RED_SUITS = ("H", "D")
 SUIT_CHOICES = {"black": BLACK_SUITS, "red": RED_SUITS, "mixed": SUITS}
 FACE_RULES = ("ten", "distinct")
 MODALITIES = ("language", "vision")
+HAND_POOLS = ("all", "train", "heldout")
 
 RANK_LABELS = {1: "A", 11: "J", 12: "Q", 13: "K"}
 LABEL_RANKS = {"A": 1, "J": 11, "Q": 12, "K": 13, **{str(rank): rank for rank in range(2, 11)}}
@@ -72,6 +73,10 @@ class GeneralPointsConfig:
     max_verify_steps:  verification budget of a multi-turn episode.
     image_width, image_height: the rendered table in pixels (default: two 560-pixel tiles side by side).
     prompt_template, feedback_template: paths of text files overriding the packaged templates (None: packaged).
+    hand_pool:         "all" hands, or only the "train" / "heldout" pool: a fixed split of the rank multisets
+                       (suits and order ignored, so one physical hand is in one pool under every rule and colour)
+                       that keeps evaluation hands out of every training set (see `in_heldout_pool`).
+    heldout_share:     the share of rank multisets in the held-out pool (about; a fixed hash decides).
     """
 
     target: int = 24
@@ -85,6 +90,8 @@ class GeneralPointsConfig:
     image_height: int = 560
     prompt_template: str | None = None
     feedback_template: str | None = None
+    hand_pool: str = "all"
+    heldout_share: float = 0.25
 
     def __post_init__(self) -> None:
         problem = _config_problem(self)
@@ -120,6 +127,10 @@ def _config_problem(config: GeneralPointsConfig) -> str | None:
         value = getattr(config, name)
         if not _is_int(value) or not 64 <= value <= 8192:
             return f"{name} must be an integer 64..8192 pixels, got {value!r}"
+    if config.hand_pool not in HAND_POOLS:
+        return f"hand_pool must be one of {HAND_POOLS}, got {config.hand_pool!r}"
+    if not isinstance(config.heldout_share, (int, float)) or not 0.0 < config.heldout_share < 1.0:
+        return f"heldout_share must be a number strictly between 0 and 1, got {config.heldout_share!r}"
     for name in ("prompt_template", "feedback_template"):
         value = getattr(config, name)
         if value is not None and not isinstance(value, str):

@@ -2,7 +2,7 @@
 
 Ranks are drawn i.i.d. uniform from 1..13 (rule-OOD: num_cards-1 uniform ranks and one J/Q/K at a uniform
 position, as the reference) and a hand is redrawn until its values under the active face-card rule reach the
-target. Suits are uniform over the config's suit set. Draws happen in fixed-size chunks of candidate hands, so
+target (and, with `hand_pool`, until it lies in the chosen pool). Suits are uniform over the config's suit set. Draws happen in fixed-size chunks of candidate hands, so
 `sample_hands(config, seed, n)` is a pure function of (config, seed, n) and a prefix of the same call with a
 larger n. Solvability is cached per sorted value multiset (`_solvable_table`), so after warm-up a chunk costs a
 few numpy operations.
@@ -54,6 +54,19 @@ def _solvable_table(face_cards: str, target: int, num_cards: int) -> _SolvableTa
     return _SolvableTable(face_cards, target, num_cards)
 
 
+# Knuth's multiplicative hash of a multiset's base-14 code, as a fraction of 2**32: a fixed, well-spread split.
+_HASH_MULTIPLIER = np.uint64(2654435761)
+
+
+def in_heldout_pool(ranks: np.ndarray, heldout_share: float) -> np.ndarray:
+    """Whether each hand (row of ranks (N, C), any order) belongs to the held-out pool: a fixed function of its
+    sorted rank multiset, so the pools never share a hand whatever the rule, target, suits or card order."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    codes = (np.sort(ranks, axis=1) @ (14 ** np.arange(ranks.shape[1] - 1, -1, -1, dtype=np.int64))).astype(np.uint64)
+    hashed = (codes * _HASH_MULTIPLIER) % np.uint64(2**32)
+    return hashed.astype(np.float64) / 2.0**32 < heldout_share
+
+
 def _candidate_ranks(rng: np.random.Generator, config: GeneralPointsConfig) -> np.ndarray:
     ranks = rng.integers(1, 14, size=(CHUNK, config.num_cards))
     if config.require_face_card:
@@ -80,6 +93,8 @@ def sample_hand_arrays(config: GeneralPointsConfig, rng: np.random.Generator, si
         suits = suit_indices[rng.integers(0, len(suit_indices), size=ranks.shape)]
         drawn += CHUNK
         ok = table.lookup(ranks)
+        if config.hand_pool != "all":
+            ok &= in_heldout_pool(ranks, config.heldout_share) == (config.hand_pool == "heldout")
         kept_ranks.append(ranks[ok])
         kept_suits.append(suits[ok])
         count += int(ok.sum())

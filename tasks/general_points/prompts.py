@@ -1,7 +1,7 @@
 """Prompt and feedback text of GeneralPoints, built from template files (`string.Template`: ${name}).
 
 Placeholders of the prompt templates: ${target}, ${num_cards}, ${rule} (the active face-card rule as a
-sentence), ${cards} (the hand's labels, text variant), ${example_cards} (a format example). The feedback
+sentence), ${rule_short} (the same rule in a few tokens, for compact templates such as the CPU miniature's), ${cards} (the hand's labels, text variant), ${example_cards} (a format example). The feedback
 template has ${reason} (the verifier's sentence). A template naming any other placeholder is rejected with a
 clear error. Templates are read once per path and cached.
 """
@@ -21,8 +21,9 @@ RULE_SENTENCES = {
     "distinct": "The ace (A) counts as 1, J counts as 11, Q counts as 12, K counts as 13, and every other card "
                 "counts as its rank.",
 }
+RULE_SHORT = {"ten": "A=1, J=Q=K=10.", "distinct": "A=1, J=11, Q=12, K=13."}
 _EXAMPLE_LABELS = ("A", "7", "Q", "3", "10", "K")
-PROMPT_FIELDS = ("target", "num_cards", "rule", "cards", "example_cards")
+PROMPT_FIELDS = ("target", "num_cards", "rule", "rule_short", "cards", "example_cards")
 FEEDBACK_FIELDS = ("reason",)
 
 
@@ -55,6 +56,7 @@ def prompt_text(labels: list[str], config: GeneralPointsConfig) -> str:
         target=config.target,
         num_cards=config.num_cards,
         rule=RULE_SENTENCES[config.face_cards],
+        rule_short=RULE_SHORT[config.face_cards],
         cards=", ".join(labels),
         example_cards=", ".join(f'"{label}"' for label in examples),
     ).strip()

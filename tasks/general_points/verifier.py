@@ -64,6 +64,17 @@ def recognition_correct(response: str, hand: Sequence[Card], config: GeneralPoin
     return _cards_match(_card_labels(parse_json_object(response)), hand)
 
 
+def rule_followed(response: str, hand: Sequence[Card], config: GeneralPointsConfig) -> bool:
+    """Whether the response's "number" field holds exactly the hand's values under the config's face-card rule
+    (any order; JSON integers only): did the model apply the rule its prompt states? On a hand with a J/Q/K the
+    two rules disagree, so this separates following the stated rule from repeating a memorised one."""
+    parsed = parse_json_object(response)
+    numbers = None if parsed is None else parsed.get("number")
+    if not isinstance(numbers, list) or any(type(n) is not int for n in numbers):
+        return False
+    return sorted(numbers) == sorted(card_value(card.rank, config.face_cards) for card in hand)
+
+
 def _cards_match(labels: list[str | None] | None, hand: Sequence[Card]) -> bool:
     if labels is None or len(labels) != len(hand) or None in labels:
         return False

@@ -1,17 +1,104 @@
-"""The interim `memgen demo`: a GeneralPoints sample episode with a wrong and a correct response."""
+"""`memgen demo` and the CPU miniature (launch/miniature.py): the whole pipeline on the tiny model, the base data
+mixture, equal compute between the arms, and evaluation hands that no stage ever trains on."""
+
+import dataclasses
+import json
 
 import numpy as np
-from PIL import Image
+import pytest
 
 from launch.cli import main
+from launch.config import get_preset
+from launch.miniature import (MiniatureConfig, MiniatureError, base_cells, check_disjoint, rank_multisets,
+                              training_and_evaluation_hands)
+from tasks.general_points import Card
 
 
-def test_demo_prints_an_episode_and_writes_the_card_image(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+def _eval_records(records, arm):
+    return [r for r in records if r["kind"] == "eval" and r["arm"] == arm]
+
+
+def test_demo_runs_the_tiny_miniature_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--preset", "miniature-tiny", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "[Task Description]" in printed
-    assert "category wrong_value" in printed and "category correct" in printed
-    assert "reward -1" in printed and "reward +5" in printed
-    assert "did not pass this trial because" in printed
-    image = np.asarray(Image.open(tmp_path / "cards.png"))
-    assert image.shape == (560, 1120, 3)
+    assert "J=Q=K=10" in printed and "(correct)" in printed  # the sample episode
+    assert "[miniature] base stage" in printed and "report.md" in printed
+    for name in ("report.md", "metrics.jsonl", "summary.json", "miniature.json", "fig5_gp-l_success_vs_gflops.png"):
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "## Verdict" in report and "## Results" in report and "Rule-OOD" in report
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in records} == {"base", "rl-seed0", "sft-seed0"}
+    rl, sft = _eval_records(records, "rl"), _eval_records(records, "sft")
+    for arm in (rl, sft):
+        assert {r["split"] for r in arm} == {"in_distribution", "rule_ood"}
+        assert {r["step"] for r in arm} >= {0} and max(r["step"] for r in arm) > 0
+        assert all(r["verify_budget"] == 2 and r["n"] == 8 for r in arm)
+    # Both arms start from the same base and evaluate the same held-out hands greedily: identical step-0 results.
+    start = {arm: {r["split"]: (r["success"], r["episode_length"], r["gflops"]) for r in records_
+                   if r["step"] == 0} for arm, records_ in (("rl", rl), ("sft", sft))}
+    assert start["rl"]["in_distribution"][:2] == start["sft"]["in_distribution"][:2]
+    assert start["rl"]["rule_ood"][:2] == start["sft"]["rule_ood"][:2]
+    # The starting compute is the base's 6 N D_init in both arms (N differs only by the RL value head).
+    assert start["rl"]["rule_ood"][2] == pytest.approx(start["sft"]["rule_ood"][2], rel=0.05)
+    assert start["sft"]["rule_ood"][2] > 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    train = [r for r in records if r["kind"] == "train" and r["stage"] == "sft-seed0"]
+    per_step = max(r["gflops"] for r in train) / len(train) if train else 0
+    rl_final = max(r["gflops"] for r in records if r["kind"] == "train" and r["stage"] == "rl-seed0")
+    sft_final = max(r["gflops"] for r in train)
+    assert summary["sft_steps"] >= 1
+    # Equal compute up to the rounding to whole SFT steps.
+    sft_step_gflops = (sft_final - start["sft"]["rule_ood"][2]) / summary["sft_steps"]
+    assert abs(rl_final - sft_final) <= sft_step_gflops * 0.5 + 0.05 * rl_final
+    assert summary["distinct_rank_multisets"]["train:base"] > 0
+
+    # Re-running the finished demo resumes: nothing trains again, the outputs are rewritten.
+    assert main(["demo", "--preset", "miniature-tiny", "--out", str(out)]) == 0
+    again = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(again) == len(records)
+
+
+def test_a_changed_config_refuses_an_existing_directory(tmp_path, capsys):
+    (tmp_path / "miniature.json").write_text(json.dumps({"num_cards": 4}))
+    assert main(["demo", "--preset", "miniature-tiny", "--out", str(tmp_path)]) == 2
+    assert "another config" in capsys.readouterr().err
+
+
+def test_base_mixture_covers_both_rules_all_targets_and_revisions():
+    config = get_preset("miniature", MiniatureConfig)
+    cells = base_cells(config, 9600)
+    assert sum(count for _, _, count in cells) == 9600
+    rules = {gp.face_cards for gp, _, _ in cells}
+    targets = {gp.target for gp, _, _ in cells}
+    assert rules == {"ten", "distinct"} and targets == set(config.base.targets)
+    revisions = sum(count for _, kind, count in cells if kind == "revision")
+    assert revisions / 9600 == pytest.approx(config.base.revision_share, abs=0.01)
+    faces = sum(count for gp, _, count in cells if gp.require_face_card)
+    assert faces / 9600 == pytest.approx(config.base.face_card_share, abs=0.01)
+    assert all(gp.hand_pool == "train" and gp.suits == "mixed" for gp, _, _ in cells)
+
+
+@pytest.mark.parametrize("preset", ["miniature", "miniature-demo"])
+def test_evaluation_hands_never_occur_in_any_training_set(preset):
+    config = get_preset(preset, MiniatureConfig)
+    config = dataclasses.replace(config, base=dataclasses.replace(config.base, steps=60))  # keep the test quick
+    train, evaluation = training_and_evaluation_hands(config)
+    counts = check_disjoint(train, evaluation)
+    assert all(counts[f"train:{name}"] > 0 for name in train) and all(counts[f"eval:{n}"] > 0 for n in evaluation)
+    ood = [hand for name, hands in evaluation.items() if name.startswith("rule_ood") for hand in hands]
+    assert all(any(card.rank >= 11 for card in hand) for hand in ood)
+    assert len(evaluation) == 2 * len(config.seeds)
+
+
+def test_check_disjoint_names_a_shared_hand():
+    hand = (Card(3, "S"), Card(12, "H"), Card(5, "C"))
+    same_ranks = (Card(5, "D"), Card(3, "C"), Card(12, "S"))  # another order and suits: the same hand
+    assert rank_multisets([hand]) == rank_multisets([same_ranks])
+    with pytest.raises(MiniatureError, match="shares 1 hands"):
+        check_disjoint({"base": [hand]}, {"rule_ood-seed0": [same_ranks]})
+    assert check_disjoint({"base": [hand]}, {"rule_ood-seed0": [(Card(1, "S"),) * 3]}) == {
+        "train:base": 1, "eval:rule_ood-seed0": 1}

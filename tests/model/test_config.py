@@ -12,7 +12,7 @@ from model.config import ConfigError, from_hf_dict, load_hf_config, preset, to_h
 def test_round_trip_through_transformers(name):
     config = preset(name)
     hf = transformers.MllamaConfig(**to_hf_dict(config)).to_dict()
-    assert from_hf_dict(hf).replace(value_head_hidden=config.value_head_hidden) == config
+    assert from_hf_dict(hf) == config  # the value head widths ride along in memgen_value_head_hidden
 
 
 def test_old_rope_layout():

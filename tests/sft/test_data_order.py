@@ -27,3 +27,26 @@ def test_batches_tile_the_position_stream_across_epoch_boundaries():
 def test_empty_dataset_is_a_clear_error():
     with pytest.raises(ValueError, match="empty"):
         epoch_permutation(0, 0, 0)
+
+
+def test_length_grouping_sorts_within_chunks_and_stays_a_permutation():
+    from sft.data_order import bucket_for, epoch_order, length_buckets
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 200, size=103)
+    order = epoch_order(3, 1, 103, lengths, group=16)
+    np.testing.assert_array_equal(np.sort(order), np.arange(103))  # every example once per epoch
+    np.testing.assert_array_equal(order, epoch_order(3, 1, 103, lengths, group=16))  # a pure function
+    plain = epoch_permutation(3, 1, 103)
+    for start in range(0, 103, 16):  # the same examples per chunk as the plain order, sorted by length
+        chunk = order[start:start + 16]
+        assert set(chunk) == set(plain[start:start + 16])
+        assert np.all(np.diff(lengths[chunk]) >= 0)
+    stream = np.concatenate([batch_example_indices(3, step, 8, 103, lengths, 16) for step in range(30)])
+    np.testing.assert_array_equal(stream[103:206], epoch_order(3, 1, 103, lengths, 16))
+    np.testing.assert_array_equal(epoch_order(3, 1, 103), plain)  # no lengths: the plain permutation
+
+    buckets = length_buckets(np.array([85] * 85 + [200] * 15), 2, 16)
+    assert buckets == (96, 208)
+    assert bucket_for(np.array([60, 96]), buckets) == 96 and bucket_for(np.array([97, 20]), buckets) == 208
+    assert length_buckets(lengths, 1, 64)[-1] >= lengths.max()

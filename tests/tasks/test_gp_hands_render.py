@@ -112,3 +112,39 @@ def test_the_smallest_accepted_sizes_render(size):
     image = render_hand(hand, width, height)
     assert image.shape == (height, width, 3)
     assert np.array_equal(image, render_hand(hand, width, height))
+
+
+@pytest.mark.parametrize("num_cards", [2, 3, 4])
+def test_hand_pools_split_rank_multisets_under_every_rule_and_colour(num_cards):
+    """The train and held-out pools never share a rank multiset, whatever the rule, target, suits or order; the
+    held-out share is about as asked; "all" is the union."""
+    from itertools import combinations_with_replacement
+    from tasks.general_points import in_heldout_pool
+
+    multisets = np.array(list(combinations_with_replacement(range(1, 14), num_cards)))
+    heldout = in_heldout_pool(multisets, 0.25)
+    assert abs(heldout.mean() - 0.25) < 0.1
+    shuffled = np.random.default_rng(0).permuted(multisets, axis=1)
+    assert (in_heldout_pool(shuffled, 0.25) == heldout).all()  # card order does not matter
+    target = 24 if num_cards > 2 else 12
+    pools = {}
+    for pool in ("train", "heldout"):
+        seen = set()
+        for face_cards, suits in (("ten", "black"), ("distinct", "red")):
+            config = GeneralPointsConfig(num_cards=num_cards, target=target, face_cards=face_cards, suits=suits,
+                                         hand_pool=pool)
+            for split in evaluation_splits(config).values():
+                for hand in sample_hands(split, 1, 200):
+                    seen.add(tuple(sorted(card.rank for card in hand)))
+        pools[pool] = seen
+    assert pools["train"] and pools["heldout"] and not pools["train"] & pools["heldout"]
+    everything = {tuple(sorted(c.rank for c in h)) for h in sample_hands(
+        GeneralPointsConfig(num_cards=num_cards, target=target), 1, 400)}
+    assert everything & pools["train"] and everything & pools["heldout"]
+
+
+def test_hand_pool_validation():
+    with pytest.raises(ValueError, match="hand_pool"):
+        GeneralPointsConfig(hand_pool="test")
+    with pytest.raises(ValueError, match="heldout_share"):
+        GeneralPointsConfig(heldout_share=1.0)

@@ -144,6 +144,20 @@ def test_recognition_correct():
     assert recognition_correct('{"cards": [J, 3, 8, A]}', HAND)
 
 
+def test_rule_followed_checks_the_number_field_under_the_stated_rule():
+    from tasks.general_points import GeneralPointsConfig, rule_followed
+
+    hand = (Card(12, "S"), Card(3, "C"), Card(1, "H"))
+    ten, distinct = GeneralPointsConfig(face_cards="ten"), GeneralPointsConfig(face_cards="distinct")
+    assert rule_followed('{"number": [10, 3, 1]}', hand, ten)
+    assert rule_followed('{"number": [1, 10, 3], "formula": "junk"}', hand, ten)  # any order
+    assert not rule_followed('{"number": [10, 3, 1]}', hand, distinct)  # the memorised rule, not the stated one
+    assert rule_followed('{"number": [12, 3, 1]}', hand, distinct)
+    for bad in ('{"number": [12.0, 3, 1]}', '{"number": [true, 3, 12]}', '{"number": "12 3 1"}', "12, 3, 1", "",
+                '{"number": [12, 3]}', '{"number": [12, 3, 1, 1]}'):
+        assert not rule_followed(bad, hand, distinct), bad
+
+
 def test_parser_precedence_and_associativity():
     cases = {"10 - 3 - 8 + 1": 0, "10 / 5 / 2": "1", "2 * 3 + 4 * 5": 26, "((2))": 2, "8 / 3 * 3": 8,
              "2 + 3 * (4 - 1) / 9": 3, "10 - (3 - (8 - 1))": 14}

@@ -1,0 +1,148 @@
+"""memgen sweep on the tiny model: a 2 learning rates x 2 freezing sets grid (the rates vmapped in one program),
+interrupted and resumed; its members equal separate `memgen sft` runs; summary files; re-running is a no-op; the
+RL + eval stages over a budget; argument parsing and errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from launch import sweep
+from launch.cli import main
+from launch.config import ConfigError, resolve
+from launch.metrics import read_metrics
+from launch.sft_run import run_sft, run_sft_sweep, with_learning_rate
+
+OVERRIDES = ["steps=4", "eval_every=2", "checkpoint.every_steps=2", "train_examples=16", "eval_examples=4",
+             "greedy_examples=0", "log_every=1"]
+LRS = (1e-3, 3e-3)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("memgen-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEMGEN_CACHE", str(path))
+        yield path
+
+
+def _safetensors(directory):
+    from safetensors.numpy import load_file
+
+    return {name: array for file in sorted(directory.glob("*.safetensors")) for name, array in load_file(file).items()}
+
+
+@pytest.fixture(scope="module")
+def grid(cache, tmp_path_factory):
+    """The sweep directory: the "none" freezing set's members first interrupted after step 2 (run_sft_sweep with
+    stop_after), then the whole grid through the command, which resumes them and runs the rest."""
+    out = tmp_path_factory.mktemp("sweep")
+    config = resolve("sft-tiny", OVERRIDES)
+    partial = run_sft_sweep(config, LRS, [out / "sft" / "none" / sweep.lr_name(lr) for lr in LRS], stop_after=2)
+    assert [s["step"] for s in partial] == [2, 2] and all(s["stopped_early"] for s in partial)
+    argv = ["sweep", "--preset", "sft-tiny", "--out", str(out), "--lrs", ",".join(map(str, LRS)),
+            "--freeze", "none;vision_encoder", *OVERRIDES]
+    assert main(argv) == 0
+    return out, argv
+
+
+def test_the_grid_runs_and_writes_its_summary(grid):
+    out, _ = grid
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert [(r["freeze"], r["lr"]) for r in rows] == [(f, lr) for f in ("none", "vision_encoder") for lr in LRS]
+    for row in rows:
+        run_dir = out / row["sft_dir"]
+        assert (run_dir / "final" / "preprocessor_config.json").is_file()
+        train = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
+        assert [r["step"] for r in train] == [1, 2, 3, 4]  # the resumed members' files have no duplicate steps
+        assert row["sft_loss"] == train[-1]["loss"] and np.isfinite(row["heldout_loss"])
+        assert json.loads((run_dir / "config.json").read_text())["optimizer"]["lr"] == row["lr"]
+    assert rows[0]["heldout_loss"] != rows[1]["heldout_loss"]  # the learning rate made a difference
+    markdown = (out / "summary.md").read_text()
+    assert "| vision_encoder | 0.003 |" in markdown and "![loss vs learning rate](sweep_loss.png)" in markdown
+    with Image.open(out / "sweep_loss.png") as image:
+        assert image.format == "PNG"
+    assert json.loads((out / "sweep.json").read_text())["freeze_sets"] == [[], ["vision_encoder"]]
+
+
+def test_vmapped_members_equal_separate_runs(grid, tmp_path):
+    """The vision_encoder set at lr 3e-3 (never interrupted) and the none set at 1e-3 (interrupted and resumed)
+    against plain run_sft runs of the same configs."""
+    out, _ = grid
+    for freeze, lr in ((("vision_encoder",), 3e-3), ((), 1e-3)):
+        config = with_learning_rate(resolve("sft-tiny", OVERRIDES + [f"freeze=[{','.join(freeze)}]"]), lr)
+        separate = tmp_path / sweep.freeze_name(freeze)
+        run_sft(config, separate)
+        member = out / "sft" / sweep.freeze_name(freeze) / sweep.lr_name(lr)
+        assert (member / "config.json").read_text() == (separate / "config.json").read_text()
+        ours, theirs = read_metrics(member), read_metrics(separate)
+        assert [(r["kind"], r["step"]) for r in ours] == [(r["kind"], r["step"]) for r in theirs]
+        for a, b in zip(ours, theirs):
+            for key in ("loss", "heldout_loss", "lr", "gflops", "tokens"):
+                if key in b:
+                    assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (key, a["step"])
+        ours, theirs = _safetensors(member / "final"), _safetensors(separate / "final")
+        assert ours.keys() == theirs.keys()
+        for name in theirs:
+            np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_rerunning_the_sweep_is_a_no_op(grid, capsys):
+    out, argv = grid
+    before = {path: path.read_bytes() for path in out.rglob("metrics.jsonl")}
+    capsys.readouterr()
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("skipped") == 4 and "ran " not in printed and "(0 runs done now, 4 already finished)" in printed
+    assert {path: path.read_bytes() for path in out.rglob("metrics.jsonl")} == before
+
+
+def test_rl_and_eval_stages_per_budget(cache, tmp_path):
+    """One SFT point, then RL from it and an evaluation of the RL policy at a budget of 2 (the rl-tiny shapes)."""
+    argv = ["sweep", "--preset", "sft-tiny", "--out", str(tmp_path), "--budgets", "2", "--rl-preset", "rl-tiny",
+            "--eval-preset", "eval-tiny", *OVERRIDES, "steps=2", "rl.updates=1", "rl.checkpoint.every_steps=1",
+            "eval.episodes=2", "eval.splits=in_distribution"]
+    assert main(argv) == 0
+    row, = json.loads((tmp_path / "summary.json").read_text())["rows"]
+    assert row["budget"] == 2 and row["rl_dir"] == "rl/none/lr-0.001/budget-2"
+    rl_config = json.loads((tmp_path / row["rl_dir"] / "config.json").read_text())
+    assert rl_config["episodes"]["max_verify_steps"] == 2 and rl_config["init"] == str(tmp_path / row["sft_dir"])
+    eval_config = json.loads((tmp_path / row["eval_dir"] / "config.json").read_text())
+    assert eval_config["init"] == str(tmp_path / row["rl_dir"]) and eval_config["verify_budgets"] == [2]
+    evaluation, = [r for r in read_metrics(tmp_path / row["eval_dir"]) if r["kind"] == "eval"]
+    assert row["success_in_distribution"] == evaluation["success"] and evaluation["verify_budget"] == 2
+    assert np.isfinite(row["rl_episode_return"]) and (tmp_path / "sweep_success.png").is_file()
+    assert main(argv) == 0  # finished: nothing runs again
+    assert (tmp_path / row["eval_dir"] / "metrics.jsonl").read_text().count('"kind": "eval"') == 1
+
+
+def test_parsing_of_the_axes():
+    assert sweep.parse_freeze_sets("none;vision_encoder;vision_encoder, projector") == (
+        (), ("vision_encoder",), ("vision_encoder", "projector"))
+    assert sweep.freeze_name(("language_model/layers/.*", "value_head")) == "language_model_layers_._+value_head"
+    assert sweep.parse_learning_rates("1e-4, 3e-4") == (1e-4, 3e-4)
+    assert sweep.lr_name(2.5e-4) != sweep.lr_name(2e-4) and sweep.lr_name(1e-5) == "lr-1e-05"
+    assert sweep.parse_budgets("1,3,5") == (1, 3, 5)
+    assert sweep.split_overrides(["steps=3", "rl.updates=2", "eval.episodes=4"]) == (
+        ["steps=3"], ["updates=2"], ["episodes=4"])
+    for parse, text in ((sweep.parse_learning_rates, "1e-4,fast"), (sweep.parse_learning_rates, "1e-4,1e-4"),
+                        (sweep.parse_learning_rates, "-1"), (sweep.parse_budgets, "0,1"),
+                        (sweep.parse_budgets, "1,x"), (sweep.parse_freeze_sets, "none;")):
+        with pytest.raises(ConfigError):
+            parse(text)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--budgets", "1,3"], "--budgets needs an RL or evaluation stage"),
+    (["rl.updates=2"], r"rl.\* overrides \(updates=2\) need --rl-preset"),
+    (["--eval-preset", "eval-tiny", "eval.sampling.modality=vision"], "the eval stage samples modality=vision"),
+    (["stepz=2"], "unknown config key 'stepz'"),
+])
+def test_bad_sweeps_stop_with_one_sentence(tmp_path, capsys, extra, message):
+    assert main(["sweep", "--preset", "sft-tiny", "--out", str(tmp_path), *extra]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("memgen sweep: ") and len(error.strip().splitlines()) == 1
+    assert __import__("re").search(message, error)

@@ -330,6 +330,28 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
     return summaries
 
 
+def heldout_loss_of_run(run_dir: str | Path) -> dict[str, float]:
+    """The held-out generalisation loss (the "Quagmires" predictor) of a finished `memgen sft` run's final policy,
+    on the run's own held-out expert set (the examples its evaluations used, sharing no prompt with its training
+    data), computed as the run computes it: {"loss" (token-mean NLL, nats), "accuracy", "tokens"}."""
+    run_dir = Path(run_dir)
+    config = load_config(SFTConfig, run_dir)
+    if not (run_dir / FINAL_DIR / "config.json").is_file():
+        raise ConfigError(f"{run_dir} has no final/ policy; finish the run first (re-run the same `memgen sft` "
+                          "command to resume it)")
+    if config.eval_examples < 1:
+        raise ConfigError(f"{run_dir} ran with eval_examples={config.eval_examples}: it has no held-out set")
+    source = load_model(str(run_dir / FINAL_DIR), seed=config.seed)
+    data = load_expert_data(task=config.task, modality=config.modality, seed=config.seed,
+                            train_examples=config.train_examples, eval_examples=config.eval_examples,
+                            path=config.data.path)
+    length = padded_length(encoded_lengths(source.tokenizer, data.train + data.heldout), config.data.length_multiple)
+    batches = heldout_batches(source.tokenizer, data.heldout, source.image_config,
+                              batch_size=config.batch_size // config.grad_accum_steps, length=length,
+                              num_image_slots=image_slots(data.train + data.heldout))
+    return compiled_heldout_loss(source.config.replace(dtype=config.compute_dtype))(source.params, batches)
+
+
 def _make_evaluator(config: SFTConfig, source, model_config, data, length: int, slots: int, mesh,
                     generate: Optional[Callable]) -> Callable[[Any, int, float], list[dict]]:
     """``evaluate(params, step, gflops) -> [eval records]``: one record per evaluation split with the greedy

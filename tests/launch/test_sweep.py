@@ -147,3 +147,46 @@ def test_bad_sweeps_stop_with_one_sentence(tmp_path, capsys, extra, message):
     error = capsys.readouterr().err
     assert error.startswith("memgen sweep: ") and len(error.strip().splitlines()) == 1
     assert __import__("re").search(message, error)
+
+
+# --- memgen predict's runner mode on the grid's SFT checkpoints (same module: it shares their runs and, through
+# the fingerprint-keyed caches, the RL programs compiled by the test above) --------------------------------------
+
+@pytest.mark.slow
+def test_predict_runner_measures_runs_rl_and_reports(grid, tmp_path, capsys):
+    from launch.predict import load_checkpoints, predictor_table
+    from launch.sft_run import heldout_loss_of_run
+
+    out, _ = grid
+    sft_dirs = sorted((out / "sft").glob("*/lr-*"))
+    argv = ["predict", *map(str, sft_dirs), "rl.updates=1", "rl.eval_episodes=2", "rl.checkpoint.every_steps=1",
+            "--out", str(tmp_path), "--rl-preset", "rl-tiny", "--episodes", "2", "--samples", "4", "--budget", "2"]
+    assert main(argv) == 0
+    checkpoints = load_checkpoints([tmp_path / "checkpoints.jsonl"])
+    assert [c["name"] for c in checkpoints] == [f"{d.parent.name}_{d.name}" for d in sft_dirs]
+    for checkpoint, sft_dir in zip(checkpoints, sft_dirs):
+        # the held-out loss is the SFT run's own final held-out evaluation, recomputed from its final/ policy
+        last = [r for r in read_metrics(sft_dir) if r.get("heldout_loss") is not None][-1]
+        assert checkpoint["heldout_loss"] == pytest.approx(last["heldout_loss"], rel=1e-5)
+        assert checkpoint["heldout_loss"] == heldout_loss_of_run(sft_dir)["loss"]
+        curve = [checkpoint["pass_at_k"][k] for k in ("1", "2", "4")]
+        assert all(0 <= a <= b <= 1 for a, b in zip(curve, curve[1:]))
+        run_dir = tmp_path / "runs" / checkpoint["name"]
+        pre, post = read_metrics(run_dir)
+        assert (pre["arm"], post["arm"]) == ("sft", "rl") and pre["n"] == post["n"] == 2
+        assert pre["success"] == checkpoint["sft_success"] and post["success"] == checkpoint["post_rl_success"]
+        assert pre["verify_budget"] == 2 and pre["pass_at_k"] == checkpoint["pass_at_k"]
+        rl_config = json.loads((run_dir / "rl" / "config.json").read_text())
+        assert rl_config["init"] == str(sft_dir) and (run_dir / "rl" / "final").is_dir()
+    rows = json.loads((tmp_path / "predict.json").read_text())["rows"]
+    assert [r["predictor"] for r in rows] == [r.predictor for r in predictor_table(checkpoints)] == [
+        "sft_success", "heldout_loss", "pass@1", "pass@2", "pass@4"]
+    assert (tmp_path / "predict_heldout_loss.png").is_file()
+    capsys.readouterr()
+    assert main(argv) == 0  # measured: nothing runs again
+    assert capsys.readouterr().out.count("(measured)") == len(sft_dirs)
+
+
+def test_predict_runner_refuses_unfinished_checkpoints(tmp_path, capsys):
+    assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o"), "--rl-preset", "rl-tiny"]) == 2
+    assert "is not a finished `memgen sft` run directory" in capsys.readouterr().err

@@ -241,13 +241,14 @@ def run_sweep(sft_config: SFTConfig, learning_rates: Sequence[float], freeze_set
 # --- the summary ------------------------------------------------------------------------------------------------
 
 def _last(records: list[dict], field: str, **match: Any) -> Optional[dict]:
-    chosen = [r for r in records if r.get(field) is not None and all(r.get(k) == v for k, v in match.items())]
+    """The latest record carrying ``field`` (its value may be None: a non-finite measurement stays visible)."""
+    chosen = [r for r in records if field in r and all(r.get(k) == v for k, v in match.items())]
     return max(chosen, key=lambda r: r["step"]) if chosen else None
 
 
 def summary_rows(out: Path, freeze_sets, learning_rates, budgets, *, rl: bool, evaluation: bool) -> list[dict]:
-    """One row per grid point (freeze, lr[, budget]) from the runs' metrics.jsonl: the SFT run's final train loss,
-    final held-out loss and diverged flag; the RL run's last episode return and RL-arm success per split; the
+    """One row per grid point (freeze, lr[, budget]) from the runs' metrics.jsonl: the SFT run's final train loss
+    and final held-out loss (None when non-finite) and its count of skipped (non-finite) steps; the RL run's last episode return and RL-arm success per split; the
     evaluation's success per split (with its standard error)."""
     rows = []
     for groups in freeze_sets:
@@ -307,12 +308,13 @@ def write_summary(rows: list[dict], out: Path) -> None:
     header += [f"SFT greedy success {s}" for s in sft_splits] + (["RL episode return"] if has_rl else [])
     header += [f"success {s} (± s.e.)" for s in splits]
     lines = ["# memgen sweep", "", f"{len(rows)} grid points. Losses are the SFT run's last train step and last "
-             "held-out evaluation (token means, nats); success is the evaluation stage's rate at the row's "
+             "held-out evaluation (token means, nats; - when not finite); success is the evaluation stage's rate at the row's "
              "verification budget with its binomial standard error.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["freeze"], _cell(row["lr"])] + ([_cell(row.get("budget"))] if has_budget else [])
-        loss = _cell(row["sft_loss"]) + (" (diverged)" if row["sft_skipped_steps"] else "")
+        loss = _cell(row["sft_loss"]) + (f" ({row['sft_skipped_steps']} non-finite steps skipped)"
+                                         if row["sft_skipped_steps"] else "")
         cells += [loss, _cell(row["heldout_loss"])] + [_cell(row.get(f"sft_success_{s}"), 3) for s in sft_splits]
         cells += [_cell(row.get("rl_episode_return"))] if has_rl else []
         for split in splits:

@@ -1,5 +1,5 @@
-"""memgen sweep on the tiny model: a 2 learning rates x 2 freezing sets grid (the rates vmapped in one program),
-interrupted and resumed; its members equal separate `memgen sft` runs; summary files; re-running is a no-op; the
+"""memgen sweep on the tiny model: a 3 learning rates x 2 freezing sets grid (the rates vmapped in one program; the
+third diverges and is marked so while the others go on), interrupted and resumed; its members equal separate `memgen sft` runs; summary files; re-running is a no-op; the
 RL + eval stages over a budget; argument parsing and errors."""
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from launch.metrics import read_metrics
 from launch.sft_run import run_sft, run_sft_sweep, with_learning_rate
 
 OVERRIDES = ["steps=4", "eval_every=2", "checkpoint.every_steps=2", "train_examples=16", "eval_examples=4",
-             "greedy_examples=0", "log_every=1"]
+             "greedy_examples=0", "log_every=1", "max_consecutive_skips=2"]
 LRS = (1e-3, 3e-3)
+DIVERGING = 1e30  # the first update blows the params up; every later step is non-finite and skipped
+GRID_LRS = LRS + (DIVERGING,)
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +43,11 @@ def grid(cache, tmp_path_factory):
     stop_after), then the whole grid through the command, which resumes them and runs the rest."""
     out = tmp_path_factory.mktemp("sweep")
     config = resolve("sft-tiny", OVERRIDES)
-    partial = run_sft_sweep(config, LRS, [out / "sft" / "none" / sweep.lr_name(lr) for lr in LRS], stop_after=2)
-    assert [s["step"] for s in partial] == [2, 2] and all(s["stopped_early"] for s in partial)
-    argv = ["sweep", "--preset", "sft-tiny", "--out", str(out), "--lrs", ",".join(map(str, LRS)),
+    partial = run_sft_sweep(config, GRID_LRS, [out / "sft" / "none" / sweep.lr_name(lr) for lr in GRID_LRS],
+                            stop_after=2)
+    assert [s["step"] for s in partial] == [2, 2, 2] and all(s["stopped_early"] for s in partial)
+    assert [s["diverged"] for s in partial] == [False, False, False]  # one skipped step so far, of 2 allowed
+    argv = ["sweep", "--preset", "sft-tiny", "--out", str(out), "--lrs", ",".join(map(str, GRID_LRS)),
             "--freeze", "none;vision_encoder", *OVERRIDES]
     assert main(argv) == 0
     return out, argv
@@ -52,16 +56,22 @@ def grid(cache, tmp_path_factory):
 def test_the_grid_runs_and_writes_its_summary(grid):
     out, _ = grid
     rows = json.loads((out / "summary.json").read_text())["rows"]
-    assert [(r["freeze"], r["lr"]) for r in rows] == [(f, lr) for f in ("none", "vision_encoder") for lr in LRS]
+    assert [(r["freeze"], r["lr"]) for r in rows] == [(f, lr) for f in ("none", "vision_encoder") for lr in GRID_LRS]
     for row in rows:
         run_dir = out / row["sft_dir"]
         assert (run_dir / "final" / "preprocessor_config.json").is_file()
         train = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
         assert [r["step"] for r in train] == [1, 2, 3, 4]  # the resumed members' files have no duplicate steps
-        assert row["sft_loss"] == train[-1]["loss"] and np.isfinite(row["heldout_loss"])
         assert json.loads((run_dir / "config.json").read_text())["optimizer"]["lr"] == row["lr"]
+        if row["lr"] == DIVERGING:  # steps 2-4 skipped: their losses, and the last held-out loss, are null
+            assert [r["skipped"] for r in train] == [0, 1, 1, 1] and row["sft_skipped_steps"] == 3
+            assert row["sft_loss"] is None and row["heldout_loss"] is None
+            continue
+        assert row["sft_loss"] == train[-1]["loss"] and np.isfinite(row["heldout_loss"])
+        assert row["sft_skipped_steps"] == 0
     assert rows[0]["heldout_loss"] != rows[1]["heldout_loss"]  # the learning rate made a difference
     markdown = (out / "summary.md").read_text()
+    assert "| vision_encoder | 1e+30 |" in markdown and "(3 non-finite steps skipped)" in markdown
     assert "| vision_encoder | 0.003 |" in markdown and "![loss vs learning rate](sweep_loss.png)" in markdown
     with Image.open(out / "sweep_loss.png") as image:
         assert image.format == "PNG"
@@ -96,7 +106,7 @@ def test_rerunning_the_sweep_is_a_no_op(grid, capsys):
     capsys.readouterr()
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert printed.count("skipped") == 4 and "ran " not in printed and "(0 runs done now, 4 already finished)" in printed
+    assert printed.count("skipped") == 6 and "ran " not in printed and "(0 runs done now, 6 already finished)" in printed
     assert {path: path.read_bytes() for path in out.rglob("metrics.jsonl")} == before
 
 
@@ -149,7 +159,7 @@ def test_bad_sweeps_stop_with_one_sentence(tmp_path, capsys, extra, message):
     assert __import__("re").search(message, error)
 
 
-# --- memgen predict's runner mode on the grid's SFT checkpoints (same module: it shares their runs and, through
+# --- memgen predict's runner mode on three of the grid's SFT checkpoints (same module: it shares their runs and, through
 # the fingerprint-keyed caches, the RL programs compiled by the test above) --------------------------------------
 
 @pytest.mark.slow
@@ -158,7 +168,8 @@ def test_predict_runner_measures_runs_rl_and_reports(grid, tmp_path, capsys):
     from launch.sft_run import heldout_loss_of_run
 
     out, _ = grid
-    sft_dirs = sorted((out / "sft").glob("*/lr-*"))
+    sft_dirs = [out / "sft" / freeze / sweep.lr_name(lr) for freeze, lr in (("none", 1e-3), ("none", 3e-3),
+                                                                             ("vision_encoder", 1e-3))]
     argv = ["predict", *map(str, sft_dirs), "rl.updates=1", "rl.eval_episodes=2", "rl.checkpoint.every_steps=1",
             "--out", str(tmp_path), "--rl-preset", "rl-tiny", "--episodes", "2", "--samples", "4", "--budget", "2"]
     assert main(argv) == 0

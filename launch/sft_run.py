@@ -96,7 +96,8 @@ def compiled_train_step(model_config, optimizer_config, total_steps: int, grad_a
     ``sft.step.sweep_train_step`` over a stacked state of K learning rates instead."""
     optimizer = make_optimizer(optimizer_config, total_steps)
     logits_fn = functools.partial(forward_from_batch, config=model_config)
-    step = jax.jit(functools.partial(sweep_train_step if sweep else train_step, logits_fn=logits_fn, optimizer=optimizer,
+    step = jax.jit(functools.partial(sweep_train_step if sweep else train_step, logits_fn=logits_fn,
+                                     optimizer=optimizer,
                                      grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype),
                    donate_argnums=0)
     return optimizer, step

@@ -1,8 +1,9 @@
 """`memgen sweep`: a grid of runs over SFT learning rates x freezing sets x verification budgets, resumable, with a
 summary table (markdown + JSON) and plots.
 
-    memgen sweep --preset SFT_PRESET --out DIR [--lrs 1e-4,3e-4] [--freeze "none;vision_encoder;vision_encoder,projector"]
-                 [--budgets 1,3,5] [--rl-preset RL_PRESET] [--eval-preset EVAL_PRESET] [--vmap auto|on|off]
+    memgen sweep --preset SFT_PRESET --out DIR [--lrs 1e-4,3e-4]
+                 [--freeze "none;vision_encoder;vision_encoder,projector"] [--budgets 1,3,5]
+                 [--rl-preset RL_PRESET] [--eval-preset EVAL_PRESET] [--vmap auto|on|off]
                  [key=value | rl.key=value | eval.key=value ...]
 
 The grid, one sub-directory per point (each an ordinary run directory of its command):
@@ -248,8 +249,9 @@ def _last(records: list[dict], field: str, **match: Any) -> Optional[dict]:
 
 def summary_rows(out: Path, freeze_sets, learning_rates, budgets, *, rl: bool, evaluation: bool) -> list[dict]:
     """One row per grid point (freeze, lr[, budget]) from the runs' metrics.jsonl: the SFT run's final train loss
-    and final held-out loss (None when non-finite) and its count of skipped (non-finite) steps; the RL run's last episode return and RL-arm success per split; the
-    evaluation's success per split (with its standard error)."""
+    and final held-out loss (None when non-finite), its count of skipped (non-finite) steps and its greedy success
+    per split when measured; the RL run's last episode return; the evaluation's success per split (with its
+    standard error)."""
     rows = []
     for groups in freeze_sets:
         name = freeze_name(groups)
@@ -308,8 +310,8 @@ def write_summary(rows: list[dict], out: Path) -> None:
     header += [f"SFT greedy success {s}" for s in sft_splits] + (["RL episode return"] if has_rl else [])
     header += [f"success {s} (± s.e.)" for s in splits]
     lines = ["# memgen sweep", "", f"{len(rows)} grid points. Losses are the SFT run's last train step and last "
-             "held-out evaluation (token means, nats; - when not finite); success is the evaluation stage's rate at the row's "
-             "verification budget with its binomial standard error.", "",
+             "held-out evaluation (token means, nats; - when not finite); success is the evaluation stage's rate at "
+             "the row's verification budget with its binomial standard error.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["freeze"], _cell(row["lr"])] + ([_cell(row.get("budget"))] if has_budget else [])

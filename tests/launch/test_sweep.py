@@ -1,6 +1,7 @@
 """memgen sweep on the tiny model: a 3 learning rates x 2 freezing sets grid (the rates vmapped in one program; the
-third diverges and is marked so while the others go on), interrupted and resumed; its members equal separate `memgen sft` runs; summary files; re-running is a no-op; the
-RL + eval stages over a budget; argument parsing and errors."""
+third diverges and is marked so while the others go on), interrupted and resumed; its members equal separate
+`memgen sft` runs; summary files; re-running is a no-op; the RL + eval stages over a budget; argument parsing and
+errors. Also `memgen predict`'s runner mode on the grid's SFT runs."""
 
 from __future__ import annotations
 
@@ -106,7 +107,8 @@ def test_rerunning_the_sweep_is_a_no_op(grid, capsys):
     capsys.readouterr()
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert printed.count("skipped") == 6 and "ran " not in printed and "(0 runs done now, 6 already finished)" in printed
+    assert printed.count("skipped") == 6 and "ran " not in printed
+    assert "(0 runs done now, 6 already finished)" in printed
     assert {path: path.read_bytes() for path in out.rglob("metrics.jsonl")} == before
 
 
@@ -159,8 +161,8 @@ def test_bad_sweeps_stop_with_one_sentence(tmp_path, capsys, extra, message):
     assert __import__("re").search(message, error)
 
 
-# --- memgen predict's runner mode on three of the grid's SFT checkpoints (same module: it shares their runs and, through
-# the fingerprint-keyed caches, the RL programs compiled by the test above) --------------------------------------
+# --- memgen predict's runner mode on three of the grid's SFT checkpoints (same module: it shares their runs and,
+# through the fingerprint-keyed caches, the RL programs compiled by the test above) ----------------------------
 
 @pytest.mark.slow
 def test_predict_runner_measures_runs_rl_and_reports(grid, tmp_path, capsys):

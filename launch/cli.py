@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("launch.bench", "run the benchmarks (benchmarks/*.py) and write a JSON file and a markdown table"),
     "rl": ("launch.rl_run", "PPO with multi-turn revision rollouts from an SFT run, a HF directory or a preset"),
     "eval": ("launch.eval_run", "success per split and verification budget (and pass@k) of a policy"),
+    "sweep": ("launch.sweep", "a resumable grid over SFT learning rates (vmapped) x freezing sets x verification "
+              "budgets, with a summary table and plots"),
 }
 
 

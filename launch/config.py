@@ -102,13 +102,21 @@ def register_preset(name: str, make: Callable[[], Any] | Any) -> None:
     _PRESETS[name] = (lambda: make) if is_instance else make
 
 
+def _load_preset_modules() -> None:
+    """Register the presets defined outside this module (the RL/eval ones and the experiment matrix of
+    launch/presets.py) the first time presets are looked up; importing them here at the top would be circular."""
+    import launch.presets  # noqa: F401
+
+
 def preset_names(kind: type | None = None) -> list[str]:
     """Registered preset names; with ``kind``, only those whose config is of that class (a command's presets)."""
+    _load_preset_modules()
     return sorted(name for name, make in _PRESETS.items() if kind is None or isinstance(make(), kind))
 
 
 def get_preset(name: str, kind: type | None = None) -> Any:
     """The config of preset ``name``; with ``kind``, a preset of another command is refused in one sentence."""
+    _load_preset_modules()
     if name not in _PRESETS or (kind is not None and not isinstance(_PRESETS[name](), kind)):
         problem = "is unknown" if name not in _PRESETS else "belongs to another command"
         raise ConfigError(f"preset {name!r} {problem}; choose one of: {', '.join(preset_names(kind))}")

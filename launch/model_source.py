@@ -7,6 +7,7 @@ it: D_init of the next run's compute axis). Also writes a trained policy back as
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,3 +113,13 @@ def save_policy(directory: Path, source: ModelSource, params: Any, compute: Any 
     (directory / "preprocessor_config.json").write_text(
         json.dumps(to_hf_preprocessor_config(source.image_config), indent=2) + "\n")
     return directory
+
+
+def tokenizer_fingerprint(source: ModelSource) -> str:
+    """What a compiled rollout depends on besides the model config: the tokenizer's files (by content, so policies
+    in different run directories with the same tokenizer share compiled programs) and the image preprocessing."""
+    digest = hashlib.sha256()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        file = Path(source.tokenizer_dir) / name
+        digest.update(name.encode() + (file.read_bytes() if file.is_file() else b"-"))
+    return f"{digest.hexdigest()}:{source.image_config!r}"

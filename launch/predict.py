@@ -5,7 +5,8 @@ post-RL success across checkpoints, as a table (DIR/predict.md, DIR/predict.json
 fit line per predictor (DIR/predict_<predictor>.png).
 
 `predictor_table(checkpoints) -> rows` is the pure statistics a sweep runner calls; the CLI reads checkpoints from
-JSON/JSONL files or run directories (docs/report.md, "memgen predict").
+JSON/JSONL files or run directories (docs/report.md, "memgen predict"), or, with --rl-preset, measures them
+itself from SFT run directories and runs the RL (launch/predict_run.py).
 
 A checkpoint is a mapping (rates in [0, 1]):
     {"name": "sft-lr1e-6-ep2",            # optional
@@ -326,20 +327,67 @@ def write_predict(checkpoints: Sequence[Mapping[str, Any]], out_dir: str | Path)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="JSON/JSONL files of checkpoints, or run directories (one checkpoint each)")
+                        help="JSON/JSONL files of checkpoints, or run directories (one checkpoint each); with "
+                             "--rl-preset: finished `memgen sft` run directories, and rl.key=value overrides of the "
+                             "RL config")
     parser.add_argument("--out", required=True, help="directory for predict.md, predict.json and the scatter plots")
     parser.add_argument("--split", default="in_distribution",
                         choices=("in_distribution", "rule_ood", "visual_ood"),
-                        help="evaluation split read from run directories (default: in_distribution)")
+                        help="evaluation split read from run directories, or measured with --rl-preset "
+                             "(default: in_distribution)")
     parser.add_argument("--task", default=None, choices=("gp-l", "gp-vl", "virl-l", "virl-vl"),
                         help="task read from run directories (needed when they hold several)")
+    runner = parser.add_argument_group(
+        "runner mode", "measure the predictors and run RL from each SFT checkpoint (launch/predict_run.py)")
+    runner.add_argument("--rl-preset", default=None,
+                        help="run RL from every checkpoint with this `memgen rl` preset (e.g. rl-tiny)")
+    defaults = _runner_defaults()
+    runner.add_argument("--episodes", type=int, default=defaults.episodes,
+                        help=f"instances per evaluation (default {defaults.episodes})")
+    runner.add_argument("--samples", type=int, default=defaults.samples,
+                        help=f"samples per instance for pass@k, k = 1, 2, 4, ... <= samples (default "
+                             f"{defaults.samples})")
+    runner.add_argument("--temperature", type=float, default=defaults.temperature,
+                        help=f"sampling temperature of the pass@k samples (default {defaults.temperature})")
+    runner.add_argument("--budget", type=int, default=None,
+                        help="verification budget of every evaluation (default: the RL preset's max_verify_steps)")
+    runner.add_argument("--seed", type=int, default=defaults.seed,
+                        help=f"seed of the evaluation instances (default {defaults.seed})")
+
+
+def _runner_defaults():
+    from launch.predict_run import PredictRunSettings
+    return PredictRunSettings()
+
+
+_RL_OVERRIDE = re.compile(r"^rl\.[A-Za-z0-9_.]+=")
+
+
+def _run_runner(args: argparse.Namespace) -> list[PredictorRow]:
+    import launch.rl_config  # noqa: F401  (registers the rl presets)
+    from launch.config import resolve
+    from launch.predict_run import PredictRunSettings, run_predict
+    from launch.rl_config import RLConfig
+
+    overrides = [item[len("rl."):] for item in args.inputs if _RL_OVERRIDE.match(item)]
+    directories = [item for item in args.inputs if not _RL_OVERRIDE.match(item)]
+    rl_config = resolve(args.rl_preset, overrides, kind=RLConfig)
+    settings = PredictRunSettings(split=args.split, episodes=args.episodes, samples=args.samples,
+                                  temperature=args.temperature, budget=args.budget, seed=args.seed)
+    _, rows = run_predict(directories, args.out, rl_config, settings)
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
+    from launch.config import ConfigError
+
     try:
-        checkpoints = load_checkpoints(args.inputs, split=args.split, task=args.task)
-        rows = write_predict(checkpoints, args.out)
-    except (PredictError, MetricsFileError) as error:
+        if args.rl_preset:
+            rows = _run_runner(args)
+        else:
+            checkpoints = load_checkpoints(args.inputs, split=args.split, task=args.task)
+            rows = write_predict(checkpoints, args.out)
+    except (PredictError, MetricsFileError, ConfigError) as error:
         print(f"memgen predict: {error}", file=sys.stderr)
         return 2
     print("\n".join(table_markdown(rows)))

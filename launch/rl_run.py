@@ -32,6 +32,7 @@ from launch.config import CONFIG_FILENAME, ConfigError, load_config, resolve, sa
 from launch.metrics import MetricsWriter
 from launch.model_source import init_tokens
 from launch.metrics_schema import eval_record, train_record
+from launch.model_source import tokenizer_fingerprint
 from launch.progress import ProgressBar
 from launch.rl_common import (TASK_NAMES, RolloutRunner, evaluate, load_policy, new_episodes, save_policy,
                               task_config)
@@ -97,7 +98,7 @@ def evaluation_split_names(gp_config) -> list[str]:
 def _compiled(policy, config: RLConfig, total_steps: int):
     """The jitted rollout, PPO update and buffer builder of a run, shared by runs of the same shapes in one process
     (tests, sweeps): a new jit object would compile again."""
-    key = (policy.config, str(policy.tokenizer_dir), config.episodes, config.episodes_per_update, config.algorithm,
+    key = (policy.config, tokenizer_fingerprint(policy), config.episodes, config.episodes_per_update, config.algorithm,
            config.ppo, config.grpo, total_steps)
     if key not in _COMPILED:
         episodes = config.episodes

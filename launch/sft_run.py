@@ -2,7 +2,9 @@
 resumable. The imperative shell around the pure pieces of sft/: load the model and data, build the mesh, loop
 over steps (batch -> jitted train step -> metrics -> evaluation -> checkpoint), and write the final policy.
 
-Python API: ``run_sft(config, out_dir) -> summary dict`` does what the command does.
+Python API: ``run_sft(config, out_dir) -> summary dict`` does what the command does; ``run_sft_sweep(config,
+learning_rates, out_dirs) -> [summary]`` trains K learning rates of one config in one vmapped program (what
+`memgen sweep` uses for small models), each member in its own ordinary run directory.
 
 A run directory holds config.json (the resolved config), metrics.jsonl and tensorboard/ (launch/metrics.py,
 schema in docs/metrics.md), checkpoints/ (Orbax: the whole TrainState plus the loop's counters) and, when the
@@ -13,12 +15,14 @@ command on the same directory resumes from the latest checkpoint and ends exactl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -35,8 +39,8 @@ from launch.sft_eval import default_generate, greedy_success, heldout_batches, m
 from rl.compute import ComputeCounter, add, parameter_count, total_gflops
 from sft.batches import encoded_lengths, forward_from_batch, image_slots, padded_length, sft_batch
 from sft.data_order import batch_example_indices, bucket_for, length_buckets
-from sft.optim import make_optimizer, partition, trainable_mask
-from sft.step import init_train_state, train_step
+from sft.optim import make_optimizer, partition, trainable_mask, with_peak_learning_rate
+from sft.step import init_train_state, stack_sweep, sweep_train_step, train_step, unstack_sweep
 
 FINAL_DIR = "final"
 CHECKPOINT_DIR = "checkpoints"
@@ -87,12 +91,14 @@ def place_state(state: Any, params_shardings: Any, freeze: tuple[str, ...], mesh
 
 @functools.lru_cache(maxsize=8)
 def compiled_train_step(model_config, optimizer_config, total_steps: int, grad_accum_steps: int,
-                        compute_dtype: str) -> tuple[Any, Callable]:
+                        compute_dtype: str, sweep: bool = False) -> tuple[Any, Callable]:
     """(optimizer, jitted donating train step) for these settings, memoised so that several runs in one process
-    (a notebook, a sweep driver, the tests) share one compiled program per shape."""
+    (a notebook, a sweep driver, the tests) share one compiled program per shape. ``sweep``: the vmapped step of
+    ``sft.step.sweep_train_step`` over a stacked state of K learning rates instead."""
     optimizer = make_optimizer(optimizer_config, total_steps)
     logits_fn = functools.partial(forward_from_batch, config=model_config)
-    step = jax.jit(functools.partial(train_step, logits_fn=logits_fn, optimizer=optimizer,
+    step = jax.jit(functools.partial(sweep_train_step if sweep else train_step, logits_fn=logits_fn,
+                                     optimizer=optimizer,
                                      grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype),
                    donate_argnums=0)
     return optimizer, step
@@ -145,11 +151,70 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int]
     ``evaluate(params, step, gflops) -> [records]`` (validated metrics records), called at step 0 and every
     ``eval_every`` steps; an experiment with its own task variant (docs/miniature.md) brings its own.
     When ``model`` is a memgen run directory, its training tokens count as D_init on the compute axis."""
-    out_dir = Path(out_dir)
+    return _train(config, [config.optimizer.lr], [Path(out_dir)], vmapped=False, stop_after=stop_after,
+                  generate=generate, progress=progress, evaluate=evaluate)[0]
+
+
+def run_sft_sweep(config: SFTConfig, learning_rates: Sequence[float], out_dirs: Sequence[str | Path], *,
+                  stop_after: Optional[int] = None, generate: Optional[Callable] = None,
+                  progress: Optional[bool] = None) -> list[dict]:
+    """K runs of ``config`` that differ only in the peak learning rate, trained together by ONE compiled program:
+    ``sft.step.sweep_train_step`` vmaps the train step over K copies of the trainable params and their optimizer
+    states (the frozen params are shared, every member sees the same batches), so a learning-rate ablation of a
+    small model costs one compilation and runs the K members in lockstep. ``out_dirs[k]`` becomes an ordinary
+    `memgen sft` run directory of ``config`` with ``optimizer.lr = learning_rates[k]`` (config.json, metrics.jsonl,
+    checkpoints/, final/): the same files a separate ``run_sft`` of that config writes, equal to them up to float
+    rounding, and `memgen sft` can resume any one of them alone. Re-running resumes from the latest step whose
+    checkpoint every member holds. Where ``run_sft`` stops after ``max_consecutive_skips`` non-finite steps, a
+    sweep member is marked ``diverged`` in its summary and the others go on. Returns one summary per member (as
+    ``run_sft``'s, plus ``lr`` and ``diverged``)."""
+    return _train(config, list(learning_rates), [Path(d) for d in out_dirs], vmapped=True, stop_after=stop_after,
+                  generate=generate, progress=progress)
+
+
+def with_learning_rate(config: SFTConfig, lr: float) -> SFTConfig:
+    """``config`` with peak learning rate ``lr`` (a sweep member's config)."""
+    return dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, lr=float(lr)))
+
+
+def _restore_members(managers: list[CheckpointManager], templates: list[Any]) -> Optional[list[Any]]:
+    """Each member's Restored checkpoint at the latest step that every member holds and can read (one member: its
+    latest readable one), or None for a fresh start."""
+    try:
+        if len(managers) == 1:
+            restored = managers[0].restore_latest(templates[0])
+            return None if restored is None else [restored]
+        held = [set(manager.steps()) for manager in managers]
+        if not any(held):
+            return None
+        for step in sorted(set.intersection(*held), reverse=True):
+            try:
+                return [manager.restore(step, template) for manager, template in zip(managers, templates)]
+            except Exception as error:  # orbax raises many types for damaged files; any of them means skip
+                warnings.warn(f"checkpoint step {step} of a sweep member cannot be restored ({type(error).__name__}"
+                              "); falling back to the previous common step", RuntimeWarning, stacklevel=2)
+    except CheckpointError as error:
+        raise SFTRunError(str(error)) from None
+    raise SFTRunError(f"the sweep members {', '.join(str(m.directory.parent) for m in managers)} share no readable "
+                      "checkpoint step; resume them one by one with `memgen sft` or delete their checkpoints/")
+
+
+def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path], *, vmapped: bool,
+           stop_after: Optional[int], generate: Optional[Callable], progress: Optional[bool],
+           evaluate: Optional[Callable[[Any, int, float], list[dict]]] = None) -> list[dict]:
+    """The SFT loop of K >= 1 members that differ only in the peak learning rate: vmapped in one program
+    (``vmapped``) or, with K = 1, the plain train step. Everything else (model, data, batches, evaluation) is
+    shared; each member has its own run directory, metrics writer, checkpoints and counters."""
     if config.steps < 1 or config.batch_size < 1 or config.batch_size % config.grad_accum_steps:
         raise ConfigError(f"steps ({config.steps}) and batch_size ({config.batch_size}) must be positive and "
                           f"batch_size a multiple of grad_accum_steps ({config.grad_accum_steps})")
-    _check_run_dir(out_dir, config)
+    if not out_dirs or len(out_dirs) != len(learning_rates) or len(set(out_dirs)) != len(out_dirs):
+        raise ConfigError(f"a learning-rate sweep needs one distinct run directory per learning rate, got "
+                          f"{len(learning_rates)} rates and directories {[str(d) for d in out_dirs]}")
+    members = range(len(out_dirs))
+    configs = [with_learning_rate(config, lr) for lr in learning_rates]
+    for out_dir, member_config in zip(out_dirs, configs):
+        _check_run_dir(out_dir, member_config)
 
     source = load_model(config.model, seed=config.seed, cache_dir=None)
     data = load_expert_data(task=config.task, modality=config.modality, seed=config.seed,
@@ -165,15 +230,16 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int]
     from model.sharding import param_shardings
     params_sh = param_shardings(source.config, mesh, source.params)
     # The peak learning rate lives in the optimizer state (sft/optim.py), so the compiled step is shared by runs
-    # that differ only in it; the state is initialised with the config's own rate.
+    # (and sweep members) that differ only in it; each state is initialised with its own rate.
     _, step_fn = compiled_train_step(model_config, dataclasses.replace(config.optimizer, lr=0.0), config.steps,
-                                     config.grad_accum_steps, config.compute_dtype)
+                                     config.grad_accum_steps, config.compute_dtype, sweep=vmapped)
     try:
         optimizer = make_optimizer(config.optimizer, config.steps)
-        state = init_train_state(source.params, optimizer, config.freeze, jax.random.PRNGKey(config.seed))
+        initial = init_train_state(source.params, optimizer, config.freeze, jax.random.PRNGKey(config.seed))
     except ValueError as error:  # a freeze entry that matches nothing, a bad schedule setting
         raise ConfigError(str(error)) from None
-    state = place_state(state, params_sh, config.freeze, mesh, optimizer)
+    templates = [place_state(initial.replace(opt_state=with_peak_learning_rate(initial.opt_state, lr)), params_sh,
+                             config.freeze, mesh, optimizer) for lr in learning_rates]
 
     if evaluate is None:
         evaluate = _make_evaluator(config, source, model_config, data, length, slots, mesh,
@@ -197,66 +263,114 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, stop_after: Optional[int]
         return sft_batch(tokenizer, [train[i] for i in indices], image_config, length=padded,
                          num_image_slots=slots)
 
-    save_config(config, out_dir)  # only now: a bad model path, data file or freeze entry leaves no run behind
+    def member_state(state: Any, k: int) -> Any:
+        return unstack_sweep(state, k) if vmapped else state
+
+    for out_dir, member_config in zip(out_dirs, configs):
+        save_config(member_config, out_dir)  # only now: a bad model path, data file or freeze entry leaves no run
     ckpt = config.checkpoint
-    with CheckpointManager(out_dir / CHECKPOINT_DIR, every_steps=ckpt.every_steps, keep=ckpt.keep,
-                           async_save=ckpt.async_save) as checkpoints:
-        try:
-            restored = checkpoints.restore_latest(state)
-        except CheckpointError as error:
-            raise SFTRunError(str(error)) from None
-        start, run_state = 0, {"train_tokens": 0, "consecutive_skips": 0, "skipped": 0, "last_loss": None}
-        if restored is not None:
-            start, state, run_state = restored.step, restored.state, {**run_state, **restored.run_state}
-        counter = ComputeCounter(init_tokens=init_tokens(config.model), train_tokens=int(run_state["train_tokens"]))
-        with MetricsWriter(out_dir, resume_step=None if restored is None else start) as writer, \
-                ProgressBar(config.steps, initial=start, enabled=progress) as bar:
-            if start == 0 and config.eval_every > 0:
-                for record in evaluate(state.params, 0, total_gflops(counter, num_params)):
-                    writer.write(record["step"], record)
-            step = start
-            while step < config.steps:
-                batch = batch_at(step)
-                # D: every real token goes forward + backward (summed over hosts: the global batch's tokens).
-                processed = _global_sum(int(batch["attention_mask"].sum()))
-                state, metrics = step_fn(state, place_batch(batch, mesh))
-                metrics = {key: float(value) for key, value in jax.device_get(metrics).items()}
-                step += 1
-                skipped = metrics["skipped"] > 0
+    with contextlib.ExitStack() as stack:
+        checkpoints = [stack.enter_context(CheckpointManager(
+            out_dir / CHECKPOINT_DIR, every_steps=ckpt.every_steps, keep=ckpt.keep, async_save=ckpt.async_save))
+            for out_dir in out_dirs]
+        restored = _restore_members(checkpoints, templates)
+        start = 0 if restored is None else restored[0].step
+        fresh = {"train_tokens": 0, "consecutive_skips": 0, "skipped": 0, "last_loss": None, "diverged": False}
+        run_states = [dict(fresh) if restored is None else {**fresh, **restored[k].run_state} for k in members]
+        states = templates if restored is None else [r.state for r in restored]
+        state = stack_sweep(states) if vmapped else states[0]
+        d_init = init_tokens(config.model)  # a run directory as the model: its tokens are D_init
+        counters = [ComputeCounter(init_tokens=d_init, train_tokens=int(run_state["train_tokens"]))
+                    for run_state in run_states]
+        writers = [stack.enter_context(MetricsWriter(out_dir, resume_step=None if restored is None else start))
+                   for out_dir in out_dirs]
+        bar = stack.enter_context(ProgressBar(config.steps, initial=start, enabled=progress))
+
+        def evaluate_members(step: int) -> None:
+            for k in members:
+                for record in evaluate(member_state(state, k).params, step, total_gflops(counters[k], num_params)):
+                    writers[k].write(record["step"], record)
+
+        if start == 0 and config.eval_every > 0:
+            evaluate_members(0)
+        step = start
+        while step < config.steps:
+            batch = batch_at(step)
+            # D: every real token goes forward + backward (summed over hosts: the global batch's tokens).
+            processed = _global_sum(int(batch["attention_mask"].sum()))
+            state, metrics = step_fn(state, place_batch(batch, mesh))
+            metrics = jax.device_get(metrics)
+            step += 1
+            losses = []
+            for k in members:
+                member = {key: float(value[k] if vmapped else value) for key, value in metrics.items()}
+                run_state = run_states[k]
+                skipped = member["skipped"] > 0
                 run_state["consecutive_skips"] = run_state["consecutive_skips"] + 1 if skipped else 0
                 run_state["skipped"] += int(skipped)
                 if not skipped:
-                    counter = add(counter, train_tokens=processed)
-                    run_state["train_tokens"] = counter.train_tokens
-                    run_state["last_loss"] = metrics["loss"]
-                gflops = total_gflops(counter, num_params)
+                    counters[k] = add(counters[k], train_tokens=processed)
+                    run_state["train_tokens"] = counters[k].train_tokens
+                    run_state["last_loss"] = member["loss"]
+                    losses.append(member["loss"])
                 if step % config.log_every == 0 or step == config.steps or skipped:
-                    record = train_record(step=step, gflops=gflops, loss=metrics["loss"], lr=metrics["lr"],
-                                          tokens=processed if not skipped else 0, arm="sft",
-                                          target_tokens=int(metrics["tokens"]), accuracy=metrics["accuracy"],
-                                          grad_norm=metrics["grad_norm"], skipped=int(skipped))
-                    writer.write(step, record)
-                bar.update(step, loss=metrics["loss"], tokens=processed)
+                    record = train_record(step=step, gflops=total_gflops(counters[k], num_params),
+                                          loss=member["loss"], lr=member["lr"], tokens=processed if not skipped else 0,
+                                          arm="sft", target_tokens=int(member["tokens"]), accuracy=member["accuracy"],
+                                          grad_norm=member["grad_norm"], skipped=int(skipped))
+                    writers[k].write(step, record)
                 if run_state["consecutive_skips"] >= config.max_consecutive_skips:
-                    raise SFTRunError(
-                        f"stopped at step {step}: the loss or gradient was not finite for "
-                        f"{run_state['consecutive_skips']} steps in a row (max_consecutive_skips="
-                        f"{config.max_consecutive_skips}); lower optimizer.lr or check the data and start again "
-                        "in a new --out directory")
-                if config.eval_every > 0 and (step % config.eval_every == 0 or step == config.steps):
-                    for record in evaluate(state.params, step, gflops):
-                        writer.write(record["step"], record)
-                checkpoints.save(step, state, run_state, force=step == config.steps)
-                if stop_after is not None and step >= stop_after:
-                    break
+                    message = (f"the loss or gradient was not finite for {run_state['consecutive_skips']} steps in a "
+                               f"row (max_consecutive_skips={config.max_consecutive_skips})")
+                    if not vmapped:
+                        raise SFTRunError(f"stopped at step {step}: {message}; lower optimizer.lr or check the data "
+                                          "and start again in a new --out directory")
+                    if not run_state["diverged"]:
+                        run_state["diverged"] = True
+                        print(f"memgen sft: sweep member lr={learning_rates[k]:g} diverged at step {step}: {message}; "
+                              "the other members go on", file=sys.stderr)
+            bar.update(step, loss=min(losses) if losses else float("nan"), tokens=processed * len(out_dirs))
+            if config.eval_every > 0 and (step % config.eval_every == 0 or step == config.steps):
+                evaluate_members(step)
+            for k in members:
+                checkpoints[k].save(step, member_state(state, k), run_states[k], force=step == config.steps)
+            if stop_after is not None and step >= stop_after:
+                break
     finished = step >= config.steps
-    final_dir = None
-    if finished:
-        final_dir = save_policy(out_dir / FINAL_DIR, source, jax.device_get(state.params), compute=counter)
-    return {"step": int(step), "loss": run_state["last_loss"], "train_tokens": counter.train_tokens,
-            "gflops": total_gflops(counter, num_params), "skipped": run_state["skipped"],
-            "num_params": num_params, "final_dir": None if final_dir is None else str(final_dir),
-            "stopped_early": not finished}
+    summaries = []
+    for k in members:
+        final_dir = None
+        if finished:
+            final_dir = save_policy(out_dirs[k] / FINAL_DIR, source, jax.device_get(member_state(state, k).params),
+                                    compute=counters[k])
+        summaries.append({"step": int(step), "loss": run_states[k]["last_loss"], "lr": float(learning_rates[k]),
+                          "train_tokens": counters[k].train_tokens, "gflops": total_gflops(counters[k], num_params),
+                          "skipped": run_states[k]["skipped"], "diverged": bool(run_states[k]["diverged"]),
+                          "num_params": num_params, "final_dir": None if final_dir is None else str(final_dir),
+                          "stopped_early": not finished})
+    return summaries
+
+
+def heldout_loss_of_run(run_dir: str | Path) -> dict[str, float]:
+    """The held-out generalisation loss (the "Quagmires" predictor) of a finished `memgen sft` run's final policy,
+    on the run's own held-out expert set (the examples its evaluations used, sharing no prompt with its training
+    data), computed as the run computes it: {"loss" (token-mean NLL, nats), "accuracy", "tokens"}."""
+    run_dir = Path(run_dir)
+    config = load_config(SFTConfig, run_dir)
+    if not (run_dir / FINAL_DIR / "config.json").is_file():
+        raise ConfigError(f"{run_dir} has no final/ policy; finish the run first (re-run the same `memgen sft` "
+                          "command to resume it)")
+    if config.eval_examples < 1:
+        raise ConfigError(f"{run_dir} ran with eval_examples={config.eval_examples}: it has no held-out set")
+    source = load_model(str(run_dir / FINAL_DIR), seed=config.seed)
+    data = load_expert_data(task=config.task, modality=config.modality, seed=config.seed,
+                            train_examples=config.train_examples, eval_examples=config.eval_examples,
+                            path=config.data.path)
+    length = padded_length(encoded_lengths(source.tokenizer, data.train + data.heldout), config.data.length_multiple)
+    batches = heldout_batches(source.tokenizer, data.heldout, source.image_config,
+                              batch_size=config.batch_size // config.grad_accum_steps, length=length,
+                              num_image_slots=image_slots(data.train + data.heldout))
+    return compiled_heldout_loss(source.config.replace(dtype=config.compute_dtype))(source.params, batches)
 
 
 def _make_evaluator(config: SFTConfig, source, model_config, data, length: int, slots: int, mesh,

@@ -172,6 +172,16 @@ def unstack_sweep(states: TrainState, index: int) -> TrainState:
                           opt_state=take(states.opt_state), rng=take(states.rng))
 
 
+def stack_sweep(members: Sequence[TrainState]) -> TrainState:
+    """The stacked sweep state of K member states (e.g. restored from K checkpoints): the inverse of
+    :func:`unstack_sweep`. The members must share their frozen partition; the first one's is kept."""
+    if not members:
+        raise ValueError("stack_sweep needs at least one member state")
+    stack = lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)  # noqa: E731
+    return members[0].replace(step=stack(*(m.step for m in members)), trainable=stack(*(m.trainable for m in members)),
+                              opt_state=stack(*(m.opt_state for m in members)), rng=stack(*(m.rng for m in members)))
+
+
 def sweep_train_step(states: TrainState, batch: Batch, *, logits_fn: LogitsFn,
                      optimizer: optax.GradientTransformation, grad_accum_steps: int = 1,
                      compute_dtype: Optional[jnp.dtype] = None) -> tuple[TrainState, dict[str, jax.Array]]:

@@ -1,0 +1,158 @@
+"""The preset matrix of the paper's experiments: task (gp-l, gp-vl, virl-l, virl-vl) x stage (sft-init, sft-scale,
+rl-scale, eval, eval-budgets) x size (the reference 11B run, and `-tiny` / `-small` CPU variants), registered in
+launch/config.py's preset registry when this module is imported (launch.config imports it the first time a preset
+is looked up). Names are ``<task>-<stage>`` (reference) and ``<task>-<stage>-<size>`` (CPU), e.g. gp-vl-sft-init,
+gp-l-rl-scale-tiny. ``MATRIX`` lists every registered name with its (task, stage, size).
+
+The pipeline of the paper (Section 5, Appendix C.2): SFT initialises the model (sft-init), then from that one
+checkpoint compute is scaled either with more SFT (sft-scale) or with RL (rl-scale), and policies are evaluated
+in-distribution, rule-OOD and (vision variants) visual-OOD at 5 verification steps (eval) or swept over 1, 3, 5
+and 10 (eval-budgets, Figure 10). The stages find each other by a path convention: sft-scale starts from
+``runs/<task>-sft-init[-size]/final`` and rl-scale from the run directory ``runs/<task>-sft-init[-size]``, so
+
+    memgen sft --preset gp-l-sft-init --out runs/gp-l-sft-init
+    memgen sft --preset gp-l-sft-scale --out runs/gp-l-sft-scale
+    memgen rl  --preset gp-l-rl-scale  --out runs/gp-l-rl-scale
+    memgen eval --preset gp-l-eval --out runs/gp-l-eval/rl init=runs/gp-l-rl-scale
+
+runs the matrix's row for GP-L (override ``model=`` / ``init=`` to use other directories). Eval presets have no
+default policy (``init=`` is required).
+
+Reference values (notes/reference-protocol.md, "Training"): SFT full fine-tune, AdamW beta2 0.98, eps 1e-7,
+cosine with 3 % warm-up, bf16, batch 128 (16 per device x 8), lr 1e-6 (text) / 5e-7 (vision). RL: PPO without KL
+or entropy terms, clip 0.1, 4 epochs, value loss 0.5 with value clipping, advantage normalisation, max grad norm
+0.01, GAE gamma 0.9 lambda 0.95, Adam lr 1e-6 (V-IRL-VL 1e-7) eps 1e-7 cosine to 1e-9, 20 updates for GP,
+sampling temperature 0.2, 512 new tokens (256 when evaluating), 5 verification steps for GP. Evaluation: 234
+episodes per GP setting.
+
+memgen's own choices where the reference gives no number (documented in docs/cli.md, "Preset matrix"): the SFT
+step counts (sft-init 100 steps = one epoch of 12,800 examples; sft-scale 500 steps = one epoch of 64,000
+examples, evaluated every 50 steps for the compute curve); the RL buffer: the reference collects 2,048 transitions
+per update (256 per process x 8); memgen's buffer has episodes x budget transition slots, so rl-scale uses 400
+episodes x 5 = 2,000 slots in minibatches of 80 (16 episodes); RL evaluates every 2 updates on 234 episodes.
+The tiny/small CPU variants keep the structure and the PPO constants (clip, epochs, gamma, lambda, value
+coefficient) and scale sizes, learning rates and gradient clipping to models trained from random init on a CPU.
+
+V-IRL: the SFT stages are registered for virl-l and virl-vl; their RL and evaluation presets wait for
+EpisodeConfig.task="virl" (launch/rl_config.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from launch.config import REFERENCE_MODEL_DIR, CheckpointConfig, SFTConfig, register_preset
+from launch.rl_config import EpisodeConfig, EvalConfig, RLConfig
+from rl.gae import GAEConfig
+from rl.ppo import PPOConfig
+from sft.optim import OptimizerConfig
+
+TASKS = {"gp-l": ("general_points", "language"), "gp-vl": ("general_points", "vision"),
+         "virl-l": ("virl", "language"), "virl-vl": ("virl", "vision")}
+SIZES = ("reference", "tiny", "small")
+STAGES = ("sft-init", "sft-scale", "rl-scale", "eval", "eval-budgets")
+RUNS_DIR = "runs"
+EVAL_BUDGETS = (1, 3, 5, 10)
+
+# name -> (task, stage, size) of every preset this module registers
+MATRIX: dict[str, tuple[str, str, str]] = {}
+
+
+def preset_name(task: str, stage: str, size: str = "reference") -> str:
+    return f"{task}-{stage}" if size == "reference" else f"{task}-{stage}-{size}"
+
+
+def _init_run(task: str, size: str) -> str:
+    """The run directory of the task's sft-init stage (the path convention the later stages start from)."""
+    return f"{RUNS_DIR}/{preset_name(task, 'sft-init', size)}"
+
+
+# --- SFT --------------------------------------------------------------------------------------------------------
+
+def _reference_lr(task: str) -> float:
+    return 5e-7 if task.endswith("-vl") else 1e-6
+
+
+def sft_config(task: str, stage: str, size: str) -> SFTConfig:
+    """The SFT config of (task, sft-init | sft-scale, size)."""
+    name, modality = TASKS[task]
+    scale = stage == "sft-scale"
+    if size == "reference":
+        base = SFTConfig(model=REFERENCE_MODEL_DIR, batch_size=128, compute_dtype="bfloat16",
+                         steps=500 if scale else 100, train_examples=64_000 if scale else 12_800,
+                         eval_examples=256, eval_every=50, greedy_examples=234, max_new_tokens=256,
+                         optimizer=OptimizerConfig(lr=_reference_lr(task)))
+    elif size == "tiny":
+        base = SFTConfig(model="tiny", steps=40 if scale else 20, batch_size=4, train_examples=128 if scale else 64,
+                         eval_examples=16, eval_every=10, greedy_examples=4, max_new_tokens=48,
+                         compute_dtype="float32", mesh=(1, 1, 1), optimizer=OptimizerConfig(lr=1e-3),
+                         checkpoint=CheckpointConfig(every_steps=10, keep=2))
+    else:
+        base = SFTConfig(model="small", steps=200 if scale else 100, batch_size=8,
+                         train_examples=1600 if scale else 800, eval_examples=64, eval_every=20 if scale else 25,
+                         greedy_examples=32, max_new_tokens=96, compute_dtype="float32", mesh=(1, 1, 1),
+                         optimizer=OptimizerConfig(lr=5e-4), checkpoint=CheckpointConfig(every_steps=20, keep=2))
+    model = f"{_init_run(task, size)}/final" if scale else base.model
+    return dataclasses.replace(base, task=name, modality=modality, model=model)
+
+
+# --- RL and evaluation (GeneralPoints) ---------------------------------------------------------------------------
+
+def _episodes(task: str, size: str, *, evaluation: bool) -> EpisodeConfig:
+    _, modality = TASKS[task]
+    if size == "reference":
+        return EpisodeConfig(modality=modality, max_verify_steps=5, max_new_tokens=256 if evaluation else 512,
+                             temperature=0.0 if evaluation else 0.2)
+    if size == "tiny":  # the rl-tiny shapes and its learnable "digits" reward (a random tiny model never solves GP)
+        return EpisodeConfig(modality=modality, max_verify_steps=2, max_new_tokens=8, feedback_len=160,
+                             reward="digits", temperature=0.0 if evaluation else 1.0)
+    return EpisodeConfig(modality=modality, max_verify_steps=5, max_new_tokens=64, feedback_len=160,
+                         temperature=0.0 if evaluation else 1.0)
+
+
+def rl_config(task: str, size: str) -> RLConfig:
+    """The rl-scale config of a GeneralPoints task: PPO from the task's sft-init run."""
+    episodes = _episodes(task, size, evaluation=False)
+    init = _init_run(task, size)
+    if size == "reference":
+        return RLConfig(init=init, updates=20, episodes_per_update=400, episodes=episodes, eval_every=2,
+                        eval_episodes=234, ppo=PPOConfig(minibatch_size=80, gae=GAEConfig(0.9, 0.95)))
+    if size == "tiny":
+        return RLConfig(init=init, updates=12, episodes_per_update=8, episodes=episodes, eval_every=4,
+                        eval_episodes=8, ppo=PPOConfig(minibatch_size=8, learning_rate=1e-2, final_learning_rate=1e-3,
+                                                       max_grad_norm=1.0),
+                        checkpoint=CheckpointConfig(every_steps=2, keep=2, async_save=False))
+    return RLConfig(init=init, updates=20, episodes_per_update=16, episodes=episodes, eval_every=5, eval_episodes=32,
+                    ppo=PPOConfig(minibatch_size=16, learning_rate=1e-4, final_learning_rate=1e-6, max_grad_norm=1.0),
+                    checkpoint=CheckpointConfig(every_steps=5, keep=2, async_save=False))
+
+
+def eval_config(task: str, stage: str, size: str) -> EvalConfig:
+    """eval (budget 5; tiny: 2) or eval-budgets (1, 3, 5, 10; tiny: 1, 2) of a GeneralPoints task, on
+    in-distribution, rule-OOD and, for the vision variant, visual-OOD."""
+    episodes = _episodes(task, size, evaluation=True)
+    splits = ("in_distribution", "rule_ood") + (("visual_ood",) if task.endswith("-vl") else ())
+    if size == "tiny":
+        budgets = (1, 2) if stage == "eval-budgets" else (2,)
+    else:
+        budgets = EVAL_BUDGETS if stage == "eval-budgets" else (5,)
+    count = {"reference": 234, "tiny": 4, "small": 64}[size]
+    return EvalConfig(init="", episodes=count, verify_budgets=budgets, splits=splits, sampling=episodes)
+
+
+def _register_all() -> None:
+    for task, (name, _) in TASKS.items():
+        for size in SIZES:
+            entries = {stage: (lambda t=task, st=stage, sz=size: sft_config(t, st, sz))
+                       for stage in ("sft-init", "sft-scale")}
+            if name == "general_points":  # V-IRL RL/eval need EpisodeConfig.task="virl"
+                entries["rl-scale"] = lambda t=task, sz=size: rl_config(t, sz)
+                for stage in ("eval", "eval-budgets"):
+                    entries[stage] = lambda t=task, st=stage, sz=size: eval_config(t, st, sz)
+            for stage, make in entries.items():
+                preset = preset_name(task, stage, size)
+                register_preset(preset, make)
+                MATRIX[preset] = (task, stage, size)
+
+
+_register_all()

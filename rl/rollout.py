@@ -11,9 +11,9 @@ One scan step (verification step k):
   2. the host-side verifier judges it through `jax.pure_callback` (the imperative boundary, see
      `VerifierFn`): token ids (B, N) + lengths + active rows + k -> reward, done, success and the feedback turn's
      token ids (B, F) right-padded with their mask;
-  3. the feedback turn (it ends with the assistant header) is appended to the same cache with `model.forward.extend`
+  3. the feedback turn (it ends with the assistant header) is appended to the same cache with `model.sampler.append`
      (rows that are done append nothing), and the value head reads the hidden state at the chunk's last valid
-     token: the position that generates the next response's first token.
+     token (`append(..., return_hidden=True)`): the position that generates the next response's first token.
 The prompt is prefilled once; images are encoded once per episode by the caller (`cross_attention_states`) and
 their cross-attention K/V live in the cache. Nothing is re-tokenised: the trajectory is the ids in the arrays.
 
@@ -35,10 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from model import text as T
 from model.config import ModelConfig
-from model.forward import extend, forward, init_cache
-from model.sampler import SamplerState, SamplingConfig, _last_valid, sample_turn, token_logprobs
+from model.forward import forward, init_cache
+from model.sampler import SamplingConfig, append, sample_turn, start, token_logprobs
 from model.value_head import value_head_apply
 
 Params = dict[str, Any]
@@ -88,17 +87,9 @@ class Trajectory:
     bootstrap_value: jax.Array
 
 
-def _extend_with_value(params: Params, config: ModelConfig, state: SamplerState | None, tokens: jax.Array,
-                       mask: jax.Array, cache, **image_inputs) -> tuple[SamplerState, jax.Array]:
-    """Append tokens (B, n) under mask (B, n) to the cache; the new sampler state and the value (B,) at each row's
-    last valid token (rows with none keep their logits; their value is meaningless and masked by the caller)."""
-    _, hidden, cache = extend(params, config, tokens, cache, attention_mask=mask, return_hidden=True, **image_inputs)
-    last_hidden, has_tokens = _last_valid(hidden, mask)
-    logits = T.lm_head(params, last_hidden).astype(jnp.float32)
-    if state is not None:
-        logits = jnp.where(has_tokens[:, None], logits, state.last_logits)
-    values = value_head_apply(params["value_head"], last_hidden[:, None])[:, 0]
-    return SamplerState(cache, logits), values
+def _value(params: Params, hidden: jax.Array) -> jax.Array:
+    """The value head at hidden states (B, D) -> (B,)."""
+    return value_head_apply(params["value_head"], hidden[:, None])[:, 0]
 
 
 def call_verifier(verifier: VerifierFn, tokens: jax.Array, lengths: jax.Array, active: jax.Array, step: jax.Array,
@@ -133,10 +124,9 @@ def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_m
     if cross_attention_states is not None:
         num_images = cross_attention_states.shape[1] // (config.vision.max_num_tiles * config.vision.num_patches)
     cache = init_cache(config, batch, cache_length(prompt_len, rollout_config), num_images=num_images)
-    image_inputs = {}
-    if cross_attention_states is not None:
-        image_inputs = dict(cross_attention_states=cross_attention_states, cross_attention_mask=cross_attention_mask)
-    state, value = _extend_with_value(params, config, None, prompt_ids, prompt_mask, cache, **image_inputs)
+    state, hidden = start(params, config, prompt_ids, prompt_mask, cache, cross_attention_states=cross_attention_states,
+                          cross_attention_mask=cross_attention_mask, return_hidden=True)
+    value = _value(params, hidden)
 
     def verification_step(carry, step):
         state, value, finished, rng = carry
@@ -149,7 +139,8 @@ def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_m
         continues = active & ~done
         feedback_mask = jnp.where(continues[:, None], feedback_mask, 0)
         feedback_ids = jnp.where(feedback_mask != 0, feedback_ids, config.text.pad_token_id)
-        state, new_value = _extend_with_value(params, config, state, feedback_ids, feedback_mask, state.cache)
+        state, hidden = append(params, config, state, feedback_ids, feedback_mask, return_hidden=True)
+        new_value = _value(params, hidden)
         positions = jnp.arange(sampling.max_new_tokens)[None, :]
         response_mask = active[:, None] & (positions < generation.lengths[:, None])
         out = dict(response_ids=generation.tokens, response_logprobs=jnp.where(response_mask, generation.logprobs, 0.0),

@@ -26,9 +26,19 @@ class EpisodeConfig:
     (the verifier's reward) or "digits" (the share of the response's characters that are digits, in [0, 1]: a
     dense reward a tiny random model can learn within a few updates; for tests and demos, not an experiment).
     ``feedback_len``: the feedback turn's token bucket; ``prompt_bucket``: prompts are left-padded to a multiple.
-    ``prompt_template``/``feedback_template``: text files replacing GeneralPoints' packaged templates (docs/general_points.md), None = packaged."""
+    ``prompt_template``/``feedback_template``: text files replacing GeneralPoints' packaged templates (docs/general_points.md), None = packaged.
 
-    task: Literal["general_points"] = "general_points"
+    V-IRL (``task="virl"``, docs/rl.md "V-IRL"): one rollout is one decision point; ``max_verify_steps`` is the
+    number of judged answers per decision (the paper's 2; the scan runs one more step, the answer VirlEpisode
+    judges "past the budget"); ``decision_points`` rollouts per update, every row playing routes back to back (a
+    route that ends is replaced by a new one, a route still running at the end is bootstrapped with the value of
+    its next prompt); the training pool holds ``train_routes`` routes of the training city, with
+    ``min_route_steps``..``max_route_steps`` turn-by-turn steps (evaluation routes too, except visual OOD); ``prompt_len`` > 0
+    pads every prompt to exactly that many tokens (required for V-IRL: its prompts grow with the route's history,
+    and one compiled rollout and update serve them all; a longer prompt is refused); ``prompt_template`` becomes
+    VirlConfig.prompt_path (``feedback_template`` does not apply)."""
+
+    task: Literal["general_points", "virl"] = "general_points"
     modality: Literal["language", "vision"] = "language"
     target: int = 24
     num_cards: int = 4
@@ -41,6 +51,11 @@ class EpisodeConfig:
     reward: Literal["task", "digits"] = "task"
     prompt_template: str | None = None
     feedback_template: str | None = None
+    prompt_len: int = 0
+    decision_points: int = 8
+    train_routes: int = 250
+    min_route_steps: int = 2
+    max_route_steps: int = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,3 +115,29 @@ register_preset("eval-gp-vl", EvalConfig(init="", episodes=256, verify_budgets=(
                                          sampling=EpisodeConfig(modality="vision", temperature=0.0)))
 register_preset("eval-tiny", EvalConfig(init="tiny", episodes=4, verify_budgets=(1, 2),
                                         sampling=dataclasses.replace(_TINY_EPISODES, temperature=0.0)))
+
+# V-IRL (docs/rl.md "V-IRL"): the paper's PPO, 15 updates, 2 answers per decision, sampling temperature 0.2, 512 new
+# tokens (evaluation 256), V-IRL-VL at lr 1e-7. 128 rows x 16 decision points = 2048 decision points per update
+# (the reference's 256 transitions x 8 processes; every decision point is at least one transition).
+_VIRL_EPISODES = EpisodeConfig(task="virl", max_verify_steps=2, max_new_tokens=512, temperature=0.2,
+                               prompt_len=1024, decision_points=16)
+_VIRL_EVAL = dataclasses.replace(_VIRL_EPISODES, max_new_tokens=256, temperature=0.0)
+register_preset("rl-virl-l", RLConfig(init="", updates=15, episodes_per_update=128, episodes=_VIRL_EPISODES,
+                                      ppo=_PAPER_PPO, eval_episodes=48))
+register_preset("rl-virl-vl", RLConfig(init="", updates=15, episodes_per_update=128,
+                                       episodes=dataclasses.replace(_VIRL_EPISODES, modality="vision"),
+                                       ppo=dataclasses.replace(_PAPER_PPO, learning_rate=1e-7), eval_episodes=48))
+# The paper evaluates 48 routes in distribution and rule-OOD (18 for visual OOD: the 9-city set has 18 routes).
+register_preset("eval-virl-l", EvalConfig(init="", episodes=48, verify_budgets=(2,), sampling=_VIRL_EVAL))
+register_preset("eval-virl-vl", EvalConfig(init="", episodes=48, verify_budgets=(2,),
+                                           splits=("in_distribution", "rule_ood", "visual_ood"),
+                                           sampling=dataclasses.replace(_VIRL_EVAL, modality="vision")))
+# CPU: the tiny random model on 2-step routes (12 decision points), 2 rows x 2 decision points x 3 answer slots.
+_VIRL_TINY = EpisodeConfig(task="virl", max_verify_steps=2, max_new_tokens=8, feedback_len=128, prompt_len=1280,
+                           decision_points=2, train_routes=32, min_route_steps=2, max_route_steps=2)
+register_preset("rl-virl-tiny", RLConfig(
+    init="tiny", updates=2, episodes_per_update=2, episodes=_VIRL_TINY, eval_episodes=2,
+    ppo=PPOConfig(minibatch_size=6, epochs=2, learning_rate=1e-2, final_learning_rate=1e-3, max_grad_norm=1.0),
+    checkpoint=CheckpointConfig(every_steps=1, keep=2, async_save=False)))
+register_preset("eval-virl-tiny", EvalConfig(init="tiny", episodes=2, verify_budgets=(1, 2),
+                                             sampling=dataclasses.replace(_VIRL_TINY, temperature=0.0)))

@@ -59,12 +59,27 @@ def _epochs_and_minibatch(config: RLConfig) -> tuple[int, int]:
     return algorithm.epochs, algorithm.minibatch_size
 
 
+def transitions_per_update(config: RLConfig) -> int:
+    """The buffer's N: episodes x verification steps (GeneralPoints), rows x decision points x (answers per
+    decision + 1) (V-IRL, launch/rl_virl.py); padded transitions included."""
+    episodes = config.episodes
+    if episodes.task == "virl":
+        from launch.rl_virl import rollout_steps
+        return config.episodes_per_update * episodes.decision_points * rollout_steps(episodes.max_verify_steps)
+    return config.episodes_per_update * episodes.max_verify_steps
+
+
 def _check_config(config: RLConfig) -> None:
-    transitions = config.episodes_per_update * config.episodes.max_verify_steps
+    transitions = transitions_per_update(config)
     _, minibatch = _epochs_and_minibatch(config)
     if transitions % minibatch:
-        raise ConfigError(f"episodes_per_update x episodes.max_verify_steps = {transitions} transitions is not a "
-                          f"multiple of {config.algorithm}.minibatch_size={minibatch}; change one of them")
+        what = ("episodes_per_update x episodes.decision_points x (episodes.max_verify_steps + 1)"
+                if config.episodes.task == "virl" else "episodes_per_update x episodes.max_verify_steps")
+        raise ConfigError(f"{what} = {transitions} transitions is not a multiple of "
+                          f"{config.algorithm}.minibatch_size={minibatch}; change one of them")
+    if config.episodes.task == "virl" and config.algorithm != "ppo":
+        raise ConfigError("V-IRL trains with algorithm=ppo only (GRPO groups need one instance per group, V-IRL "
+                          "rows play routes back to back); set algorithm=ppo")
     if config.algorithm == "grpo" and config.episodes_per_update % config.grpo.group_size:
         raise ConfigError(f"episodes_per_update={config.episodes_per_update} is not a multiple of "
                           f"grpo.group_size={config.grpo.group_size}; change one of them")
@@ -87,10 +102,13 @@ def _resolve_run_config(config: RLConfig, out: Path) -> RLConfig:
 _COMPILED: dict = {}
 
 
-def evaluation_split_names(gp_config) -> list[str]:
+def evaluation_split_names(episodes) -> list[str]:
     """The paper's splits of a training config: in-distribution, rule-OOD and (vision) visual-OOD."""
+    if episodes.task == "virl":
+        from launch.rl_virl import evaluation_splits as virl_splits
+        return list(virl_splits(episodes))
     from tasks.general_points import evaluation_splits
-    return list(evaluation_splits(gp_config))
+    return list(evaluation_splits(task_config(episodes)))
 
 
 def _compiled(policy, config: RLConfig, total_steps: int):
@@ -100,17 +118,26 @@ def _compiled(policy, config: RLConfig, total_steps: int):
            config.ppo, config.grpo, total_steps)
     if key not in _COMPILED:
         episodes = config.episodes
-        runner = RolloutRunner(policy, episodes, episodes.max_verify_steps, config.episodes_per_update)
+        steps = episodes.max_verify_steps
+        if episodes.task == "virl":
+            from launch.rl_virl import rollout_steps
+            steps = rollout_steps(steps)
+        runner = RolloutRunner(policy, episodes, steps, config.episodes_per_update)
         policy_fn = functools.partial(transition_policy, config=policy.config, temperature=episodes.temperature)
         optimizer = ppo_optimizer(config.ppo, total_steps)
         if config.algorithm == "ppo":
             update = functools.partial(ppo_update, policy_fn=policy_fn, optimizer=optimizer, config=config.ppo)
             make_buffer = functools.partial(ppo_buffer, config=config.ppo)
+            if episodes.task == "virl":
+                from launch.rl_virl import make_buffer_fn
+                make_buffer = make_buffer_fn(config.ppo)
         else:
             logprob_fn = lambda params, minibatch: policy_fn(params, minibatch)[0]  # noqa: E731
             update = functools.partial(grpo_update, logprob_fn=logprob_fn, optimizer=optimizer, config=config.grpo)
             make_buffer = functools.partial(grpo_buffer, config=config.grpo)
-        _COMPILED[key] = (runner, jax.jit(update, donate_argnums=0), jax.jit(make_buffer), {})
+        if episodes.task != "virl":
+            make_buffer = jax.jit(make_buffer)
+        _COMPILED[key] = (runner, jax.jit(update, donate_argnums=0), make_buffer, {})
     return _COMPILED[key]
 
 
@@ -133,9 +160,13 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     config = _resolve_run_config(config, out)
     policy = load_policy(config.init, seed=config.seed)
     episodes = config.episodes
-    gp_config = task_config(episodes)
+    task_settings = task_config(episodes)
     task = TASK_NAMES[(episodes.task, episodes.modality)]
-    transitions = config.episodes_per_update * episodes.max_verify_steps
+    transitions = transitions_per_update(config)
+    virl_routes = None
+    if episodes.task == "virl":
+        from launch.rl_virl import TrainingRoutes
+        virl_routes = TrainingRoutes(episodes, config.seed)
     epochs, minibatch = _epochs_and_minibatch(config)
     total_steps = max(1, config.updates * epochs * (transitions // minibatch))
     optimizer = ppo_optimizer(config.ppo, total_steps)
@@ -157,13 +188,25 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
             ProgressBar(config.updates, description="rl", initial=start, enabled=show_progress) as bar:
         for index in range(start, end):
             began = time.perf_counter()
-            group = config.grpo.group_size if config.algorithm == "grpo" else 1
-            states = new_episodes(gp_config, (config.seed, index), config.episodes_per_update // group, group)
             rollout_key, update_key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), index))
-            trajectory, verifier, images = runner(state.params, states, rollout_key)
-            rollout_seconds = time.perf_counter() - began
-            buffer = make_buffer(trajectory, images=images)
-            stats = jax.device_get(rollout_statistics(trajectory))
+            if virl_routes is not None:
+                from launch.rl_virl import play, training_statistics, update_buffer
+                supply = virl_routes.supply((config.seed, index))
+                result = play(runner, state.params, [supply() for _ in range(config.episodes_per_update)],
+                              rollout_key, calls=episodes.decision_points, replace=supply)
+                rollout_seconds = time.perf_counter() - began
+                buffer = update_buffer(make_buffer, runner, state.params, result)
+                stats = training_statistics(result)
+                truncated = result.truncated_feedback
+            else:
+                group = config.grpo.group_size if config.algorithm == "grpo" else 1
+                states = new_episodes(task_settings, (config.seed, index), config.episodes_per_update // group,
+                                      group)
+                trajectory, verifier, images = runner(state.params, states, rollout_key)
+                rollout_seconds = time.perf_counter() - began
+                buffer = make_buffer(trajectory, images=images)
+                stats = jax.device_get(rollout_statistics(trajectory))
+                truncated = verifier.truncated_feedback
             lr = float(peak_learning_rate(state.opt_state)) * float(decay(state.step))
             state, metrics = update(state, buffer, update_key)
             metrics = jax.device_get(metrics)
@@ -176,11 +219,12 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                 writer.write(step, train_record(
                     step=step, gflops=gflops, loss=last["loss"], lr=lr, tokens=trained, arm="rl", task=task,
                     rollout_seconds=rollout_seconds, update_seconds=time.perf_counter() - began - rollout_seconds,
-                    truncated_feedback=verifier.truncated_feedback,
+                    truncated_feedback=truncated,
                     **{k: v for k, v in last.items() if k not in ("loss", "inference_tokens")}))
             if (config.eval_every and step % config.eval_every == 0) or step == config.updates:
-                for split in evaluation_split_names(gp_config):
-                    fields = evaluate(policy, state.params, episodes, split=split, budget=episodes.max_verify_steps,
+                greedy = dataclasses.replace(episodes, temperature=0.0)
+                for split in evaluation_split_names(episodes):
+                    fields = evaluate(policy, state.params, greedy, split=split, budget=episodes.max_verify_steps,
                                       num_episodes=config.eval_episodes, n_samples=1, seed=config.seed + 1,
                                       runners=eval_runners)
                     writer.write(step, eval_record(step=step, gflops=gflops, task=task, arm="rl", seed=config.seed,

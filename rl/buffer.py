@@ -33,25 +33,58 @@ def _sequences(trajectory: Trajectory, images: tuple[jax.Array, jax.Array] | Non
     return sequences
 
 
+def transition_arrays(trajectory: Trajectory, images: tuple[jax.Array, jax.Array] | None = None,
+                      terminal: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Everything the buffers need per transition, in the rollout layout (B, K, ...): context_ids, context_mask
+    (C), response_ids, response_mask (S), old_token_logprobs (S) (the sampling log-probs), old_values, rewards,
+    dones, valid (B, K); with `images` also cross_attention_states and cross_attention_mask (`_sequences`).
+    `terminal` (B,) bool: which rows' episodes really ended in this rollout. By default every rollout `done` is an
+    episode end (GeneralPoints); a V-IRL decision point is also `done` after a correct action, but the route goes
+    on at the next decision point, so its run loop passes terminal = the episode is over, and GAE then carries
+    value across decision points. Parts of several rollouts concatenate along K (`concatenate_transitions`) when
+    their context lengths C agree (a fixed prompt length)."""
+    t = trajectory
+    dones = t.dones if terminal is None else t.dones & jnp.asarray(terminal, bool)[:, None]
+    return dict(_sequences(t, images), old_token_logprobs=t.response_logprobs, old_values=t.values,
+                rewards=t.rewards, dones=dones, valid=t.valid)
+
+
+def concatenate_transitions(parts: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+    """Per-transition dicts (B, K_i, ...) of consecutive rollouts of the same rows -> one (B, sum K_i, ...)."""
+    return {name: jnp.concatenate([part[name] for part in parts], axis=1) for name in parts[0]}
+
+
+def ppo_buffer_from_transitions(transitions: dict[str, jax.Array], bootstrap_value: jax.Array,
+                                config: PPOConfig, token_weights: jax.Array | None = None) -> dict[str, jax.Array]:
+    """GAE over each row's transitions (B, T) (`transition_arrays` layout; several episodes and padding per row
+    allowed; `bootstrap_value` (B,) for rows whose last episode is still running), then everything flattened to
+    N = B * T: context_ids, context_mask (N, C), response_ids, response_mask (N, S), old_logprob (N,) (the
+    sequence log-prob of the sampling log-probs, `sequence_logprob` with `token_weights` (B, T, S) when given,
+    the weights `policy_fn`'s ratio uses: the buffer then carries them as "token_weights"), old_values,
+    advantages, returns, rewards (N,), valid (N,) bool, and the images' keys when present."""
+    per_transition = dict(transitions)
+    token_logprobs = per_transition.pop("old_token_logprobs")
+    dones = per_transition.pop("dones")
+    advantages, returns = gae(per_transition["rewards"], per_transition["old_values"], dones,
+                              per_transition["valid"], bootstrap_value, config.gae)
+    per_transition.update(old_logprob=sequence_logprob(token_logprobs, per_transition["response_mask"], token_weights),
+                          advantages=advantages, returns=returns)
+    if token_weights is not None:
+        per_transition["token_weights"] = token_weights
+    batch, steps = per_transition["rewards"].shape
+    return {name: value.reshape(batch * steps, *value.shape[2:]) for name, value in per_transition.items()}
+
+
 def ppo_buffer(trajectory: Trajectory, config: PPOConfig,
                images: tuple[jax.Array, jax.Array] | None = None) -> dict[str, jax.Array]:
-    """GAE over each row's transitions (gamma, lambda of config.gae; the rollout's bootstrap value for rows the
-    budget cut off), then everything flattened to N = B * K: context_ids, context_mask (N, C), response_ids,
-    response_mask (N, S), old_logprob (N,) (the sum of the sampling log-probs), old_values, advantages, returns,
-    rewards (N,), valid (N,) bool; with `images` (the encoded images (B, V, D) and the prompts' cross-attention
-    mask (B, P, I, T)) also cross_attention_states (N, V, D) and cross_attention_mask (N, C + S, I, T). The
-    sequence log-prob uses unit token weights (config.answer_key_weight 1)."""
+    """The PPO buffer of one rollout (GeneralPoints: every row one episode): `transition_arrays` then
+    `ppo_buffer_from_transitions` with the rollout's bootstrap value. `images` = (the encoded images (B, V, D),
+    the prompts' cross-attention mask (B, P, I, T)) adds cross_attention_states (N, V, D) and cross_attention_mask
+    (N, C + S, I, T). The sequence log-prob uses unit token weights (config.answer_key_weight 1)."""
     if config.answer_key_weight != 1.0:
         raise ValueError("ppo_buffer supports answer_key_weight=1.0 only (the true log-prob); the reference's 0.5 "
                          "weight before the answer key needs its token position, which the rollout does not track yet.")
-    t = trajectory
-    advantages, returns = gae(t.rewards, t.values, t.dones, t.valid, t.bootstrap_value, config.gae)
-    sequences = _sequences(t, images)
-    old_logprob = sequence_logprob(t.response_logprobs, t.response_mask)
-    per_transition = dict(sequences, old_logprob=old_logprob, old_values=t.values, advantages=advantages,
-                          returns=returns, rewards=t.rewards, valid=t.valid)
-    batch, steps = t.rewards.shape
-    return {name: value.reshape(batch * steps, *value.shape[2:]) for name, value in per_transition.items()}
+    return ppo_buffer_from_transitions(transition_arrays(trajectory, images), trajectory.bootstrap_value, config)
 
 
 def rollout_statistics(trajectory: Trajectory) -> dict[str, jax.Array]:

@@ -112,12 +112,14 @@ def cache_length(prompt_len: int, rollout_config: RolloutConfig) -> int:
 
 def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
             *, verifier: VerifierFn, rollout_config: RolloutConfig, cross_attention_states: jax.Array | None = None,
-            cross_attention_mask: jax.Array | None = None, stop_tokens: jax.Array | None = None) -> Trajectory:
+            cross_attention_mask: jax.Array | None = None, stop_tokens: jax.Array | None = None,
+            active: jax.Array | None = None) -> Trajectory:
     """One decision point of B episodes: prefill the left-padded prompts (B, P), then a `jax.lax.scan` over K
     verification steps (module docstring). `cross_attention_states` (B, V, D): the images, encoded once
-    (`model.sampler._encode_images` / `model.forward.vision_states`), with the prompt's cross_attention_mask
-    (B, P, I, T). `stop_tokens` (S,) int32 (-1 = unused) overrides sampling.stop_tokens. Jit it with `config`,
-    `verifier` and `rollout_config` static."""
+    (`model.forward.vision_states`), with the prompt's cross_attention_mask (B, P, I, T). `stop_tokens` (S,) int32
+    (-1 = unused) overrides sampling.stop_tokens. `active` (B,) bool: rows that play (default all); the others
+    (e.g. V-IRL routes that already ended) sample nothing, are never passed to the verifier as active and have
+    no valid transition. Jit it with `config`, `verifier` and `rollout_config` static."""
     sampling = rollout_config.sampling
     batch, prompt_len = prompt_ids.shape
     num_images = 0
@@ -150,13 +152,29 @@ def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_m
         value = jnp.where(continues, new_value, value)
         return (state, value, finished | done, rng), out
 
-    carry = (state, value, jnp.zeros((batch,), bool), rng)
+    finished = jnp.zeros((batch,), bool) if active is None else ~jnp.asarray(active, bool)
+    carry = (state, value, finished, rng)
     (_, last_value, finished, _), steps = jax.lax.scan(
         verification_step, carry, jnp.arange(rollout_config.max_verify_steps, dtype=jnp.int32))
     per_row = {name: jnp.swapaxes(array, 0, 1) for name, array in steps.items()}  # (K, B, ...) -> (B, K, ...)
     return Trajectory(prompt_ids=prompt_ids, prompt_mask=prompt_mask, bootstrap_value=jnp.where(finished, 0.0,
                                                                                                  last_value),
                       **per_row)
+
+
+def prompt_value(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_mask: jax.Array, *,
+                 cross_attention_states: jax.Array | None = None,
+                 cross_attention_mask: jax.Array | None = None) -> jax.Array:
+    """The value head (B,) at each left-padded prompt's (B, P) last token, as `rollout` computes it for its
+    first transition: GAE's bootstrap value of an episode that goes on with this prompt (V-IRL's next decision
+    point after the last rollout of an update). Images as in `rollout`."""
+    num_images = 0
+    if cross_attention_states is not None:
+        num_images = cross_attention_states.shape[1] // (config.vision.max_num_tiles * config.vision.num_patches)
+    cache = init_cache(config, prompt_ids.shape[0], prompt_ids.shape[1], num_images=num_images)
+    _, hidden = start(params, config, prompt_ids, prompt_mask, cache, cross_attention_states=cross_attention_states,
+                      cross_attention_mask=cross_attention_mask, return_hidden=True)
+    return _value(params, hidden)
 
 
 # --------------------------------------------------------------------------------------- training sequences

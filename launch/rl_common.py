@@ -174,6 +174,54 @@ def _encode_images(params, config, pixel_values, aspect_ratio_ids, aspect_ratio_
     return vision_states(params, config, pixel_values, aspect_ratio_ids, aspect_ratio_mask)
 
 
+def heldout_expert_conversations(episodes: EpisodeConfig, split: str, budget: int, seed: int, size: int) -> list:
+    """`size` expert conversations (prompt + the ideal answer) on fresh instances of `split`, drawn with `seed`:
+    GeneralPoints' `expert_conversations` of the split's config, V-IRL's per-decision expert conversations on the
+    split's routes (`launch.rl_virl.heldout_conversations`). The held-out generalisation loss is their token NLL."""
+    if episodes.task == "virl":
+        from launch.rl_virl import evaluation_splits as virl_splits, heldout_conversations
+
+        splits = virl_splits(episodes, budget)
+        if split not in splits:
+            raise ConfigError(f"split {split!r} does not exist for V-IRL {episodes.modality}; choose from "
+                              f"{', '.join(splits)}")
+        return heldout_conversations(episodes, split, splits[split], seed, size)
+    from tasks.general_points import evaluation_splits, expert_conversations
+
+    splits = evaluation_splits(task_config(episodes, budget))
+    if split not in splits:
+        raise ConfigError(f"split {split!r} does not exist for this task; choose from {', '.join(splits)}")
+    return expert_conversations(splits[split], seed, size)
+
+
+# --------------------------------------------------------------------------------------------- answer key
+# The key of the answer in a response's JSON: the reference weights the tokens before it (PPOConfig.answer_key_weight).
+ANSWER_KEYS = {"general_points": "formula", "virl": "action"}
+
+
+def answer_key_starts(tokenizer, response_ids: np.ndarray, response_mask: np.ndarray, task: str) -> np.ndarray:
+    """(B, K) int32: for every response (B, K, N) the index of the token holding the first character of the first
+    quoted answer key ('"formula"' for GeneralPoints, '"action"' for V-IRL, ANSWER_KEYS), N when the response has
+    none (then every token gets the pre-key weight). Host side, from the sampled ids: each token is decoded on its
+    own (special tokens to nothing) and the offsets are the cumulative lengths, so nothing is re-tokenised; the key
+    is ASCII, whose bytes never sit inside a multi-byte character, so a token's partial UTF-8 cannot shift it."""
+    key = f'"{ANSWER_KEYS[task]}"'
+    ids, mask = np.asarray(response_ids), np.asarray(response_mask) != 0
+    batch, steps, length = ids.shape
+    starts = np.full((batch, steps), length, np.int32)
+    for b in range(batch):
+        for k in range(steps):
+            n = int(mask[b, k].sum())
+            if n == 0:
+                continue
+            pieces = tokenizer.tokenizer.decode_batch([[int(t)] for t in ids[b, k, :n]], skip_special_tokens=True)
+            at = "".join(pieces).find(key)
+            if at >= 0:
+                ends = np.cumsum([len(p) for p in pieces])
+                starts[b, k] = int(np.searchsorted(ends, at, side="right"))
+    return starts
+
+
 # --------------------------------------------------------------------------------------------- evaluation
 def pass_at_k_values(successes: np.ndarray, n_samples: int) -> dict[int, float]:
     """pass@k for k = 1, 2, 4, ... <= n_samples from successes (instances x n_samples), rl.pass_at_k_curve."""

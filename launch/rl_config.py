@@ -5,7 +5,9 @@ Presets: rl-gp-l, rl-gp-vl (the paper's PPO hyperparameters on Llama 3.2 11B Vis
 clip 0.1, grad-norm 0.01, gamma 0.9, lambda 0.95, 5 verification steps), rl-tiny (the tiny random model with the
 reachable "digits" reward, for tests and CPU demos), eval-gp-l, eval-gp-vl, eval-tiny (verification-budget sweep
 1, 3, 5, 10 as the paper's Figure 10). The -vl presets are the vision variants (modality=vision: the rendered hand
-is encoded once per episode).
+is encoded once per episode). V-IRL: rl-virl-l, rl-virl-vl (15 updates, V-IRL-VL at lr 1e-7), eval-virl-l,
+eval-virl-vl, and the CPU variants rl-virl-tiny, eval-virl-tiny (docs/rl.md "V-IRL"). The paper presets use the
+reference's 0.5 weight before the answer key and the eval presets add the held-out loss.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ class EpisodeConfig:
     judges "past the budget"); ``decision_points`` rollouts per update, every row playing routes back to back (a
     route that ends is replaced by a new one, a route still running at the end is bootstrapped with the value of
     its next prompt); the training pool holds ``train_routes`` routes of the training city, with
-    ``min_route_steps``..``max_route_steps`` turn-by-turn steps (evaluation routes too, except visual OOD); ``prompt_len`` > 0
-    pads every prompt to exactly that many tokens (required for V-IRL: its prompts grow with the route's history,
-    and one compiled rollout and update serve them all; a longer prompt is refused); ``prompt_template`` becomes
-    VirlConfig.prompt_path (``feedback_template`` does not apply)."""
+    ``min_route_steps``..``max_route_steps`` turn-by-turn steps (evaluation routes too, except visual OOD);
+    ``prompt_len`` > 0 pads every prompt to exactly that many tokens (required for V-IRL: its prompts grow with
+    the route's history, and one compiled rollout and update serve them all; a longer prompt is refused);
+    ``prompt_template`` becomes VirlConfig.prompt_path (``feedback_template`` does not apply)."""
 
     task: Literal["general_points", "virl"] = "general_points"
     modality: Literal["language", "vision"] = "language"
@@ -88,7 +90,10 @@ class RLConfig:
 class EvalConfig:
     """One evaluation: ``episodes`` instances per split and verification budget; ``verify_budgets`` the budgets
     swept (one record each); ``n_samples`` > 1 samples each instance that many times (at ``episodes.temperature``)
-    and adds pass@k for k = 1, 2, 4, ... <= n_samples. ``init`` as RLConfig.init (also an `memgen rl` run dir)."""
+    and adds pass@k for k = 1, 2, 4, ... <= n_samples. ``init`` as RLConfig.init (also an `memgen rl` run dir).
+    ``heldout_examples`` > 0 adds the held-out generalisation loss (token-mean NLL of that many expert responses per
+    split, in batches of ``heldout_batch_size``) to each split's records. ``arm``: the records' arm (sft, rl,
+    base); empty = the arm of the init run directory, else base."""
 
     init: str = "tiny"
     seed: int = 1234
@@ -97,9 +102,13 @@ class EvalConfig:
     n_samples: int = 1
     splits: tuple[str, ...] = ("in_distribution", "rule_ood")
     sampling: EpisodeConfig = EpisodeConfig(temperature=0.0)
+    heldout_examples: int = 0
+    heldout_batch_size: int = 8
+    arm: str = ""
 
 
-_PAPER_PPO = PPOConfig(minibatch_size=64, gae=GAEConfig(0.9, 0.95))
+# answer_key_weight 0.5: the reference's weight on the tokens before the answer key ("formula" / "action").
+_PAPER_PPO = PPOConfig(minibatch_size=64, gae=GAEConfig(0.9, 0.95), answer_key_weight=0.5)
 # The paper's runs start from an SFT checkpoint: init="" makes the command ask for init=DIR.
 register_preset("rl-gp-l", RLConfig(init="", episodes_per_update=256, ppo=_PAPER_PPO))
 register_preset("rl-gp-vl", RLConfig(init="", episodes_per_update=256, ppo=_PAPER_PPO,
@@ -109,8 +118,8 @@ register_preset("rl-tiny", RLConfig(
     init="tiny", updates=12, episodes_per_update=8, episodes=_TINY_EPISODES, eval_episodes=8,
     ppo=PPOConfig(minibatch_size=8, epochs=4, learning_rate=1e-2, final_learning_rate=1e-3, max_grad_norm=1.0),
     checkpoint=CheckpointConfig(every_steps=2, keep=2, async_save=False)))
-register_preset("eval-gp-l", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10)))
-register_preset("eval-gp-vl", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10),
+register_preset("eval-gp-l", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10), heldout_examples=256))
+register_preset("eval-gp-vl", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10), heldout_examples=256,
                                          splits=("in_distribution", "rule_ood", "visual_ood"),
                                          sampling=EpisodeConfig(modality="vision", temperature=0.0)))
 register_preset("eval-tiny", EvalConfig(init="tiny", episodes=4, verify_budgets=(1, 2),
@@ -128,8 +137,9 @@ register_preset("rl-virl-vl", RLConfig(init="", updates=15, episodes_per_update=
                                        episodes=dataclasses.replace(_VIRL_EPISODES, modality="vision"),
                                        ppo=dataclasses.replace(_PAPER_PPO, learning_rate=1e-7), eval_episodes=48))
 # The paper evaluates 48 routes in distribution and rule-OOD (18 for visual OOD: the 9-city set has 18 routes).
-register_preset("eval-virl-l", EvalConfig(init="", episodes=48, verify_budgets=(2,), sampling=_VIRL_EVAL))
-register_preset("eval-virl-vl", EvalConfig(init="", episodes=48, verify_budgets=(2,),
+register_preset("eval-virl-l", EvalConfig(init="", episodes=48, verify_budgets=(2,), sampling=_VIRL_EVAL,
+                                          heldout_examples=256))
+register_preset("eval-virl-vl", EvalConfig(init="", episodes=48, verify_budgets=(2,), heldout_examples=256,
                                            splits=("in_distribution", "rule_ood", "visual_ood"),
                                            sampling=dataclasses.replace(_VIRL_EVAL, modality="vision")))
 # CPU: the tiny random model on 2-step routes (12 decision points), 2 rows x 2 decision points x 3 answer slots.

@@ -4,7 +4,10 @@ The imperative shell around rl/: load the policy (`init`: an SFT run, a Hugging 
 then per update: fresh GeneralPoints episodes (hands from Generator((seed, update))) -> jitted scan rollout with the
 verifier callback (rl.rollout) -> GAE and the flat buffer (rl.buffer) -> jitted `rl.ppo_update` with
 `rl.rollout.transition_policy` -> metrics (train records through launch.metrics_schema, with GFLOPs of
-X_RL = 6N(D_init + D_RL) + 2N D_buffer from the measured tokens) -> evaluation -> checkpoint.
+X_RL = 6N(D_init + D_RL) + 2N D_buffer from the measured tokens) -> evaluation -> checkpoint. V-IRL
+(episodes.task=virl): `episodes.decision_points` rollouts per update, one per decision point, rows playing routes
+back to back (launch/rl_virl.py). Optional: the KL to the frozen initial policy (ppo.kl_mode k1_reward / k3_loss,
+grpo.kl_coef), the entropy bonus (ppo.entropy_coef), the reference's answer-key weight (ppo.answer_key_weight).
 
 Python API: ``run_rl(config, out_dir, *, stop_after=None) -> summary dict``.
 
@@ -25,6 +28,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from launch.checkpoint import CheckpointManager
@@ -32,14 +37,14 @@ from launch.config import CONFIG_FILENAME, ConfigError, load_config, resolve, sa
 from launch.metrics import MetricsWriter, read_metrics
 from launch.metrics_schema import eval_record, train_record
 from launch.progress import ProgressBar
-from launch.rl_common import (TASK_NAMES, RolloutRunner, evaluate, load_policy, new_episodes, save_policy,
-                              task_config)
+from launch.rl_common import (TASK_NAMES, RolloutRunner, answer_key_starts, evaluate, load_policy, new_episodes,
+                              save_policy, task_config)
 from launch.rl_config import RLConfig
 from rl.buffer import grpo_buffer, ppo_buffer, rollout_statistics, train_token_count
 from rl.compute import ComputeCounter, add, parameter_count, total_gflops
 from rl.grpo import grpo_update
 from rl.ppo import peak_learning_rate, ppo_optimizer, ppo_update
-from rl.rollout import transition_policy
+from rl.rollout import reference_token_logprobs, transition_policy
 from rl.update import init_train_state
 
 CHECKPOINT_DIR = "checkpoints"
@@ -47,7 +52,8 @@ FINAL_DIR = "final"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="rl-tiny", help="a preset name (rl-tiny, rl-gp-l); default rl-tiny")
+    parser.add_argument("--preset", default="rl-tiny", help="a preset name (rl-tiny, rl-gp-l, rl-gp-vl, rl-virl-l, "
+                                                            "rl-virl-vl, rl-virl-tiny); default rl-tiny")
     parser.add_argument("--out", required=True, help="the run directory (re-run the same command to resume)")
     parser.add_argument("--stop-after", type=int, default=None, metavar="UPDATE",
                         help="stop after this update, as if interrupted (resume later with the same command)")
@@ -83,9 +89,11 @@ def _check_config(config: RLConfig) -> None:
     if config.algorithm == "grpo" and config.episodes_per_update % config.grpo.group_size:
         raise ConfigError(f"episodes_per_update={config.episodes_per_update} is not a multiple of "
                           f"grpo.group_size={config.grpo.group_size}; change one of them")
-    if config.ppo.kl_mode is not None or config.ppo.entropy_coef:
-        raise ConfigError("memgen rl does not wire a reference model or an entropy bonus yet; leave ppo.kl_mode=none "
-                          "and ppo.entropy_coef=0 (the paper uses neither)")
+    if config.ppo.kl_coef and config.ppo.kl_mode is None and config.algorithm == "ppo":
+        raise ConfigError("ppo.kl_coef > 0 needs ppo.kl_mode=k1_reward (KL in the reward) or k3_loss (in the loss)")
+    if config.algorithm == "grpo" and (config.ppo.kl_mode is not None or config.ppo.entropy_coef):
+        raise ConfigError("with algorithm=grpo the KL is grpo.kl_coef (k3 in the loss) and there is no entropy "
+                          "bonus; leave ppo.kl_mode and ppo.entropy_coef unset")
 
 
 def _resolve_run_config(config: RLConfig, out: Path) -> RLConfig:
@@ -99,7 +107,25 @@ def _resolve_run_config(config: RLConfig, out: Path) -> RLConfig:
     return config
 
 
+# Compiled pieces shared by the runs of one process (tests, sweeps): a new jit object would compile again. The
+# rollout depends only on the policy's shapes, the episode settings and the batch, so runs that differ in their
+# PPO / GRPO settings (a learning-rate or KL sweep) share it; evaluation runners likewise.
 _COMPILED: dict = {}
+_RUNNERS: dict = {}
+_EVAL_RUNNERS: dict = {}
+
+
+def shared_runner(policy, episodes, steps: int, batch: int) -> RolloutRunner:
+    """The process's RolloutRunner for (model, tokenizer, episode settings, K, batch)."""
+    key = (policy.config, str(policy.tokenizer_dir), episodes, steps, batch)
+    if key not in _RUNNERS:
+        _RUNNERS[key] = RolloutRunner(policy, episodes, steps, batch)
+    return _RUNNERS[key]
+
+
+def shared_eval_runners(policy, episodes) -> dict:
+    """The process's evaluation runners (`rl_common.evaluate`'s cache) for (model, tokenizer, episode settings)."""
+    return _EVAL_RUNNERS.setdefault((policy.config, str(policy.tokenizer_dir), episodes), {})
 
 
 def evaluation_split_names(episodes) -> list[str]:
@@ -112,8 +138,8 @@ def evaluation_split_names(episodes) -> list[str]:
 
 
 def _compiled(policy, config: RLConfig, total_steps: int):
-    """The jitted rollout, PPO update and buffer builder of a run, shared by runs of the same shapes in one process
-    (tests, sweeps): a new jit object would compile again."""
+    """The rollout runner, the jitted PPO update and buffer builder, and the evaluation runners of a run, shared by
+    runs of the same shapes in one process (tests, sweeps): a new jit object would compile again."""
     key = (policy.config, str(policy.tokenizer_dir), config.episodes, config.episodes_per_update, config.algorithm,
            config.ppo, config.grpo, total_steps)
     if key not in _COMPILED:
@@ -122,23 +148,38 @@ def _compiled(policy, config: RLConfig, total_steps: int):
         if episodes.task == "virl":
             from launch.rl_virl import rollout_steps
             steps = rollout_steps(steps)
-        runner = RolloutRunner(policy, episodes, steps, config.episodes_per_update)
-        policy_fn = functools.partial(transition_policy, config=policy.config, temperature=episodes.temperature)
+        runner = shared_runner(policy, episodes, steps, config.episodes_per_update)
+        policy_fn = functools.partial(transition_policy, config=policy.config, temperature=episodes.temperature,
+                                      return_entropy=config.algorithm == "ppo" and config.ppo.entropy_coef != 0)
+        reference_fn = None
+        if uses_reference(config):
+            reference_fn = functools.partial(reference_token_logprobs, config=policy.config,
+                                             temperature=episodes.temperature,
+                                             chunk_size=_epochs_and_minibatch(config)[1])
         optimizer = ppo_optimizer(config.ppo, total_steps)
         if config.algorithm == "ppo":
             update = functools.partial(ppo_update, policy_fn=policy_fn, optimizer=optimizer, config=config.ppo)
-            make_buffer = functools.partial(ppo_buffer, config=config.ppo)
+            make_buffer = functools.partial(ppo_buffer, config=config.ppo, reference_fn=reference_fn)
             if episodes.task == "virl":
                 from launch.rl_virl import make_buffer_fn
-                make_buffer = make_buffer_fn(config.ppo)
+                make_buffer = make_buffer_fn(config.ppo, reference_fn)
         else:
             logprob_fn = lambda params, minibatch: policy_fn(params, minibatch)[0]  # noqa: E731
             update = functools.partial(grpo_update, logprob_fn=logprob_fn, optimizer=optimizer, config=config.grpo)
-            make_buffer = functools.partial(grpo_buffer, config=config.grpo)
+            make_buffer = functools.partial(grpo_buffer, config=config.grpo, reference_fn=reference_fn)
         if episodes.task != "virl":
             make_buffer = jax.jit(make_buffer)
-        _COMPILED[key] = (runner, jax.jit(update, donate_argnums=0), make_buffer, {})
+        _COMPILED[key] = (runner, jax.jit(update, donate_argnums=0), make_buffer,
+                          shared_eval_runners(policy, dataclasses.replace(episodes, temperature=0.0)))
     return _COMPILED[key]
+
+
+def uses_reference(config: RLConfig) -> bool:
+    """Whether the run needs the frozen reference policy (the initial params): PPO with a kl_mode, GRPO with a
+    kl_coef."""
+    if config.algorithm == "ppo":
+        return config.ppo.kl_mode is not None
+    return config.grpo.kl_coef != 0
 
 
 def init_tokens(init: str) -> int:
@@ -174,6 +215,8 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     state = init_train_state(policy.params, optimizer)
     num_params = parameter_count(policy.params)
     runner, update, make_buffer, eval_runners = _compiled(policy, config, total_steps)
+    # The KL reference: the initial policy, frozen (a copy: the train state's buffers are donated to the update).
+    reference_params = jax.tree.map(jnp.copy, policy.params) if uses_reference(config) else None
 
     checkpoints = CheckpointManager(out / CHECKPOINT_DIR, every_steps=config.checkpoint.every_steps,
                                     keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
@@ -195,7 +238,8 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                 result = play(runner, state.params, [supply() for _ in range(config.episodes_per_update)],
                               rollout_key, calls=episodes.decision_points, replace=supply)
                 rollout_seconds = time.perf_counter() - began
-                buffer = update_buffer(make_buffer, runner, state.params, result)
+                buffer = update_buffer(make_buffer, runner, state.params, result, reference_params,
+                                       config.ppo.answer_key_weight)
                 stats = training_statistics(result)
                 truncated = result.truncated_feedback
             else:
@@ -204,12 +248,19 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                                       group)
                 trajectory, verifier, images = runner(state.params, states, rollout_key)
                 rollout_seconds = time.perf_counter() - began
-                buffer = make_buffer(trajectory, images=images)
+                extra = {}
+                if config.algorithm == "ppo" and config.ppo.answer_key_weight != 1.0:
+                    extra["answer_start"] = answer_key_starts(policy.tokenizer, trajectory.response_ids,
+                                                              trajectory.response_mask, episodes.task)
+                buffer = make_buffer(trajectory, images=images, reference_params=reference_params, **extra)
                 stats = jax.device_get(rollout_statistics(trajectory))
                 truncated = verifier.truncated_feedback
             lr = float(peak_learning_rate(state.opt_state)) * float(decay(state.step))
             state, metrics = update(state, buffer, update_key)
             metrics = jax.device_get(metrics)
+            if "kl_k1" in buffer:  # the k1 KL of the rollout to the reference (its reward shaping)
+                valid = np.asarray(buffer["valid"])
+                stats["kl_k1"] = float(np.asarray(buffer["kl_k1"])[valid].sum() / max(valid.sum(), 1))
             trained = int(train_token_count(buffer)) * epochs
             counter = add(counter, train_tokens=trained, inference_tokens=int(stats["inference_tokens"]))
             step = index + 1

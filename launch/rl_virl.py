@@ -28,6 +28,7 @@ import math
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from launch.config import ConfigError
@@ -107,31 +108,53 @@ class TrainingRoutes:
         return lambda: VirlEpisode(self.routes[int(rng.integers(len(self.routes)))], self.config, views=self.views)
 
 
-def evaluation_episodes(episodes: EpisodeConfig, split: str, config, seed: int, count: int,
-                        repeats: int = 1) -> list:
-    """`count` routes of `split` (as `memgen data --task virl-* --split SPLIT --seed seed`), each as `repeats`
-    consecutive episodes."""
+def evaluation_routes(episodes: EpisodeConfig, split: str, seed: int, count: int) -> list[tuple[Any, Any]]:
+    """`count` (city, route) pairs of `split`, as `memgen data --task virl-* --split SPLIT --seed seed` draws them
+    (in_distribution / rule_ood: the training city with the route seed seed + VIRL_EVAL_ROUTE_SEED_OFFSET and the
+    episodes' route-step range; visual_ood: the 9-city set of seed)."""
     import tasks.virl as virl
 
     if split == "visual_ood":
         n_cities = min(count, VIRL_OOD_CITIES)
-        pairs = [(city, route) for city, routes in virl.visual_ood_set(
+        return [(city, route) for city, routes in virl.visual_ood_set(
             seed, n_cities=n_cities, routes_per_city=math.ceil(count / n_cities)) for route in routes][:count]
-    else:
-        city = virl.train_city(VIRL_TRAIN_CITY_SEED)
-        try:
-            routes = virl.generate_routes(city, count, seed + VIRL_EVAL_ROUTE_SEED_OFFSET,
-                                          min_steps=episodes.min_route_steps, max_steps=episodes.max_route_steps)
-        except (RuntimeError, ValueError) as error:
-            raise ConfigError(f"evaluation routes of {split}: {error}") from None
-        pairs = [(city, route) for route in routes]
-    views = {}
-    out = []
+    city = virl.train_city(VIRL_TRAIN_CITY_SEED)
+    try:
+        routes = virl.generate_routes(city, count, seed + VIRL_EVAL_ROUTE_SEED_OFFSET,
+                                      min_steps=episodes.min_route_steps, max_steps=episodes.max_route_steps)
+    except (RuntimeError, ValueError) as error:
+        raise ConfigError(f"evaluation routes of {split}: {error}") from None
+    return [(city, route) for route in routes]
+
+
+def _with_views(pairs, config):
+    views: dict[int, Any] = {}
     for city, route in pairs:
         if id(city) not in views:
             views[id(city)] = _views(city, config)
-        out += [virl.VirlEpisode(route, config, views=views[id(city)]) for _ in range(repeats)]
-    return out
+        yield route, views[id(city)]
+
+
+def evaluation_episodes(episodes: EpisodeConfig, split: str, config, seed: int, count: int,
+                        repeats: int = 1) -> list:
+    """`count` routes of `split` (`evaluation_routes`), each as `repeats` consecutive VirlEpisodes under `config`."""
+    from tasks.virl import VirlEpisode
+
+    return [VirlEpisode(route, config, views=views) for route, views in
+            _with_views(evaluation_routes(episodes, split, seed, count), config) for _ in range(repeats)]
+
+
+def heldout_conversations(episodes: EpisodeConfig, split: str, config, seed: int, size: int) -> list:
+    """`size` expert conversations (one per decision point: the prompt and the ideal answer,
+    `tasks.virl.expert.optimal_conversations`) on routes of `split` drawn with `seed`, for the held-out loss."""
+    from tasks.virl import expert
+
+    out: list = []
+    for route, views in _with_views(evaluation_routes(episodes, split, seed, size), config):
+        out += expert.optimal_conversations(route, config, views=views)
+        if len(out) >= size:
+            break
+    return out[:size]
 
 
 @dataclasses.dataclass
@@ -211,27 +234,39 @@ def training_statistics(result: Play) -> dict[str, float]:
     }
 
 
-def make_buffer_fn(config) -> Callable:
-    """A jitted (trajectories, images, terminals, bootstrap_value) -> the flat PPO buffer of an update:
-    `rl.buffer.transition_arrays` per call, concatenated along K, then `ppo_buffer_from_transitions`."""
-    from rl.buffer import concatenate_transitions, ppo_buffer_from_transitions, transition_arrays
-
-    if config.answer_key_weight != 1.0:
-        raise ConfigError("ppo.answer_key_weight != 1 is not wired for V-IRL yet; leave it at 1.0")
+def make_buffer_fn(config, reference_fn=None) -> Callable:
+    """A jitted (trajectories, images, terminals, bootstrap_value, reference_params) -> the flat PPO buffer of an
+    update: `rl.buffer.transition_arrays` per call, concatenated along K, then `ppo_buffer_from_transitions` (with
+    the reference's log-probs from `reference_fn(reference_params, transitions)` when config.kl_mode is set)."""
+    from rl.buffer import (answer_key_weights, concatenate_transitions, ppo_buffer_from_transitions, reference,
+                           transition_arrays)
 
     @jax.jit
-    def build(trajectories, images, terminals, bootstrap_value):
+    def build(trajectories, images, terminals, bootstrap_value, reference_params, answer_starts):
         parts = [transition_arrays(t, i, terminal) for t, i, terminal in zip(trajectories, images, terminals)]
-        return ppo_buffer_from_transitions(concatenate_transitions(parts), bootstrap_value, config)
+        transitions = concatenate_transitions(parts)
+        answer_start = None if answer_starts is None else jnp.concatenate(answer_starts, axis=1)
+        return ppo_buffer_from_transitions(
+            transitions, bootstrap_value, config,
+            token_weights=answer_key_weights(transitions["response_mask"], answer_start, config),
+            ref_token_logprobs=reference(reference_fn, reference_params, transitions))
     return build
 
 
-def update_buffer(build, runner, params, result: Play):
+def update_buffer(build, runner, params, result: Play, reference_params=None, answer_key_weight: float = 1.0):
     """The PPO buffer of a training `play`: bootstrap values of the rows' next prompts (unused for rows whose last
-    transition ended a route) and `build` (make_buffer_fn)."""
+    transition ended a route), the answer key's position in every response when answer_key_weight != 1
+    (`launch.rl_common.answer_key_starts`, key "action"), and `build` (make_buffer_fn)."""
+    from launch.rl_common import answer_key_starts
+
     bootstrap = runner.values(params, result.rows)
     images = result.images if result.images[0] is not None else [None] * len(result.images)
-    return build(result.trajectories, images, [np.asarray(t) for t in result.terminals], bootstrap)
+    answer_starts = None
+    if answer_key_weight != 1.0:
+        answer_starts = [answer_key_starts(runner.policy.tokenizer, t.response_ids, t.response_mask, "virl")
+                         for t in result.trajectories]
+    return build(result.trajectories, images, [np.asarray(t) for t in result.terminals], bootstrap, reference_params,
+                 answer_starts)
 
 
 def evaluate_virl(policy, params, episodes: EpisodeConfig, *, split: str, budget: int, num_episodes: int,

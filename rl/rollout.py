@@ -217,12 +217,22 @@ def transition_cross_attention_mask(prompt_cross_mask: jax.Array, context_order:
     return jnp.concatenate([context, response], axis=2)
 
 
+def token_entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """Per-position entropy (...,) of softmax(logits (..., V) / temperature) in nats, float32 (temperature 0
+    counts as 1, as `model.sampler.token_logprobs`)."""
+    scale = 1.0 if temperature == 0.0 else temperature
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32) / jnp.float32(scale), axis=-1)
+    return -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+
+
 def transition_policy(params: Params, minibatch: dict[str, jax.Array], *, config: ModelConfig,
-                      temperature: float) -> tuple[jax.Array, jax.Array, None]:
+                      temperature: float,
+                      return_entropy: bool = False) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """`rl.ppo_update`'s policy_fn: for n transitions, the forward over context + response (n, C + N), the
     response tokens' log-probs (n, N) under log_softmax(logits / temperature) (`model.sampler.token_logprobs`, the
-    sampler's definition) and the value (n,) at the last context token. Optional minibatch keys
-    "cross_attention_states" (n, V, D) and "cross_attention_mask" (n, C + N, I, T)."""
+    sampler's definition), the value (n,) at the last context token, and with `return_entropy` the entropy (n, N)
+    of that distribution at each response position (`token_entropy`; PPO's entropy bonus), else None. Optional
+    minibatch keys "cross_attention_states" (n, V, D) and "cross_attention_mask" (n, C + N, I, T)."""
     context, response = minibatch["context_ids"], minibatch["response_ids"]
     ids = jnp.concatenate([context, response], axis=1)
     mask = jnp.concatenate([minibatch["context_mask"], minibatch["response_mask"]], axis=1)
@@ -230,4 +240,26 @@ def transition_policy(params: Params, minibatch: dict[str, jax.Array], *, config
                              cross_attention_states=minibatch.get("cross_attention_states"),
                              cross_attention_mask=minibatch.get("cross_attention_mask"), return_values=True)
     c = context.shape[1]
-    return token_logprobs(logits[:, c - 1:-1], response, temperature), values[:, c - 1], None
+    response_logits = logits[:, c - 1:-1]
+    entropy = token_entropy(response_logits, temperature) if return_entropy else None
+    return token_logprobs(response_logits, response, temperature), values[:, c - 1], entropy
+
+
+def reference_token_logprobs(reference_params: Params, transitions: dict[str, jax.Array], *, config: ModelConfig,
+                             temperature: float, chunk_size: int) -> jax.Array:
+    """The frozen reference policy's log-probs (B, T, N) of every transition's response tokens (`transition_policy`
+    with `reference_params`, no gradient), for PPO's KL terms (k1 in the reward, k3 in the loss) and GRPO's k3.
+    `transitions`: the (B, T, ...) arrays of `rl.buffer.transition_arrays`; the B * T sequences go through the
+    forward `chunk_size` at a time (`jax.lax.map`; B * T must be a multiple of it, e.g. the minibatch size)."""
+    keys = ("context_ids", "context_mask", "response_ids", "response_mask", "cross_attention_states",
+            "cross_attention_mask")
+    batch, steps = transitions["response_ids"].shape[:2]
+    total = batch * steps
+    if total % chunk_size:
+        raise ValueError(f"reference_token_logprobs needs B * T = {total} to be a multiple of chunk_size={chunk_size}.")
+    chunks = {k: transitions[k].reshape(total // chunk_size, chunk_size, *transitions[k].shape[2:])
+              for k in keys if k in transitions}
+    params = jax.lax.stop_gradient(reference_params)
+    logprobs = jax.lax.map(lambda chunk: transition_policy(params, chunk, config=config, temperature=temperature)[0],
+                           chunks)
+    return logprobs.reshape(batch, steps, -1)

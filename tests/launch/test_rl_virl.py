@@ -24,31 +24,41 @@ ROWS = 2
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
-    """A short V-IRL prompt template, so the tiny model's prompts (its tokenizer has few merges) stay short."""
+    """A short V-IRL prompt template, so the tiny model's prompts (its tokenizer has few merges) stay short: the
+    first two decision points of a 2-step route fit 640 tokens (measured at most 622, relative actions); feedback
+    turns are cut to 64 tokens (head + the closing tokens, counted as truncated_feedback)."""
     path = tmp_path_factory.mktemp("virl") / "prompt.txt"
     path.write_text("{instruction}\n{action_space}\n{history}\nAnswer in JSON.")
-    return [f"episodes.prompt_template={path}", "episodes.prompt_len=1024"]
+    return [f"episodes.prompt_template={path}", "episodes.prompt_len=640", "episodes.feedback_len=64"]
+
+
+SCRIPT = {}  # the scripted policy's answer(episode) -> text; one runner (one compilation) serves every script
 
 
 def scripted(answer):
-    """A step function that judges `answer(episode)` instead of the model's text."""
-    return lambda episode, text: decision_step(episode, answer(episode))
+    """Judge `answer(episode)` instead of the model's text in the scripted runner."""
+    SCRIPT["answer"] = answer
+    return answer
 
 
 @pytest.fixture(scope="module")
 def scripted_setup(template):
-    config = resolve("rl-virl-tiny", template)
+    # whole routes (12 decision points): their later prompts need more room than the first two
+    config = resolve("rl-virl-tiny", template + ["episodes.prompt_len=1024"])
     policy = load_policy(config.init, seed=0)
     routes = TrainingRoutes(config.episodes, seed=0)
-    runners = {}
-    for name, answer in (("right", lambda e: e.oracle_response()), ("wrong", lambda e: "no json here")):
-        runners[name] = RolloutRunner(policy, config.episodes, rollout_steps(config.episodes.max_verify_steps), ROWS,
-                                      step_fn=scripted(answer))
-    return config, policy, routes, runners
+    runner = RolloutRunner(policy, config.episodes, rollout_steps(config.episodes.max_verify_steps), ROWS,
+                           step_fn=lambda episode, text: decision_step(episode, SCRIPT["answer"](episode)))
+    return config, policy, routes, {"right": runner, "wrong": runner}
+
+
+RIGHT = lambda episode: episode.oracle_response()  # noqa: E731
+WRONG = lambda episode: "no json here"  # noqa: E731
 
 
 def test_always_right_walks_every_route_to_the_end(scripted_setup):
     config, policy, routes, runners = scripted_setup
+    scripted(RIGHT)
     supply = routes.supply((0, 0))
     rows = [supply() for _ in range(ROWS)]
     rails = [len(row.rail) for row in rows]
@@ -72,6 +82,7 @@ def test_always_right_walks_every_route_to_the_end(scripted_setup):
 
 def test_always_wrong_ends_each_route_after_the_budget(scripted_setup):
     config, policy, routes, runners = scripted_setup
+    scripted(WRONG)
     supply = routes.supply((0, 1))
     decision_points = 2
     result = play(runners["wrong"], policy.params, [supply() for _ in range(ROWS)], jax.random.key(1),
@@ -80,7 +91,8 @@ def test_always_wrong_ends_each_route_after_the_budget(scripted_setup):
     for trajectory, terminal in zip(result.trajectories, result.terminals):
         assert trajectory.valid.all()  # budget answers + the one past it, every row, every call
         np.testing.assert_array_equal(trajectory.rewards, -1.0)  # invalid format -1, budget exceeded -1
-        np.testing.assert_array_equal(trajectory.dones, np.broadcast_to(np.arange(budget + 1) == budget, (ROWS, budget + 1)))
+        last = np.arange(budget + 1) == budget
+        np.testing.assert_array_equal(trajectory.dones, np.broadcast_to(last, (ROWS, budget + 1)))
         assert terminal.all()
         # feedback turns after the judged wrong answers, none after the last
         assert trajectory.feedback_mask[:, :budget].any(-1).all() and not trajectory.feedback_mask[:, budget].any()
@@ -102,6 +114,7 @@ def test_buffer_carries_value_across_decision_points(scripted_setup):
     from rl.gae import GAEConfig
 
     config, policy, routes, runners = scripted_setup
+    scripted(RIGHT)
     supply = routes.supply((0, 2))
     result = play(runners["right"], policy.params, [supply() for _ in range(ROWS)], jax.random.key(2), calls=3,
                   replace=supply)
@@ -144,3 +157,32 @@ def test_memgen_eval_virl(tmp_path, template):
     for r in records:
         assert r["task"] == "virl-l" and r["n"] == 2 and r["success_se"] >= 0 and r["per_step_accuracy_se"] >= 0
         assert r["episode_length"] >= 2  # a random policy answers twice (budget 1 + the one past it) at least
+
+
+@pytest.mark.parametrize("task, text", [
+    ("general_points", 'Let me think: 10 * 2 + 4. {"cards": ["10", "2", "4", "K"], "formula": "10*2+4"}'),
+    ("virl", '{"current observation": "No landmarks nearby; élan", "action": "forward()"}'),
+    ("virl", "no key here at all"),
+])
+def test_answer_key_starts_against_prefix_decoding(task, text):
+    """The answer key's first token, from per-token decoding of the ids, equals a brute-force search over decoded
+    prefixes (the shortest prefix whose decoding, plus one token, reaches the key's first character)."""
+    from launch.rl_common import ANSWER_KEYS, answer_key_starts
+    from launch.model_source import load_model
+
+    tokenizer = load_model("tiny", seed=0).tokenizer
+    ids = tokenizer.encode_text(text)
+    length = len(ids) + 3
+    response = np.full((1, 1, length), tokenizer.pad_id, np.int32)
+    response[0, 0, :len(ids)] = ids
+    mask = np.zeros_like(response)
+    mask[0, 0, :len(ids)] = 1
+    start = int(answer_key_starts(tokenizer, response, mask, task)[0, 0])
+    key = f'"{ANSWER_KEYS[task]}"'
+    if key not in text:
+        assert start == length
+        return
+    at = text.find(key)
+    expected = next(i for i in range(len(ids)) if len(tokenizer.decode(ids[:i + 1])) > at)
+    assert start == expected and key not in tokenizer.decode(ids[:start])
+    assert key in tokenizer.decode(ids[start:])  # the token holding the opening quote (e.g. ' "') starts it

@@ -223,7 +223,10 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     restored = checkpoints.restore_latest(state)
     start, counter = 0, ComputeCounter(init_tokens=init_tokens(config.init))
     if restored is not None:
-        state, start = restored.state, int(restored.run_state["update"])
+        # Orbax restores arrays committed to a device, while a fresh state and every jit output are uncommitted; jit
+        # caches the two apart, so a resumed run would compile its rollout and update again. Uncommit them.
+        state = jax.tree.map(lambda x: jax.device_put(np.asarray(x)), restored.state)
+        start = int(restored.run_state["update"])
         counter = ComputeCounter(**restored.run_state["compute"])
     end = config.updates if stop_after is None else min(config.updates, stop_after)
     last: dict[str, Any] = {}

@@ -96,25 +96,25 @@ def test_scan_equals_python_loop(tiny):
     ids, mask = prompts(config)
     contexts = [list(ids[b][mask[b] == 1]) for b in range(B)]
     forward = jax.jit(functools.partial(model.forward, config=config, return_values=True))
+    length = 64  # every turn's batch is all B rows left-padded to 64 tokens: one compilation of generate and forward
     for k in range(K):
         rows = [b for b in range(B) if verifier.solve_at[b] is None or k <= verifier.solve_at[b]]
         np.testing.assert_array_equal(traj.valid[:, k], [b in rows for b in range(B)])
-        length = max(len(contexts[b]) for b in rows)
-        batch = np.full((len(rows), length), config.text.pad_token_id, np.int32)
+        batch = np.full((B, length), config.text.pad_token_id, np.int32)
         batch_mask = np.zeros_like(batch)
-        for i, b in enumerate(rows):
-            batch[i, length - len(contexts[b]):], batch_mask[i, length - len(contexts[b]):] = contexts[b], 1
+        for b in range(B):  # finished rows ride along unchanged; only the playing rows are compared
+            batch[b, length - len(contexts[b]):], batch_mask[b, length - len(contexts[b]):] = contexts[b], 1
         generation = model.generate(params, config, jnp.asarray(batch), attention_mask=jnp.asarray(batch_mask),
                                     max_new_tokens=N)
         logits, values = forward(params, input_ids=jnp.asarray(batch), attention_mask=jnp.asarray(batch_mask))
-        for i, b in enumerate(rows):
-            n = int(generation.lengths[i])
+        for b in rows:
+            n = int(generation.lengths[b])
             assert int(traj.response_mask[b, k].sum()) == n
-            np.testing.assert_array_equal(traj.response_ids[b, k, :n], np.asarray(generation.tokens[i, :n]))
-            np.testing.assert_allclose(traj.response_logprobs[b, k, :n], np.asarray(generation.logprobs[i, :n]),
+            np.testing.assert_array_equal(traj.response_ids[b, k, :n], np.asarray(generation.tokens[b, :n]))
+            np.testing.assert_allclose(traj.response_logprobs[b, k, :n], np.asarray(generation.logprobs[b, :n]),
                                        atol=1e-4)
-            np.testing.assert_allclose(traj.values[b, k], float(values[i, -1]), atol=1e-4)
-            contexts[b] += list(np.asarray(generation.tokens[i, :n]))
+            np.testing.assert_allclose(traj.values[b, k], float(values[b, -1]), atol=1e-4)
+            contexts[b] += list(np.asarray(generation.tokens[b, :n]))
             if not traj.dones[b, k]:
                 contexts[b] += list(verifier.feedback(b, k))
     np.testing.assert_array_equal(traj.dones.sum(axis=1), [1, 1, 1])

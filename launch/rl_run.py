@@ -140,8 +140,10 @@ def evaluation_split_names(episodes) -> list[str]:
 def _compiled(policy, config: RLConfig, total_steps: int):
     """The rollout runner, the jitted PPO update and buffer builder, and the evaluation runners of a run, shared by
     runs of the same shapes in one process (tests, sweeps): a new jit object would compile again."""
+    # total_steps is not part of the key: the cosine's horizon is optimizer state (rl.ppo.scale_by_cosine), and the
+    # learning rates too, so runs that differ only in their length or learning rate share the compiled update.
     key = (policy.config, str(policy.tokenizer_dir), config.episodes, config.episodes_per_update, config.algorithm,
-           config.ppo, config.grpo, total_steps)
+           dataclasses.replace(config.ppo, learning_rate=1.0, final_learning_rate=1.0), config.grpo)
     if key not in _COMPILED:
         episodes = config.episodes
         steps = episodes.max_verify_steps

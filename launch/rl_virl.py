@@ -23,7 +23,6 @@ relative actions; visual OOD (vision only) is the 9-city set in the other styles
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable, Sequence
 

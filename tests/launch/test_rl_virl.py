@@ -4,7 +4,6 @@ text instead of the model's) gives the expected rewards, decision-point counts, 
 PPO buffer's terminals are the route ends only; `memgen rl` on rl-virl-tiny runs and resumes exactly, and
 `memgen eval` writes per-step accuracy and route success with standard errors."""
 
-import functools
 
 import jax
 import numpy as np

@@ -1,12 +1,20 @@
 """`memgen eval --preset NAME --out DIR [key=value ...]`: evaluate a policy (`init`: a `memgen sft`/`memgen rl` run
-directory, a Hugging Face directory or a model preset) on GeneralPoints splits, sweeping the verification budget.
+directory, a Hugging Face directory or a model preset) on GeneralPoints or V-IRL splits, sweeping the verification
+budget.
 
 For each split in `splits` and each budget in `verify_budgets`, `episodes` instances (hands from
 Generator((seed, budget, split))) run as multi-turn revision episodes with the scan rollout (rl.rollout) and one
 "eval" record goes to DIR/metrics.jsonl through launch.metrics_schema.eval_record: success within the budget with
 its binomial standard error, the mean episode length, and pass@k (k = 1, 2, 4, ... <= n_samples) when
 n_samples > 1. Records carry step 0 and the starting policy's GFLOPs (D_init from its run's metrics.jsonl), so
-`memgen report` can put them next to training curves.
+`memgen report` can put them next to training curves. V-IRL records add per-step accuracy (launch/rl_virl.py).
+
+With `heldout_examples` > 0 each split's records also carry the held-out generalisation loss (the "Quagmires"
+predictor): the token-mean NLL (`heldout_loss`, with `heldout_accuracy` and `heldout_tokens`) of the expert
+responses of `heldout_examples` fresh instances of the split (drawn with seed + HELDOUT_SEED_OFFSET), computed with
+the SFT loss (sft/loss.py through launch.sft_eval). Records carry `arm`: `EvalConfig.arm`, or when empty the arm of
+the `init` run directory's train records ("sft" / "rl"), else "base"; `memgen predict` reads the latest SFT-arm
+record's heldout_loss, success and pass@k as predictors and the RL-arm record's success as the target.
 
 Python API: ``run_eval(config, out_dir) -> list of records``.
 """
@@ -18,19 +26,60 @@ import sys
 from pathlib import Path
 
 from launch.config import ConfigError, resolve, save_config
+from launch.expert_data import HELDOUT_SEED_OFFSET
 from launch.metrics import MetricsWriter
-from launch.metrics_schema import eval_record
-from launch.rl_common import TASK_NAMES, evaluate, load_policy
+from launch.metrics_schema import ARMS, default_arm, eval_record, load_run
+from launch.rl_common import FINAL_DIR, TASK_NAMES, evaluate, heldout_expert_conversations, load_policy
 from launch.rl_config import EvalConfig
 from launch.model_source import init_tokens
+from launch.rl_run import shared_eval_runners
 from rl.compute import ComputeCounter, parameter_count, total_gflops
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="eval-tiny", help="a preset name (eval-tiny, eval-gp-l)")
+    parser.add_argument("--preset", default="eval-tiny", help="a preset name (eval-tiny, eval-gp-l, eval-gp-vl, "
+                                                              "eval-virl-l, eval-virl-vl, eval-virl-tiny)")
     parser.add_argument("--out", required=True, help="directory for config.json and metrics.jsonl")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. init=runs/sft "
                                                      "verify_budgets=1,3,5,10 n_samples=8")
+
+
+def evaluation_arm(config: EvalConfig) -> str:
+    """config.arm, or the arm of the `init` run directory (its train records: "sft" or "rl"), else "base"."""
+    if config.arm:
+        if config.arm not in ARMS:
+            raise ConfigError(f"arm={config.arm!r} is not one of {', '.join(ARMS)} (or empty: from init)")
+        return config.arm
+    path = Path(config.init)
+    if path.name == FINAL_DIR and not (path / "metrics.jsonl").is_file():
+        path = path.parent
+    if (path / "metrics.jsonl").is_file():
+        arm = default_arm(load_run(path))
+        if arm in ARMS:
+            return arm
+    return "base"
+
+
+def heldout_losses(policy, config: EvalConfig) -> dict[str, dict[str, float]]:
+    """{split: {"loss", "accuracy", "tokens"}}: the SFT loss (token means over the assistant tokens) of
+    `config.heldout_examples` expert conversations per split (`heldout_expert_conversations`), in batches of
+    `heldout_batch_size` padded to one length for all splits (one compilation)."""
+    import functools
+
+    from launch.sft_eval import heldout_batches, make_heldout_loss
+    from sft.batches import encoded_lengths, forward_from_batch, image_slots, padded_length
+
+    budget = int(config.verify_budgets[0])
+    data = {split: heldout_expert_conversations(config.sampling, split, budget, config.seed + HELDOUT_SEED_OFFSET,
+                                                config.heldout_examples) for split in config.splits}
+    everything = [c for conversations in data.values() for c in conversations]
+    length = padded_length(encoded_lengths(policy.tokenizer, everything), 64)
+    slots = image_slots(everything)
+    loss = make_heldout_loss(functools.partial(forward_from_batch, config=policy.config))
+    return {split: loss(policy.params, heldout_batches(policy.tokenizer, conversations, policy.image_config,
+                                                       batch_size=config.heldout_batch_size, length=length,
+                                                       num_image_slots=slots))
+            for split, conversations in data.items()}
 
 
 def run_eval(config: EvalConfig, out_dir: str | Path) -> list[dict]:
@@ -38,12 +87,16 @@ def run_eval(config: EvalConfig, out_dir: str | Path) -> list[dict]:
         raise ConfigError("memgen eval needs episodes >= 1, n_samples >= 1 and at least one verify budget")
     if config.n_samples > 1 and config.sampling.temperature == 0.0:
         raise ConfigError("n_samples > 1 needs sampling.temperature > 0 (greedy samples are all the same)")
+    if config.heldout_examples < 0 or config.heldout_batch_size < 1:
+        raise ConfigError("memgen eval needs heldout_examples >= 0 (0: no held-out loss) and heldout_batch_size >= 1")
     out = Path(out_dir)
     save_config(config, out)
     policy = load_policy(config.init, seed=config.seed)
     task = TASK_NAMES[(config.sampling.task, config.sampling.modality)]
     gflops = total_gflops(ComputeCounter(init_tokens=init_tokens(config.init)), parameter_count(policy.params))
-    runners: dict = {}
+    arm = evaluation_arm(config)
+    heldout = heldout_losses(policy, config) if config.heldout_examples else {}
+    runners = shared_eval_runners(policy, config.sampling)  # compiled rollouts shared within the process
     records = []
     with MetricsWriter(out) as writer:
         for budget in config.verify_budgets:
@@ -51,11 +104,20 @@ def run_eval(config: EvalConfig, out_dir: str | Path) -> list[dict]:
                 fields = evaluate(policy, policy.params, config.sampling, split=split, budget=int(budget),
                                   num_episodes=config.episodes, n_samples=config.n_samples, seed=config.seed,
                                   runners=runners)
-                record = eval_record(step=0, gflops=gflops, task=task, seed=config.seed, **fields)
+                extra = {}
+                if split in heldout:
+                    extra = dict(heldout_loss=heldout[split]["loss"], heldout_accuracy=heldout[split]["accuracy"],
+                                 heldout_tokens=int(heldout[split]["tokens"]))
+                record = eval_record(step=0, gflops=gflops, task=task, seed=config.seed, arm=arm, **fields, **extra)
                 writer.write(0, record)
                 records.append(record)
-                print(f"{split:16s} budget {budget:3d}: success {record['success']:.3f} "
-                      f"± {record['success_se']:.3f} (n={record['n']})", file=sys.stderr)
+                line = (f"{split:16s} budget {budget:3d}: success {record['success']:.3f} "
+                        f"± {record['success_se']:.3f} (n={record['n']})")
+                if "per_step_accuracy" in record:
+                    line += f", per-step accuracy {record['per_step_accuracy']:.3f}"
+                if "heldout_loss" in record:
+                    line += f", held-out loss {record['heldout_loss']:.4f}"
+                print(line, file=sys.stderr)
     return records
 
 

@@ -22,10 +22,11 @@ from launch.model_source import ModelSource, ModelSourceError, load_model, save_
 from launch.rl_config import EpisodeConfig
 from model.chat import batch_conversations
 from model.sampler import SamplingConfig
-from rl.rollout import RolloutConfig, rollout
+from rl.rollout import RolloutConfig, prompt_value, rollout
 
 FINAL_DIR = "final"
-TASK_NAMES = {("general_points", "language"): "gp-l", ("general_points", "vision"): "gp-vl"}
+TASK_NAMES = {("general_points", "language"): "gp-l", ("general_points", "vision"): "gp-vl",
+              ("virl", "language"): "virl-l", ("virl", "vision"): "virl-vl"}
 
 
 Policy = ModelSource  # config, float32 params (with a value head here), tokenizer, tokenizer_dir, image_config
@@ -55,8 +56,12 @@ def load_policy(spec: str, *, seed: int) -> ModelSource:
 
 # --------------------------------------------------------------------------------------------- episodes
 def task_config(episodes: EpisodeConfig, max_verify_steps: int | None = None):
-    """The GeneralPoints config of the training split."""
+    """The task config of the training split (GeneralPointsConfig, or VirlConfig for task "virl")."""
     from tasks.general_points import GeneralPointsConfig
+
+    if episodes.task == "virl":
+        from launch.rl_virl import virl_config
+        return virl_config(episodes, max_verify_steps)
 
     return GeneralPointsConfig(target=episodes.target, num_cards=episodes.num_cards, face_cards=episodes.face_cards,
                                modality=episodes.modality, suits=episodes.suits, hand_pool=episodes.hand_pool,
@@ -70,11 +75,15 @@ def digit_share(text: str) -> float:
     return sum(ch.isdigit() for ch in text) / len(text) if text else 0.0
 
 
-def step_function(reward: str):
-    """The episode step of GeneralPoints, with the verifier's reward or the "digits" reward (EpisodeConfig)."""
+def step_function(reward: str, task: str = "general_points"):
+    """The episode step of the task (GeneralPoints' `step`, V-IRL's `launch.rl_virl.decision_step`), with the
+    verifier's reward or the "digits" reward (EpisodeConfig)."""
     from tasks.common import Verdict
-    from tasks.general_points import step
 
+    if task == "virl":
+        from launch.rl_virl import decision_step as step
+    else:
+        from tasks.general_points import step
     if reward == "task":
         return step
 
@@ -99,27 +108,34 @@ class RolloutRunner:
     """One compiled rollout per (batch, prompt bucket): prompts from episode states, then `rl.rollout.rollout`
     with a single `EpisodeVerifier` reset per call (a static argument: the same object keeps the compilation)."""
 
-    def __init__(self, policy: Policy, episodes: EpisodeConfig, max_verify_steps: int, batch_size: int):
+    def __init__(self, policy: Policy, episodes: EpisodeConfig, max_verify_steps: int, batch_size: int,
+                 step_fn=None):
+        """`step_fn(state, text) -> (state, Transition)` replaces the task's step (`step_function`), e.g. a
+        scripted policy in tests."""
         self.policy, self.episodes, self.batch_size = policy, episodes, batch_size
         tokenizer = policy.tokenizer
         sampling = SamplingConfig(episodes.max_new_tokens, episodes.temperature, stop_tokens=tokenizer.stop_ids)
         self.rollout_config = RolloutConfig(sampling, max_verify_steps, episodes.feedback_len)
-        self.verifier = EpisodeVerifier(tokenizer, [], step_function(episodes.reward), episodes.feedback_len)
+        self.verifier = EpisodeVerifier(tokenizer, [], step_fn or step_function(episodes.reward, episodes.task),
+                                        episodes.feedback_len)
         self._rollout = jax.jit(functools.partial(rollout, config=policy.config, verifier=self.verifier,
                                                   rollout_config=self.rollout_config))
+        self._values = jax.jit(functools.partial(prompt_value, config=policy.config))
 
     def prompts(self, states):
-        """The left-padded prompt batch (`model.chat.ConversationBatch`; one image slot in the vision modality)."""
+        """The left-padded prompt batch (`model.chat.ConversationBatch`; one image slot in the vision modality):
+        padded to a multiple of episodes.prompt_bucket, or to exactly episodes.prompt_len when that is set."""
         vision = self.episodes.modality == "vision"
-        return batch_conversations(self.policy.tokenizer, [s.conversation for s in states], self.policy.image_config,
-                                   add_generation_prompt=True, padding_side="left", bucket=self.episodes.prompt_bucket,
-                                   num_image_slots=1 if vision else None)
+        fixed = self.episodes.prompt_len
+        try:
+            return batch_conversations(self.policy.tokenizer, [s.conversation for s in states],
+                                       self.policy.image_config, add_generation_prompt=True, padding_side="left",
+                                       bucket=fixed or self.episodes.prompt_bucket, max_length=fixed or None,
+                                       num_image_slots=1 if vision else None)
+        except ValueError as error:
+            raise ConfigError(f"{error} (the prompt length is episodes.prompt_len)") from None
 
-    def __call__(self, params, states, rng: jax.Array):
-        """(trajectory, verifier, images): images = (encoded images (B, V, D), the prompts' cross-attention mask
-        (B, P, I, T)) for the vision modality (what the buffer needs), else None."""
-        if len(states) != self.batch_size:
-            raise ValueError(f"the rollout was built for {self.batch_size} episodes, got {len(states)}")
+    def _inputs(self, params, states):
         batch = self.prompts(states)
         images = None
         image_inputs = {}
@@ -128,10 +144,27 @@ class RolloutRunner:
                                      jnp.asarray(batch.aspect_ratio_ids), jnp.asarray(batch.aspect_ratio_mask))
             images = (encoded, jnp.asarray(batch.cross_attention_mask, jnp.int32))
             image_inputs = dict(cross_attention_states=images[0], cross_attention_mask=images[1])
+        return batch, images, image_inputs
+
+    def __call__(self, params, states, rng: jax.Array, active=None):
+        """(trajectory, verifier, images): images = (encoded images (B, V, D), the prompts' cross-attention mask
+        (B, P, I, T)) for the vision modality (what the buffer needs), else None. `active` (B,) bool: the rows
+        that play (default all)."""
+        if len(states) != self.batch_size:
+            raise ValueError(f"the rollout was built for {self.batch_size} episodes, got {len(states)}")
+        batch, images, image_inputs = self._inputs(params, states)
         self.verifier.reset(states)
+        active = jnp.ones((len(states),), bool) if active is None else jnp.asarray(active, bool)
         trajectory = self._rollout(params, prompt_ids=jnp.asarray(batch.input_ids),
-                                   prompt_mask=jnp.asarray(batch.attention_mask), rng=rng, **image_inputs)
+                                   prompt_mask=jnp.asarray(batch.attention_mask), rng=rng, active=active,
+                                   **image_inputs)
         return jax.device_get(trajectory), self.verifier, images
+
+    def values(self, params, states) -> jax.Array:
+        """The value head (B,) at the last token of each state's current prompt (`rl.rollout.prompt_value`)."""
+        batch, _, image_inputs = self._inputs(params, states)
+        return self._values(params, prompt_ids=jnp.asarray(batch.input_ids),
+                            prompt_mask=jnp.asarray(batch.attention_mask), **image_inputs)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -139,6 +172,54 @@ def _encode_images(params, config, pixel_values, aspect_ratio_ids, aspect_ratio_
     """The images' projected vision states (B, V, D), once per episode batch."""
     from model.forward import vision_states
     return vision_states(params, config, pixel_values, aspect_ratio_ids, aspect_ratio_mask)
+
+
+def heldout_expert_conversations(episodes: EpisodeConfig, split: str, budget: int, seed: int, size: int) -> list:
+    """`size` expert conversations (prompt + the ideal answer) on fresh instances of `split`, drawn with `seed`:
+    GeneralPoints' `expert_conversations` of the split's config, V-IRL's per-decision expert conversations on the
+    split's routes (`launch.rl_virl.heldout_conversations`). The held-out generalisation loss is their token NLL."""
+    if episodes.task == "virl":
+        from launch.rl_virl import evaluation_splits as virl_splits, heldout_conversations
+
+        splits = virl_splits(episodes, budget)
+        if split not in splits:
+            raise ConfigError(f"split {split!r} does not exist for V-IRL {episodes.modality}; choose from "
+                              f"{', '.join(splits)}")
+        return heldout_conversations(episodes, split, splits[split], seed, size)
+    from tasks.general_points import evaluation_splits, expert_conversations
+
+    splits = evaluation_splits(task_config(episodes, budget))
+    if split not in splits:
+        raise ConfigError(f"split {split!r} does not exist for this task; choose from {', '.join(splits)}")
+    return expert_conversations(splits[split], seed, size)
+
+
+# --------------------------------------------------------------------------------------------- answer key
+# The key of the answer in a response's JSON: the reference weights the tokens before it (PPOConfig.answer_key_weight).
+ANSWER_KEYS = {"general_points": "formula", "virl": "action"}
+
+
+def answer_key_starts(tokenizer, response_ids: np.ndarray, response_mask: np.ndarray, task: str) -> np.ndarray:
+    """(B, K) int32: for every response (B, K, N) the index of the token holding the first character of the first
+    quoted answer key ('"formula"' for GeneralPoints, '"action"' for V-IRL, ANSWER_KEYS), N when the response has
+    none (then every token gets the pre-key weight). Host side, from the sampled ids: each token is decoded on its
+    own (special tokens to nothing) and the offsets are the cumulative lengths, so nothing is re-tokenised; the key
+    is ASCII, whose bytes never sit inside a multi-byte character, so a token's partial UTF-8 cannot shift it."""
+    key = f'"{ANSWER_KEYS[task]}"'
+    ids, mask = np.asarray(response_ids), np.asarray(response_mask) != 0
+    batch, steps, length = ids.shape
+    starts = np.full((batch, steps), length, np.int32)
+    for b in range(batch):
+        for k in range(steps):
+            n = int(mask[b, k].sum())
+            if n == 0:
+                continue
+            pieces = tokenizer.tokenizer.decode_batch([[int(t)] for t in ids[b, k, :n]], skip_special_tokens=True)
+            at = "".join(pieces).find(key)
+            if at >= 0:
+                ends = np.cumsum([len(p) for p in pieces])
+                starts[b, k] = int(np.searchsorted(ends, at, side="right"))
+    return starts
 
 
 # --------------------------------------------------------------------------------------------- evaluation
@@ -175,9 +256,15 @@ def evaluate(policy: Policy, params, episodes: EpisodeConfig, *, split: str, bud
              n_samples: int, seed: int, runners: dict) -> dict:
     """Success of `num_episodes` instances of `split` within `budget` verification steps (each instance sampled
     `n_samples` times; pass@k when > 1). Returns eval_record fields: split, n, success, success_se, verify_budget,
-    pass_at_k; also the mean episode length."""
+    pass_at_k; also the mean episode length. V-IRL: `launch.rl_virl.evaluate_virl` (route success and per-step
+    accuracy)."""
     from rl.metrics import binomial_standard_error
 
+    if episodes.task == "virl":
+        from launch.rl_virl import evaluate_virl
+        return evaluate_virl(policy, params, episodes, split=split, budget=budget, num_episodes=num_episodes,
+                             n_samples=n_samples, seed=seed, runners=runners,
+                             make_runner=functools.partial(RolloutRunner, policy, episodes))
     states = evaluation_episodes(episodes, split=split, budget=budget, num_episodes=num_episodes,
                                  n_samples=n_samples, seed=seed)
     splits = evaluation_splits_of(episodes, budget)

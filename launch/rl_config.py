@@ -5,7 +5,9 @@ Presets: rl-gp-l, rl-gp-vl (the paper's PPO hyperparameters on Llama 3.2 11B Vis
 clip 0.1, grad-norm 0.01, gamma 0.9, lambda 0.95, 5 verification steps), rl-tiny (the tiny random model with the
 reachable "digits" reward, for tests and CPU demos), eval-gp-l, eval-gp-vl, eval-tiny (verification-budget sweep
 1, 3, 5, 10 as the paper's Figure 10). The -vl presets are the vision variants (modality=vision: the rendered hand
-is encoded once per episode).
+is encoded once per episode). V-IRL: rl-virl-l, rl-virl-vl (15 updates, V-IRL-VL at lr 1e-7), eval-virl-l,
+eval-virl-vl, and the CPU variants rl-virl-tiny, eval-virl-tiny (docs/rl.md "V-IRL"). The paper presets use the
+reference's 0.5 weight before the answer key and the eval presets add the held-out loss.
 """
 
 from __future__ import annotations
@@ -27,10 +29,21 @@ class EpisodeConfig:
     dense reward a tiny random model can learn within a few updates; for tests and demos, not an experiment).
     ``feedback_len``: the feedback turn's token bucket; ``prompt_bucket``: prompts are left-padded to a multiple.
     ``prompt_template``/``feedback_template``: text files replacing GeneralPoints' packaged templates (docs/general_points.md), None = packaged.
-    ``suits``: the training hands' colours. ``hand_pool``: "train" draws training hands from GeneralPoints' training
-    pool of rank multisets and evaluates on the held-out pool, so no evaluation hand is ever trained on."""
+    ``suits`` (GeneralPoints): the training hands' colours. ``hand_pool`` (GeneralPoints): "train" draws training
+    hands from GeneralPoints' training pool of rank multisets and evaluates on the held-out pool, so no evaluation
+    hand is ever trained on.
 
-    task: Literal["general_points"] = "general_points"
+    V-IRL (``task="virl"``, docs/rl.md "V-IRL"): one rollout is one decision point; ``max_verify_steps`` is the
+    number of judged answers per decision (the paper's 2; the scan runs one more step, the answer VirlEpisode
+    judges "past the budget"); ``decision_points`` rollouts per update, every row playing routes back to back (a
+    route that ends is replaced by a new one, a route still running at the end is bootstrapped with the value of
+    its next prompt); the training pool holds ``train_routes`` routes of the training city, with
+    ``min_route_steps``..``max_route_steps`` turn-by-turn steps (evaluation routes too, except visual OOD);
+    ``prompt_len`` > 0 pads every prompt to exactly that many tokens (required for V-IRL: its prompts grow with
+    the route's history, and one compiled rollout and update serve them all; a longer prompt is refused);
+    ``prompt_template`` becomes VirlConfig.prompt_path (``feedback_template`` does not apply)."""
+
+    task: Literal["general_points", "virl"] = "general_points"
     modality: Literal["language", "vision"] = "language"
     target: int = 24
     num_cards: int = 4
@@ -45,6 +58,11 @@ class EpisodeConfig:
     feedback_template: str | None = None
     suits: Literal["black", "red", "mixed"] = "black"
     hand_pool: Literal["all", "train"] = "all"
+    prompt_len: int = 0
+    decision_points: int = 8
+    train_routes: int = 250
+    min_route_steps: int = 2
+    max_route_steps: int = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +97,10 @@ class RLConfig:
 class EvalConfig:
     """One evaluation: ``episodes`` instances per split and verification budget; ``verify_budgets`` the budgets
     swept (one record each); ``n_samples`` > 1 samples each instance that many times (at ``episodes.temperature``)
-    and adds pass@k for k = 1, 2, 4, ... <= n_samples. ``init`` as RLConfig.init (also an `memgen rl` run dir)."""
+    and adds pass@k for k = 1, 2, 4, ... <= n_samples. ``init`` as RLConfig.init (also an `memgen rl` run dir).
+    ``heldout_examples`` > 0 adds the held-out generalisation loss (token-mean NLL of that many expert responses per
+    split, in batches of ``heldout_batch_size``) to each split's records. ``arm``: the records' arm (sft, rl,
+    base); empty = the arm of the init run directory, else base."""
 
     init: str = "tiny"
     seed: int = 1234
@@ -88,9 +109,13 @@ class EvalConfig:
     n_samples: int = 1
     splits: tuple[str, ...] = ("in_distribution", "rule_ood")
     sampling: EpisodeConfig = EpisodeConfig(temperature=0.0)
+    heldout_examples: int = 0
+    heldout_batch_size: int = 8
+    arm: str = ""
 
 
-_PAPER_PPO = PPOConfig(minibatch_size=64, gae=GAEConfig(0.9, 0.95))
+# answer_key_weight 0.5: the reference's weight on the tokens before the answer key ("formula" / "action").
+_PAPER_PPO = PPOConfig(minibatch_size=64, gae=GAEConfig(0.9, 0.95), answer_key_weight=0.5)
 # The paper's runs start from an SFT checkpoint: init="" makes the command ask for init=DIR.
 register_preset("rl-gp-l", RLConfig(init="", episodes_per_update=256, ppo=_PAPER_PPO))
 register_preset("rl-gp-vl", RLConfig(init="", episodes_per_update=256, ppo=_PAPER_PPO,
@@ -100,9 +125,36 @@ register_preset("rl-tiny", RLConfig(
     init="tiny", updates=12, episodes_per_update=8, episodes=_TINY_EPISODES, eval_episodes=8,
     ppo=PPOConfig(minibatch_size=8, epochs=4, learning_rate=1e-2, final_learning_rate=1e-3, max_grad_norm=1.0),
     checkpoint=CheckpointConfig(every_steps=2, keep=2, async_save=False)))
-register_preset("eval-gp-l", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10)))
-register_preset("eval-gp-vl", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10),
+register_preset("eval-gp-l", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10), heldout_examples=256))
+register_preset("eval-gp-vl", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10), heldout_examples=256,
                                          splits=("in_distribution", "rule_ood", "visual_ood"),
                                          sampling=EpisodeConfig(modality="vision", temperature=0.0)))
 register_preset("eval-tiny", EvalConfig(init="tiny", episodes=4, verify_budgets=(1, 2),
                                         sampling=dataclasses.replace(_TINY_EPISODES, temperature=0.0)))
+
+# V-IRL (docs/rl.md "V-IRL"): the paper's PPO, 15 updates, 2 answers per decision, sampling temperature 0.2, 512 new
+# tokens (evaluation 256), V-IRL-VL at lr 1e-7. 128 rows x 16 decision points = 2048 decision points per update
+# (the reference's 256 transitions x 8 processes; every decision point is at least one transition).
+_VIRL_EPISODES = EpisodeConfig(task="virl", max_verify_steps=2, max_new_tokens=512, temperature=0.2,
+                               prompt_len=1024, decision_points=16)
+_VIRL_EVAL = dataclasses.replace(_VIRL_EPISODES, max_new_tokens=256, temperature=0.0)
+register_preset("rl-virl-l", RLConfig(init="", updates=15, episodes_per_update=128, episodes=_VIRL_EPISODES,
+                                      ppo=_PAPER_PPO, eval_episodes=48))
+register_preset("rl-virl-vl", RLConfig(init="", updates=15, episodes_per_update=128,
+                                       episodes=dataclasses.replace(_VIRL_EPISODES, modality="vision"),
+                                       ppo=dataclasses.replace(_PAPER_PPO, learning_rate=1e-7), eval_episodes=48))
+# The paper evaluates 48 routes in distribution and rule-OOD (18 for visual OOD: the 9-city set has 18 routes).
+register_preset("eval-virl-l", EvalConfig(init="", episodes=48, verify_budgets=(2,), sampling=_VIRL_EVAL,
+                                          heldout_examples=256))
+register_preset("eval-virl-vl", EvalConfig(init="", episodes=48, verify_budgets=(2,), heldout_examples=256,
+                                           splits=("in_distribution", "rule_ood", "visual_ood"),
+                                           sampling=dataclasses.replace(_VIRL_EVAL, modality="vision")))
+# CPU: the tiny random model on 2-step routes (12 decision points), 2 rows x 2 decision points x 3 answer slots.
+_VIRL_TINY = EpisodeConfig(task="virl", max_verify_steps=2, max_new_tokens=8, feedback_len=128, prompt_len=1280,
+                           decision_points=2, train_routes=32, min_route_steps=2, max_route_steps=2)
+register_preset("rl-virl-tiny", RLConfig(
+    init="tiny", updates=2, episodes_per_update=2, episodes=_VIRL_TINY, eval_episodes=2,
+    ppo=PPOConfig(minibatch_size=6, epochs=2, learning_rate=1e-2, final_learning_rate=1e-3, max_grad_norm=1.0),
+    checkpoint=CheckpointConfig(every_steps=1, keep=2, async_save=False)))
+register_preset("eval-virl-tiny", EvalConfig(init="tiny", episodes=2, verify_budgets=(1, 2),
+                                             sampling=dataclasses.replace(_VIRL_TINY, temperature=0.0)))

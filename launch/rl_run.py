@@ -4,7 +4,10 @@ The imperative shell around rl/: load the policy (`init`: an SFT run, a Hugging 
 then per update: fresh GeneralPoints episodes (hands from Generator((seed, update))) -> jitted scan rollout with the
 verifier callback (rl.rollout) -> GAE and the flat buffer (rl.buffer) -> jitted `rl.ppo_update` with
 `rl.rollout.transition_policy` -> metrics (train records through launch.metrics_schema, with GFLOPs of
-X_RL = 6N(D_init + D_RL) + 2N D_buffer from the measured tokens) -> evaluation -> checkpoint.
+X_RL = 6N(D_init + D_RL) + 2N D_buffer from the measured tokens) -> evaluation -> checkpoint. V-IRL
+(episodes.task=virl): `episodes.decision_points` rollouts per update, one per decision point, rows playing routes
+back to back (launch/rl_virl.py). Optional: the KL to the frozen initial policy (ppo.kl_mode k1_reward / k3_loss,
+grpo.kl_coef), the entropy bonus (ppo.entropy_coef), the reference's answer-key weight (ppo.answer_key_weight).
 
 Python API: ``run_rl(config, out_dir, *, stop_after=None) -> summary dict``.
 
@@ -25,6 +28,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from launch.checkpoint import CheckpointManager
@@ -34,14 +39,14 @@ from launch.model_source import init_tokens
 from launch.metrics_schema import eval_record, train_record
 from launch.model_source import tokenizer_fingerprint
 from launch.progress import ProgressBar
-from launch.rl_common import (TASK_NAMES, RolloutRunner, evaluate, load_policy, new_episodes, save_policy,
-                              task_config)
+from launch.rl_common import (TASK_NAMES, RolloutRunner, answer_key_starts, evaluate, load_policy, new_episodes,
+                              save_policy, task_config)
 from launch.rl_config import RLConfig
 from rl.buffer import grpo_buffer, ppo_buffer, rollout_statistics, train_token_count
 from rl.compute import ComputeCounter, add, parameter_count, total_gflops
 from rl.grpo import grpo_update
 from rl.ppo import peak_learning_rate, ppo_optimizer, ppo_update
-from rl.rollout import transition_policy
+from rl.rollout import reference_token_logprobs, transition_policy
 from rl.update import init_train_state
 
 CHECKPOINT_DIR = "checkpoints"
@@ -49,7 +54,8 @@ FINAL_DIR = "final"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="rl-tiny", help="a preset name (rl-tiny, rl-gp-l); default rl-tiny")
+    parser.add_argument("--preset", default="rl-tiny", help="a preset name (rl-tiny, rl-gp-l, rl-gp-vl, rl-virl-l, "
+                                                            "rl-virl-vl, rl-virl-tiny); default rl-tiny")
     parser.add_argument("--out", required=True, help="the run directory (re-run the same command to resume)")
     parser.add_argument("--stop-after", type=int, default=None, metavar="UPDATE",
                         help="stop after this update, as if interrupted (resume later with the same command)")
@@ -61,18 +67,35 @@ def _epochs_and_minibatch(config: RLConfig) -> tuple[int, int]:
     return algorithm.epochs, algorithm.minibatch_size
 
 
+def transitions_per_update(config: RLConfig) -> int:
+    """The buffer's N: episodes x verification steps (GeneralPoints), rows x decision points x (answers per
+    decision + 1) (V-IRL, launch/rl_virl.py); padded transitions included."""
+    episodes = config.episodes
+    if episodes.task == "virl":
+        from launch.rl_virl import rollout_steps
+        return config.episodes_per_update * episodes.decision_points * rollout_steps(episodes.max_verify_steps)
+    return config.episodes_per_update * episodes.max_verify_steps
+
+
 def _check_config(config: RLConfig) -> None:
-    transitions = config.episodes_per_update * config.episodes.max_verify_steps
+    transitions = transitions_per_update(config)
     _, minibatch = _epochs_and_minibatch(config)
     if transitions % minibatch:
-        raise ConfigError(f"episodes_per_update x episodes.max_verify_steps = {transitions} transitions is not a "
-                          f"multiple of {config.algorithm}.minibatch_size={minibatch}; change one of them")
+        what = ("episodes_per_update x episodes.decision_points x (episodes.max_verify_steps + 1)"
+                if config.episodes.task == "virl" else "episodes_per_update x episodes.max_verify_steps")
+        raise ConfigError(f"{what} = {transitions} transitions is not a multiple of "
+                          f"{config.algorithm}.minibatch_size={minibatch}; change one of them")
+    if config.episodes.task == "virl" and config.algorithm != "ppo":
+        raise ConfigError("V-IRL trains with algorithm=ppo only (GRPO groups need one instance per group, V-IRL "
+                          "rows play routes back to back); set algorithm=ppo")
     if config.algorithm == "grpo" and config.episodes_per_update % config.grpo.group_size:
         raise ConfigError(f"episodes_per_update={config.episodes_per_update} is not a multiple of "
                           f"grpo.group_size={config.grpo.group_size}; change one of them")
-    if config.ppo.kl_mode is not None or config.ppo.entropy_coef:
-        raise ConfigError("memgen rl does not wire a reference model or an entropy bonus yet; leave ppo.kl_mode=none "
-                          "and ppo.entropy_coef=0 (the paper uses neither)")
+    if config.ppo.kl_coef and config.ppo.kl_mode is None and config.algorithm == "ppo":
+        raise ConfigError("ppo.kl_coef > 0 needs ppo.kl_mode=k1_reward (KL in the reward) or k3_loss (in the loss)")
+    if config.algorithm == "grpo" and (config.ppo.kl_mode is not None or config.ppo.entropy_coef):
+        raise ConfigError("with algorithm=grpo the KL is grpo.kl_coef (k3 in the loss) and there is no entropy "
+                          "bonus; leave ppo.kl_mode and ppo.entropy_coef unset")
 
 
 def _resolve_run_config(config: RLConfig, out: Path) -> RLConfig:
@@ -86,34 +109,81 @@ def _resolve_run_config(config: RLConfig, out: Path) -> RLConfig:
     return config
 
 
+# Compiled pieces shared by the runs of one process (tests, sweeps): a new jit object would compile again. The
+# rollout depends only on the policy's shapes, the episode settings and the batch, so runs that differ in their
+# PPO / GRPO settings (a learning-rate or KL sweep) share it; evaluation runners likewise.
 _COMPILED: dict = {}
+_RUNNERS: dict = {}
+_EVAL_RUNNERS: dict = {}
 
 
-def evaluation_split_names(gp_config) -> list[str]:
+def shared_runner(policy, episodes, steps: int, batch: int) -> RolloutRunner:
+    """The process's RolloutRunner for (model, tokenizer, episode settings, K, batch)."""
+    key = (policy.config, str(policy.tokenizer_dir), episodes, steps, batch)
+    if key not in _RUNNERS:
+        _RUNNERS[key] = RolloutRunner(policy, episodes, steps, batch)
+    return _RUNNERS[key]
+
+
+def shared_eval_runners(policy, episodes) -> dict:
+    """The process's evaluation runners (`rl_common.evaluate`'s cache) for (model, tokenizer, episode settings)."""
+    return _EVAL_RUNNERS.setdefault((policy.config, str(policy.tokenizer_dir), episodes), {})
+
+
+def evaluation_split_names(episodes) -> list[str]:
     """The paper's splits of a training config: in-distribution, rule-OOD and (vision) visual-OOD."""
+    if episodes.task == "virl":
+        from launch.rl_virl import evaluation_splits as virl_splits
+        return list(virl_splits(episodes))
     from tasks.general_points import evaluation_splits
-    return list(evaluation_splits(gp_config))
+    return list(evaluation_splits(task_config(episodes)))
 
 
 def _compiled(policy, config: RLConfig, total_steps: int):
-    """The jitted rollout, PPO update and buffer builder of a run, shared by runs of the same shapes in one process
-    (tests, sweeps): a new jit object would compile again."""
+    """The rollout runner, the jitted PPO update and buffer builder, and the evaluation runners of a run, shared by
+    runs of the same shapes in one process (tests, sweeps): a new jit object would compile again."""
+    # total_steps is not part of the key: the cosine's horizon is optimizer state (rl.ppo.scale_by_cosine), and the
+    # learning rates too, so runs that differ only in their length or learning rate share the compiled update.
     key = (policy.config, tokenizer_fingerprint(policy), config.episodes, config.episodes_per_update, config.algorithm,
-           config.ppo, config.grpo, total_steps)
+           dataclasses.replace(config.ppo, learning_rate=1.0, final_learning_rate=1.0), config.grpo)
     if key not in _COMPILED:
         episodes = config.episodes
-        runner = RolloutRunner(policy, episodes, episodes.max_verify_steps, config.episodes_per_update)
-        policy_fn = functools.partial(transition_policy, config=policy.config, temperature=episodes.temperature)
+        steps = episodes.max_verify_steps
+        if episodes.task == "virl":
+            from launch.rl_virl import rollout_steps
+            steps = rollout_steps(steps)
+        runner = shared_runner(policy, episodes, steps, config.episodes_per_update)
+        policy_fn = functools.partial(transition_policy, config=policy.config, temperature=episodes.temperature,
+                                      return_entropy=config.algorithm == "ppo" and config.ppo.entropy_coef != 0)
+        reference_fn = None
+        if uses_reference(config):
+            reference_fn = functools.partial(reference_token_logprobs, config=policy.config,
+                                             temperature=episodes.temperature,
+                                             chunk_size=_epochs_and_minibatch(config)[1])
         optimizer = ppo_optimizer(config.ppo, total_steps)
         if config.algorithm == "ppo":
             update = functools.partial(ppo_update, policy_fn=policy_fn, optimizer=optimizer, config=config.ppo)
-            make_buffer = functools.partial(ppo_buffer, config=config.ppo)
+            make_buffer = functools.partial(ppo_buffer, config=config.ppo, reference_fn=reference_fn)
+            if episodes.task == "virl":
+                from launch.rl_virl import make_buffer_fn
+                make_buffer = make_buffer_fn(config.ppo, reference_fn)
         else:
             logprob_fn = lambda params, minibatch: policy_fn(params, minibatch)[0]  # noqa: E731
             update = functools.partial(grpo_update, logprob_fn=logprob_fn, optimizer=optimizer, config=config.grpo)
-            make_buffer = functools.partial(grpo_buffer, config=config.grpo)
-        _COMPILED[key] = (runner, jax.jit(update, donate_argnums=0), jax.jit(make_buffer), {})
+            make_buffer = functools.partial(grpo_buffer, config=config.grpo, reference_fn=reference_fn)
+        if episodes.task != "virl":
+            make_buffer = jax.jit(make_buffer)
+        _COMPILED[key] = (runner, jax.jit(update, donate_argnums=0), make_buffer,
+                          shared_eval_runners(policy, dataclasses.replace(episodes, temperature=0.0)))
     return _COMPILED[key]
+
+
+def uses_reference(config: RLConfig) -> bool:
+    """Whether the run needs the frozen reference policy (the initial params): PPO with a kl_mode, GRPO with a
+    kl_coef."""
+    if config.algorithm == "ppo":
+        return config.ppo.kl_mode is not None
+    return config.grpo.kl_coef != 0
 
 
 def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] = None,
@@ -126,9 +196,13 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     config = _resolve_run_config(config, out)
     policy = load_policy(config.init, seed=config.seed)
     episodes = config.episodes
-    gp_config = task_config(episodes)
+    task_settings = task_config(episodes)
     task = TASK_NAMES[(episodes.task, episodes.modality)]
-    transitions = config.episodes_per_update * episodes.max_verify_steps
+    transitions = transitions_per_update(config)
+    virl_routes = None
+    if episodes.task == "virl":
+        from launch.rl_virl import TrainingRoutes
+        virl_routes = TrainingRoutes(episodes, config.seed)
     epochs, minibatch = _epochs_and_minibatch(config)
     total_steps = max(1, config.updates * epochs * (transitions // minibatch))
     optimizer = ppo_optimizer(config.ppo, total_steps)
@@ -136,13 +210,18 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     state = init_train_state(policy.params, optimizer)
     num_params = parameter_count(policy.params)
     runner, update, make_buffer, eval_runners = _compiled(policy, config, total_steps)
+    # The KL reference: the initial policy, frozen (a copy: the train state's buffers are donated to the update).
+    reference_params = jax.tree.map(jnp.copy, policy.params) if uses_reference(config) else None
 
     checkpoints = CheckpointManager(out / CHECKPOINT_DIR, every_steps=config.checkpoint.every_steps,
                                     keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
     restored = checkpoints.restore_latest(state)
     start, counter = 0, ComputeCounter(init_tokens=init_tokens(config.init))
     if restored is not None:
-        state, start = restored.state, int(restored.run_state["update"])
+        # Orbax restores arrays committed to a device, while a fresh state and every jit output are uncommitted; jit
+        # caches the two apart, so a resumed run would compile its rollout and update again. Uncommit them.
+        state = jax.tree.map(lambda x: jax.device_put(np.asarray(x)), restored.state)
+        start = int(restored.run_state["update"])
         counter = ComputeCounter(**restored.run_state["compute"])
     end = config.updates if stop_after is None else min(config.updates, stop_after)
     last: dict[str, Any] = {}
@@ -151,7 +230,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
         evaluation = dataclasses.replace(episodes, temperature=config.eval_temperature)
 
         def write_evaluation(step: int, gflops: float) -> None:
-            for split in evaluation_split_names(gp_config):
+            for split in evaluation_split_names(episodes):
                 fields = evaluate(policy, state.params, evaluation, split=split, budget=episodes.max_verify_steps,
                                   num_episodes=config.eval_episodes, n_samples=1, seed=config.seed + 1,
                                   runners=eval_runners)
@@ -162,16 +241,36 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
             write_evaluation(0, total_gflops(counter, num_params))
         for index in range(start, end):
             began = time.perf_counter()
-            group = config.grpo.group_size if config.algorithm == "grpo" else 1
-            states = new_episodes(gp_config, (config.seed, index), config.episodes_per_update // group, group)
             rollout_key, update_key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), index))
-            trajectory, verifier, images = runner(state.params, states, rollout_key)
-            rollout_seconds = time.perf_counter() - began
-            buffer = make_buffer(trajectory, images=images)
-            stats = jax.device_get(rollout_statistics(trajectory))
+            if virl_routes is not None:
+                from launch.rl_virl import play, training_statistics, update_buffer
+                supply = virl_routes.supply((config.seed, index))
+                result = play(runner, state.params, [supply() for _ in range(config.episodes_per_update)],
+                              rollout_key, calls=episodes.decision_points, replace=supply)
+                rollout_seconds = time.perf_counter() - began
+                buffer = update_buffer(make_buffer, runner, state.params, result, reference_params,
+                                       config.ppo.answer_key_weight)
+                stats = training_statistics(result)
+                truncated = result.truncated_feedback
+            else:
+                group = config.grpo.group_size if config.algorithm == "grpo" else 1
+                states = new_episodes(task_settings, (config.seed, index), config.episodes_per_update // group,
+                                      group)
+                trajectory, verifier, images = runner(state.params, states, rollout_key)
+                rollout_seconds = time.perf_counter() - began
+                extra = {}
+                if config.algorithm == "ppo" and config.ppo.answer_key_weight != 1.0:
+                    extra["answer_start"] = answer_key_starts(policy.tokenizer, trajectory.response_ids,
+                                                              trajectory.response_mask, episodes.task)
+                buffer = make_buffer(trajectory, images=images, reference_params=reference_params, **extra)
+                stats = jax.device_get(rollout_statistics(trajectory))
+                truncated = verifier.truncated_feedback
             lr = float(peak_learning_rate(state.opt_state)) * float(decay(state.step))
             state, metrics = update(state, buffer, update_key)
             metrics = jax.device_get(metrics)
+            if "kl_k1" in buffer:  # the k1 KL of the rollout to the reference (its reward shaping)
+                valid = np.asarray(buffer["valid"])
+                stats["kl_k1"] = float(np.asarray(buffer["kl_k1"])[valid].sum() / max(valid.sum(), 1))
             trained = int(train_token_count(buffer)) * epochs
             counter = add(counter, train_tokens=trained, inference_tokens=int(stats["inference_tokens"]))
             step = index + 1
@@ -181,7 +280,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                 writer.write(step, train_record(
                     step=step, gflops=gflops, loss=last["loss"], lr=lr, tokens=trained, arm="rl", task=task,
                     rollout_seconds=rollout_seconds, update_seconds=time.perf_counter() - began - rollout_seconds,
-                    truncated_feedback=verifier.truncated_feedback,
+                    truncated_feedback=truncated,
                     **{k: v for k, v in last.items() if k not in ("loss", "inference_tokens")}))
             if (config.eval_every and step % config.eval_every == 0) or step == config.updates:
                 write_evaluation(step, gflops)

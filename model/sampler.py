@@ -11,7 +11,9 @@ Two levels:
 - `start(params, config, input_ids, attention_mask, cache, ...) -> SamplerState` (prefill),
   `sample_turn(params, config, state, rng, sampling, active=None) -> (SamplerState, Generation)` (decode one turn
   into the cache; the sampled tokens stay there), `append(params, config, state, tokens, mask) -> SamplerState`
-  (prefill a feedback chunk). All three are pure and traceable with static shapes (an RL rollout scans over them);
+  (prefill a feedback chunk). `start` and `append` with `return_hidden=True` also return the final hidden state
+  (B, D) at each row's last valid token (`last_valid_hidden`): where a value head reads the state that generates
+  the next turn (rl/rollout.py). All three are pure and traceable with static shapes (an RL rollout scans over them);
   `start_jit`, `sample_turn_jit`, `append_jit` are jitted versions that donate the cache/state.
 
 Log-probs. `Generation.logprobs` holds the log-probability of each sampled token under the distribution the
@@ -142,46 +144,54 @@ def sample_tokens(rng: jax.Array, logits: jax.Array, sampling: SamplingConfig) -
 
 
 # --------------------------------------------------------------------------------------------- low-level API
-def _last_valid(hidden: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """hidden (B, S, D) at each row's last valid position -> (B, D), and whether the row has any (B,)."""
+def last_valid_hidden(hidden: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """hidden (B, S, D) at each row's last valid position (mask (B, S), 1 = token) -> (B, D), and whether the row
+    has any valid token (B,). What `start` / `append` read the next-token logits from (and, with
+    return_hidden=True, return: e.g. for a value head at the position that generates the next turn)."""
     valid = mask != 0
     last = valid.shape[1] - 1 - jnp.argmax(valid[:, ::-1], axis=1)
     return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0], valid.any(axis=1)
 
 
 def _advance(params: Params, state_logits: jax.Array | None, hidden: jax.Array, mask: jax.Array,
-             cache: KVCache) -> SamplerState:
-    last_hidden, has_tokens = _last_valid(hidden, mask)
+             cache: KVCache) -> tuple[SamplerState, jax.Array]:
+    last_hidden, has_tokens = last_valid_hidden(hidden, mask)
     logits = T.lm_head(params, last_hidden).astype(jnp.float32)  # only (B, V): never the whole chunk's logits
     if state_logits is not None:
         logits = jnp.where(has_tokens[:, None], logits, state_logits)
-    return SamplerState(cache, logits)
+    return SamplerState(cache, logits), last_hidden
 
 
 def start(params: Params, config: ModelConfig, input_ids: jax.Array, attention_mask: jax.Array, cache: KVCache,
           *, pixel_values=None, aspect_ratio_ids=None, aspect_ratio_mask=None, cross_attention_mask=None,
-          cross_attention_states=None) -> SamplerState:
+          cross_attention_states=None, return_hidden: bool = False):
     """Prefill padded prompts input_ids (B, S) into an empty `cache` (model.init_cache; num_images > 0 when images
     are given: their cross-attention K/V are computed here, once). Padding may be anywhere (left is usual); a row
-    without any token (a batch filler) gets meaningless next-token logits: pass it as inactive to sample_turn."""
+    without any token (a batch filler) gets meaningless next-token logits: pass it as inactive to sample_turn.
+    Returns the SamplerState, or (SamplerState, hidden (B, D)) with return_hidden: the final hidden state (after
+    the last norm) at each row's last valid token, the one the next-token logits come from."""
     if attention_mask is None:
         attention_mask = jnp.ones(input_ids.shape, jnp.int32)
     _, hidden, cache = prefill(params, config, input_ids, attention_mask, cache, pixel_values=pixel_values,
                                aspect_ratio_ids=aspect_ratio_ids, aspect_ratio_mask=aspect_ratio_mask,
                                cross_attention_mask=cross_attention_mask,
                                cross_attention_states=cross_attention_states, return_hidden=True)
-    return _advance(params, None, hidden, attention_mask, cache)
+    state, last_hidden = _advance(params, None, hidden, attention_mask, cache)
+    return (state, last_hidden) if return_hidden else state
 
 
 def append(params: Params, config: ModelConfig, state: SamplerState, tokens: jax.Array,
-           mask: jax.Array | None = None) -> SamplerState:
+           mask: jax.Array | None = None, *, return_hidden: bool = False):
     """Prefill a chunk tokens (B, n) (e.g. a verifier's feedback turn, usually right-padded; mask (B, n) 1 = token,
     padding allowed anywhere) after what the cache holds. Rows with no valid token keep their next-token logits.
-    Appended tokens see the images as the cache's last position did (processor's continuation mask)."""
+    Appended tokens see the images as the cache's last position did (processor's continuation mask).
+    Returns the SamplerState, or (SamplerState, hidden (B, D)) with return_hidden (as `start`; meaningless for a
+    row with no valid token in the chunk)."""
     _, hidden, cache = extend(params, config, tokens, state.cache, attention_mask=mask, return_hidden=True)
     if mask is None:
         mask = jnp.ones(tokens.shape, jnp.int32)
-    return _advance(params, state.last_logits, hidden, mask, cache)
+    new_state, last_hidden = _advance(params, state.last_logits, hidden, mask, cache)
+    return (new_state, last_hidden) if return_hidden else new_state
 
 
 @jax.tree_util.register_dataclass
@@ -237,9 +247,9 @@ def sample_turn(params: Params, config: ModelConfig, state: SamplerState, rng: j
     return loop.state, Generation(loop.tokens, loop.logprobs, loop.lengths)
 
 
-start_jit = jax.jit(start, static_argnums=1, donate_argnames="cache")
+start_jit = jax.jit(start, static_argnums=1, static_argnames="return_hidden", donate_argnames="cache")
 sample_turn_jit = jax.jit(sample_turn, static_argnums=(1, 4), donate_argnums=2)
-append_jit = jax.jit(append, static_argnums=1, donate_argnums=2)
+append_jit = jax.jit(append, static_argnums=1, static_argnames="return_hidden", donate_argnums=2)
 
 
 # --------------------------------------------------------------------------------------------- sharding

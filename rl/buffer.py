@@ -8,12 +8,14 @@ False: every mean skips them and the shapes stay static), C context tokens, S re
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 
 from rl.gae import gae
 from rl.grpo import GRPOConfig, group_advantages
-from rl.ppo import PPOConfig, sequence_logprob
+from rl.ppo import PPOConfig, answer_key_token_weights, kl_penalized_rewards, sequence_logprob
 from rl.rollout import Trajectory, transition_cross_attention_mask, transition_sequences
 
 
@@ -33,25 +35,111 @@ def _sequences(trajectory: Trajectory, images: tuple[jax.Array, jax.Array] | Non
     return sequences
 
 
-def ppo_buffer(trajectory: Trajectory, config: PPOConfig,
-               images: tuple[jax.Array, jax.Array] | None = None) -> dict[str, jax.Array]:
-    """GAE over each row's transitions (gamma, lambda of config.gae; the rollout's bootstrap value for rows the
-    budget cut off), then everything flattened to N = B * K: context_ids, context_mask (N, C), response_ids,
-    response_mask (N, S), old_logprob (N,) (the sum of the sampling log-probs), old_values, advantages, returns,
-    rewards (N,), valid (N,) bool; with `images` (the encoded images (B, V, D) and the prompts' cross-attention
-    mask (B, P, I, T)) also cross_attention_states (N, V, D) and cross_attention_mask (N, C + S, I, T). The
-    sequence log-prob uses unit token weights (config.answer_key_weight 1)."""
-    if config.answer_key_weight != 1.0:
-        raise ValueError("ppo_buffer supports answer_key_weight=1.0 only (the true log-prob); the reference's 0.5 "
-                         "weight before the answer key needs its token position, which the rollout does not track yet.")
+def transition_arrays(trajectory: Trajectory, images: tuple[jax.Array, jax.Array] | None = None,
+                      terminal: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Everything the buffers need per transition, in the rollout layout (B, K, ...): context_ids, context_mask
+    (C), response_ids, response_mask (S), old_token_logprobs (S) (the sampling log-probs), old_values, rewards,
+    dones, valid (B, K); with `images` also cross_attention_states and cross_attention_mask (`_sequences`).
+    `terminal` (B,) bool: which rows' episodes really ended in this rollout. By default every rollout `done` is an
+    episode end (GeneralPoints); a V-IRL decision point is also `done` after a correct action, but the route goes
+    on at the next decision point, so its run loop passes terminal = the episode is over, and GAE then carries
+    value across decision points. Parts of several rollouts concatenate along K (`concatenate_transitions`) when
+    their context lengths C agree (a fixed prompt length)."""
     t = trajectory
-    advantages, returns = gae(t.rewards, t.values, t.dones, t.valid, t.bootstrap_value, config.gae)
-    sequences = _sequences(t, images)
-    old_logprob = sequence_logprob(t.response_logprobs, t.response_mask)
-    per_transition = dict(sequences, old_logprob=old_logprob, old_values=t.values, advantages=advantages,
-                          returns=returns, rewards=t.rewards, valid=t.valid)
-    batch, steps = t.rewards.shape
+    dones = t.dones if terminal is None else t.dones & jnp.asarray(terminal, bool)[:, None]
+    return dict(_sequences(t, images), old_token_logprobs=t.response_logprobs, old_values=t.values,
+                rewards=t.rewards, dones=dones, valid=t.valid)
+
+
+def concatenate_transitions(parts: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+    """Per-transition dicts (B, K_i, ...) of consecutive rollouts of the same rows -> one (B, sum K_i, ...)."""
+    return {name: jnp.concatenate([part[name] for part in parts], axis=1) for name in parts[0]}
+
+
+def ppo_buffer_from_transitions(transitions: dict[str, jax.Array], bootstrap_value: jax.Array,
+                                config: PPOConfig, token_weights: jax.Array | None = None,
+                                ref_token_logprobs: jax.Array | None = None) -> dict[str, jax.Array]:
+    """GAE over each row's transitions (B, T) (`transition_arrays` layout; several episodes and padding per row
+    allowed; `bootstrap_value` (B,) for rows whose last episode is still running), then everything flattened to
+    N = B * T: context_ids, context_mask (N, C), response_ids, response_mask (N, S), old_logprob (N,) (the
+    sequence log-prob of the sampling log-probs, `sequence_logprob` with `token_weights` (B, T, S) when given,
+    the weights `policy_fn`'s ratio uses: the buffer then carries them as "token_weights"), old_values,
+    advantages, returns, rewards (N,), valid (N,) bool, and the images' keys when present.
+
+    KL to a frozen reference (config.kl_mode; `ref_token_logprobs` (B, T, S) from
+    `rl.rollout.reference_token_logprobs`): "k1_reward" shapes the rewards before GAE with `kl_penalized_rewards`
+    (the sequence log-probs of the rollout and of the reference under the same token weights; the buffer's
+    "rewards" are then the shaped ones and "kl_k1" (N,) the per-transition k1); "k3_loss" puts
+    "ref_token_logprobs" (N, S) into the buffer for `ppo_loss`."""
+    per_transition = dict(transitions)
+    token_logprobs = per_transition.pop("old_token_logprobs")
+    dones = per_transition.pop("dones")
+    response_mask = per_transition["response_mask"]
+    old_logprob = sequence_logprob(token_logprobs, response_mask, token_weights)
+    if config.kl_mode is not None and ref_token_logprobs is None:
+        raise ValueError(f"PPOConfig.kl_mode={config.kl_mode!r} needs the reference policy's token log-probs "
+                         "(ref_token_logprobs, rl.rollout.reference_token_logprobs).")
+    if config.kl_mode == "k1_reward":
+        ref_logprob = sequence_logprob(ref_token_logprobs, response_mask, token_weights)
+        per_transition["rewards"], _ = kl_penalized_rewards(per_transition["rewards"], old_logprob, ref_logprob,
+                                                            config.kl_coef, per_transition["valid"])
+        per_transition["kl_k1"] = jnp.where(per_transition["valid"], old_logprob - ref_logprob, 0.0)
+    elif config.kl_mode == "k3_loss":
+        per_transition["ref_token_logprobs"] = ref_token_logprobs
+    advantages, returns = gae(per_transition["rewards"], per_transition["old_values"], dones,
+                              per_transition["valid"], bootstrap_value, config.gae)
+    per_transition.update(old_logprob=old_logprob, advantages=advantages, returns=returns)
+    if token_weights is not None:
+        per_transition["token_weights"] = token_weights
+    batch, steps = per_transition["rewards"].shape
     return {name: value.reshape(batch * steps, *value.shape[2:]) for name, value in per_transition.items()}
+
+
+def answer_key_weights(response_mask: jax.Array, answer_start: jax.Array | None,
+                       config: PPOConfig) -> jax.Array | None:
+    """The (B, T, S) token weights of config.answer_key_weight (`rl.ppo.answer_key_token_weights`: the weight
+    before each response's answer key, 1 from there on) given answer_start (B, T), the index of the answer key's
+    first token in each response (S when absent); None (unit weights) when the weight is 1."""
+    if config.answer_key_weight == 1.0:
+        return None
+    if answer_start is None:
+        raise ValueError(f"PPOConfig.answer_key_weight={config.answer_key_weight} needs each response's answer-key "
+                         "position (answer_start (B, T)); find it with launch.rl_common.answer_key_starts.")
+    batch, steps, length = response_mask.shape
+    weights = answer_key_token_weights(jnp.asarray(answer_start).reshape(-1), response_mask.reshape(-1, length) != 0,
+                                       config.answer_key_weight)
+    return weights.reshape(batch, steps, length)
+
+
+def ppo_buffer(trajectory: Trajectory, config: PPOConfig,
+               images: tuple[jax.Array, jax.Array] | None = None, *, answer_start: jax.Array | None = None,
+               reference_fn: ReferenceFn | None = None, reference_params: Any = None) -> dict[str, jax.Array]:
+    """The PPO buffer of one rollout (GeneralPoints: every row one episode): `transition_arrays` then
+    `ppo_buffer_from_transitions` with the rollout's bootstrap value. `images` = (the encoded images (B, V, D),
+    the prompts' cross-attention mask (B, P, I, T)) adds cross_attention_states (N, V, D) and cross_attention_mask
+    (N, C + S, I, T). With config.kl_mode, `reference_fn(reference_params, transitions) -> (B, T, S)` gives the
+    reference log-probs (e.g. `rl.rollout.reference_token_logprobs` with its static arguments bound). With
+    config.answer_key_weight != 1, `answer_start` (B, K) gives the token weights (`answer_key_weights`): old_logprob
+    and the buffer's "token_weights" (which `ppo_loss` applies to the new log-probs) use the same ones, so the
+    first ratio is 1."""
+    transitions = transition_arrays(trajectory, images)
+    return ppo_buffer_from_transitions(transitions, trajectory.bootstrap_value, config,
+                                       token_weights=answer_key_weights(transitions["response_mask"], answer_start,
+                                                                        config),
+                                       ref_token_logprobs=reference(reference_fn, reference_params, transitions))
+
+
+ReferenceFn = Callable[[Any, dict[str, jax.Array]], jax.Array]
+
+
+def reference(reference_fn: ReferenceFn | None, reference_params: Any,
+              transitions: dict[str, jax.Array]) -> jax.Array | None:
+    """`reference_fn(reference_params, transitions)` (B, T, S), or None without a reference."""
+    if reference_fn is None:
+        return None
+    if reference_params is None:
+        raise ValueError("a reference_fn needs reference_params (the frozen reference policy's params).")
+    return reference_fn(reference_params, transitions)
 
 
 def rollout_statistics(trajectory: Trajectory) -> dict[str, jax.Array]:
@@ -78,12 +166,14 @@ def train_token_count(buffer: dict[str, jax.Array]) -> jax.Array:
 
 
 def grpo_buffer(trajectory: Trajectory, config: GRPOConfig,
-                images: tuple[jax.Array, jax.Array] | None = None) -> dict[str, jax.Array]:
+                images: tuple[jax.Array, jax.Array] | None = None, *, reference_fn: ReferenceFn | None = None,
+                reference_params: Any = None) -> dict[str, jax.Array]:
     """The flat GRPO buffer: rows are G groups of `config.group_size` consecutive episodes on one instance; each
     episode's return (the sum of its transitions' rewards) is normalised within its group (`group_advantages`) and
     every transition of the episode gets that advantage. Keys: context_ids, context_mask, response_ids,
     response_mask (N, ...), old_token_logprobs (N, S), advantages, rewards, valid (N,). Padded transitions have an
-    empty response mask, so they add no token to the loss. `images` as in `ppo_buffer`."""
+    empty response mask, so they add no token to the loss. `images` as in `ppo_buffer`; with config.kl_coef > 0
+    `reference_fn` / `reference_params` (as `ppo_buffer`) add ref_token_logprobs (N, S) for the k3 term."""
     t = trajectory
     batch, steps = t.rewards.shape
     if batch % config.group_size:
@@ -93,4 +183,8 @@ def grpo_buffer(trajectory: Trajectory, config: GRPOConfig,
     sequences = _sequences(t, images)
     per_transition = dict(sequences, old_token_logprobs=t.response_logprobs,
                           advantages=jnp.where(t.valid, advantages[:, None], 0.0), rewards=t.rewards, valid=t.valid)
+    if config.kl_coef:
+        per_transition["ref_token_logprobs"] = reference(reference_fn, reference_params, per_transition)
+        if per_transition["ref_token_logprobs"] is None:
+            raise ValueError("GRPOConfig.kl_coef > 0 needs reference_fn and reference_params.")
     return {name: value.reshape(batch * steps, *value.shape[2:]) for name, value in per_transition.items()}

@@ -203,14 +203,36 @@ def ppo_optimizer(config: PPOConfig, total_steps: int) -> optax.GradientTransfor
 
     The peak learning rate is `inject_hyperparams` state, not a constant of the compiled program: read it with
     `peak_learning_rate(opt_state)` and change it with `with_peak_learning_rate(opt_state, lr)` (a sweep can
-    even vmap an update over learning rates) without retracing."""
+    even vmap an update over learning rates) without retracing. The cosine's horizon and final fraction are state
+    too (`scale_by_cosine`), so runs of different lengths share one compiled update."""
     if total_steps < 1:
         raise ValueError(f"ppo_optimizer needs total_steps >= 1 optimizer steps, got {total_steps}.")
-    decay = optax.cosine_decay_schedule(init_value=1.0, decay_steps=int(total_steps),
-                                        alpha=config.final_learning_rate / config.learning_rate)
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
                        optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate, eps=config.adam_eps),
-                       optax.scale_by_schedule(decay))
+                       optax.inject_hyperparams(scale_by_cosine)(
+                           total_steps=float(total_steps),
+                           final_fraction=config.final_learning_rate / config.learning_rate))
+
+
+def scale_by_cosine(total_steps: float | jax.Array, final_fraction: float | jax.Array) -> optax.GradientTransformation:
+    """Scale updates by optax.cosine_decay_schedule(1, total_steps, final_fraction) at the step count: a factor
+    that falls along a cosine from 1 to final_fraction over total_steps steps, then stays. Written out (rather than
+    optax.scale_by_schedule) so that, under `optax.inject_hyperparams`, both numbers are optimizer state and not
+    constants of the compiled program."""
+
+    def init_fn(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        horizon = jnp.asarray(total_steps, jnp.float32)
+        fraction = jnp.minimum(state.count.astype(jnp.float32), horizon) / horizon
+        factor = final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + jnp.cos(jnp.pi * fraction))
+        updates = jax.tree.map(lambda u: (factor * u).astype(u.dtype), updates)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_int32_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 _ADAM_INDEX = 1  # position of the injected Adam in ppo_optimizer's chain

@@ -11,9 +11,9 @@ One scan step (verification step k):
   2. the host-side verifier judges it through `jax.pure_callback` (the imperative boundary, see
      `VerifierFn`): token ids (B, N) + lengths + active rows + k -> reward, done, success and the feedback turn's
      token ids (B, F) right-padded with their mask;
-  3. the feedback turn (it ends with the assistant header) is appended to the same cache with `model.forward.extend`
+  3. the feedback turn (it ends with the assistant header) is appended to the same cache with `model.sampler.append`
      (rows that are done append nothing), and the value head reads the hidden state at the chunk's last valid
-     token: the position that generates the next response's first token.
+     token (`append(..., return_hidden=True)`): the position that generates the next response's first token.
 The prompt is prefilled once; images are encoded once per episode by the caller (`cross_attention_states`) and
 their cross-attention K/V live in the cache. Nothing is re-tokenised: the trajectory is the ids in the arrays.
 
@@ -35,10 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from model import text as T
 from model.config import ModelConfig
-from model.forward import extend, forward, init_cache
-from model.sampler import SamplerState, SamplingConfig, _last_valid, sample_turn, token_logprobs
+from model.forward import forward, init_cache
+from model.sampler import SamplingConfig, append, sample_turn, start, token_logprobs
 from model.value_head import value_head_apply
 
 Params = dict[str, Any]
@@ -88,17 +87,9 @@ class Trajectory:
     bootstrap_value: jax.Array
 
 
-def _extend_with_value(params: Params, config: ModelConfig, state: SamplerState | None, tokens: jax.Array,
-                       mask: jax.Array, cache, **image_inputs) -> tuple[SamplerState, jax.Array]:
-    """Append tokens (B, n) under mask (B, n) to the cache; the new sampler state and the value (B,) at each row's
-    last valid token (rows with none keep their logits; their value is meaningless and masked by the caller)."""
-    _, hidden, cache = extend(params, config, tokens, cache, attention_mask=mask, return_hidden=True, **image_inputs)
-    last_hidden, has_tokens = _last_valid(hidden, mask)
-    logits = T.lm_head(params, last_hidden).astype(jnp.float32)
-    if state is not None:
-        logits = jnp.where(has_tokens[:, None], logits, state.last_logits)
-    values = value_head_apply(params["value_head"], last_hidden[:, None])[:, 0]
-    return SamplerState(cache, logits), values
+def _value(params: Params, hidden: jax.Array) -> jax.Array:
+    """The value head at hidden states (B, D) -> (B,)."""
+    return value_head_apply(params["value_head"], hidden[:, None])[:, 0]
 
 
 def call_verifier(verifier: VerifierFn, tokens: jax.Array, lengths: jax.Array, active: jax.Array, step: jax.Array,
@@ -121,22 +112,23 @@ def cache_length(prompt_len: int, rollout_config: RolloutConfig) -> int:
 
 def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
             *, verifier: VerifierFn, rollout_config: RolloutConfig, cross_attention_states: jax.Array | None = None,
-            cross_attention_mask: jax.Array | None = None, stop_tokens: jax.Array | None = None) -> Trajectory:
+            cross_attention_mask: jax.Array | None = None, stop_tokens: jax.Array | None = None,
+            active: jax.Array | None = None) -> Trajectory:
     """One decision point of B episodes: prefill the left-padded prompts (B, P), then a `jax.lax.scan` over K
     verification steps (module docstring). `cross_attention_states` (B, V, D): the images, encoded once
-    (`model.sampler._encode_images` / `model.forward.vision_states`), with the prompt's cross_attention_mask
-    (B, P, I, T). `stop_tokens` (S,) int32 (-1 = unused) overrides sampling.stop_tokens. Jit it with `config`,
-    `verifier` and `rollout_config` static."""
+    (`model.forward.vision_states`), with the prompt's cross_attention_mask (B, P, I, T). `stop_tokens` (S,) int32
+    (-1 = unused) overrides sampling.stop_tokens. `active` (B,) bool: rows that play (default all); the others
+    (e.g. V-IRL routes that already ended) sample nothing, are never passed to the verifier as active and have
+    no valid transition. Jit it with `config`, `verifier` and `rollout_config` static."""
     sampling = rollout_config.sampling
     batch, prompt_len = prompt_ids.shape
     num_images = 0
     if cross_attention_states is not None:
         num_images = cross_attention_states.shape[1] // (config.vision.max_num_tiles * config.vision.num_patches)
     cache = init_cache(config, batch, cache_length(prompt_len, rollout_config), num_images=num_images)
-    image_inputs = {}
-    if cross_attention_states is not None:
-        image_inputs = dict(cross_attention_states=cross_attention_states, cross_attention_mask=cross_attention_mask)
-    state, value = _extend_with_value(params, config, None, prompt_ids, prompt_mask, cache, **image_inputs)
+    state, hidden = start(params, config, prompt_ids, prompt_mask, cache, cross_attention_states=cross_attention_states,
+                          cross_attention_mask=cross_attention_mask, return_hidden=True)
+    value = _value(params, hidden)
 
     def verification_step(carry, step):
         state, value, finished, rng = carry
@@ -149,7 +141,8 @@ def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_m
         continues = active & ~done
         feedback_mask = jnp.where(continues[:, None], feedback_mask, 0)
         feedback_ids = jnp.where(feedback_mask != 0, feedback_ids, config.text.pad_token_id)
-        state, new_value = _extend_with_value(params, config, state, feedback_ids, feedback_mask, state.cache)
+        state, hidden = append(params, config, state, feedback_ids, feedback_mask, return_hidden=True)
+        new_value = _value(params, hidden)
         positions = jnp.arange(sampling.max_new_tokens)[None, :]
         response_mask = active[:, None] & (positions < generation.lengths[:, None])
         out = dict(response_ids=generation.tokens, response_logprobs=jnp.where(response_mask, generation.logprobs, 0.0),
@@ -159,13 +152,29 @@ def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_m
         value = jnp.where(continues, new_value, value)
         return (state, value, finished | done, rng), out
 
-    carry = (state, value, jnp.zeros((batch,), bool), rng)
+    finished = jnp.zeros((batch,), bool) if active is None else ~jnp.asarray(active, bool)
+    carry = (state, value, finished, rng)
     (_, last_value, finished, _), steps = jax.lax.scan(
         verification_step, carry, jnp.arange(rollout_config.max_verify_steps, dtype=jnp.int32))
     per_row = {name: jnp.swapaxes(array, 0, 1) for name, array in steps.items()}  # (K, B, ...) -> (B, K, ...)
     return Trajectory(prompt_ids=prompt_ids, prompt_mask=prompt_mask, bootstrap_value=jnp.where(finished, 0.0,
                                                                                                  last_value),
                       **per_row)
+
+
+def prompt_value(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_mask: jax.Array, *,
+                 cross_attention_states: jax.Array | None = None,
+                 cross_attention_mask: jax.Array | None = None) -> jax.Array:
+    """The value head (B,) at each left-padded prompt's (B, P) last token, as `rollout` computes it for its
+    first transition: GAE's bootstrap value of an episode that goes on with this prompt (V-IRL's next decision
+    point after the last rollout of an update). Images as in `rollout`."""
+    num_images = 0
+    if cross_attention_states is not None:
+        num_images = cross_attention_states.shape[1] // (config.vision.max_num_tiles * config.vision.num_patches)
+    cache = init_cache(config, prompt_ids.shape[0], prompt_ids.shape[1], num_images=num_images)
+    _, hidden = start(params, config, prompt_ids, prompt_mask, cache, cross_attention_states=cross_attention_states,
+                      cross_attention_mask=cross_attention_mask, return_hidden=True)
+    return _value(params, hidden)
 
 
 # --------------------------------------------------------------------------------------- training sequences
@@ -208,12 +217,22 @@ def transition_cross_attention_mask(prompt_cross_mask: jax.Array, context_order:
     return jnp.concatenate([context, response], axis=2)
 
 
+def token_entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """Per-position entropy (...,) of softmax(logits (..., V) / temperature) in nats, float32 (temperature 0
+    counts as 1, as `model.sampler.token_logprobs`)."""
+    scale = 1.0 if temperature == 0.0 else temperature
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32) / jnp.float32(scale), axis=-1)
+    return -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+
+
 def transition_policy(params: Params, minibatch: dict[str, jax.Array], *, config: ModelConfig,
-                      temperature: float) -> tuple[jax.Array, jax.Array, None]:
+                      temperature: float,
+                      return_entropy: bool = False) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """`rl.ppo_update`'s policy_fn: for n transitions, the forward over context + response (n, C + N), the
     response tokens' log-probs (n, N) under log_softmax(logits / temperature) (`model.sampler.token_logprobs`, the
-    sampler's definition) and the value (n,) at the last context token. Optional minibatch keys
-    "cross_attention_states" (n, V, D) and "cross_attention_mask" (n, C + N, I, T)."""
+    sampler's definition), the value (n,) at the last context token, and with `return_entropy` the entropy (n, N)
+    of that distribution at each response position (`token_entropy`; PPO's entropy bonus), else None. Optional
+    minibatch keys "cross_attention_states" (n, V, D) and "cross_attention_mask" (n, C + N, I, T)."""
     context, response = minibatch["context_ids"], minibatch["response_ids"]
     ids = jnp.concatenate([context, response], axis=1)
     mask = jnp.concatenate([minibatch["context_mask"], minibatch["response_mask"]], axis=1)
@@ -221,4 +240,26 @@ def transition_policy(params: Params, minibatch: dict[str, jax.Array], *, config
                              cross_attention_states=minibatch.get("cross_attention_states"),
                              cross_attention_mask=minibatch.get("cross_attention_mask"), return_values=True)
     c = context.shape[1]
-    return token_logprobs(logits[:, c - 1:-1], response, temperature), values[:, c - 1], None
+    response_logits = logits[:, c - 1:-1]
+    entropy = token_entropy(response_logits, temperature) if return_entropy else None
+    return token_logprobs(response_logits, response, temperature), values[:, c - 1], entropy
+
+
+def reference_token_logprobs(reference_params: Params, transitions: dict[str, jax.Array], *, config: ModelConfig,
+                             temperature: float, chunk_size: int) -> jax.Array:
+    """The frozen reference policy's log-probs (B, T, N) of every transition's response tokens (`transition_policy`
+    with `reference_params`, no gradient), for PPO's KL terms (k1 in the reward, k3 in the loss) and GRPO's k3.
+    `transitions`: the (B, T, ...) arrays of `rl.buffer.transition_arrays`; the B * T sequences go through the
+    forward `chunk_size` at a time (`jax.lax.map`; B * T must be a multiple of it, e.g. the minibatch size)."""
+    keys = ("context_ids", "context_mask", "response_ids", "response_mask", "cross_attention_states",
+            "cross_attention_mask")
+    batch, steps = transitions["response_ids"].shape[:2]
+    total = batch * steps
+    if total % chunk_size:
+        raise ValueError(f"reference_token_logprobs needs B * T = {total} to be a multiple of chunk_size={chunk_size}.")
+    chunks = {k: transitions[k].reshape(total // chunk_size, chunk_size, *transitions[k].shape[2:])
+              for k in keys if k in transitions}
+    params = jax.lax.stop_gradient(reference_params)
+    logprobs = jax.lax.map(lambda chunk: transition_policy(params, chunk, config=config, temperature=temperature)[0],
+                           chunks)
+    return logprobs.reshape(batch, steps, -1)

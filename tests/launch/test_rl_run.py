@@ -25,20 +25,31 @@ def templates(tmp_path_factory):
             f"episodes.feedback_template={folder / 'feedback.txt'}", "episodes.feedback_len=64"]
 
 
+# The k1 KL to the frozen initial policy in the reward and an entropy bonus (both small). The same PPO settings in
+# both runs below: they share one compiled update (the schedule's horizon is optimizer state).
+KL_AND_ENTROPY = ["ppo.kl_mode=k1_reward", "ppo.kl_coef=0.001", "ppo.entropy_coef=0.001"]
+
+
 def test_rl_raises_the_mean_reward(tmp_path, templates):
-    config = resolve("rl-tiny", templates + ["updates=6"])
+    """With the k1 KL in the reward and the entropy bonus on."""
+    config = resolve("rl-tiny", templates + ["updates=8"] + KL_AND_ENTROPY)
     run_rl(config, tmp_path / "run", show_progress=False)
-    rewards = [r["reward_mean"] for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
-    assert len(rewards) == 6
-    print("rl-tiny reward_mean per update:", np.round(rewards, 3).tolist())
+    train = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    rewards = [r["reward_mean"] for r in train]
+    assert len(rewards) == 8
+    print("rl-tiny reward_mean per update:", np.round(rewards, 3).tolist())  # measured 0.026 -> 0.23
     assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.1, rewards
+    assert all(r["entropy"] > 0 for r in train)
+    # the first rollout is sampled by the reference itself; then the policy moves away from it
+    assert abs(train[0]["kl_k1"]) < 1e-4 and train[-1]["kl_k1"] > 0.1
     run = load_run(tmp_path / "run")  # what memgen report reads
     assert {r["split"] for r in run.evals()} == {"in_distribution", "rule_ood"}
     assert (tmp_path / "run" / "final" / "config.json").is_file()
 
 
 def test_resume_equals_uninterrupted(tmp_path, templates):
-    config = resolve("rl-tiny", templates + ["updates=2"])
+    """With the KL and the entropy bonus: the resumed run rebuilds the same frozen reference."""
+    config = resolve("rl-tiny", templates + ["updates=2"] + KL_AND_ENTROPY)
     whole = run_rl(config, tmp_path / "whole", show_progress=False)
     run_rl(config, tmp_path / "parts", stop_after=1, show_progress=False)
     resumed = run_rl(config, tmp_path / "parts", show_progress=False)
@@ -46,28 +57,63 @@ def test_resume_equals_uninterrupted(tmp_path, templates):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     strip = lambda records: [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]
     assert strip(read_metrics(tmp_path / "whole")) == strip(read_metrics(tmp_path / "parts"))
+    train = [r for r in read_metrics(tmp_path / "whole") if r["kind"] == "train"]
+    assert abs(train[0]["kl_k1"]) < 1e-4 and train[1]["kl_k1"] != 0  # sampled by the reference itself at first
 
 
 def test_eval_sweeps_the_verification_budget(tmp_path, templates):
+    """Records per split x budget with pass@k, the held-out loss (checked against numpy over model.forward's logits
+    of the same expert conversations) and the arm; `memgen predict` reads an SFT-arm and an RL-arm evaluation."""
+    from launch.predict import checkpoint_from_run_dir
+    from launch.rl_common import heldout_expert_conversations, load_policy
+    from launch.expert_data import HELDOUT_SEED_OFFSET
+    from sft.batches import encoded_lengths, padded_length, sft_batch
+    import model
+
     overrides = [o.replace("episodes.", "sampling.") for o in templates]
-    assert main(["eval", "--preset", "eval-tiny", "--out", str(tmp_path / "eval"), *overrides,
-                 "n_samples=2", "sampling.temperature=1.0", "episodes=2"]) == 0
-    records = [r for r in read_metrics(tmp_path / "eval") if r["kind"] == "eval"]
+    assert main(["eval", "--preset", "eval-tiny", "--out", str(tmp_path / "ckpt" / "sft"), *overrides,
+                 "n_samples=2", "sampling.temperature=1.0", "episodes=2", "heldout_examples=3", "arm=sft"]) == 0
+    records = [r for r in read_metrics(tmp_path / "ckpt" / "sft") if r["kind"] == "eval"]
     assert sorted((r["split"], r["verify_budget"]) for r in records) == sorted(
         (s, b) for s in ("in_distribution", "rule_ood") for b in (1, 2))
     for r in records:
         assert r["n"] == 4 and set(r["pass_at_k"]) == {"1", "2"} and 0 <= r["success"] <= 1
-        assert r["episode_length"] <= r["verify_budget"]
+        assert r["episode_length"] <= r["verify_budget"] and r["arm"] == "sft"
+
+    config = resolve("eval-tiny", overrides)
+    policy = load_policy("tiny", seed=config.seed)
+    for split in ("in_distribution", "rule_ood"):
+        conversations = heldout_expert_conversations(config.sampling, split, 1, config.seed + HELDOUT_SEED_OFFSET, 3)
+        batch = sft_batch(policy.tokenizer, conversations, policy.image_config,
+                          length=padded_length(encoded_lengths(policy.tokenizer, conversations), 64))
+        logits = np.asarray(model.forward(policy.params, policy.config, batch["input_ids"],
+                                          attention_mask=batch["attention_mask"]), np.float64)[:, :-1]
+        logits -= logits.max(-1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        targets = np.take_along_axis(log_probs, batch["input_ids"][:, 1:, None], -1)[..., 0]
+        weights = batch["loss_mask"][:, 1:] != 0
+        expected = -targets[weights].mean()
+        for r in (r for r in records if r["split"] == split):
+            np.testing.assert_allclose(r["heldout_loss"], expected, rtol=1e-4)
+            assert r["heldout_tokens"] == weights.sum()
+
+    assert main(["eval", "--preset", "eval-tiny", "--out", str(tmp_path / "ckpt" / "rl"), *overrides, "episodes=2",
+                 "verify_budgets=1", "arm=rl"]) == 0
+    checkpoint = checkpoint_from_run_dir(tmp_path / "ckpt", "in_distribution", None)
+    first = next(r for r in records if r["split"] == "in_distribution")  # all at step 0: predict takes the first
+    assert checkpoint["heldout_loss"] == first["heldout_loss"] and checkpoint["pass_at_k"] == first["pass_at_k"]
+    assert checkpoint["post_rl_success"] == read_metrics(tmp_path / "ckpt" / "rl")[0]["success"]
 
 
 def test_grpo_runs_and_raises_the_mean_reward(tmp_path, templates):
     config = resolve("rl-tiny", templates + ["updates=5", "algorithm=grpo", "grpo.group_size=4",
-                                             "grpo.minibatch_size=8", "grpo.epochs=4"])
+                                             "grpo.minibatch_size=8", "grpo.epochs=4", "grpo.kl_coef=0.001"])
     run_rl(config, tmp_path / "grpo", show_progress=False)
     records = [r for r in read_metrics(tmp_path / "grpo") if r["kind"] == "train"]
     rewards = [r["reward_mean"] for r in records]
     print("rl-tiny GRPO reward_mean per update:", np.round(rewards, 3).tolist())
     assert "response_tokens" in records[0] and "value_loss" not in records[0]  # the GRPO update ran
+    assert records[-1]["kl_k3"] > 0  # the k3 term against the frozen reference
     assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.05, rewards  # measured 0.027 -> 0.11
 
 

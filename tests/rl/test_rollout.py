@@ -73,6 +73,14 @@ def compiled_rollout(config, sampling):
                                      rollout_config=RolloutConfig(sampling, K, F)))
 
 
+@functools.cache
+def compiled_policy(config, temperature):
+    """transition_policy with the entropy (one compilation per input shape for every test)."""
+    policy = jax.jit(functools.partial(transition_policy, config=config, temperature=temperature, return_entropy=True))
+    keys = ("context_ids", "context_mask", "response_ids", "response_mask")
+    return lambda params, minibatch: policy(params, {k: minibatch[k] for k in keys})
+
+
 def run_rollout(config, params, verifier, sampling, seed=0):
     assert verifier is VERIFIER
     ids, mask = prompts(config)
@@ -88,25 +96,25 @@ def test_scan_equals_python_loop(tiny):
     ids, mask = prompts(config)
     contexts = [list(ids[b][mask[b] == 1]) for b in range(B)]
     forward = jax.jit(functools.partial(model.forward, config=config, return_values=True))
+    length = 64  # every turn's batch is all B rows left-padded to 64 tokens: one compilation of generate and forward
     for k in range(K):
         rows = [b for b in range(B) if verifier.solve_at[b] is None or k <= verifier.solve_at[b]]
         np.testing.assert_array_equal(traj.valid[:, k], [b in rows for b in range(B)])
-        length = max(len(contexts[b]) for b in rows)
-        batch = np.full((len(rows), length), config.text.pad_token_id, np.int32)
+        batch = np.full((B, length), config.text.pad_token_id, np.int32)
         batch_mask = np.zeros_like(batch)
-        for i, b in enumerate(rows):
-            batch[i, length - len(contexts[b]):], batch_mask[i, length - len(contexts[b]):] = contexts[b], 1
+        for b in range(B):  # finished rows ride along unchanged; only the playing rows are compared
+            batch[b, length - len(contexts[b]):], batch_mask[b, length - len(contexts[b]):] = contexts[b], 1
         generation = model.generate(params, config, jnp.asarray(batch), attention_mask=jnp.asarray(batch_mask),
                                     max_new_tokens=N)
         logits, values = forward(params, input_ids=jnp.asarray(batch), attention_mask=jnp.asarray(batch_mask))
-        for i, b in enumerate(rows):
-            n = int(generation.lengths[i])
+        for b in rows:
+            n = int(generation.lengths[b])
             assert int(traj.response_mask[b, k].sum()) == n
-            np.testing.assert_array_equal(traj.response_ids[b, k, :n], np.asarray(generation.tokens[i, :n]))
-            np.testing.assert_allclose(traj.response_logprobs[b, k, :n], np.asarray(generation.logprobs[i, :n]),
+            np.testing.assert_array_equal(traj.response_ids[b, k, :n], np.asarray(generation.tokens[b, :n]))
+            np.testing.assert_allclose(traj.response_logprobs[b, k, :n], np.asarray(generation.logprobs[b, :n]),
                                        atol=1e-4)
-            np.testing.assert_allclose(traj.values[b, k], float(values[i, -1]), atol=1e-4)
-            contexts[b] += list(np.asarray(generation.tokens[i, :n]))
+            np.testing.assert_allclose(traj.values[b, k], float(values[b, -1]), atol=1e-4)
+            contexts[b] += list(np.asarray(generation.tokens[b, :n]))
             if not traj.dones[b, k]:
                 contexts[b] += list(verifier.feedback(b, k))
     np.testing.assert_array_equal(traj.dones.sum(axis=1), [1, 1, 1])
@@ -139,8 +147,7 @@ def test_first_ppo_ratio_is_one(tiny):
                        seed=3)
     seqs = transition_sequences(traj)
     flat = {name: np.asarray(value).reshape(B * K, *value.shape[2:]) for name, value in seqs.items()}
-    token_logprobs, values, _ = jax.jit(functools.partial(transition_policy, config=config, temperature=0.7))(
-        params, minibatch=flat)
+    token_logprobs, values, _ = compiled_policy(config, 0.7)(params, minibatch=flat)
     valid = traj.valid.reshape(-1)
     mask = flat["response_mask"] != 0
     new = np.where(mask, np.asarray(token_logprobs), 0.0).sum(-1)
@@ -148,6 +155,22 @@ def test_first_ppo_ratio_is_one(tiny):
     ratio = np.exp(new - old)[valid]
     np.testing.assert_allclose(ratio, 1.0, atol=1e-4)
     np.testing.assert_allclose(np.asarray(values)[valid], traj.values.reshape(-1)[valid], atol=1e-4)
+
+    # The reference's 0.5 weight before the answer key: the buffer's old_logprob and its token_weights (which
+    # ppo_loss applies to the new log-probs) are the same weights, so the first ratio stays 1.
+    from rl.buffer import ppo_buffer
+    from rl.ppo import PPOConfig, sequence_logprob
+
+    answer_start = np.random.default_rng(0).integers(0, N + 1, (B, K))
+    buffer = jax.device_get(ppo_buffer(traj, PPOConfig(answer_key_weight=0.5), answer_start=answer_start))
+    weights = buffer["token_weights"]
+    positions = np.arange(N)[None, :]
+    np.testing.assert_array_equal(weights, np.where(mask, np.where(positions < answer_start.reshape(-1, 1), 0.5, 1.0),
+                                                    0.0))
+    new_weighted = np.asarray(sequence_logprob(token_logprobs, mask, weights))
+    np.testing.assert_allclose(np.exp(new_weighted - buffer["old_logprob"])[valid], 1.0, atol=1e-4)
+    np.testing.assert_allclose(buffer["old_logprob"], (traj.response_logprobs.reshape(B * K, N) * weights).sum(-1),
+                               atol=1e-5)
 
 
 def test_first_ppo_ratio_is_one_with_images(tiny):
@@ -180,3 +203,57 @@ def test_first_ppo_ratio_is_one_with_images(tiny):
     ratio = np.exp(new - traj.response_logprobs.reshape(B * K, N).sum(-1))[valid]
     np.testing.assert_allclose(ratio, 1.0, atol=1e-4)
     np.testing.assert_allclose(np.asarray(values)[valid], traj.values.reshape(-1)[valid], atol=1e-4)
+
+
+def _numpy_log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_entropy_reference_logprobs_and_k1_shaping(tiny):
+    """transition_policy's entropy and reference_token_logprobs (another, frozen set of params) against numpy over
+    model.forward's logits; the PPO buffer's k1 shaping r - kl_coef * (log pi_old - log pi_ref) and its k3 key."""
+    from rl.buffer import ppo_buffer_from_transitions, transition_arrays
+    from rl.gae import gae
+    from rl.ppo import PPOConfig
+    from rl.rollout import reference_token_logprobs
+
+    config, params = tiny
+    temperature = 0.7
+    traj = run_rollout(config, params, VERIFIER.script([None, 1, 0], [5, 2, 4]),
+                       SamplingConfig(N, temperature=temperature), seed=3)
+    reference_params = model.init_params(jax.random.key(1), config, value_head=True)
+    transitions = transition_arrays(traj)
+    ref = np.asarray(jax.jit(functools.partial(reference_token_logprobs, config=config, temperature=temperature,
+                                               chunk_size=3))(reference_params, transitions))
+    flat = {k: np.asarray(v).reshape(B * K, *v.shape[2:]) for k, v in transitions.items()}
+    _, _, entropy = compiled_policy(config, temperature)(params, minibatch=flat)
+    for policy_params, check in ((reference_params, "reference"), (params, "entropy")):
+        ids = np.concatenate([flat["context_ids"], flat["response_ids"]], 1)
+        mask = np.concatenate([flat["context_mask"], flat["response_mask"]], 1)
+        logits = np.asarray(model.forward(policy_params, config, jnp.asarray(ids), attention_mask=jnp.asarray(mask)),
+                            np.float64)[:, -N - 1:-1] / temperature
+        log_probs = _numpy_log_softmax(logits)
+        on = flat["response_mask"] != 0
+        if check == "reference":
+            expected = np.take_along_axis(log_probs, flat["response_ids"][..., None], -1)[..., 0]
+            np.testing.assert_allclose(ref.reshape(B * K, N)[on], expected[on], atol=1e-4)
+        else:
+            expected = -(np.exp(log_probs) * log_probs).sum(-1)
+            np.testing.assert_allclose(np.asarray(entropy)[on], expected[on], atol=1e-4)
+
+    coef = 0.3
+    buffer = ppo_buffer_from_transitions(transitions, traj.bootstrap_value,
+                                         PPOConfig(kl_mode="k1_reward", kl_coef=coef), ref_token_logprobs=ref)
+    mask = traj.response_mask
+    old = np.where(mask, traj.response_logprobs, 0).sum(-1)
+    ref_seq = np.where(mask, ref, 0).sum(-1)
+    shaped = np.where(traj.valid, traj.rewards - coef * (old - ref_seq), 0.0)
+    np.testing.assert_allclose(np.asarray(buffer["rewards"]).reshape(B, K), shaped, atol=1e-4)
+    advantages, _ = gae(jnp.asarray(shaped), traj.values, traj.dones, traj.valid, traj.bootstrap_value,
+                        PPOConfig().gae)
+    np.testing.assert_allclose(np.asarray(buffer["advantages"]).reshape(B, K), advantages, atol=1e-4)
+    k3 = ppo_buffer_from_transitions(transitions, traj.bootstrap_value, PPOConfig(kl_mode="k3_loss", kl_coef=coef),
+                                     ref_token_logprobs=ref)
+    np.testing.assert_array_equal(np.asarray(k3["ref_token_logprobs"]), ref.reshape(B * K, N))
+    np.testing.assert_allclose(np.asarray(k3["rewards"]).reshape(B, K), traj.rewards, atol=0)

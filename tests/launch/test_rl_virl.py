@@ -1,0 +1,187 @@
+"""V-IRL in the RL loop (launch/rl_virl.py) on the tiny model with the real rollout and real VirlEpisodes: a
+scripted policy that always answers right / always wrong (the verifier judges the oracle's answer or a non-JSON
+text instead of the model's) gives the expected rewards, decision-point counts, masks and episode ends, and the
+PPO buffer's terminals are the route ends only; `memgen rl` on rl-virl-tiny runs and resumes exactly, and
+`memgen eval` writes per-step accuracy and route success with standard errors."""
+
+
+import jax
+import numpy as np
+import pytest
+
+import launch.rl_config  # noqa: F401  (registers the presets)
+from launch.cli import main
+from launch.config import resolve
+from launch.metrics import read_metrics
+from launch.rl_common import RolloutRunner, load_policy
+from launch.rl_run import run_rl
+from launch.rl_virl import (TrainingRoutes, decision_step, make_buffer_fn, play, rollout_steps, training_statistics,
+                            update_buffer)
+
+ROWS = 2
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """A short V-IRL prompt template, so the tiny model's prompts (its tokenizer has few merges) stay short: the
+    first two decision points of a 2-step route fit 640 tokens (measured at most 622, relative actions); feedback
+    turns are cut to 64 tokens (head + the closing tokens, counted as truncated_feedback)."""
+    path = tmp_path_factory.mktemp("virl") / "prompt.txt"
+    path.write_text("{instruction}\n{action_space}\n{history}\nAnswer in JSON.")
+    return [f"episodes.prompt_template={path}", "episodes.prompt_len=640", "episodes.feedback_len=64"]
+
+
+SCRIPT = {}  # the scripted policy's answer(episode) -> text; one runner (one compilation) serves every script
+
+
+def scripted(answer):
+    """Judge `answer(episode)` instead of the model's text in the scripted runner."""
+    SCRIPT["answer"] = answer
+    return answer
+
+
+@pytest.fixture(scope="module")
+def scripted_setup(template):
+    # whole routes (12 decision points): their later prompts need more room than the first two
+    config = resolve("rl-virl-tiny", template + ["episodes.prompt_len=1024"])
+    policy = load_policy(config.init, seed=0)
+    routes = TrainingRoutes(config.episodes, seed=0)
+    runner = RolloutRunner(policy, config.episodes, rollout_steps(config.episodes.max_verify_steps), ROWS,
+                           step_fn=lambda episode, text: decision_step(episode, SCRIPT["answer"](episode)))
+    return config, policy, routes, {"right": runner, "wrong": runner}
+
+
+RIGHT = lambda episode: episode.oracle_response()  # noqa: E731
+WRONG = lambda episode: "no json here"  # noqa: E731
+
+
+def test_always_right_walks_every_route_to_the_end(scripted_setup):
+    config, policy, routes, runners = scripted_setup
+    scripted(RIGHT)
+    supply = routes.supply((0, 0))
+    rows = [supply() for _ in range(ROWS)]
+    rails = [len(row.rail) for row in rows]
+    result = play(runners["right"], policy.params, rows, jax.random.key(0))  # evaluation mode: to the end
+    assert result.calls == max(rails)
+    valid = np.stack([t.valid for t in result.trajectories], 1)  # (B, calls, K)
+    for b in range(ROWS):
+        # one answer per decision point, at the first verification step, each +1; then the row is inactive
+        np.testing.assert_array_equal(valid[b, :, 0], np.arange(result.calls) < rails[b])
+        assert not valid[b, :, 1:].any()
+        rewards = np.stack([t.rewards for t in result.trajectories], 1)[b]
+        np.testing.assert_array_equal(rewards[:, 0], np.where(np.arange(result.calls) < rails[b], 1.0, 0.0))
+        dones = np.stack([t.dones for t in result.trajectories], 1)[b]
+        np.testing.assert_array_equal(dones[:, 0], valid[b, :, 0])  # every decision point ends at its answer
+        terminals = np.array([t[b] for t in result.terminals])
+        np.testing.assert_array_equal(terminals, np.arange(result.calls) == rails[b] - 1)  # the route: at stop()
+        assert rows[b].done and all(v.category == "correct" for v in rows[b].verdicts)
+        assert not np.stack([t.feedback_mask for t in result.trajectories], 1)[b].any()  # nothing appended
+    assert len(result.finished) == ROWS
+
+
+def test_always_wrong_ends_each_route_after_the_budget(scripted_setup):
+    config, policy, routes, runners = scripted_setup
+    scripted(WRONG)
+    supply = routes.supply((0, 1))
+    decision_points = 2
+    result = play(runners["wrong"], policy.params, [supply() for _ in range(ROWS)], jax.random.key(1),
+                  calls=decision_points, replace=supply)
+    budget = config.episodes.max_verify_steps
+    for trajectory, terminal in zip(result.trajectories, result.terminals):
+        assert trajectory.valid.all()  # budget answers + the one past it, every row, every call
+        np.testing.assert_array_equal(trajectory.rewards, -1.0)  # invalid format -1, budget exceeded -1
+        last = np.arange(budget + 1) == budget
+        np.testing.assert_array_equal(trajectory.dones, np.broadcast_to(last, (ROWS, budget + 1)))
+        assert terminal.all()
+        # feedback turns after the judged wrong answers, none after the last
+        assert trajectory.feedback_mask[:, :budget].any(-1).all() and not trajectory.feedback_mask[:, budget].any()
+    assert len(result.finished) == ROWS * decision_points  # a new route per row after each call
+    assert [v.category for v in result.finished[0].verdicts] == ["invalid_format"] * budget + ["budget_exceeded"]
+    stats = training_statistics(result)
+    assert stats["episode_return"] == -(budget + 1) and stats["episode_success"] == 0
+    assert stats["per_step_accuracy"] == 0 and stats["routes_finished"] == ROWS * decision_points
+
+    buffer = update_buffer(make_buffer_fn(config.ppo), runners["wrong"], policy.params, result)
+    k = rollout_steps(budget)
+    assert buffer["valid"].shape == (ROWS * decision_points * k,) and bool(buffer["valid"].all())
+
+
+def test_buffer_carries_value_across_decision_points(scripted_setup):
+    """Always right: a decision point ends at every answer but the route goes on, so GAE bootstraps from the next
+    decision point's value: with lambda = 1 the return of a non-final answer is r + gamma * R_next."""
+    import dataclasses
+    from rl.gae import GAEConfig
+
+    config, policy, routes, runners = scripted_setup
+    scripted(RIGHT)
+    supply = routes.supply((0, 2))
+    result = play(runners["right"], policy.params, [supply() for _ in range(ROWS)], jax.random.key(2), calls=3,
+                  replace=supply)
+    ppo = dataclasses.replace(config.ppo, gae=GAEConfig(gamma=0.5, lam=1.0))
+    buffer = jax.device_get(update_buffer(make_buffer_fn(ppo), runners["right"], policy.params, result))
+    k = rollout_steps(config.episodes.max_verify_steps)
+    returns = buffer["returns"].reshape(ROWS, 3, k)[:, :, 0]
+    bootstrap = np.asarray(runners["right"].values(policy.params, result.rows))
+    expected = np.zeros((ROWS, 3))
+    following = bootstrap
+    for d in (2, 1, 0):
+        following = expected[:, d] = 1.0 + 0.5 * following
+    np.testing.assert_allclose(returns, expected, rtol=1e-5)
+
+
+def test_memgen_rl_virl_runs_and_resumes(tmp_path, template):
+    config = resolve("rl-virl-tiny", template)
+    whole = run_rl(config, tmp_path / "whole", show_progress=False)
+    run_rl(config, tmp_path / "parts", stop_after=1, show_progress=False)
+    resumed = run_rl(config, tmp_path / "parts", show_progress=False)
+    for a, b in zip(jax.tree.leaves(whole["params"]), jax.tree.leaves(resumed["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    strip = lambda records: [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]
+    records = read_metrics(tmp_path / "whole")
+    assert strip(records) == strip(read_metrics(tmp_path / "parts"))
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(train) == 2 and all(r["task"] == "virl-l" and "per_step_accuracy" in r for r in train)
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["split"] for r in evals] == ["in_distribution", "rule_ood"]
+    for r in evals:
+        assert 0 <= r["per_step_accuracy"] <= 1 and "per_step_accuracy_se" in r and "success_se" in r
+
+
+def test_memgen_eval_virl(tmp_path, template):
+    overrides = [o.replace("episodes.", "sampling.") for o in template]
+    assert main(["eval", "--preset", "eval-virl-tiny", "--out", str(tmp_path / "eval"), *overrides,
+                 "verify_budgets=1", "episodes=2"]) == 0
+    records = [r for r in read_metrics(tmp_path / "eval") if r["kind"] == "eval"]
+    assert [(r["split"], r["verify_budget"]) for r in records] == [("in_distribution", 1), ("rule_ood", 1)]
+    for r in records:
+        assert r["task"] == "virl-l" and r["n"] == 2 and r["success_se"] >= 0 and r["per_step_accuracy_se"] >= 0
+        assert r["episode_length"] >= 2  # a random policy answers twice (budget 1 + the one past it) at least
+
+
+@pytest.mark.parametrize("task, text", [
+    ("general_points", 'Let me think: 10 * 2 + 4. {"cards": ["10", "2", "4", "K"], "formula": "10*2+4"}'),
+    ("virl", '{"current observation": "No landmarks nearby; élan", "action": "forward()"}'),
+    ("virl", "no key here at all"),
+])
+def test_answer_key_starts_against_prefix_decoding(task, text):
+    """The answer key's first token, from per-token decoding of the ids, equals a brute-force search over decoded
+    prefixes (the shortest prefix whose decoding, plus one token, reaches the key's first character)."""
+    from launch.rl_common import ANSWER_KEYS, answer_key_starts
+    from launch.model_source import load_model
+
+    tokenizer = load_model("tiny", seed=0).tokenizer
+    ids = tokenizer.encode_text(text)
+    length = len(ids) + 3
+    response = np.full((1, 1, length), tokenizer.pad_id, np.int32)
+    response[0, 0, :len(ids)] = ids
+    mask = np.zeros_like(response)
+    mask[0, 0, :len(ids)] = 1
+    start = int(answer_key_starts(tokenizer, response, mask, task)[0, 0])
+    key = f'"{ANSWER_KEYS[task]}"'
+    if key not in text:
+        assert start == length
+        return
+    at = text.find(key)
+    expected = next(i for i in range(len(ids)) if len(tokenizer.decode(ids[:i + 1])) > at)
+    assert start == expected and key not in tokenizer.decode(ids[:start])
+    assert key in tokenizer.decode(ids[start:])  # the token holding the opening quote (e.g. ' "') starts it

@@ -33,8 +33,10 @@ episodes x 5 = 2,000 slots in minibatches of 80 (16 episodes); RL evaluates ever
 The tiny/small CPU variants keep the structure and the PPO constants (clip, epochs, gamma, lambda, value
 coefficient) and scale sizes, learning rates and gradient clipping to models trained from random init on a CPU.
 
-V-IRL: the SFT stages are registered for virl-l and virl-vl; their RL and evaluation presets wait for
-EpisodeConfig.task="virl" (launch/rl_config.py).
+V-IRL: the SFT stages for every size; rl-scale and eval for the reference runs (launch/rl_config.py's rl-virl-l,
+rl-virl-vl, eval-virl-l, eval-virl-vl: 15 updates, 2 answers per decision, V-IRL-VL lr 1e-7) and for virl-l-tiny
+(rl-virl-tiny, eval-virl-tiny); the paper sweeps the verification budget on GeneralPoints only, so V-IRL has no
+eval-budgets stage, and there is no `small` V-IRL RL variant yet.
 """
 
 from __future__ import annotations
@@ -140,15 +142,39 @@ def eval_config(task: str, stage: str, size: str) -> EvalConfig:
     return EvalConfig(init="", episodes=count, verify_budgets=budgets, splits=splits, sampling=episodes)
 
 
+# --- RL and evaluation (V-IRL): launch/rl_config.py's V-IRL presets, started from the task's sft-init run ---------
+
+_VIRL_PRESETS = {("virl-l", "reference"): ("rl-virl-l", "eval-virl-l"),
+                 ("virl-vl", "reference"): ("rl-virl-vl", "eval-virl-vl"),
+                 ("virl-l", "tiny"): ("rl-virl-tiny", "eval-virl-tiny")}
+
+
+def virl_rl_config(task: str, size: str) -> RLConfig:
+    """The rl-scale config of a V-IRL task (rl-virl-l / rl-virl-vl / rl-virl-tiny from its sft-init run)."""
+    from launch.config import get_preset
+
+    return dataclasses.replace(get_preset(_VIRL_PRESETS[task, size][0], RLConfig), init=_init_run(task, size))
+
+
+def virl_eval_config(task: str, size: str) -> EvalConfig:
+    """The eval config of a V-IRL task (eval-virl-l / eval-virl-vl / eval-virl-tiny; init= required)."""
+    from launch.config import get_preset
+
+    return dataclasses.replace(get_preset(_VIRL_PRESETS[task, size][1], EvalConfig), init="")
+
+
 def _register_all() -> None:
     for task, (name, _) in TASKS.items():
         for size in SIZES:
             entries = {stage: (lambda t=task, st=stage, sz=size: sft_config(t, st, sz))
                        for stage in ("sft-init", "sft-scale")}
-            if name == "general_points":  # V-IRL RL/eval need EpisodeConfig.task="virl"
+            if name == "general_points":
                 entries["rl-scale"] = lambda t=task, sz=size: rl_config(t, sz)
                 for stage in ("eval", "eval-budgets"):
                     entries[stage] = lambda t=task, st=stage, sz=size: eval_config(t, st, sz)
+            elif (task, size) in _VIRL_PRESETS:  # V-IRL: 2 answers per decision, no budget sweep in the paper
+                entries["rl-scale"] = lambda t=task, sz=size: virl_rl_config(t, sz)
+                entries["eval"] = lambda t=task, sz=size: virl_eval_config(t, sz)
             for stage, make in entries.items():
                 preset = preset_name(task, stage, size)
                 register_preset(preset, make)

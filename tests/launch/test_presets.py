@@ -21,9 +21,14 @@ def test_the_matrix_lists_every_task_stage_and_size():
         for stage in stages:
             for size in SIZES:
                 expected.add((task, stage, size))
-    assert set(MATRIX.values()) == expected and len(MATRIX) == 42
+    # V-IRL RL and evaluation: the reference runs of both variants and the tiny text variant
+    expected |= {(task, stage, size) for task, size in (("virl-l", "reference"), ("virl-vl", "reference"),
+                                                        ("virl-l", "tiny")) for stage in ("rl-scale", "eval")}
+    assert set(MATRIX.values()) == expected and len(MATRIX) == 48
     assert "gp-vl-sft-init" in MATRIX and "virl-vl-sft-scale-small" in MATRIX and "gp-l-eval-budgets-tiny" in MATRIX
-    assert "virl-l-rl-scale" not in preset_names()  # waits for EpisodeConfig.task="virl"
+    virl = resolve("virl-vl-rl-scale", [], kind=RLConfig)
+    assert virl.init == "runs/virl-vl-sft-init" and virl.episodes.task == "virl" and virl.updates == 15
+    assert virl.ppo.learning_rate == 1e-7 and virl.episodes.max_verify_steps == 2
 
 
 @pytest.mark.parametrize("name", sorted(MATRIX))
@@ -36,8 +41,8 @@ def test_every_preset_resolves_through_its_command(name):
         assert config.steps >= 1 and config.batch_size % config.grad_accum_steps == 0
     elif KIND[stage] is RLConfig:
         assert config.episodes.modality == modality
-        transitions = config.episodes_per_update * config.episodes.max_verify_steps
-        assert transitions % config.ppo.minibatch_size == 0  # what memgen rl checks before running
+        from launch.rl_run import transitions_per_update
+        assert transitions_per_update(config) % config.ppo.minibatch_size == 0  # what memgen rl checks
     else:
         assert config.sampling.modality == modality and config.init == ""
         assert ("visual_ood" in config.splits) == (modality == "vision")

@@ -32,7 +32,7 @@ import math
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
@@ -40,7 +40,6 @@ from launch.config import CheckpointConfig, DataConfig, SFTConfig, load_config, 
 from sft.optim import OptimizerConfig
 
 SUMMARY_FILENAME = "summary.json"
-TASK = "gp-l"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,13 +88,16 @@ class RLArmConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MiniatureConfig:
-    """The whole miniature. ``num_cards`` cards per hand, post-training ``target``; a compact prompt template
-    (tasks/general_points/templates/compact.txt); ``max_verify_steps`` verification steps per episode in RL and in
+    """The whole miniature. ``modality`` "language" (GP-L: the labels in the prompt) or "vision" (GP-VL: the
+    rendered hand as an image, adding the visual-OOD split, red suits); ``num_cards`` cards per hand,
+    post-training ``target``; a compact prompt template (tasks/general_points/templates/compact.txt, or
+    compact_vision.txt); ``max_verify_steps`` verification steps per episode in RL and in
     evaluation; answers of at most ``max_new_tokens`` tokens; ``heldout_share`` of the rank multisets are
     evaluation-only; one base, then both arms for every seed in ``seeds``, each evaluated ``eval_points`` times
     after its start on ``eval_episodes`` held-out hands per split."""
 
     model: str = "small"
+    modality: Literal["language", "vision"] = "language"
     num_cards: int = 3
     target: int = 24
     max_verify_steps: int = 2
@@ -137,11 +139,23 @@ def task_config(config: MiniatureConfig, *, face_cards: str = "ten", target: Opt
     """A GeneralPoints config of the miniature (compact templates, its hand size and held-out share)."""
     from tasks.general_points import GeneralPointsConfig
 
+    prompt = "compact_vision.txt" if config.modality == "vision" else "compact.txt"
     return GeneralPointsConfig(target=config.target if target is None else target, num_cards=config.num_cards,
                                face_cards=face_cards, require_face_card=require_face_card, suits=suits,
-                               max_verify_steps=max(2, config.max_verify_steps), hand_pool=hand_pool,
-                               heldout_share=config.heldout_share, prompt_template=_template("compact.txt"),
-                               feedback_template=_template("compact_feedback.txt"))
+                               modality=config.modality, max_verify_steps=max(2, config.max_verify_steps),
+                               hand_pool=hand_pool, heldout_share=config.heldout_share,
+                               prompt_template=_template(prompt), feedback_template=_template("compact_feedback.txt"))
+
+
+def task_name(config: MiniatureConfig) -> str:
+    return "gp-vl" if config.modality == "vision" else "gp-l"
+
+
+def split_names(config: MiniatureConfig) -> list[str]:
+    """The evaluation splits: in-distribution, rule-OOD and, for the vision variant, visual-OOD (red suits)."""
+    from tasks.general_points import evaluation_splits
+
+    return list(evaluation_splits(task_config(config)))
 
 
 def episode_config(config: MiniatureConfig, *, temperature: float):
@@ -150,7 +164,7 @@ def episode_config(config: MiniatureConfig, *, temperature: float):
     from launch.rl_config import EpisodeConfig
 
     gp = task_config(config)
-    return EpisodeConfig(target=config.target, num_cards=config.num_cards, face_cards="ten",
+    return EpisodeConfig(target=config.target, num_cards=config.num_cards, face_cards="ten", modality=config.modality,
                          max_verify_steps=config.max_verify_steps, max_new_tokens=config.max_new_tokens,
                          temperature=temperature, feedback_len=config.feedback_len, prompt_bucket=16,
                          prompt_template=gp.prompt_template, feedback_template=gp.feedback_template,
@@ -255,7 +269,7 @@ def evaluation_hands(config: MiniatureConfig, seed: int) -> dict[str, list]:
     episodes = episode_config(config, temperature=0.0)
     return {split: [state.hand for state in evaluation_episodes(
         episodes, split=split, budget=config.max_verify_steps, num_episodes=config.eval_episodes, n_samples=1,
-        seed=seed + 1)] for split in ("in_distribution", "rule_ood")}
+        seed=seed + 1)] for split in split_names(config)}
 
 
 # --- the stages -----------------------------------------------------------------------------------------------------
@@ -319,10 +333,10 @@ def sft_arm_evaluator(config: MiniatureConfig, base_dir: Path, seed: int) -> Cal
 
     def evaluate_params(params: Any, step: int, gflops: float) -> list[dict]:
         params = {**params, "value_head": policy.params["value_head"]}
-        return [eval_record(step=step, gflops=gflops, task=TASK, arm="sft", seed=seed, **evaluate(
+        return [eval_record(step=step, gflops=gflops, task=task_name(config), arm="sft", seed=seed, **evaluate(
             policy, params, episodes, split=split, budget=config.max_verify_steps,
             num_episodes=config.eval_episodes, n_samples=1, seed=seed + 1, runners=runners))
-            for split in ("in_distribution", "rule_ood")]
+            for split in split_names(config)]
 
     return evaluate_params
 

@@ -102,3 +102,24 @@ def test_check_disjoint_names_a_shared_hand():
         check_disjoint({"base": [hand]}, {"rule_ood-seed0": [same_ranks]})
     assert check_disjoint({"base": [hand]}, {"rule_ood-seed0": [(Card(1, "S"),) * 3]}) == {
         "train:base": 1, "eval:rule_ood-seed0": 1}
+
+
+def test_the_vision_variant_adds_visual_ood_and_keeps_its_hands_out_of_training():
+    """modality=vision: images in every prompt (compact vision template), the visual-OOD split (red suits), and the
+    same hand-pool guarantee. (The whole vision pipeline ran end to end by hand: `memgen demo --preset
+    miniature-tiny modality=vision`; it is too slow for CI on 2 cores.)"""
+    from launch.config import resolve
+    from launch.miniature import episode_config, split_names, task_config, task_name
+    from tasks.general_points import reset
+
+    config = resolve("miniature-tiny", ["modality=vision"], kind=MiniatureConfig)
+    assert task_name(config) == "gp-vl" and split_names(config) == ["in_distribution", "rule_ood", "visual_ood"]
+    episodes = episode_config(config, temperature=0.0)
+    assert episodes.modality == "vision" and episodes.hand_pool == "train"
+    prompt = reset(task_config(config), seed=0).conversation[0]
+    assert prompt.image is not None and "The image shows 3 cards" in prompt.content
+    train, evaluation = training_and_evaluation_hands(config)
+    check_disjoint(train, evaluation)
+    assert any(name.startswith("visual_ood") for name in evaluation)
+    red = [hand for name, hands in evaluation.items() if name.startswith("visual_ood") for hand in hands]
+    assert red and all(card.suit in "HD" for hand in red for card in hand)

@@ -7,8 +7,9 @@
 4. the exact (Fraction) value differs from the target, or a division by zero           -> -1   wrong_value
 5. otherwise                                                                            -> +5   correct
 Text of the formula from the first '=' on is ignored. Time is bounded for any input: the response is cut to
-MAX_RESPONSE_CHARS, the formula to MAX_FORMULA_CHARS, parsing is iterative, and arithmetic runs only on a formula
-whose numbers are exactly the hand's values.
+MAX_RESPONSE_CHARS, the formula to MAX_FORMULA_CHARS, parsing is iterative, and the exact arithmetic that runs
+while parsing never converts a number of more than MAX_NUMBER_DIGITS digits (formula.py), so its integers stay
+small; the value is compared with the target only after the numbers matched the hand's values.
 """
 
 from __future__ import annotations

@@ -166,6 +166,8 @@ def valid_keys(config: Any, prefix: str = "") -> list[str]:
 def _type_name(annotation: Any) -> str:
     if typing.get_origin(annotation) is Literal:
         return "one of " + ", ".join(repr(choice) for choice in typing.get_args(annotation))
+    if typing.get_origin(annotation) is not None:  # tuple[int, int, int], not just "tuple"
+        return str(annotation).replace("typing.", "")
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
@@ -247,11 +249,15 @@ def parse_value(text: str, annotation: Any) -> Any:
     raise ValueError(f"fields of type {_type_name(annotation)} cannot be set from the command line")
 
 
+def _valid_keys_clause(config: Any) -> str:
+    """The tail every override error ends with (issue 8: unknown keys and wrong types list the valid keys)."""
+    return f"valid keys are: {', '.join(valid_keys(config))}"
+
+
 def _unknown_key(key: str, config: Any) -> ConfigError:
-    keys = valid_keys(config)
-    close = difflib.get_close_matches(key, keys, n=1)
+    close = difflib.get_close_matches(key, valid_keys(config), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return ConfigError(f"unknown config key '{key}'{hint}; valid keys are: {', '.join(keys)}")
+    return ConfigError(f"unknown config key '{key}'{hint}; {_valid_keys_clause(config)}")
 
 
 def _set(config: Any, path: list[str], raw: str, full_key: str, root: Any) -> Any:
@@ -265,14 +271,15 @@ def _set(config: Any, path: list[str], raw: str, full_key: str, root: Any) -> An
         return dataclasses.replace(config, **{name: _set(current, path[1:], raw, full_key, root)})
     if dataclasses.is_dataclass(current):
         raise ConfigError(f"config key '{full_key}' is a section, not a value; set its fields instead, e.g. "
-                          f"'{valid_keys(current, full_key + '.')[0]}=...'")
+                          f"'{valid_keys(current, full_key + '.')[0]}=...'; {_valid_keys_clause(root)}")
     annotation = _field_types(type(config))[name]
     try:
         value = parse_value(raw, annotation)
     except ValueError as error:
         expected = _type_name(annotation)
         suffix = "" if expected in str(error) else f" ({expected})"
-        raise ConfigError(f"config key '{full_key}' got {raw!r}, but {error}{suffix}") from None
+        raise ConfigError(f"config key '{full_key}' got {raw!r}, but {error}{suffix}; "
+                          f"{_valid_keys_clause(root)}") from None
     return dataclasses.replace(config, **{name: value})
 
 

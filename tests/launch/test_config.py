@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 from typing import Literal, Optional
 
 import pytest
@@ -49,23 +50,42 @@ def test_overrides_parse_by_field_type():
     assert get_preset("sft-tiny").steps == 20  # presets are not mutated
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optimizer.lrr=1", r"unknown config key 'optimizer.lrr' \(did you mean 'optimizer.lr'\?\); valid keys are: "
-                        r"task, modality, .*optimizer.lr, .*checkpoint.async_save$"),
-    ("stepz=3", "unknown config key 'stepz'"),
-    ("steps.x=3", "unknown config key 'steps.x'"),
-    ("steps=1.5", r"config key 'steps' got '1.5', but expected an integer$"),
-    ("optimizer.lr=fast", "config key 'optimizer.lr' got 'fast', but expected a number"),
-    ("compute_dtype=float16", "expected one of 'float32', 'bfloat16'"),
-    ("checkpoint.async_save=maybe", "expected true or false"),
+_ALL_KEYS = r"; valid keys are: task, modality, model, .*optimizer\.lr, .*checkpoint\.async_save$"
+
+
+@pytest.mark.parametrize("override, message, lists_keys", [
+    ("optimizer.lrr=1", r"unknown config key 'optimizer.lrr' \(did you mean 'optimizer.lr'\?\)", True),
+    ("stepz=3", "unknown config key 'stepz'", True),
+    ("steps.x=3", "unknown config key 'steps.x'", True),
+    ("steps=1.5", r"config key 'steps' got '1.5', but expected an integer", True),
+    ("optimizer.lr=fast", "config key 'optimizer.lr' got 'fast', but expected a number", True),
+    ("compute_dtype=float16", "config key 'compute_dtype' got 'float16', but expected one of 'float32', 'bfloat16'",
+     True),
+    ("checkpoint.async_save=maybe", "config key 'checkpoint.async_save' got 'maybe', but expected true or false",
+     True),
+    ("freeze=[a,b]", None, False),  # a valid override (the control case)
+    ("mesh=[1,2]", r"config key 'mesh' got '\[1,2\]', but expected 3 items \(tuple\[int, int, int\]\)", True),
     ("optimizer=3", "config key 'optimizer' is a section, not a value; set its fields instead, e.g. "
-                    "'optimizer.name=...'"),
-    ("steps", "is not of the form key=value"),
+                    "'optimizer.name=...'", True),
+    ("steps", "override 'steps' is not of the form key=value", False),
 ])
-def test_bad_overrides_are_one_clear_sentence(override, message):
-    with pytest.raises(ConfigError, match=message) as error:
+def test_bad_overrides_are_one_clear_sentence(override, message, lists_keys):
+    """Issue 8: an unknown key and a wrong type are both rejected with the list of valid keys, in one sentence."""
+    if message is None:
         apply_overrides(SFTConfig(), [override])
-    assert "\n" not in str(error.value)
+        return
+    with pytest.raises(ConfigError) as error:
+        apply_overrides(SFTConfig(), [override])
+    text = str(error.value)
+    assert re.match(message, text), text
+    assert "\n" not in text
+    if lists_keys:
+        assert re.search(_ALL_KEYS, text), text
+        listed = text.split("; valid keys are: ", 1)[1].split(", ")
+        assert listed == valid_keys(SFTConfig())  # every key, exactly once, nothing else
+        assert text.count("; valid keys are: ") == 1
+    else:
+        assert "valid keys" not in text
 
 
 def test_parse_value_handles_optional_literal_and_fixed_tuples():

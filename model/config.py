@@ -139,12 +139,19 @@ def _as_int(value: Any) -> int:
 
 def from_hf_dict(hf: dict[str, Any]) -> ModelConfig:
     """A `ModelConfig` from the dict of an HF mllama config.json (model_type "mllama")."""
+    if not isinstance(hf, dict):
+        raise ConfigError(f"config.json holds a JSON {type(hf).__name__}, not an object; is this a Hugging Face "
+                          "model config?")
     if hf.get("model_type") not in (None, "mllama"):
         raise ConfigError(f"config.json has model_type {hf.get('model_type')!r}; memgen loads 'mllama' models")
     try:
         vision, text = hf["vision_config"], hf["text_config"]
     except KeyError as missing:
         raise ConfigError(f"config.json has no {missing.args[0]}; is this a Llama 3.2 Vision checkpoint?") from None
+    for key, value in (("vision_config", vision), ("text_config", text)):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config.json's {key} is a JSON {type(value).__name__}, not an object; re-download "
+                              "the checkpoint's config.json")
     vdefault, tdefault = VisionConfig(), TextConfig()
     eos = text.get("eos_token_id", tdefault.eos_token_id)
     vcfg = VisionConfig(
@@ -234,10 +241,19 @@ def load_hf_config(path: str | Path) -> ModelConfig:
     if not file.is_file():
         raise ConfigError(f"no config.json in {path}; point memgen at a Hugging Face Llama 3.2 Vision model directory")
     try:
-        raw = json.loads(file.read_text())
+        raw = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ConfigError(f"{file} is not valid JSON ({error.msg} at line {error.lineno})") from None
-    return from_hf_dict(raw)
+        raise ConfigError(f"{file} is not valid JSON ({error.msg} at line {error.lineno}); fix it or re-download "
+                          "the checkpoint's config.json") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file} is not a text (UTF-8 JSON) file; re-download the checkpoint's config.json") from None
+    try:
+        return from_hf_dict(raw)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, AttributeError) as error:  # e.g. "hidden_size": "big", "rope_parameters": 3
+        raise ConfigError(f"{file} has a malformed field ({type(error).__name__}: {error}); fix it or re-download "
+                          "the checkpoint's config.json") from None
 
 
 def _preset_11b() -> ModelConfig:

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from model.config import ConfigError, ModelConfig, load_hf_config, to_hf_dict
@@ -39,6 +39,27 @@ _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float32"}  
 
 class ModelLoadError(ValueError):
     """A model directory memgen cannot load; the message names the file or tensor and what to do."""
+
+
+def _unreadable(file: Path, error: Exception) -> ModelLoadError:
+    detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return ModelLoadError(f"{file} is not a readable safetensors file ({detail}): it is truncated or corrupt, "
+                          "probably an interrupted download; delete it and download it again")
+
+
+def _safe_open(file: Path):
+    """safe_open(framework="numpy") with a ModelLoadError naming the file when its header cannot be read."""
+    try:
+        return safe_open(file, framework="numpy")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise _unreadable(file, error) from None
+
+
+def _get_tensor(handle, file: Path, key: str) -> np.ndarray:
+    try:
+        return handle.get_tensor(key)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise _unreadable(file, error) from None
 
 
 def _aliases(name: str) -> list[str]:
@@ -60,13 +81,15 @@ class _Checkpoint:
         index, single = path / INDEX_FILE, path / SINGLE_FILE
         if index.is_file():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ModelLoadError(f"{index} is not a valid safetensors index (no weight_map); re-download "
-                                     "the checkpoint") from None
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                    raise TypeError
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                raise ModelLoadError(f"{index} is not a valid safetensors index (no weight_map of tensor name -> "
+                                     "file); re-download the checkpoint") from None
             self.source = INDEX_FILE
         elif single.is_file():
-            with safe_open(single, framework="numpy") as f:
+            with _safe_open(single) as f:
                 weight_map = {key: SINGLE_FILE for key in f.keys()}
             self.source = SINGLE_FILE
         else:
@@ -84,8 +107,14 @@ class _Checkpoint:
             if key in self.weight_map:
                 file = self.weight_map[key]
                 if file not in self._open:
-                    self._open[file] = safe_open(self.path / file, framework="numpy")
-                return self._open[file].get_tensor(key)
+                    handle = _safe_open(self.path / file)
+                    self._open[file] = (handle, set(handle.keys()))
+                handle, keys = self._open[file]
+                if key not in keys:
+                    raise ModelLoadError(f"tensor {key} is listed in {INDEX_FILE} under {file}, but {file} does not "
+                                         "contain it; the index and the shards are from different downloads: "
+                                         "re-download the checkpoint")
+                return _get_tensor(handle, self.path / file, key)
         raise ModelLoadError(f"tensor {name} is missing from {self.path} (per {self.source}); the checkpoint is "
                              "incomplete or not an mllama model: re-download it")
 
@@ -175,9 +204,10 @@ def load_hf(path: str | os.PathLike, *, mesh=None, rules=None, param_dtype: str 
 
 def _load_value_head(file: Path, mesh, config: ModelConfig, rules) -> dict:
     tree: dict = {}
-    with safe_open(file, framework="numpy") as f:
+    with _safe_open(file) as f:
         for key in f.keys():
-            set_path(tree, tuple(key.split(".")), jnp.asarray(f.get_tensor(key), jnp.dtype(config.param_dtype)))
+            set_path(tree, tuple(key.split(".")), jnp.asarray(_get_tensor(f, file, key),
+                                                              jnp.dtype(config.param_dtype)))
     if mesh is not None:
         from model.sharding import DEFAULT_RULES, param_shardings
         tree = jax.device_put(tree, param_shardings(config, mesh, {"value_head": tree},

@@ -152,3 +152,63 @@ def test_no_config_no_weights(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(model.to_hf_dict(model.preset("tiny"))))
     with pytest.raises(ModelLoadError, match="no model.safetensors or model.safetensors.index.json"):
         model.load_hf(tmp_path)
+
+
+def _shards(target):
+    return sorted(target.glob("model-*-of-*.safetensors"))
+
+
+@pytest.mark.parametrize("keep", ["half", "header"])
+def test_truncated_shard_is_a_model_load_error(sharded_copy, tmp_path, keep):
+    """An interrupted download: the shard exists but is cut short (mid-data, or inside the 8-byte header)."""
+    target = _copy(sharded_copy, tmp_path)
+    shard = _shards(target)[1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2] if keep == "half" else data[:4])
+    with pytest.raises(ModelLoadError, match=rf"{shard.name} is not a readable safetensors file .*truncated or "
+                                             r"corrupt.*download it again"):
+        model.load_hf(target)
+
+
+def test_truncated_single_file_and_value_head(ref, tmp_path):
+    _, directory, _, _ = ref
+    shutil.copy(directory / "config.json", tmp_path / "config.json")
+    data = (directory / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[:1000])
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors is not a readable safetensors file"):
+        model.load_hf(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(data)
+    (tmp_path / "value_head.safetensors").write_bytes(b"\x00" * 3)
+    with pytest.raises(ModelLoadError, match=r"value_head\.safetensors is not a readable safetensors file"):
+        model.load_hf(tmp_path)
+
+
+def test_index_entry_pointing_at_the_wrong_shard(sharded_copy, tmp_path):
+    target = _copy(sharded_copy, tmp_path)
+    index = json.loads((target / INDEX_FILE).read_text())
+    name = "language_model.model.layers.2.mlp.up_proj.weight"
+    index["weight_map"][name] = next(f.name for f in _shards(target) if f.name != index["weight_map"][name])
+    (target / INDEX_FILE).write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match=rf"tensor {name} is listed in .* does not contain it"):
+        model.load_hf(target)
+
+
+@pytest.mark.parametrize("text, match", [
+    ('{"model_type": "mllama", ', r"config\.json is not valid JSON .*re-download"),
+    ("[1, 2]", r"config\.json holds a JSON list, not an object"),
+    ('{"vision_config": {}, "text_config": 3}', r"text_config is a JSON int, not an object"),
+    ('{"vision_config": {}, "text_config": {"hidden_size": "big"}}', r"config\.json has a malformed field"),
+])
+def test_bad_config_json_is_one_sentence(sharded_copy, tmp_path, text, match):
+    target = _copy(sharded_copy, tmp_path)
+    (target / "config.json").write_text(text)
+    with pytest.raises(ModelLoadError, match=match):
+        model.load_hf(target)
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"metadata": {}}', '{"weight_map": [1, 2]}'])
+def test_bad_index_is_one_sentence(sharded_copy, tmp_path, text):
+    target = _copy(sharded_copy, tmp_path)
+    (target / INDEX_FILE).write_text(text)
+    with pytest.raises(ModelLoadError, match=r"is not a valid safetensors index"):
+        model.load_hf(target)

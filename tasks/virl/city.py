@@ -94,6 +94,27 @@ def _connected(n_nodes: int, edges: list[tuple[int, int]]) -> bool:
     return len(seen) == n_nodes
 
 
+def _diagonal_start(rng: np.random.Generator, nx: int, ny: int, step_j: int,
+                    used_cells: set[tuple[int, int]], tries: int = 32) -> tuple[int, int] | None:
+    """The grid node (i, j) where a diagonal boulevard going (+1, step_j) starts, drawn again while its first
+    block already carries a diagonal (a boulevard stops at the first taken block, so a taken first block would
+    leave the city without that diagonal axis); None when no start has a free first block."""
+    def draw() -> tuple[int, int]:
+        i = int(rng.integers(0, max(1, nx // 3)))
+        j = int(rng.integers(0, ny // 2)) if step_j == 1 else int(rng.integers(ny - 1 - ny // 2, ny))
+        return i, j
+
+    def free(i: int, j: int) -> bool:
+        return (i, min(j, j + step_j)) not in used_cells
+
+    for _ in range(tries):
+        i, j = draw()
+        if free(i, j):
+            return i, j
+    js = range(0, ny // 2) if step_j == 1 else range(ny - 1 - ny // 2, ny)
+    return next(((i, j) for i in range(max(1, nx // 3)) for j in js if free(i, j)), None)
+
+
 def generate_city(seed: int, style: str | None = None, *, nx: int = 7, ny: int = 7, n_diagonals: int = 2,
                   removal_fraction: float = 0.12, n_places: int = 24) -> City:
     """A seeded synthetic city. `style` names one of `styles.CITY_STYLES` (None: picked by the seed)."""
@@ -144,12 +165,15 @@ def generate_city(seed: int, style: str | None = None, *, nx: int = 7, ny: int =
     edges = [e for idx, e in enumerate(edges) if idx not in removed]
     streets = [s for idx, s in enumerate(streets) if idx not in removed]
 
-    # Diagonal boulevards through block interiors; at most one diagonal per block.
+    # Diagonal boulevards through block interiors; at most one diagonal per block (a boulevard ends where it meets
+    # a block that already has one). Each boulevard starts in a free block, so both diagonal axes always occur.
     used_cells: set[tuple[int, int]] = set()
     for d in range(n_diagonals):
         step_j = 1 if d % 2 == 0 else -1  # alternate so that both diagonal axes (all 8 headings) occur
-        i = int(rng.integers(0, max(1, nx // 3)))
-        j = int(rng.integers(0, ny // 2)) if step_j == 1 else int(rng.integers(ny - 1 - ny // 2, ny))
+        start = _diagonal_start(rng, nx, ny, step_j, used_cells)
+        if start is None:
+            continue  # every possible first block is taken (only with n_diagonals > 2): the axis already occurs
+        i, j = start
         name = names.street(DIAGONAL_KINDS)
         chain = []
         while 0 <= i + 1 < nx and 0 <= j + step_j < ny:

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
+from tasks.virl.config import VirlConfig
 from tasks.virl.geo import to_local
 from tasks.virl.panorama import panorama_views
 from tasks.virl.render import compose_grid
@@ -120,10 +121,11 @@ def load_gps_to_pano(path: str | Path) -> dict[tuple[float, float], str]:
 
 
 class PanoramaIndex:
-    """Nearest panorama (within `radius_m`) of a geocode, and its image file under `street_view_dir`."""
+    """Nearest panorama (within `radius_m`) of a geocode, and its image file under `street_view_dir`.
+    `load_dataset` passes `VirlConfig.mapping_radius_m` as the radius (the default is that field's default)."""
 
     def __init__(self, mapping: Mapping[tuple[float, float], str], street_view_dir: str | Path,
-                 radius_m: float = 20.0):
+                 radius_m: float = VirlConfig.mapping_radius_m):
         self.street_view_dir = Path(street_view_dir)
         if not self.street_view_dir.is_dir():
             raise FileNotFoundError(f"the street-view folder {self.street_view_dir} does not exist.")
@@ -138,7 +140,8 @@ class PanoramaIndex:
         if d[i] > self.radius_m:
             raise LookupError(f"no panorama lies within {self.radius_m:g} m of ({geocode[0]:.6f}, "
                               f"{geocode[1]:.6f}) (nearest {d[i]:.1f} m); the mapping does not cover this route, "
-                              "or raise VirlConfig.mapping_radius_m.")
+                              "or raise VirlConfig.mapping_radius_m (the config given to "
+                              "load_dataset).")
         return self.ids[i], float(d[i])
 
     def image_path(self, pano_id: str) -> Path:
@@ -182,9 +185,11 @@ class RealDataset:
     panoramas: PanoramaIndex
 
 
-def load_dataset(root: str | Path, *, routes_file: str = ROUTES_FILE, mapping_file: str | None = None,
-                 street_views: str = STREET_VIEWS_DIR, radius_m: float = 20.0) -> RealDataset:
-    """Routes and panoramas of a data folder in the reference layout."""
+def load_dataset(root: str | Path, config: VirlConfig | None = None, *, routes_file: str = ROUTES_FILE,
+                 mapping_file: str | None = None, street_views: str = STREET_VIEWS_DIR) -> RealDataset:
+    """Routes and panoramas of a data folder in the reference layout. The panorama search radius is
+    `config.mapping_radius_m` (default `VirlConfig()`): the config is its one source."""
+    radius_m = (config if config is not None else VirlConfig()).mapping_radius_m
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"the V-IRL data folder {root} does not exist.")

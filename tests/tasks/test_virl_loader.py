@@ -117,6 +117,22 @@ def test_nearest_panorama_respects_radius(tmp_path):
         index.nearest((40.0005, -73.0))  # 55 m from both
 
 
+def test_mapping_radius_comes_from_the_config(tmp_path, routes):
+    """VirlConfig.mapping_radius_m (what the LookupError tells users to raise) is the radius load_dataset uses."""
+    point = routes[0].geocodes[0]
+    offset = (point[0] + 0.0003, point[1])  # a panorama about 33 m north of the point
+    write_dataset(tmp_path, routes, {offset: "far"}, {"far": _heading_panorama(72, 36)})
+    assert load_dataset(tmp_path).panoramas.radius_m == VirlConfig().mapping_radius_m == 20.0
+    with pytest.raises(LookupError, match="within 20 m .*VirlConfig.mapping_radius_m"):
+        load_dataset(tmp_path, VirlConfig()).panoramas.nearest(point)
+    wide = load_dataset(tmp_path, VirlConfig(mapping_radius_m=40.0)).panoramas
+    assert wide.radius_m == 40.0
+    pano_id, dist = wide.nearest(point)
+    assert pano_id == "far" and 30.0 < dist < 40.0
+    with pytest.raises(LookupError, match="within 30 m"):
+        load_dataset(tmp_path, VirlConfig(mapping_radius_m=30.0)).panoramas.nearest(point)
+
+
 @pytest.mark.parametrize("heading, left_edge, expected_column", [(90, 0, 90), (200, 0, 200), (135, 90, 45),
                                                                   (10, 300, 70)])
 def test_perspective_view_faces_the_heading(heading, left_edge, expected_column):

@@ -47,17 +47,28 @@ def test_partition_spec_skips_axes_that_do_not_fit():
     assert partition_spec((16,), ("embed",), mesh, rules) == P(("fsdp", "tensor"))
 
 
-def test_sharded_forward_equals_unsharded(ref):
-    """data 2 x fsdp 2 x tensor 2 over the 8 CPU devices: every mesh axis name in use."""
+@pytest.fixture(scope="module")
+def unsharded(ref):
     config, params = ref
     inputs = image_batch(config, np.random.default_rng(0), [[2], [1]], 8, [[2], [0]], pad=[0, 3])
-    expected = np.asarray(jax.jit(model.forward, static_argnums=1)(params, config, **inputs))
-    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    return inputs, np.asarray(jax.jit(model.forward, static_argnums=1)(params, config, **inputs))
+
+
+@pytest.mark.parametrize("axes", [{"fsdp": 2, "tensor": 4}, {"data": 2, "fsdp": 2, "tensor": 2}],
+                         ids=["fsdp2-tensor4", "data2-fsdp2-tensor2"])
+def test_sharded_forward_equals_unsharded(ref, unsharded, axes):
+    """Over the 8 CPU devices: fsdp 2 x tensor 4 (the batch over fsdp, heads / mlp / vocab 4-way) and
+    data 2 x fsdp 2 x tensor 2 (every mesh axis name in use)."""
+    config, params = ref
+    inputs, expected = unsharded
+    mesh = make_mesh(axes)
     sharded = shard_params(params, config, mesh)
+    q = sharded["language_model"]["layers"]["self_attn"]["q_proj"]["kernel"]
+    assert q.sharding.spec == P(None, "fsdp", "tensor") and q.sharding.mesh.shape["tensor"] == axes["tensor"]
     assert len(sharded["language_model"]["lm_head"]["kernel"].sharding.device_set) == 8
     run = sharded_forward(config, mesh, sharded)
     logits = run(sharded, **inputs)
-    assert logits.sharding.spec[0] == "data"
+    assert logits.sharding.spec[0] == ("data" if "data" in axes else "fsdp")
     valid = inputs["attention_mask"] == 1
     np.testing.assert_allclose(np.asarray(logits)[valid], expected[valid], rtol=1e-5, atol=1e-5)
 

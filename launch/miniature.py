@@ -439,8 +439,12 @@ def combined_metrics(out: Path, stage_dirs: list[Path]) -> Path:
 
 
 def verdict_sentences(rows) -> list[str]:
-    """The miniature's claim check on rule-OOD success: "SFT OOD down, RL OOD up or flat" is stated only when SFT's
-    change is significantly negative and RL's is not; otherwise what was found."""
+    """The miniature's claim check on rule-OOD success (the rows of `launch.report.results_rows`): what each arm's
+    change was, how the arms compare at the last (equal-compute) point, and whether the paper's claim "SFT OOD
+    down, RL OOD up/flat" holds, decided by `launch.report.paper_claim` (the same function as report.md's
+    reading, so the two never disagree); the claim is stated only when the intervals support it."""
+    from launch.report import PAPER_CLAIM, paper_claim
+
     by_arm = {row.arm: row for row in rows if row.split == "rule_ood"}
     if "sft" not in by_arm or "rl" not in by_arm:
         return ["Rule-OOD was not evaluated for both arms, so there is no claim to check."]
@@ -455,12 +459,12 @@ def verdict_sentences(rows) -> list[str]:
     versus = (f"At the last compute point (equal GFLOPs) rule-OOD success is RL {100 * rl.final:.1f}% vs SFT "
               f"{100 * sft.final:.1f}%: RL - SFT = {100 * gap:+.1f} points (2 SE = {200 * gap_se:.1f}), "
               + ("a significant difference." if abs(gap) > 2 * gap_se else "not a significant difference."))
-    if sft.direction == "down" and rl.direction != "down":
-        return [found, versus, "At this scale the miniature reproduces the paper's pattern: SFT's rule-OOD success "
-                               f"went down and RL's went {rl.direction or 'nowhere significant'}, at equal training "
-                               "compute."]
-    return [found, versus, "The paper's pattern (SFT rule-OOD down from the base beyond 2 SE while RL's is not) is "
-                           "not established by this run; the numbers above are what was measured."]
+    claim = paper_claim(sft, rl)
+    if claim.holds:
+        return [found, versus, f"At this scale the miniature reproduces the paper's pattern ({PAPER_CLAIM}) on "
+                               f"rule-OOD at equal training compute: {claim.observed}."]
+    return [found, versus, f"The paper's pattern ({PAPER_CLAIM}) is not established on rule-OOD by this run: "
+                           f"{claim.observed}; the numbers above are what was measured."]
 
 
 def write_outputs(config: MiniatureConfig, out: Path, base_dir: Path, runs: list[Path], *, distinct: dict,

@@ -133,9 +133,37 @@ def reading_sentence(row: ChangeRow) -> str:
     return f"{what} went {row.direction} from {_pct(row.initial)}% to {_pct(row.final)}% ({margin})."
 
 
+PAPER_CLAIM = "SFT OOD down, RL OOD up/flat"
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperClaim:
+    """The check of the paper's claim on one OOD split: ``holds`` when the intervals support it, ``observed`` what
+    was found, in words ("SFT went down and RL showed no significant change")."""
+
+    holds: bool
+    observed: str
+
+
+def _arm_observed(arm: str, row: ChangeRow) -> str:
+    if row.change is None:
+        return f"{arm} was evaluated only once"
+    return f"{arm} {'went ' + row.direction if row.direction else 'showed no significant change'}"
+
+
+def paper_claim(sft: ChangeRow, rl: ChangeRow) -> PaperClaim:
+    """The one place that decides the paper's claim (issue 10: "SFT OOD down, RL OOD up/flat", stated only if the
+    intervals support it) from an OOD split's SFT and RL rows: it holds when SFT's change is down beyond 2
+    standard errors and RL's change was measured (two evaluations) and is not down beyond 2 standard errors (up
+    beyond 2 SE, or no significant change: "flat"). `memgen report`'s reading and the miniature's verdict both use
+    it, so one report.md never says both."""
+    holds = sft.direction == "down" and rl.change is not None and rl.direction != "down"
+    return PaperClaim(holds=holds, observed=f"{_arm_observed('SFT', sft)} and {_arm_observed('RL', rl)}")
+
+
 def paper_pattern_sentences(rows: Sequence[ChangeRow]) -> list[str]:
     """For each task and OOD split with both an SFT and an RL row: does it show the paper's pattern (SFT OOD
-    down, RL OOD up), beyond 2 standard errors?"""
+    down, RL OOD up/flat, beyond 2 standard errors; :func:`paper_claim`)?"""
     sentences = []
     keys = sorted({(r.task, r.split, r.verify_budget) for r in rows if r.split != "in_distribution"},
                   key=lambda k: (k[0], k[1], -1 if k[2] is None else k[2]))
@@ -143,16 +171,14 @@ def paper_pattern_sentences(rows: Sequence[ChangeRow]) -> list[str]:
         arms = {r.arm: r for r in rows if (r.task, r.split, r.verify_budget) == (task, split, budget)}
         if "sft" not in arms or "rl" not in arms:
             continue
-        sft, rl = arms["sft"].direction, arms["rl"].direction
+        claim = paper_claim(arms["sft"], arms["rl"])
         name = _name(arms["sft"])
-        if sft == "down" and rl == "up":
-            sentences.append(f"{name}: SFT OOD went down and RL OOD went up, the paper's pattern "
-                             "(SFT memorizes, RL generalizes).")
+        observed = claim.observed.replace("SFT ", "SFT OOD ", 1).replace(" and RL ", " and RL OOD ", 1)
+        if claim.holds:
+            sentences.append(f"{name}: {observed}, the paper's pattern ({PAPER_CLAIM}: SFT memorizes, RL "
+                             "generalizes).")
         else:
-            observed = (f"SFT {'went ' + sft if sft else 'showed no significant change'}, "
-                        f"RL {'went ' + rl if rl else 'showed no significant change'}")
-            sentences.append(f"{name}: {observed}; the paper's pattern (SFT OOD down, RL OOD up) is not "
-                             "established here.")
+            sentences.append(f"{name}: {observed}; the paper's pattern ({PAPER_CLAIM}) is not established here.")
     return sentences
 
 

@@ -10,7 +10,8 @@ import pytest
 from launch.cli import main
 from launch.config import get_preset
 from launch.miniature import (MiniatureConfig, MiniatureError, base_cells, check_disjoint, rank_multisets,
-                              training_and_evaluation_hands)
+                              training_and_evaluation_hands, verdict_sentences)
+from launch.report import ChangeRow, paper_pattern_sentences
 from tasks.general_points import Card
 
 
@@ -123,3 +124,56 @@ def test_the_vision_variant_adds_visual_ood_and_keeps_its_hands_out_of_training(
     assert any(name.startswith("visual_ood") for name in evaluation)
     red = [hand for name, hands in evaluation.items() if name.startswith("visual_ood") for hand in hands]
     assert red and all(card.suit in "HD" for hand in red for card in hand)
+
+
+# --- the verdict: the paper's claim, decided by launch.report.paper_claim ---------------------------------------
+
+def _row(arm, split, initial, change, change_se=0.02):
+    return ChangeRow(task="gp-l", split=split, arm=arm, verify_budget=None, metric="success", seeds=1,
+                     initial_step=0, final_step=0 if change is None else 12, initial_gflops=10.0, final_gflops=20.0,
+                     initial=initial, initial_se=0.01, final=initial + (change or 0.0), final_se=0.01,
+                     seed_sd_final=float("nan"), change=change, change_se=None if change is None else change_se,
+                     seed_sd_change=float("nan"))
+
+
+def _rows(sft_ood, rl_ood):
+    return [_row("sft", "in_distribution", 0.5, 0.2), _row("rl", "in_distribution", 0.5, 0.1),
+            _row("sft", "rule_ood", 0.4, sft_ood), _row("rl", "rule_ood", 0.4, rl_ood)]
+
+
+def test_verdict_states_the_claim_when_sft_drops_and_rl_is_flat():
+    found, versus, claim = verdict_sentences(_rows(-0.15, 0.01))
+    assert found == ("Rule-OOD success from the base to the last compute point: SFT changed by -15.0 points "
+                     "(2 SE = 4.0), significantly down; RL changed by +1.0 points (2 SE = 4.0).")
+    assert versus.startswith("At the last compute point (equal GFLOPs) rule-OOD success is RL 41.0% vs SFT 25.0%: "
+                             "RL - SFT = +16.0 points") and versus.endswith("a significant difference.")
+    assert claim == ("At this scale the miniature reproduces the paper's pattern (SFT OOD down, RL OOD up/flat) on "
+                     "rule-OOD at equal training compute: SFT went down and RL showed no significant change.")
+
+
+@pytest.mark.parametrize("sft_ood, rl_ood, observed", [
+    (-0.01, 0.10, "SFT showed no significant change and RL went up"),
+    (-0.15, -0.15, "SFT went down and RL went down"),
+    (-0.15, None, "SFT went down and RL was evaluated only once"),
+])
+def test_verdict_says_what_was_found_when_the_claim_is_not_supported(sft_ood, rl_ood, observed):
+    claim = verdict_sentences(_rows(sft_ood, rl_ood))[-1]
+    assert claim == (f"The paper's pattern (SFT OOD down, RL OOD up/flat) is not established on rule-OOD by this "
+                     f"run: {observed}; the numbers above are what was measured.")
+    assert "reproduces" not in " ".join(verdict_sentences(_rows(sft_ood, rl_ood)))
+
+
+def test_verdict_without_both_arms_on_rule_ood():
+    assert verdict_sentences(_rows(-0.1, 0.1)[:3]) == [
+        "Rule-OOD was not evaluated for both arms, so there is no claim to check."]
+
+
+@pytest.mark.parametrize("sft_ood", [-0.15, -0.03, 0.0, 0.1, None])
+@pytest.mark.parametrize("rl_ood", [-0.15, -0.01, 0.01, 0.15, None])
+def test_verdict_and_report_reading_never_disagree(sft_ood, rl_ood):
+    """One report.md holds both the miniature's verdict and report's reading: they must make the same call."""
+    rows = _rows(sft_ood, rl_ood)
+    verdict = verdict_sentences(rows)[-1]
+    [reading] = paper_pattern_sentences(rows)
+    assert ("reproduces the paper's pattern" in verdict) == ("not established" not in reading)
+    assert ("not established" in verdict) == ("not established" in reading)

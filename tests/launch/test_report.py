@@ -175,6 +175,46 @@ def test_significance_rule_is_two_standard_errors():
     assert "no significant difference" in reading_sentence(_row(0.1, 0.06))
 
 
+def _arm_row(arm, change, change_se=0.02, split="rule_ood", initial=0.4, task="gp-l"):
+    """A synthetic results row; change None: a single evaluation."""
+    return ChangeRow(task=task, split=split, arm=arm, verify_budget=None, metric="success", seeds=1, initial_step=0,
+                     final_step=0 if change is None else 10, initial_gflops=0.0, final_gflops=1.0, initial=initial,
+                     initial_se=0.01, final=initial + (change or 0.0), final_se=0.01, seed_sd_final=math.nan,
+                     change=change, change_se=None if change is None else change_se, seed_sd_change=math.nan)
+
+
+@pytest.mark.parametrize("sft_change, rl_change, holds", [
+    (-0.10, +0.10, True),    # SFT down, RL up
+    (-0.10, +0.01, True),    # SFT down, RL flat (n.s.): issue 10's "up/flat"
+    (-0.10, -0.01, True),    # RL slightly down but inside 2 SE is still flat
+    (-0.10, -0.10, False),   # RL down too
+    (-0.03, +0.10, False),   # SFT's drop inside 2 SE: not supported
+    (+0.10, +0.10, False),   # SFT up
+    (-0.10, None, False),    # RL evaluated once: its change is unknown
+    (None, +0.10, False),    # SFT evaluated once
+])
+def test_paper_claim_is_stated_only_when_the_intervals_support_it(sft_change, rl_change, holds):
+    claim = report.paper_claim(_arm_row("sft", sft_change), _arm_row("rl", rl_change))
+    assert claim.holds is holds
+    [sentence] = report.paper_pattern_sentences([_arm_row("sft", sft_change), _arm_row("rl", rl_change)])
+    assert sentence.startswith("GP-L rule OOD: SFT OOD ")
+    if holds:
+        assert sentence.endswith("the paper's pattern (SFT OOD down, RL OOD up/flat: SFT memorizes, RL generalizes).")
+        assert "not established" not in sentence
+    else:
+        assert sentence.endswith("the paper's pattern (SFT OOD down, RL OOD up/flat) is not established here.")
+
+
+def test_paper_claim_says_what_was_observed():
+    flat = report.paper_claim(_arm_row("sft", -0.10), _arm_row("rl", 0.01))
+    assert flat.observed == "SFT went down and RL showed no significant change"
+    once = report.paper_claim(_arm_row("sft", -0.10), _arm_row("rl", None))
+    assert once.observed == "SFT went down and RL was evaluated only once"
+    [sentence] = report.paper_pattern_sentences([_arm_row("sft", -0.1), _arm_row("rl", 0.1),
+                                                 _arm_row("rl", 0.1, split="in_distribution")])
+    assert sentence.startswith("GP-L rule OOD: SFT OOD went down and RL OOD went up, the paper's pattern")
+
+
 def test_small_samples_are_not_called_significant(tmp_path):
     # 10 episodes per evaluation: a 10-point drop is well inside 2 standard errors.
     records = [eval_record(step=step, gflops=10.0 * step, task="gp-l", split="rule_ood", n=10, success=p, arm="sft")

@@ -48,6 +48,19 @@ def test_landmark_sign_appears_in_the_view_that_faces_it(heading, offset, expect
             assert changed[top:bottom, left:right].mean() > 0.9
         else:
             assert not changed.any()
+    # The sign carries the name: text pixels inside the board, and an anagram of the name (the same letters, so
+    # the same board box) draws other pixels there; a board with no text, or with any text but the name, fails.
+    view = VIEW_NAMES.index(expected_view)
+    inside = (slice(top + 2, bottom - 2), slice(left + 2, right - 2))
+    board = with_sign[view][inside]
+    assert np.any(board != np.asarray(CITY_STYLES["brick"].sign_board), axis=-1).mean() > 0.05
+    anagram = CityLandmark("Blue Heron Face", landmark.xy, 2)
+    other_views, other_signs = render_views(_street_city([anagram]), (0.0, 0.0), heading, SIZE, 20.0)
+    assert [(s.name, s.box) for s in other_signs] == [("Blue Heron Face", signs[0].box)]
+    assert np.any(board != other_views[view][inside], axis=-1).mean() > 0.02
+    outside = np.ones(changed.shape, bool)
+    outside[top:bottom, left:right] = False
+    assert np.array_equal(with_sign[view][outside], other_views[view][outside])  # only the text differs
 
 
 def test_far_landmarks_get_no_sign():

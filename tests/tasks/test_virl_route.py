@@ -105,6 +105,8 @@ def test_oracle_rail_reaches_destination_and_stops_only_there(city_and_routes, a
         assert len(route.milestones) <= forwards <= len(route.milestones) * (points + 1)
         if drop == 0.0:
             assert forwards == len(route.milestones) * (points + 1)
+        if drop == 1.0 or points == 0:  # no interpolated point: only the forward() right after each turn
+            assert forwards == len(route.milestones)
         # the turn at each intersection is taken where the previous step ends, then walked
         for k, turn in enumerate(turns[1:]):
             assert turn.geocode == route.geocodes[k]
@@ -115,6 +117,20 @@ def test_oracle_rail_reaches_destination_and_stops_only_there(city_and_routes, a
             assert m.landmark_phrase in turns[k + 1].observation
         assert route.dest.name in rail[-1].visible_landmarks
         assert rail[-1].observation.startswith(route.milestones[-1].landmark_phrase.replace("The destination ", ""))
+
+
+def test_oracle_drops_about_the_configured_share_of_points(city_and_routes):
+    """At drop_probability 0.5, about half of the interpolated points are dropped (seeded: deterministic)."""
+    _, routes = city_and_routes
+    config = VirlConfig(forward_points=5, drop_probability=0.5)
+    offered = kept = 0
+    for seed in range(20):
+        for k, route in enumerate(routes):  # independent draws per (seed, route)
+            rail = build_rail(route, config, np.random.default_rng([seed, k]))
+            offered += len(route.milestones) * config.forward_points
+            kept += sum(p.expected_action == FORWARD for p in rail) - len(route.milestones)
+    assert offered >= 2000
+    assert abs((offered - kept) / offered - 0.5) < 0.04  # 4 standard errors (0.5 / sqrt(offered) <= 0.011)
 
 
 def test_reference_json_round_trip(city_and_routes):

@@ -6,7 +6,7 @@ training compute as the paper counts it, rl/compute.py). The kinds this module k
 - ``"train"``: one optimizer step or update: loss, lr, tokens, arm ("sft" | "rl" | "base").
 - ``"eval"``: one evaluation of the current policy on one task and split: task, split, n (episodes), success
   (rate in [0, 1]) and success_se, optionally per_step_accuracy(_se), recognition_accuracy(_se), verify_budget,
-  heldout_loss, pass_at_k ({k: value}), seed, arm.
+  heldout_loss, pass_at_k ({k: value}) and pass_at_k_se ({k: standard error}), seed, arm.
 - ``"rollout"``: statistics of one RL rollout (reward_mean, episodes, ...); only the common fields are checked.
 
 Other kinds and extra fields are allowed (a run loop may log more than the report reads). A run directory also
@@ -69,6 +69,7 @@ class EvalRecord(_Common, total=False):
     verify_budget: int
     heldout_loss: float
     pass_at_k: dict[str, float]
+    pass_at_k_se: dict[str, float]
     seed: int
     arm: str
 
@@ -149,6 +150,14 @@ def validate_record(record: Any) -> dict:
             for k, value in curve.items():
                 _require(str(k).isdigit() and int(k) >= 1 and _is_number(value) and 0.0 <= value <= 1.0,
                          f"'pass_at_k' needs integer keys k >= 1 and values in [0, 1], got {k!r}: {value!r}")
+        errors = record.get("pass_at_k_se")
+        if errors is not None:
+            _require(isinstance(errors, Mapping) and set(map(str, errors)) == set(map(str, curve or {})),
+                     f"'pass_at_k_se' must be an object with the keys of 'pass_at_k', got {errors!r}")
+            for k, value in errors.items():  # NaN (null in the file): undefined for a single instance
+                _require(value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                                           and (math.isnan(value) or 0.0 <= value < math.inf)),
+                         f"'pass_at_k_se' values must be numbers >= 0 (or null), got {k!r}: {value!r}")
     return record
 
 
@@ -172,14 +181,17 @@ def eval_record(*, step: int, gflops: float, task: str, split: str, n: int, succ
                 per_step_accuracy: Optional[float] = None, per_step_accuracy_se: Optional[float] = None,
                 recognition_accuracy: Optional[float] = None, recognition_accuracy_se: Optional[float] = None,
                 verify_budget: Optional[int] = None, heldout_loss: Optional[float] = None,
-                pass_at_k: Optional[Mapping[int, float]] = None, **extra: Any) -> dict:
+                pass_at_k: Optional[Mapping[int, float]] = None,
+                pass_at_k_se: Optional[Mapping[int, float]] = None, **extra: Any) -> dict:
     """A validated "eval" record. success_se defaults to the binomial sqrt(p (1 - p) / n) over the n episodes;
-    pass_at_k is {k: value} (JSON keys become strings). Accuracy standard errors are not filled in: they are
+    pass_at_k is {k: value} and pass_at_k_se {k: its standard error} (JSON keys become strings). Accuracy standard errors are not filled in: they are
     over steps, not episodes, so the caller passes them (rl.metrics.per_step_accuracy returns them)."""
     if success_se is None:
         success_se = binomial_se(success, n)
-    curve = None if pass_at_k is None else {str(int(k)): float(v) for k, v in sorted(pass_at_k.items(),
-                                                                                      key=lambda kv: int(kv[0]))}
+    def by_k(curve):  # {k: value} sorted by k, with string keys (as JSON writes them)
+        return None if curve is None else {str(int(k)): float(v) for k, v in
+                                           sorted(curve.items(), key=lambda kv: int(kv[0]))}
+
     def number(value, kind=float):  # device or numpy scalars -> Python numbers (None stays None)
         return None if value is None else kind(value)
 
@@ -188,7 +200,8 @@ def eval_record(*, step: int, gflops: float, task: str, split: str, n: int, succ
                   per_step_accuracy=number(per_step_accuracy), per_step_accuracy_se=number(per_step_accuracy_se),
                   recognition_accuracy=number(recognition_accuracy),
                   recognition_accuracy_se=number(recognition_accuracy_se),
-                  verify_budget=number(verify_budget, int), heldout_loss=number(heldout_loss), pass_at_k=curve)
+                  verify_budget=number(verify_budget, int), heldout_loss=number(heldout_loss), pass_at_k=by_k(pass_at_k),
+                  pass_at_k_se=by_k(pass_at_k_se))
     return validate_record(_drop_none({**fields, **extra}))
 
 

@@ -223,14 +223,18 @@ def answer_key_starts(tokenizer, response_ids: np.ndarray, response_mask: np.nda
 
 
 # --------------------------------------------------------------------------------------------- evaluation
-def pass_at_k_values(successes: np.ndarray, n_samples: int) -> dict[int, float]:
-    """pass@k for k = 1, 2, 4, ... <= n_samples from successes (instances x n_samples), rl.pass_at_k_curve."""
-    from rl.metrics import pass_at_k_curve
+def pass_at_k_fields(successes: np.ndarray, n_samples: int) -> dict[str, dict[int, float]]:
+    """{"pass_at_k": {k: mean}, "pass_at_k_se": {k: standard error over instances}} for k = 1, 2, 4, ... <=
+    n_samples, from successes (instances x n_samples) (rl.metrics.pass_at_k_curve / pass_at_k_standard_error)."""
+    from rl.metrics import pass_at_k_curve, pass_at_k_standard_error
 
     ks = [1 << i for i in range(n_samples.bit_length()) if 1 << i <= n_samples]
-    counts = successes.sum(axis=1).astype(int)
-    kept, values = pass_at_k_curve([n_samples] * len(counts), counts.tolist(), ks)
-    return {int(k): float(v) for k, v in zip(kept, values)}
+    counts = successes.sum(axis=1).astype(int).tolist()
+    ns = [n_samples] * len(counts)
+    kept, values = pass_at_k_curve(ns, counts, ks)
+    _, errors = pass_at_k_standard_error(ns, counts, ks)
+    return {"pass_at_k": {int(k): float(v) for k, v in zip(kept, values)},
+            "pass_at_k_se": {int(k): float(e) for k, e in zip(kept, errors)}}
 
 
 def evaluation_splits_of(episodes: EpisodeConfig, budget: int) -> dict:
@@ -297,5 +301,5 @@ def evaluate(policy: Policy, params, episodes: EpisodeConfig, *, split: str, bud
         accuracy, se = recognition_accuracy(jnp.asarray(cards_ok, bool))
         fields.update(recognition_accuracy=float(accuracy), recognition_accuracy_se=float(se))
     if n_samples > 1:
-        fields["pass_at_k"] = pass_at_k_values(solved, n_samples)
+        fields.update(pass_at_k_fields(solved, n_samples))
     return fields

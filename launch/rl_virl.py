@@ -294,6 +294,6 @@ def evaluate_virl(policy, params, episodes: EpisodeConfig, *, split: str, budget
                   per_step_accuracy=float(accuracy),
                   per_step_accuracy_se=float(binomial_standard_error(accuracy, max(len(answers), 1))))
     if n_samples > 1:
-        from launch.rl_common import pass_at_k_values
-        fields["pass_at_k"] = pass_at_k_values(solved, n_samples)
+        from launch.rl_common import pass_at_k_fields
+        fields.update(pass_at_k_fields(solved, n_samples))
     return fields

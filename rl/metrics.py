@@ -41,19 +41,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
 
 
-def pass_at_k_curve(ns: Sequence[int], cs: Sequence[int], ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """pass@k averaged over P problems for each k in `ks` that is at most min(ns) (larger k are dropped: the
-    estimator is undefined for a problem with fewer than k samples).
+def pass_at_k_per_problem(ns: Sequence[int], cs: Sequence[int], ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The unbiased pass@k of each of P problems for each k in `ks` that is at most min(ns) (larger k are dropped:
+    the estimator is undefined for a problem with fewer than k samples).
 
-    ns, cs: (P,) samples drawn and correct per problem. Returns (kept ks (K,) int, mean pass@k (K,) float64).
+    ns, cs: (P,) samples drawn and correct per problem. Returns (kept ks (K,) int, pass@k (K, P) float64).
     """
     ns = np.asarray(ns, dtype=np.int64).reshape(-1)
     cs = np.asarray(cs, dtype=np.int64).reshape(-1)
     ks = np.asarray(ks, dtype=np.int64).reshape(-1)
     if ns.shape != cs.shape or ns.size == 0:
-        raise ValueError(f"pass_at_k_curve needs ns and cs of one non-empty shape (P,); got {ns.shape}, {cs.shape}.")
+        raise ValueError(f"pass@k needs ns and cs of one non-empty shape (P,); got {ns.shape}, {cs.shape}.")
     if np.any(cs < 0) or np.any(cs > ns) or np.any(ks < 1):
-        raise ValueError("pass_at_k_curve needs 0 <= c <= n for every problem and every k >= 1.")
+        raise ValueError("pass@k needs 0 <= c <= n for every problem and every k >= 1.")
     kept = np.unique(ks[ks <= ns.min()])
     # i runs over 1..max(n); the product for a problem takes i in (n - c, n].
     i = np.arange(1, ns.max() + 1, dtype=np.float64)[None, :]
@@ -62,9 +62,26 @@ def pass_at_k_curve(ns: Sequence[int], cs: Sequence[int], ks: Sequence[int]) -> 
     for k in kept:
         # log1p(-k/i) is finite wherever i > k; for problems with n - c < k the answer is 1 and the product unused.
         terms = np.where(in_product & (i > k), np.log1p(-k / np.maximum(i, k + 1)), 0.0)
-        per_problem = np.where(ns - cs < k, 1.0, -np.expm1(terms.sum(axis=1)))
-        values.append(per_problem.mean())
-    return kept, np.asarray(values, dtype=np.float64)
+        values.append(np.where(ns - cs < k, 1.0, -np.expm1(terms.sum(axis=1))))
+    return kept, np.asarray(values, dtype=np.float64).reshape(len(kept), ns.size)
+
+
+def pass_at_k_curve(ns: Sequence[int], cs: Sequence[int], ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """pass@k averaged over P problems (`pass_at_k_per_problem`). Returns (kept ks (K,), mean pass@k (K,))."""
+    kept, per_problem = pass_at_k_per_problem(ns, cs, ks)
+    return kept, per_problem.mean(axis=1)
+
+
+def pass_at_k_standard_error(ns: Sequence[int], cs: Sequence[int], ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The standard error of `pass_at_k_curve`'s mean over the P problems: the sample standard deviation of the
+    per-problem estimates (ddof 1) over sqrt(P); NaN for a single problem. Returns (kept ks (K,), se (K,)).
+    The sampling noise within a problem is already averaged into its unbiased estimate, so the spread over
+    problems is the error bar of the mean (as for a success rate, where it reduces to the binomial one)."""
+    kept, per_problem = pass_at_k_per_problem(ns, cs, ks)
+    problems = per_problem.shape[1]
+    if problems < 2:
+        return kept, np.full(len(kept), np.nan)
+    return kept, per_problem.std(axis=1, ddof=1) / np.sqrt(problems)
 
 
 def binomial_standard_error(p: jax.Array, num_trials: jax.Array) -> jax.Array:

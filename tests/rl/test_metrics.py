@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rl import pass_at_k
-from rl.metrics import (binomial_standard_error, pass_at_k_curve, per_step_accuracy, recognition_accuracy,
-                        route_success, success_rate)
+from rl.metrics import (binomial_standard_error, pass_at_k_curve, pass_at_k_standard_error, per_step_accuracy,
+                        recognition_accuracy, route_success, success_rate)
 
 
 def exact_pass_at_k(n, c, k):
@@ -71,6 +71,22 @@ def test_curve_averages_problems_and_drops_k_above_the_smallest_n():
     np.testing.assert_allclose(values, expected, rtol=1e-12)
     with pytest.raises(ValueError, match="0 <= c <= n"):
         pass_at_k_curve([4], [5], [1])
+
+
+def test_pass_at_k_standard_error_is_the_spread_of_exact_per_problem_values():
+    ns, cs = [16, 16, 16, 16, 12], [0, 3, 8, 16, 1]
+    kept, errors = pass_at_k_standard_error(ns, cs, [1, 4, 12])
+    np.testing.assert_array_equal(kept, [1, 4, 12])
+    for k, error in zip(kept, errors):
+        exact = [float(exact_pass_at_k(n, c, int(k))) for n, c in zip(ns, cs)]
+        mean = sum(exact) / len(exact)
+        expected = math.sqrt(sum((x - mean) ** 2 for x in exact) / (len(exact) - 1) / len(exact))
+        assert error == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    # at k = 1 with equal n it is the standard error of the mean of the per-problem success fractions
+    fractions = np.array(cs[:4]) / 16
+    _, (error,) = pass_at_k_standard_error(ns[:4], cs[:4], [1])
+    assert error == pytest.approx(fractions.std(ddof=1) / 2)
+    assert np.isnan(pass_at_k_standard_error([8], [3], [2])[1][0])   # one problem: no spread to measure
 
 
 def test_rates_and_standard_errors():

@@ -104,3 +104,60 @@ def default_generate() -> Callable | None:
     except ImportError:
         return None
     return generate
+
+
+# V-IRL's greedy evaluation: one greedy answer per decision point (budget 1); a route succeeds when every decision
+# is answered correctly at the first try. Rows are whole routes played by launch.rl_common.evaluate.
+VIRL_GREEDY_BUDGET = 1
+VIRL_FEEDBACK_LEN = 128
+
+
+def virl_greedy_evaluator(source, model_config, *, modality: str, seed: int, routes: int,
+                          max_new_tokens: int, prompt_multiple: int = 64) -> Callable[[Any], dict[str, dict]]:
+    """``evaluate(params) -> {split: eval_record fields}`` for V-IRL: ``routes`` routes per split (in-distribution
+    and rule-OOD from the training city, visual OOD for vision; drawn as `memgen eval` draws them with ``seed``)
+    played greedily by ``launch.rl_common.evaluate`` (the rollout sampler of `memgen eval`), one answer per
+    decision point: route success and per-step accuracy with their standard errors. Every prompt is padded to
+    one length, the longest expert conversation of the evaluation routes rounded up to ``prompt_multiple`` (an
+    upper bound on every decision's prompt), so one rollout compiles per split size. The params get a zero
+    value head for the rollout (its values are not used here)."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from launch.rl_common import evaluate
+    from launch.rl_config import EpisodeConfig
+    from launch.rl_virl import evaluation_routes, evaluation_splits
+    from sft.batches import encoded_lengths, padded_length
+    from tasks.virl import expert
+
+    episodes = EpisodeConfig(task="virl", modality=modality, max_verify_steps=VIRL_GREEDY_BUDGET,
+                             max_new_tokens=max_new_tokens, temperature=0.0, feedback_len=VIRL_FEEDBACK_LEN,
+                             prompt_len=1)
+    splits = evaluation_splits(episodes, VIRL_GREEDY_BUDGET)
+    longest = 1
+    for split, split_config in splits.items():
+        views: dict[int, Any] = {}
+        for city, route in evaluation_routes(episodes, split, seed, routes):
+            if modality == "vision" and id(city) not in views:
+                from tasks.virl.render import CityViews
+                views[id(city)] = CityViews(city, split_config.view_size, split_config.separator_px,
+                                            split_config.landmark_radius_m)
+            conversations = expert.optimal_conversations(route, split_config, views=views.get(id(city)))
+            longest = max(longest, int(np.max(encoded_lengths(source.tokenizer, conversations))))
+    episodes = dataclasses.replace(episodes, prompt_len=padded_length([longest], prompt_multiple))
+    policy = dataclasses.replace(source, config=model_config)
+    value_head = None
+    runners: dict = {}
+
+    def evaluate_splits(params: Any) -> dict[str, dict]:
+        nonlocal value_head
+        if value_head is None:
+            from model.value_head import init_value_head
+            value_head = jax.tree.map(jnp.zeros_like, init_value_head(jax.random.key(0), model_config))
+        with_head = dict(params, value_head=value_head)
+        return {split: evaluate(policy, with_head, episodes, split=split, budget=VIRL_GREEDY_BUDGET,
+                                num_episodes=routes, n_samples=1, seed=seed, runners=runners)
+                for split in splits}
+
+    return evaluate_splits

@@ -29,13 +29,14 @@ import numpy as np
 
 from launch.checkpoint import CheckpointError, CheckpointManager
 from launch.config import CONFIG_FILENAME, ConfigError, SFTConfig, load_config, preset_names, resolve, save_config
-from launch.expert_data import DataError, greedy_episodes, load_expert_data
+from launch.expert_data import GREEDY_SEED_OFFSET, DataError, greedy_episodes, load_expert_data
 from launch.mesh import host_local_batch_slice
 from launch.metrics import MetricsWriter
 from launch.metrics_schema import eval_record, train_record
 from launch.model_source import ModelSourceError, init_tokens, load_model, save_policy
 from launch.progress import ProgressBar
-from launch.sft_eval import default_generate, greedy_success, heldout_batches, make_heldout_loss
+from launch.sft_eval import (default_generate, greedy_success, heldout_batches, make_heldout_loss,
+                              virl_greedy_evaluator)
 from rl.compute import ComputeCounter, add, parameter_count, total_gflops
 from sft.batches import encoded_lengths, forward_from_batch, image_slots, padded_length, sft_batch
 from sft.data_order import batch_example_indices, bucket_for, length_buckets
@@ -384,23 +385,41 @@ def _make_evaluator(config: SFTConfig, source, model_config, data, length: int, 
     batches = [place_batch(b, mesh) for b in heldout_batches(
         source.tokenizer, data.heldout, source.image_config, batch_size=eval_batch_size, length=length,
         num_image_slots=slots)] if data.heldout else []
-    episodes = greedy_episodes(config.task, config.modality, config.seed, config.greedy_examples) \
-        if generate is not None and config.greedy_examples > 0 else {}
+    greedy = generate is not None and config.greedy_examples > 0
+    if config.task == "virl":  # whole routes through `memgen eval`'s rollout (launch.sft_eval)
+        virl_splits = virl_greedy_evaluator(
+            source, model_config, modality=config.modality, seed=config.seed + GREEDY_SEED_OFFSET,
+            routes=config.greedy_examples, max_new_tokens=config.max_new_tokens,
+            prompt_multiple=config.data.length_multiple) if greedy else None
+        episodes = {}
+    else:
+        virl_splits = None
+        episodes = greedy_episodes(config.task, config.modality, config.seed, config.greedy_examples) \
+            if greedy else {}
     from tasks.general_points import verify
 
-    def evaluate(params: Any, step: int, gflops: float) -> list[dict]:
-        loss = heldout_loss(params, batches) if batches else None
-        records = []
+    def greedy_fields(params: Any) -> dict[str, dict]:
+        """{split: eval_record fields} of the greedy evaluation."""
+        if virl_splits is not None:
+            return virl_splits(params)
+        out = {}
         for split, split_episodes in episodes.items():
             result = greedy_success(params, model_config, source.tokenizer, source.image_config, split_episodes,
                                     verify, generate=generate, max_new_tokens=config.max_new_tokens,
                                     batch_size=eval_batch_size, num_image_slots=slots)
+            out[split] = dict(split=split, n=result.n, success=result.success)
+        return out
+
+    def evaluate(params: Any, step: int, gflops: float) -> list[dict]:
+        loss = heldout_loss(params, batches) if batches else None
+        records = []
+        for split, fields in greedy_fields(params).items():
             extra = {}
             if split == "in_distribution" and loss is not None:
                 extra = dict(heldout_loss=loss["loss"], heldout_accuracy=loss["accuracy"],
                              heldout_tokens=int(loss["tokens"]))
-            records.append(eval_record(step=step, gflops=gflops, task=task_name, split=split, n=result.n,
-                                       success=result.success, arm="sft", seed=config.seed, **extra))
+            records.append(eval_record(step=step, gflops=gflops, task=task_name, arm="sft", seed=config.seed,
+                                       **fields, **extra))
         if not records and loss is not None:
             records.append({"kind": "heldout", "step": int(step), "gflops": float(gflops), "arm": "sft",
                             "heldout_loss": loss["loss"], "heldout_accuracy": loss["accuracy"],

@@ -13,6 +13,12 @@ the ids of the longer conversation (the ids are the trajectory; nothing is re-to
 encoded apart from the content, as the sampler sees it (the prompt ends with the generation header); for content
 not starting with whitespace this equals tokenising the rendered template.
 
+When the tokenizer directory carries its own chat template (`ChatTokenizer.chat_template`, e.g. Llama 3.2 Vision
+Instruct's, which writes a "Cutting Knowledge Date" system turn before text-only prompts), conversations are
+rendered with it instead (jinja2, as transformers' apply_chat_template), template text and message contents are
+told apart by rendering with markers, and appended turns are the difference of two renderings; the same
+guarantees hold (docs/processor.md).
+
 `assistant_mask` is 1 on the tokens an assistant turn generates (its content and its `<|eot_id|>`), the SFT loss
 mask. Arrays of a batch (B batch, S sequence, I images per sample, T tiles):
   input_ids, attention_mask, assistant_mask, position_ids   (B, S) int32
@@ -28,7 +34,7 @@ from typing import Literal, Protocol, Sequence
 import numpy as np
 
 from model.processor import ImageProcessorConfig, VisionInputs, cross_attention_mask, preprocess_images
-from model.tokenizer import ChatTokenizer
+from model.tokenizer import CHAT_TEMPLATE, ChatTokenizer, render_chat_template
 
 
 class Message(Protocol):
@@ -57,6 +63,85 @@ class EncodedTurns:
     images: tuple[np.ndarray, ...]
 
 
+@dataclass(frozen=True)
+class _Turn:
+    role: str
+    content: str
+    image: np.ndarray | None = None
+
+
+# A context the template-driven encoders render appended turns after (a user prompt and an answer, no image).
+_PRIOR = (_Turn("user", ""), _Turn("assistant", ""))
+
+
+def _hf_message(role: str, text: str, has_image: bool) -> dict:
+    if not has_image:
+        return {"role": role, "content": text}
+    return {"role": role, "content": [{"type": "image"}, {"type": "text", "text": text}]}
+
+
+def _template_pieces(tokenizer: ChatTokenizer, messages: Sequence[Message], add_generation_prompt: bool
+                     ) -> tuple[list[str], str]:
+    """The directory's template rendered with each message's text replaced by a marker, split at the markers:
+    frames[0], content 0, frames[1], ..., frames[n]. Raises when the template does not write every content
+    exactly once, in order and unchanged (then memgen cannot tell template text from message text)."""
+    template = tokenizer.chat_template
+    contents = [m.content for m in messages]
+    nonce = 0
+    while any(f"\ue000{nonce}:" in c for c in contents):
+        nonce += 1
+    markers = [f"\ue000{nonce}:{i}\ue001" for i in range(len(messages))]
+    marked = render_chat_template(template, [_hf_message(m.role, marker, m.image is not None)
+                                             for m, marker in zip(messages, markers)],
+                                  add_generation_prompt=add_generation_prompt, date_string=tokenizer.date_string)
+    frames, rest = [], marked
+    for marker in markers:
+        head, found, rest = rest.partition(marker)
+        if not found or marker in rest:
+            raise ValueError("the tokenizer directory's chat template does not write each message's content exactly "
+                             "once and in order; load the tokenizer with use_chat_template=False to use memgen's "
+                             "turn format.")
+        frames.append(head)
+    frames.append(rest)
+    real = render_chat_template(template, to_hf_messages(messages), add_generation_prompt=add_generation_prompt,
+                                date_string=tokenizer.date_string)
+    rebuilt = frames[0] + "".join(c + f for c, f in zip(contents, frames[1:]))
+    if rebuilt != real:
+        raise ValueError("the tokenizer directory's chat template changes message contents (e.g. trims a system "
+                         "message); memgen keeps contents as given: strip them first, or load the tokenizer with "
+                         "use_chat_template=False.")
+    return frames, real
+
+
+def _encode_with_template(tokenizer: ChatTokenizer, messages: Sequence[Message], add_generation_prompt: bool
+                          ) -> tuple[list[int], list[int]]:
+    """ids and assistant mask of the template rendering: template text through `encode_template_text` (its
+    special-token strings become ids), message contents through `encode_text` (never parsed for special tokens).
+    The mask covers each assistant content and the end-of-turn token the template writes right after it."""
+    frames, _ = _template_pieces(tokenizer, messages, add_generation_prompt)
+    ids = tokenizer.encode_template_text(frames[0])
+    mask = [0] * len(ids)
+    for message, frame in zip(messages, frames[1:]):
+        body = tokenizer.encode_text(message.content)
+        after = tokenizer.encode_template_text(frame)
+        assistant = int(message.role == "assistant")
+        ids += body + after
+        mask += [assistant] * len(body)
+        if after:
+            mask += [assistant if after[0] in (tokenizer.eot_id, tokenizer.eom_id) else 0] + [0] * (len(after) - 1)
+    return ids, mask
+
+
+def render_conversation(tokenizer: ChatTokenizer, conversation: Conversation, *,
+                        add_generation_prompt: bool = False) -> str:
+    """The text `encode_conversation` encodes: the directory's chat template when the tokenizer has one
+    (`tokenizer.chat_template`), else memgen's CHAT_TEMPLATE format."""
+    if tokenizer.chat_template is not None:
+        return _template_pieces(tokenizer, conversation, add_generation_prompt)[1]
+    return render_chat_template(CHAT_TEMPLATE, to_hf_messages(conversation),
+                                add_generation_prompt=add_generation_prompt, date_string=tokenizer.date_string)
+
+
 def header_ids(tokenizer: ChatTokenizer, role: str) -> list[int]:
     """`<|start_header_id|>{role}<|end_header_id|>\\n\\n` as ids."""
     return [tokenizer.start_header_id, *tokenizer.encode_text(role), tokenizer.end_header_id,
@@ -65,13 +150,38 @@ def header_ids(tokenizer: ChatTokenizer, role: str) -> list[int]:
 
 def generation_prompt_ids(tokenizer: ChatTokenizer) -> list[int]:
     """The assistant header that ends a prompt the model answers."""
+    if tokenizer.chat_template is not None:
+        return _appended(tokenizer, [], add_generation_prompt=True)[0]
     return header_ids(tokenizer, "assistant")
+
+
+def _appended(tokenizer: ChatTokenizer, messages: Sequence[Message], *, add_generation_prompt: bool
+              ) -> tuple[list[int], list[int]]:
+    """Template mode: the ids (and mask) `messages` add after a context, i.e. the rendering of context + messages
+    minus that of the context. Raises when the template re-renders the context (e.g. an image turn appended to a
+    text-only context drops the Llama Instruct system preamble): such a turn cannot be appended as ids."""
+    prior_ids, _ = _encode_with_template(tokenizer, _PRIOR, False)
+    ids, mask = _encode_with_template(tokenizer, (*_PRIOR, *messages), add_generation_prompt)
+    if ids[: len(prior_ids)] != prior_ids:
+        raise ValueError("with this tokenizer directory's chat template the turn changes how the earlier turns "
+                         "render (an image after a text-only context?), so it cannot be appended as ids; put images "
+                         "in the first prompt.")
+    return ids[len(prior_ids):], mask[len(prior_ids):]
 
 
 def encode_messages(
     tokenizer: ChatTokenizer, messages: Sequence[Message], *, add_bos: bool, add_generation_prompt: bool
 ) -> EncodedTurns:
-    """Encode messages in chat format; `add_bos` for the start of a context, not for appended turns."""
+    """Encode messages in chat format; `add_bos` for the start of a context, not for appended turns. With a
+    directory chat template (`tokenizer.chat_template`) the start of a context is whatever the template writes
+    before the first message (bos, and for Llama 3.2 Instruct a system preamble on text-only prompts)."""
+    if tokenizer.chat_template is not None:
+        images = tuple(m.image for m in messages if m.image is not None)
+        if add_bos:
+            ids, mask = _encode_with_template(tokenizer, messages, add_generation_prompt)
+        else:
+            ids, mask = _appended(tokenizer, messages, add_generation_prompt=add_generation_prompt)
+        return EncodedTurns(np.asarray(ids, dtype=np.int32), np.asarray(mask, dtype=np.int32), images)
     ids: list[int] = [tokenizer.bos_id] if add_bos else []
     mask: list[int] = [0] * len(ids)
     images = []
@@ -106,7 +216,11 @@ def encode_turn(tokenizer: ChatTokenizer, message: Message, *, add_generation_pr
 
 def encode_response(tokenizer: ChatTokenizer, text: str) -> np.ndarray:
     """(S,) int32 ids of an assistant response as its turn holds them: content then `<|eot_id|>` (for expert
-    answers and tests; a sampled response is already ids)."""
+    answers and tests; a sampled response is already ids). With a directory chat template: the ids its
+    assistant mask covers (the content and the end-of-turn token the template writes after it)."""
+    if tokenizer.chat_template is not None:
+        ids, mask = _appended(tokenizer, [_Turn("assistant", text)], add_generation_prompt=False)
+        return np.asarray([i for i, m in zip(ids, mask) if m], dtype=np.int32)
     return np.asarray([*tokenizer.encode_text(text), tokenizer.eot_id], dtype=np.int32)
 
 

@@ -20,8 +20,10 @@ special_tokens_map.json) that `transformers.AutoTokenizer.from_pretrained` loads
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -79,6 +81,11 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
+
+# What a directory's template gets for `date_string` (Llama 3.2 Instruct templates write "Today Date: ..." into the
+# system turn of text-only prompts and would otherwise call strftime_now(), making the ids depend on the day a run
+# starts). This is the fallback date the Llama 3.x templates themselves use.
+DEFAULT_DATE_STRING = "26 Jul 2024"
 
 # Bump when the corpus or the pipeline changes: cached directories built by an older version are rebuilt.
 TOKENIZER_VERSION = 1
@@ -329,6 +336,12 @@ class ChatTokenizer:
     end_header_id: int
     pad_id: int
     image_id: int
+    # The directory's own chat template when it is not memgen's CHAT_TEMPLATE (e.g. a real Llama 3.2 Vision
+    # Instruct checkpoint's, which adds a system preamble to text-only prompts); None = memgen's built-in encoder.
+    chat_template: str | None = None
+    date_string: str = DEFAULT_DATE_STRING
+    # (token string, id) of every added special token, for encoding trusted template text.
+    special_tokens: tuple[tuple[str, int], ...] = ()
 
     @property
     def vocab_size(self) -> int:
@@ -343,13 +356,99 @@ class ChatTokenizer:
         untrusted text cannot inject `<|eot_id|>` or `<|image|>`)."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids if text else []
 
+    def encode_template_text(self, text: str) -> list[int]:
+        """Token ids of TRUSTED text (what a chat template writes around the messages): special-token strings in it
+        become their ids, the text between them is encoded as `encode_text` does. Never use it on message content."""
+        if not self.special_tokens:
+            return self.encode_text(text)
+        ids: list[int] = []
+        lookup = dict(self.special_tokens)
+        for piece in _special_splitter(self.special_tokens).split(text):
+            if piece in lookup:
+                ids.append(lookup[piece])
+            elif piece:
+                ids.extend(self.encode_text(piece))
+        return ids
+
     def decode(self, ids: Sequence[int] | np.ndarray, skip_special_tokens: bool = False) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
 
-def load_tokenizer(directory: str | Path) -> ChatTokenizer:
+@functools.lru_cache(maxsize=8)
+def _special_splitter(special_tokens: tuple[tuple[str, int], ...]) -> "re.Pattern[str]":
+    alternatives = sorted((token for token, _ in special_tokens), key=len, reverse=True)
+    return re.compile("(" + "|".join(re.escape(token) for token in alternatives) + ")")
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_template(template: str):
+    """The template compiled in the Jinja environment transformers' apply_chat_template uses (sandboxed,
+    trim_blocks, lstrip_blocks, loopcontrols, raise_exception, strftime_now, a json.dumps tojson)."""
+    import datetime
+
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    return env.from_string(template)
+
+
+def render_chat_template(template: str, messages: list[dict], *, add_generation_prompt: bool,
+                         date_string: str = DEFAULT_DATE_STRING) -> str:
+    """`template` rendered as `tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=...,
+    date_string=...)` renders it (Llama's bos/eos/pad token strings, no tools), without importing transformers.
+    A template's raise_exception() becomes a ValueError."""
+    import jinja2
+
+    try:
+        return _compiled_template(template).render(
+            messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt,
+            bos_token=BEGIN_OF_TEXT, eos_token=EOT, pad_token=PAD, date_string=date_string)
+    except jinja2.exceptions.TemplateError as error:
+        raise ValueError(f"the tokenizer directory's chat template refused this conversation: {error}") from None
+
+
+def _directory_chat_template(directory: Path) -> str | None:
+    """The chat template a Hugging Face directory carries, in transformers' order: chat_template.jinja, then
+    tokenizer_config.json's "chat_template" (a string, or a list of named templates: "default"), then the
+    processor's chat_template.json."""
+    jinja_file = directory / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8")
+    for name in ("tokenizer_config.json", "chat_template.json"):
+        file = directory / name
+        if not file.is_file():
+            continue
+        try:
+            template = json.loads(file.read_text(encoding="utf-8")).get("chat_template")
+        except (ValueError, AttributeError):
+            raise ValueError(f"{file} is not a valid JSON object; re-download the checkpoint's {name}.") from None
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+            template = next((t.get("template") for t in template if isinstance(t, dict)
+                             and t.get("name") == "default"), None)
+        if isinstance(template, str):
+            return template
+    return None
+
+
+def load_tokenizer(directory: str | Path, *, use_chat_template: bool = True,
+                   date_string: str = DEFAULT_DATE_STRING) -> ChatTokenizer:
     """A `ChatTokenizer` from a directory with tokenizer.json: ours (`ensure_tokenizer`) or a real Llama 3.2
-    Vision checkpoint's."""
+    Vision checkpoint's.
+
+    When the directory carries a chat template other than memgen's CHAT_TEMPLATE (a real Instruct checkpoint's),
+    `model.chat` renders conversations with it, so the ids are those of `apply_chat_template` with that template
+    (`date_string` fills its "Today Date"; pass `use_chat_template=False` for memgen's plain turn format)."""
     path = Path(directory) / "tokenizer.json"
     if not path.is_file():
         raise FileNotFoundError(f"No tokenizer.json in {directory}: pass a Llama 3.2 Vision checkpoint directory or "
@@ -365,4 +464,10 @@ def load_tokenizer(directory: str | Path) -> ChatTokenizer:
         ids[name] = tokenizer.token_to_id(token)
         if ids[name] is None:
             raise ValueError(f"{path} has no {token} token: it is not a Llama 3.2 Vision tokenizer.")
-    return ChatTokenizer(tokenizer=tokenizer, **ids)
+    template = _directory_chat_template(Path(directory)) if use_chat_template else None
+    if template is not None and template.strip() == CHAT_TEMPLATE.strip():
+        template = None  # memgen's own format: the built-in encoder renders exactly this
+    specials = tuple(sorted((added.content, int(index)) for index, added in tokenizer.get_added_tokens_decoder().items()
+                            if added.special))
+    return ChatTokenizer(tokenizer=tokenizer, **ids, chat_template=template, date_string=date_string,
+                         special_tokens=specials)

@@ -98,3 +98,49 @@ def test_weight_decay_spares_vectors():
     updates, _ = jax.jit(optimizer.update)(zeros, optimizer.init(params), params)
     np.testing.assert_allclose(np.asarray(updates["matrix"]), -0.05, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(updates["bias"]), 0.0)
+
+
+def _numpy_adamw(gradients, lr, beta1, beta2, eps, max_grad_norm):
+    """The updates of clip_by_global_norm + Adam (bias-corrected) + scale(-lr), in float64 numpy."""
+    mu = {k: np.zeros_like(v, np.float64) for k, v in gradients[0].items()}
+    nu = {k: np.zeros_like(v, np.float64) for k, v in gradients[0].items()}
+    updates = []
+    for t, grads in enumerate(gradients, start=1):
+        grads = {k: np.asarray(v, np.float64) for k, v in grads.items()}
+        if max_grad_norm is not None:
+            norm = np.sqrt(sum(np.sum(g * g) for g in grads.values()))
+            grads = {k: g * min(1.0, max_grad_norm / norm) for k, g in grads.items()}
+        step = {}
+        for k, g in grads.items():
+            mu[k] = beta1 * mu[k] + (1 - beta1) * g
+            nu[k] = beta2 * nu[k] + (1 - beta2) * g * g
+            step[k] = -lr * (mu[k] / (1 - beta1 ** t)) / (np.sqrt(nu[k] / (1 - beta2 ** t)) + eps)
+        updates.append(step)
+    return updates
+
+
+def test_a_huge_gradient_is_clipped_to_max_grad_norm_before_adam():
+    """Adam's first step is scale-free, so clipping shows in the second: after a huge gradient (norm ~1e6) the
+    clipped chain's moments hold a gradient of norm max_grad_norm and the next, ordinary gradient still moves the
+    params; unclipped, the huge gradient's second moment swamps it. Both match the numpy reference."""
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.zeros((4, 3)), "b": jnp.zeros((3,))}
+    huge = {"w": rng.normal(size=(4, 3)) * 3e5, "b": rng.normal(size=(3,)) * 3e5}
+    ordinary = {"w": rng.normal(size=(4, 3)) * 0.1, "b": rng.normal(size=(3,)) * 0.1}
+    assert np.sqrt(sum(np.sum(g ** 2) for g in huge.values())) > 1e5
+    results = {}
+    for max_grad_norm in (1.0, None):
+        config = OptimizerConfig(lr=0.1, schedule="constant", warmup_fraction=0.0, max_grad_norm=max_grad_norm)
+        optimizer = make_optimizer(config, total_steps=2)
+        state = optimizer.init(params)
+        got = []
+        for grads in (huge, ordinary):
+            update, state = jax.jit(optimizer.update)(jax.tree.map(jnp.float32, grads), state, params)
+            got.append(update)
+        want = _numpy_adamw([huge, ordinary], 0.1, config.beta1, config.beta2, config.eps, max_grad_norm)
+        for g, w in zip(got, want):
+            for name in w:
+                np.testing.assert_allclose(np.asarray(g[name]), w[name], rtol=2e-4, atol=1e-7)
+        results[max_grad_norm] = want[1]["w"]
+    # the reference itself tells the two apart: clipping changes the second update by far more than rounding
+    assert np.max(np.abs(results[1.0] - results[None])) > 1e-2

@@ -60,8 +60,10 @@ class SFTConfig:
     """One SFT run. ``steps`` optimizer steps of ``batch_size`` examples (split into ``grad_accum_steps``
     microbatches); ``freeze`` lists param groups (vision_encoder, projector, language_model, cross_attention,
     value_head) or whole-path regexes; ``compute_dtype`` is the dtype params are cast to inside the loss (the
-    master weights stay float32); the run stops after ``max_consecutive_skips`` non-finite steps in a row;
-    ``eval_every`` steps it measures the held-out loss on ``eval_examples`` examples and the greedy success on
+    master weights stay float32); ``remat`` is the model's gradient-checkpointing policy in the train step
+    ("none"; "full": recompute each layer in the backward pass; "dots": keep its matmul outputs); the run stops
+    after ``max_consecutive_skips`` non-finite steps in a row; ``eval_every`` steps it measures the held-out loss
+    on ``eval_examples`` examples and the greedy success on
     ``greedy_examples`` hands per evaluation split, answering with at most ``max_new_tokens`` tokens (0: never).
     ``model`` is a model preset name (tiny, small, 11b, 90b: random init with the seed and memgen's offline
     tokenizer) or a Hugging Face mllama directory. ``mesh`` is the device mesh's (data, fsdp, tensor) sizes, -1
@@ -75,6 +77,7 @@ class SFTConfig:
     batch_size: int = 16
     grad_accum_steps: int = 1
     compute_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    remat: Literal["none", "full", "dots"] = "none"
     freeze: tuple[str, ...] = ()
     train_examples: int = 1000
     eval_examples: int = 128
@@ -129,13 +132,14 @@ def resolve(preset: str, overrides: Iterable[str] = (), kind: type | None = None
 
 
 # The reference protocol's SFT runs (lr 1e-6 for the text variants, 5e-7 for the vision ones; full fine-tune,
-# batch 128) from a local download of meta-llama/Llama-3.2-11B-Vision-Instruct (override model=PATH).
+# batch 128, gradient checkpointing) from a local download of meta-llama/Llama-3.2-11B-Vision-Instruct (override
+# model=PATH).
 REFERENCE_MODEL_DIR = "checkpoints/Llama-3.2-11B-Vision-Instruct"
 for _task, _short in (("general_points", "gp"), ("virl", "virl")):
     register_preset(f"sft-{_short}-l", SFTConfig(task=_task, modality="language", model=REFERENCE_MODEL_DIR,
-                                                 batch_size=128, optimizer=OptimizerConfig(lr=1e-6)))
+                                                 batch_size=128, remat="full", optimizer=OptimizerConfig(lr=1e-6)))
     register_preset(f"sft-{_short}-vl", SFTConfig(task=_task, modality="vision", model=REFERENCE_MODEL_DIR,
-                                                  batch_size=128, optimizer=OptimizerConfig(lr=5e-7)))
+                                                  batch_size=128, remat="full", optimizer=OptimizerConfig(lr=5e-7)))
 # Small enough for a CPU (seconds per step): the tiny random model with the offline tokenizer, float32, one device.
 _TINY = SFTConfig(model="tiny", steps=20, batch_size=4, train_examples=64, eval_examples=16, eval_every=10,
                   greedy_examples=4, max_new_tokens=48, compute_dtype="float32", mesh=(1, 1, 1),
@@ -367,6 +371,20 @@ def save_config(config: Any, run_dir: str | os.PathLike) -> Path:
     temporary.write_text(json.dumps(to_dict(config), indent=2, sort_keys=False) + "\n")
     os.replace(temporary, path)
     return path
+
+
+def check_run_directory(config: Any, run_dir: str | os.PathLike) -> bool:
+    """Whether `run_dir` already holds a run of `config` (so the caller resumes it); False for a new directory.
+    A directory holding a run of another config stops with one sentence naming the fields that differ: resuming
+    it would mix two runs in one metrics.jsonl."""
+    if not (Path(run_dir) / CONFIG_FILENAME).is_file():
+        return False
+    old, new = to_dict(load_config(type(config), run_dir)), to_dict(config)
+    if old != new:
+        changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+        raise ConfigError(f"{run_dir} holds a run with another config (differs in: {', '.join(changed)}); use a "
+                          "new --out directory, or the same settings to resume it")
+    return True
 
 
 def load_config(cls: type[T], path: str | os.PathLike) -> T:

@@ -25,13 +25,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from launch.config import ConfigError, resolve, save_config
+from launch.config import ConfigError, check_run_directory, resolve, save_config
 from launch.expert_data import HELDOUT_SEED_OFFSET
-from launch.metrics import MetricsWriter
+from launch.metrics import MetricsWriter, read_metrics
 from launch.metrics_schema import ARMS, default_arm, eval_record, load_run
 from launch.rl_common import FINAL_DIR, TASK_NAMES, evaluate, heldout_expert_conversations, load_policy
 from launch.rl_config import EvalConfig
 from launch.model_source import init_tokens
+from launch.progress import ProgressBar
 from launch.rl_run import shared_eval_runners
 from rl.compute import ComputeCounter, parameter_count, total_gflops
 
@@ -60,10 +61,11 @@ def evaluation_arm(config: EvalConfig) -> str:
     return "base"
 
 
-def heldout_losses(policy, config: EvalConfig) -> dict[str, dict[str, float]]:
-    """{split: {"loss", "accuracy", "tokens"}}: the SFT loss (token means over the assistant tokens) of
-    `config.heldout_examples` expert conversations per split (`heldout_expert_conversations`), in batches of
-    `heldout_batch_size` padded to one length for all splits (one compilation)."""
+def heldout_losses(policy, config: EvalConfig, splits) -> dict[str, dict[str, float]]:
+    """{split: {"loss", "accuracy", "tokens"}} for each of `splits`: the SFT loss (token means over the assistant
+    tokens) of `config.heldout_examples` expert conversations per split (`heldout_expert_conversations`), in
+    batches of `heldout_batch_size` padded to one length for all of `config.splits` (one compilation, and the same
+    padding whichever splits a resumed evaluation has left)."""
     import functools
 
     from launch.sft_eval import heldout_batches, make_heldout_loss
@@ -76,13 +78,16 @@ def heldout_losses(policy, config: EvalConfig) -> dict[str, dict[str, float]]:
     length = padded_length(encoded_lengths(policy.tokenizer, everything), 64)
     slots = image_slots(everything)
     loss = make_heldout_loss(functools.partial(forward_from_batch, config=policy.config))
-    return {split: loss(policy.params, heldout_batches(policy.tokenizer, conversations, policy.image_config,
+    return {split: loss(policy.params, heldout_batches(policy.tokenizer, data[split], policy.image_config,
                                                        batch_size=config.heldout_batch_size, length=length,
                                                        num_image_slots=slots))
-            for split, conversations in data.items()}
+            for split in splits}
 
 
-def run_eval(config: EvalConfig, out_dir: str | Path) -> list[dict]:
+def run_eval(config: EvalConfig, out_dir: str | Path, *, show_progress: bool | None = None) -> list[dict]:
+    """Evaluate every (verification budget, split) cell of `config` into `out_dir`; returns their records in
+    budget-major order. Re-running on the same directory resumes: the cells whose records are already in its
+    metrics.jsonl are kept as they are and only the others run (a directory holding another config is refused)."""
     if config.n_samples < 1 or config.episodes < 1 or not config.verify_budgets:
         raise ConfigError("memgen eval needs episodes >= 1, n_samples >= 1 and at least one verify budget")
     if config.n_samples > 1 and config.sampling.temperature == 0.0:
@@ -90,18 +95,26 @@ def run_eval(config: EvalConfig, out_dir: str | Path) -> list[dict]:
     if config.heldout_examples < 0 or config.heldout_batch_size < 1:
         raise ConfigError("memgen eval needs heldout_examples >= 0 (0: no held-out loss) and heldout_batch_size >= 1")
     out = Path(out_dir)
+    resuming = check_run_directory(config, out)
     save_config(config, out)
-    policy = load_policy(config.init, seed=config.seed)
-    task = TASK_NAMES[(config.sampling.task, config.sampling.modality)]
-    gflops = total_gflops(ComputeCounter(init_tokens=init_tokens(config.init)), parameter_count(policy.params))
-    arm = evaluation_arm(config)
-    heldout = heldout_losses(policy, config) if config.heldout_examples else {}
-    runners = shared_eval_runners(policy, config.sampling)  # compiled rollouts shared within the process
-    records = []
-    with MetricsWriter(out) as writer:
-        for budget in config.verify_budgets:
-            for split in config.splits:
-                fields = evaluate(policy, policy.params, config.sampling, split=split, budget=int(budget),
+    cells = [(int(budget), split) for budget in config.verify_budgets for split in config.splits]
+    done = {(r["verify_budget"], r["split"]): r for r in read_metrics(out)
+            if resuming and r.get("kind") == "eval"}
+    todo = [cell for cell in cells if cell not in done]
+    if todo:
+        policy = load_policy(config.init, seed=config.seed)
+        task = TASK_NAMES[(config.sampling.task, config.sampling.modality)]
+        gflops = total_gflops(ComputeCounter(init_tokens=init_tokens(config.init)), parameter_count(policy.params))
+        arm = evaluation_arm(config)
+        heldout = (heldout_losses(policy, config, sorted({split for _, split in todo}, key=config.splits.index))
+                   if config.heldout_examples else {})
+        runners = shared_eval_runners(policy, config.sampling)  # compiled rollouts shared within the process
+        # resume_step 0 keeps every complete eval record (all at step 0) and drops a torn last line
+        with MetricsWriter(out, resume_step=0 if resuming else None) as writer, \
+                ProgressBar(len(cells), description="eval", initial=len(cells) - len(todo),
+                            enabled=show_progress) as bar:
+            for budget, split in todo:
+                fields = evaluate(policy, policy.params, config.sampling, split=split, budget=budget,
                                   num_episodes=config.episodes, n_samples=config.n_samples, seed=config.seed,
                                   runners=runners)
                 extra = {}
@@ -109,16 +122,20 @@ def run_eval(config: EvalConfig, out_dir: str | Path) -> list[dict]:
                     extra = dict(heldout_loss=heldout[split]["loss"], heldout_accuracy=heldout[split]["accuracy"],
                                  heldout_tokens=int(heldout[split]["tokens"]))
                 record = eval_record(step=0, gflops=gflops, task=task, seed=config.seed, arm=arm, **fields, **extra)
-                writer.write(0, record)
-                records.append(record)
-                line = (f"{split:16s} budget {budget:3d}: success {record['success']:.3f} "
-                        f"± {record['success_se']:.3f} (n={record['n']})")
-                if "per_step_accuracy" in record:
-                    line += f", per-step accuracy {record['per_step_accuracy']:.3f}"
-                if "heldout_loss" in record:
-                    line += f", held-out loss {record['heldout_loss']:.4f}"
-                print(line, file=sys.stderr)
-    return records
+                done[(budget, split)] = writer.write(0, record)
+                bar.update(len(done))
+                print(_summary_line(record), file=sys.stderr)
+    return [done[cell] for cell in cells]
+
+
+def _summary_line(record: dict) -> str:
+    line = (f"{record['split']:16s} budget {record['verify_budget']:3d}: success {record['success']:.3f} "
+            f"± {record['success_se']:.3f} (n={record['n']})")
+    if "per_step_accuracy" in record:
+        line += f", per-step accuracy {record['per_step_accuracy']:.3f}"
+    if "heldout_loss" in record:
+        line += f", held-out loss {record['heldout_loss']:.4f}"
+    return line
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from launch.checkpoint import CheckpointManager
-from launch.config import CONFIG_FILENAME, ConfigError, load_config, resolve, save_config, to_dict
+from launch.config import ConfigError, check_run_directory, resolve, save_config
 from launch.metrics import MetricsWriter
 from launch.model_source import init_tokens
 from launch.metrics_schema import eval_record, train_record
@@ -96,17 +96,6 @@ def _check_config(config: RLConfig) -> None:
     if config.algorithm == "grpo" and (config.ppo.kl_mode is not None or config.ppo.entropy_coef):
         raise ConfigError("with algorithm=grpo the KL is grpo.kl_coef (k3 in the loss) and there is no entropy "
                           "bonus; leave ppo.kl_mode and ppo.entropy_coef unset")
-
-
-def _resolve_run_config(config: RLConfig, out: Path) -> RLConfig:
-    """The run's config; a directory that holds another config's run is refused."""
-    if (out / CONFIG_FILENAME).is_file():
-        existing = load_config(RLConfig, out)
-        if to_dict(existing) != to_dict(config):
-            raise ConfigError(f"{out} holds a run with another config; resume it with the same arguments or use a "
-                              "new --out directory")
-    save_config(config, out)
-    return config
 
 
 # Compiled pieces shared by the runs of one process (tests, sweeps): a new jit object would compile again. The
@@ -193,7 +182,8 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     _check_config(config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = _resolve_run_config(config, out)
+    check_run_directory(config, out)
+    save_config(config, out)
     policy = load_policy(config.init, seed=config.seed)
     episodes = config.episodes
     task_settings = task_config(episodes)

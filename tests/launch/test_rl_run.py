@@ -125,3 +125,28 @@ def test_eval_vision_reports_recognition_and_visual_ood(tmp_path, templates):
     assert [r["split"] for r in records] == ["in_distribution", "visual_ood"]
     for r in records:
         assert r["task"] == "gp-vl" and 0 <= r["recognition_accuracy"] <= 1 and "recognition_accuracy_se" in r
+
+
+def test_eval_resumes_the_cells_it_has_not_written(tmp_path, templates, monkeypatch):
+    """A re-run keeps the complete records, drops a torn last line, evaluates only the missing cells and ends
+    with the file an uninterrupted evaluation writes; a directory holding another config is refused."""
+    import launch.eval_run
+    from launch.config import ConfigError
+    from launch.eval_run import run_eval
+
+    overrides = [o.replace("episodes.", "sampling.") for o in templates] + ["episodes=2"]
+    config = resolve("eval-tiny", overrides)
+    whole = run_eval(config, tmp_path / "whole", show_progress=False)
+    assert len(whole) == 4  # 2 budgets x 2 splits
+    run_eval(config, tmp_path / "parts", show_progress=False)
+    path = tmp_path / "parts" / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + lines[1][:25])  # killed while writing the second cell's record
+    evaluated = []
+    evaluate = launch.eval_run.evaluate
+    monkeypatch.setattr(launch.eval_run, "evaluate", lambda *a, **k: evaluated.append(k["split"]) or evaluate(*a, **k))
+    assert run_eval(config, tmp_path / "parts", show_progress=False) == whole
+    assert len(evaluated) == 3  # only the cells without a complete record
+    assert read_metrics(tmp_path / "parts") == read_metrics(tmp_path / "whole")
+    with pytest.raises(ConfigError, match="another config"):
+        run_eval(resolve("eval-tiny", overrides + ["episodes=3"]), tmp_path / "parts", show_progress=False)

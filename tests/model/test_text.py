@@ -29,7 +29,9 @@ def test_rope_inv_freq_matches_transformers():
         config = preset(name)
         hf_text = transformers.MllamaConfig(**model.to_hf_dict(config)).text_config
         theirs = MllamaRotaryEmbedding(hf_text).inv_freq.numpy()
-        np.testing.assert_array_equal(T.rope_inv_freq(config.text), theirs)
+        # within one float32 ulp: transformers 5.23 gave bit-identical values, 5.24 rounds torch's pow(base, x)
+        # one ulp apart at some frequencies (its formula is unchanged; the logit parity tests bound the effect)
+        np.testing.assert_array_max_ulp(T.rope_inv_freq(config.text), theirs, maxulp=1)
 
 
 def test_layer_plan():

@@ -426,15 +426,20 @@ def run_miniature(config: MiniatureConfig, out_dir: str | Path, *, log: Callable
 
 # --- outputs ----------------------------------------------------------------------------------------------------------
 
-def combined_metrics(out: Path, stage_dirs: list[Path]) -> Path:
-    """OUT/metrics.jsonl: every stage's records in stage order, each tagged with its "stage"."""
+def combined_metrics(out: Path, stage_dirs: list[Path], base_stage: str = "base") -> Path:
+    """OUT/metrics.jsonl: every stage's records in stage order, each tagged with its "stage"; the base stage's
+    records (an SFT run, so they say arm "sft") get arm "base", so `memgen report OUT` does not count them as
+    the SFT arm's."""
     from launch.metrics import read_metrics
 
     path = out / "metrics.jsonl"
     with path.open("w", encoding="utf-8") as file:
         for stage_dir in stage_dirs:
             for record in read_metrics(stage_dir):
-                file.write(json.dumps({**record, "stage": stage_dir.name}) + "\n")
+                tagged = {**record, "stage": stage_dir.name}
+                if stage_dir.name == base_stage and "arm" in record:
+                    tagged["arm"] = "base"
+                file.write(json.dumps(tagged) + "\n")
     return path
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 from collections import Counter
@@ -191,6 +192,25 @@ def _flatten(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix[:-1], config)]
 
 
+MINIATURE_CONFIG_FILENAME = "miniature.json"  # what `memgen demo` writes in OUT instead of config.json
+
+
+def run_config(run: Run) -> tuple[str, Optional[dict]]:
+    """The config file a run directory holds and its content: config.json (a single run), else miniature.json (a
+    `memgen demo` / miniature OUT directory, whose metrics.jsonl combines every stage's records), else none."""
+    if run.config is not None:
+        return "config.json", run.config
+    path = Path(run.path) / MINIATURE_CONFIG_FILENAME
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return f"{MINIATURE_CONFIG_FILENAME} (not valid JSON)", None
+        if isinstance(data, dict):
+            return MINIATURE_CONFIG_FILENAME, data
+    return "no config.json", None
+
+
 def runs_section(runs: Sequence[Run]) -> list[str]:
     lines = ["## What was run", "",
              "| run | arms | tasks | seeds | records | last step | last GFLOPs | config |", "|---|---|---|---|---|---|---|---|"]
@@ -204,13 +224,14 @@ def runs_section(runs: Sequence[Run]) -> list[str]:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
         lines.append(f"| `{run.name}` | {', '.join(arms) or '-'} | {', '.join(tasks) or '-'} | "
                      f"{', '.join(map(str, seeds)) or '-'} | {counts} | {last['step'] if last else '-'} | "
-                     f"{max((r['gflops'] for r in run.records), default=0):.4g} | "
-                     f"{'config.json' if run.config is not None else 'no config.json'} |")
+                     f"{max((r['gflops'] for r in run.records), default=0):.4g} | {run_config(run)[0]} |")
     for run in runs:
-        if run.config is None:
+        label, config = run_config(run)
+        if config is None:
             continue
-        lines += ["", f"<details><summary>config of <code>{run.name}</code> ({run.path})</summary>", "", "```"]
-        lines += [f"{key} = {value!r}" for key, value in _flatten(run.config)]
+        lines += ["", f"<details><summary>config of <code>{run.name}</code> ({Path(run.path) / label})</summary>", "",
+                  "```"]
+        lines += [f"{key} = {value!r}" for key, value in _flatten(config)]
         lines += ["```", "</details>"]
     return lines
 

@@ -46,6 +46,14 @@ def test_demo_runs_the_tiny_miniature_end_to_end(tmp_path, capsys):
     assert start["rl"]["rule_ood"][2] == pytest.approx(start["sft"]["rule_ood"][2], rel=0.05)
     assert start["sft"]["rule_ood"][2] > 0
 
+    # `memgen report DEMO_OUT` reads the combined, stage-tagged metrics.jsonl (and miniature.json) as one run.
+    assert {r["arm"] for r in records if r["stage"] == "base"} == {"base"}
+    assert main(["report", str(out), "--out", str(tmp_path / "figs")]) == 0
+    replotted = (tmp_path / "figs" / "report.md").read_text()
+    assert (tmp_path / "figs" / "fig5_gp-l_success_vs_gflops.png").is_file()
+    assert "| miniature.json |" in replotted and "| GP-L | rule OOD | SFT |" in replotted
+    assert "| GP-L | rule OOD | RL |" in replotted
+
     summary = json.loads((out / "summary.json").read_text())
     train = [r for r in records if r["kind"] == "train" and r["stage"] == "sft-seed0"]
     per_step = max(r["gflops"] for r in train) / len(train) if train else 0

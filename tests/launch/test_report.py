@@ -327,6 +327,53 @@ def test_the_cli_registers_report_with_one_line(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "report.md").exists()
 
 
+def _table(text: str, heading: str) -> list[str]:
+    """The table lines under a '### heading' of report.md."""
+    lines = text.split(f"### {heading}\n", 1)[1].split("\n### ", 1)[0].splitlines()
+    return [line for line in lines if line.startswith("| GP-L")]
+
+
+def test_report_on_a_demo_out_directory(tmp_path, capsys):
+    """`memgen report DEMO_OUT`: the demo's OUT holds one combined metrics.jsonl (every stage's records tagged with
+    "stage", written by launch.miniature.combined_metrics) and miniature.json instead of config.json."""
+    from launch import cli
+    from launch.config import get_preset, to_dict
+    from launch.miniature import MiniatureConfig, combined_metrics
+
+    stages = tmp_path / "stages"
+    base = write_run(stages / "base", [train_record(step=s, gflops=10.0 * s, loss=2.0 / s, lr=1e-3, tokens=256,
+                                                    arm="sft") for s in (1, 2, 3)], {"seed": 0})
+    arms = [arm_run(stages, arm, seed, task="gp-l", splits=("in_distribution", "rule_ood"), recognition=False,
+                    pass_at_k=False, heldout=False, verify_budget=2) for seed in range(3) for arm in ("rl", "sft")]
+    out = tmp_path / "demo_out"
+    out.mkdir()
+    combined_metrics(out, [base, *arms])
+    (out / "miniature.json").write_text(json.dumps(to_dict(get_preset("miniature", MiniatureConfig))))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in records} == {"base", "rl-seed0", "sft-seed0", "rl-seed1", "sft-seed1", "rl-seed2",
+                                             "sft-seed2"}
+    assert {r["arm"] for r in records if r["stage"] == "base"} == {"base"}
+    assert not (out / "config.json").exists()
+
+    assert cli.main(["report", str(out), "--out", str(tmp_path / "figs")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    text = (tmp_path / "figs" / "report.md").read_text()
+    pngs = sorted(p.name for p in (tmp_path / "figs").glob("*.png"))
+    assert "fig5_gp-l_success_vs_gflops.png" in pngs
+    for name in pngs:
+        with Image.open(tmp_path / "figs" / name) as image:
+            assert image.format == "PNG"
+            image.verify()
+        assert f"]({name})" in text
+    assert "| `demo_out` | base, rl, sft | gp-l | 0, 1, 2 |" in text
+    assert "| miniature.json |" in text and "eval_episodes = 128" in text  # its config is shown
+    # The combined file reads exactly as the stage directories themselves: same seeds, same table.
+    separate = write_report(arms, tmp_path / "separate").read_text()
+    for heading in ("success rate", "Verification budget at fixed compute"):
+        assert _table(text, heading) == _table(separate, heading) != []
+    assert all("| 3 | 0 -> 50 |" in line for line in _table(text, "success rate"))
+
+
 def test_budget_table_equals_hand_computed(study):
     dirs, _, text = study
     # GP-L rule OOD: budgets 1 and 3 end at step 20 (the smallest last compute, 100 + 250 * 20 GFLOPs)

@@ -186,6 +186,13 @@ def from_hf_dict(hf: dict[str, Any]) -> ModelConfig:
         pad_token_id=int(text.get("pad_token_id") if text.get("pad_token_id") is not None else tdefault.pad_token_id),
         tie_word_embeddings=bool(text.get("tie_word_embeddings", False)),
     )
+    # memgen's own key: which hidden state an intermediate-layer index names (see VisionConfig). HF's config has no
+    # such field: transformers >= 4.56.2 always uses "output", so a checkpoint without the key gets "output".
+    convention = hf.get("memgen_intermediate_layers_convention", "output")
+    if convention not in ("output", "input"):
+        raise ConfigError(f"config.json has memgen_intermediate_layers_convention {convention!r}; use \"output\" "
+                          "(transformers >= 4.56.2, the default) or \"input\" (Meta's code, transformers <= 4.54.1)")
+    vcfg = dataclasses.replace(vcfg, intermediate_layers_convention=convention)
     if vcfg.vision_output_dim != vcfg.hidden_size * (1 + len(vcfg.intermediate_layers_indices)):
         raise ConfigError(
             f"vision_output_dim {vcfg.vision_output_dim} != hidden_size x (1 + number of intermediate layers) = "
@@ -210,6 +217,7 @@ def to_hf_dict(config: ModelConfig) -> dict[str, Any]:
         "architectures": ["MllamaForConditionalGeneration"],
         "image_token_index": config.image_token_index,
         "memgen_value_head_hidden": list(config.value_head_hidden),
+        "memgen_intermediate_layers_convention": v.intermediate_layers_convention,
         "vision_config": {
             "model_type": "mllama_vision_model",
             "hidden_size": v.hidden_size, "hidden_act": "gelu", "num_hidden_layers": v.num_hidden_layers,

@@ -52,3 +52,19 @@ def test_small_presets_use_the_offline_tokenizer_ids(name, tmp_path):
     assert config.image_token_index == tok.image_id == config.text.vocab_size
     assert config.text.bos_token_id == tok.bos_id and config.text.pad_token_id == tok.pad_id
     assert set(config.text.eos_token_id) == set(tok.stop_ids)
+
+
+def test_intermediate_layers_convention_key():
+    """memgen_intermediate_layers_convention in config.json selects the convention (absent: "output", what
+    transformers does); it survives transformers' MllamaConfig and a bad value is a clear error."""
+    import dataclasses
+
+    config = preset("tiny")
+    assert from_hf_dict({k: v for k, v in to_hf_dict(config).items()
+                         if k != "memgen_intermediate_layers_convention"}).vision.intermediate_layers_convention == "output"
+    meta = config.replace(vision=dataclasses.replace(config.vision, intermediate_layers_convention="input"))
+    hf = to_hf_dict(meta)
+    assert hf["memgen_intermediate_layers_convention"] == "input"
+    assert from_hf_dict(transformers.MllamaConfig(**hf).to_dict()) == meta
+    with pytest.raises(ConfigError, match="memgen_intermediate_layers_convention 'inputs'"):
+        from_hf_dict({**hf, "memgen_intermediate_layers_convention": "inputs"})

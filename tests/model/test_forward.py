@@ -128,3 +128,47 @@ def test_pixels_and_states_together_are_refused(ref):
     states = np.zeros((1, 4 * config.vision.num_patches, config.text.hidden_size), np.float32)
     with pytest.raises(ValueError, match="not both"):
         jax.eval_shape(lambda p: model.forward(p, config, **inputs, cross_attention_states=states), params)
+
+
+def test_intermediate_layer_conventions_on_full_model_logits(ref, jit_forward, tmp_path):
+    """Full-model logits: the default ("output") equals transformers; the "input" convention (Meta's code,
+    transformers <= 4.54.1), selected by memgen_intermediate_layers_convention in config.json, differs from it and
+    equals transformers' text model fed the cross-attention states rebuilt from its vision layers' INPUTS (the
+    same rebuild from layer outputs reproduces transformers' own states)."""
+    import json
+    import shutil
+
+    import torch
+
+    from model.vision import padded_tile_length
+    from tests.model.test_vision import _hf_run, _manual_reference
+
+    hf_model, directory, config, params = ref
+    inputs = image_batch(config, np.random.default_rng(6), [[2, 1], [4]], 9, [[1, 5], [2]], pad=[0, 2])
+    positions = hf_positions(inputs["attention_mask"])
+    theirs = hf_logits(hf_model, **inputs, position_ids=positions)
+    valid = inputs["attention_mask"] == 1
+    ours = np.asarray(jit_forward(params, config, **inputs))
+    assert_close(ours, theirs, where=valid)
+
+    meta_dir = tmp_path / "meta"
+    shutil.copytree(directory, meta_dir)
+    raw = json.loads((meta_dir / "config.json").read_text())
+    raw["memgen_intermediate_layers_convention"] = "input"
+    (meta_dir / "config.json").write_text(json.dumps(raw))
+    meta_config, meta_params = model.load_hf(meta_dir)
+    assert meta_config.vision.intermediate_layers_convention == "input"
+    ours_meta = np.asarray(jit_forward(meta_params, meta_config, **inputs))
+
+    vision = (inputs["pixel_values"], inputs["aspect_ratio_ids"], inputs["aspect_ratio_mask"])
+    indices, q = config.vision.intermediate_layers_indices, padded_tile_length(config.vision)
+    states, vision_out, outputs = _hf_run(hf_model, *vision, layer_hooks="output")
+    np.testing.assert_allclose(_manual_reference(hf_model, vision_out, outputs, indices, q), states, atol=1e-6)
+    _, vision_out, layer_inputs = _hf_run(hf_model, *vision, layer_hooks="input")
+    meta_states = _manual_reference(hf_model, vision_out, layer_inputs, indices, q)
+    text_inputs = {k: v for k, v in inputs.items() if k not in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")}
+    expected_meta = hf_logits(hf_model, **text_inputs, position_ids=positions,
+                              cross_attention_states=torch.as_tensor(meta_states))
+    assert_close(ours_meta, expected_meta, where=valid)
+    scale = max(1.0, float(np.abs(theirs[valid]).max()))
+    assert float(np.abs(ours_meta - ours)[valid].max()) > 1e-2 * scale  # the conventions really differ

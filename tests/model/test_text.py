@@ -29,9 +29,10 @@ def test_rope_inv_freq_matches_transformers():
         config = preset(name)
         hf_text = transformers.MllamaConfig(**model.to_hf_dict(config)).text_config
         theirs = MllamaRotaryEmbedding(hf_text).inv_freq.numpy()
-        # within one float32 ulp: transformers 5.23 gave bit-identical values, 5.24 rounds torch's pow(base, x)
-        # one ulp apart at some frequencies (its formula is unchanged; the logit parity tests bound the effect)
-        np.testing.assert_array_max_ulp(T.rope_inv_freq(config.text), theirs, maxulp=1)
+        # Same float32 operation order as transformers, but numpy's and torch's float32 pow are different
+        # vectorised kernels: equal with the numpy of earlier CI runs, 2 ulp apart at one frequency with numpy
+        # 2.4.6 (neither is correctly rounded). The logit parity tests bound the effect on the model.
+        np.testing.assert_array_max_ulp(T.rope_inv_freq(config.text), theirs, maxulp=2)
 
 
 def test_layer_plan():

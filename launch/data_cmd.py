@@ -107,7 +107,7 @@ def _virl(modality: str) -> TaskData:
         else:
             city = virl.train_city(VIRL_TRAIN_CITY_SEED)
             pairs = [(city, route) for route in virl.generate_routes(city, size, seed + VIRL_EVAL_ROUTE_SEED_OFFSET)]
-        return [virl.VirlEpisode(route, config, views=views_of(city, config)).conversation for city, route in pairs]
+        return [virl.reset(route, config, views=views_of(city, config)).conversation for city, route in pairs]
 
     return TaskData(virl.VirlConfig(modality=modality), evaluation_splits, training(expert.optimal_conversations),
                     training(expert.suboptimal_conversations), first_prompts, expert.write_jsonl)

@@ -34,8 +34,8 @@ class EpisodeConfig:
     hand is ever trained on.
 
     V-IRL (``task="virl"``, docs/rl.md "V-IRL"): one rollout is one decision point; ``max_verify_steps`` is the
-    number of judged answers per decision (the paper's 2; the scan runs one more step, the answer VirlEpisode
-    judges "past the budget"); ``decision_points`` rollouts per update, every row playing routes back to back (a
+    number of judged answers per decision (the paper's 2; the scan runs one more step, the answer V-IRL's episode
+    step judges "past the budget"); ``decision_points`` rollouts per update, every row playing routes back to back (a
     route that ends is replaced by a new one, a route still running at the end is bootstrapped with the value of
     its next prompt); the training pool holds ``train_routes`` routes of the training city, with
     ``min_route_steps``..``max_route_steps`` turn-by-turn steps (evaluation routes too, except visual OOD);

@@ -1,13 +1,15 @@
 """V-IRL in `memgen rl` and `memgen eval`: route episodes, the decision-point loop around `rl.rollout.rollout`,
 the PPO buffer of an update and the evaluation of a split (per-step accuracy and route success with binomial
-standard errors). Host side (numpy episode objects, I/O-free); the pure pieces are rl.rollout and rl.buffer.
+standard errors). Host side (numpy episode states, I/O-free); the pure pieces are rl.rollout and rl.buffer.
 
-A V-IRL route is a sequence of decision points (`tasks.virl.VirlEpisode`). One `rollout` call plays one decision
-point of every row: up to `max_verify_steps` judged answers, plus the one answer VirlEpisode judges "past the
-budget" (reward -1, the route ends), so the scan runs K = max_verify_steps + 1 steps. A correct action ends the
-call for that row (the verifier says done) and the route's next decision starts a fresh conversation at the next
-call; `decision_step` tells the rollout so. The run loop records which rows' routes really ended (`terminal`), so
-GAE sees one episode per route across the calls concatenated along K (`rl.buffer.transition_arrays`).
+A V-IRL route is a sequence of decision points (an immutable `tasks.virl.EpisodeState` from `tasks.virl.reset`,
+advanced by the pure `tasks.virl.step`). One `rollout` call plays one decision point of every row: up to
+`max_verify_steps` judged answers, plus the one answer the episode judges "past the budget" (reward -1, the route
+ends; unlike GeneralPoints, where the budget-spending answer ends the episode: docs/virl.md), so the scan runs
+K = max_verify_steps + 1 steps. A correct action ends the call for that row (the verifier says done) and the
+route's next decision starts a fresh conversation at the next call; `decision_step` tells the rollout so. The
+run loop records which rows' routes really ended (`terminal`), so GAE sees one episode per route across the calls
+concatenated along K (`rl.buffer.transition_arrays`).
 
 Training (`play(..., replace=...)`): `decision_points` calls per update, all rows always active: a row whose route
 ended takes a new route from the training pool (routes back to back in one row; GAE handles several episodes
@@ -75,18 +77,20 @@ def _views(city, config):
     return CityViews(city, config.view_size, config.separator_px, config.landmark_radius_m)
 
 
-def decision_step(episode, response: str) -> tuple[Any, Transition]:
-    """`launch.episodes.EpisodeVerifier`'s step function for V-IRL: `VirlEpisode.step` (the episode object is
-    mutated and returned), reporting done also when a correct action ends the decision point (the route goes on
-    with a fresh conversation at the next rollout call)."""
-    transition = episode.step(response)
-    return episode, dataclasses.replace(transition, done=transition.done or transition.fresh_context)
+def decision_step(state, response: str) -> tuple[Any, Transition]:
+    """`launch.episodes.EpisodeVerifier`'s step function for V-IRL: `tasks.virl.step` (a new state is returned,
+    the given one is unchanged), reporting done also when a correct action ends the decision point (the route goes
+    on with a fresh conversation at the next rollout call)."""
+    from tasks.virl import step
+
+    state, transition = step(state, response)
+    return state, dataclasses.replace(transition, done=transition.done or transition.fresh_context)
 
 
 class TrainingRoutes:
     """The training pool: `episodes.train_routes` routes of the training city (seeded by the run's seed), and
-    `supply(seed_sequence)`: a function returning a fresh episode on a route drawn from Generator(seed_sequence)
-    at each call."""
+    `supply(seed_sequence)`: a function returning a fresh episode state (`tasks.virl.reset`) on a route drawn
+    from Generator(seed_sequence) at each call."""
 
     def __init__(self, episodes: EpisodeConfig, seed: int):
         import tasks.virl as virl
@@ -101,10 +105,10 @@ class TrainingRoutes:
         self.views = _views(city, self.config)
 
     def supply(self, seed_sequence: Sequence[int]) -> Callable[[], Any]:
-        from tasks.virl import VirlEpisode
+        from tasks.virl import reset
 
         rng = np.random.default_rng(list(seed_sequence))
-        return lambda: VirlEpisode(self.routes[int(rng.integers(len(self.routes)))], self.config, views=self.views)
+        return lambda: reset(self.routes[int(rng.integers(len(self.routes)))], self.config, views=self.views)
 
 
 def evaluation_routes(episodes: EpisodeConfig, split: str, seed: int, count: int) -> list[tuple[Any, Any]]:
@@ -136,10 +140,11 @@ def _with_views(pairs, config):
 
 def evaluation_episodes(episodes: EpisodeConfig, split: str, config, seed: int, count: int,
                         repeats: int = 1) -> list:
-    """`count` routes of `split` (`evaluation_routes`), each as `repeats` consecutive VirlEpisodes under `config`."""
-    from tasks.virl import VirlEpisode
+    """`count` routes of `split` (`evaluation_routes`), each as `repeats` consecutive fresh episode states
+    (`tasks.virl.reset`) under `config`."""
+    from tasks.virl import reset
 
-    return [VirlEpisode(route, config, views=views) for route, views in
+    return [reset(route, config, views=views) for route, views in
             _with_views(evaluation_routes(episodes, split, seed, count), config) for _ in range(repeats)]
 
 
@@ -158,10 +163,11 @@ def heldout_conversations(episodes: EpisodeConfig, split: str, config, seed: int
 
 @dataclasses.dataclass
 class Play:
-    """What `play` did: rows (the episodes in the rows at the end), trajectories / images / terminals (one per
-    call, host arrays; terminal (B,) bool: the row's route ended in that call), finished (the routes that ended,
-    in order), played (every episode that answered at least once), inference_tokens (forward-only tokens of the
-    active rows: prompts, responses, feedback), truncated_feedback, calls."""
+    """What `play` did: rows (the episode states in the rows at the end), trajectories / images / terminals (one
+    per call, host arrays; terminal (B,) bool: the row's route ended in that call), finished (the final states of
+    the routes that ended, in order), played (the latest state of every episode that answered at least once),
+    inference_tokens (forward-only tokens of the active rows: prompts, responses, feedback), truncated_feedback,
+    calls."""
 
     rows: list
     trajectories: list
@@ -176,18 +182,19 @@ class Play:
 
 def play(runner, params, rows: Sequence[Any], key: jax.Array, *, calls: int | None = None,
          replace: Callable[[], Any] | None = None) -> Play:
-    """Decision points of `rows` (VirlEpisodes, one per row): `calls` rollout calls with every row active, a row
+    """Decision points of `rows` (episode states, one per row): `calls` rollout calls with every row active, a row
     whose route ended taking `replace()` (training); or, without `calls`, until every route ended, finished rows
-    going inactive (evaluation). Call d uses the key fold_in(key, d)."""
+    going inactive (evaluation). Call d uses the key fold_in(key, d). The states are immutable: after each call
+    the rows take the states the runner's verifier ended with (`EpisodeVerifier.states`)."""
     rows = list(rows)
     active = np.ones(len(rows), bool)
     result = Play(rows, [], [], [], [], [], 0, 0, 0)
-    seen: dict[int, Any] = {}
     limit = calls if calls is not None else max(len(row.rail) for row in rows) + 1
     while result.calls < limit and (calls is not None or active.any()):
-        for b in np.flatnonzero(active):
-            seen.setdefault(id(rows[b]), rows[b])
         trajectory, verifier, images = runner(params, rows, jax.random.fold_in(key, result.calls), active=active)
+        if len(verifier.states) != len(rows):
+            raise ValueError(f"the runner's verifier holds {len(verifier.states)} states for {len(rows)} rows")
+        rows[:] = verifier.states  # the states after the call (inactive rows are unchanged)
         ended = active & np.array([row.done for row in rows])
         result.trajectories.append(trajectory)
         result.images.append(images)
@@ -203,7 +210,8 @@ def play(runner, params, rows: Sequence[Any], key: jax.Array, *, calls: int | No
             else:
                 active[b] = False
         result.calls += 1
-    result.played = list(seen.values())
+    # finished routes, then the routes still in an active row that answered (a replaced row's fresh route has not)
+    result.played = result.finished + [row for b, row in enumerate(rows) if active[b] and row.verdicts]
     return result
 
 
@@ -284,7 +292,7 @@ def evaluate_virl(policy, params, episodes: EpisodeConfig, *, split: str, budget
     key = ("virl", budget, len(rows))
     if key not in runners:
         runners[key] = make_runner(rollout_steps(budget), len(rows))
-    play(runners[key], params, rows, jax.random.key(seed))
+    rows = play(runners[key], params, rows, jax.random.key(seed)).rows
     solved = np.array([route_success(e.verdicts) for e in rows]).reshape(-1, n_samples)
     answers = [v for e in rows for v in e.verdicts]
     rate, accuracy = float(solved.mean()), per_step_accuracy(answers)

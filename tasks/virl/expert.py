@@ -2,7 +2,8 @@
 variant of the ablation (a wrong answer, the verifier's message, then the ideal answer), as conversations ending
 with the assistant message to supervise; plus a JSONL writer/reader (PNG files beside it for V-IRL-VL).
 
-Both walk the route through `VirlEpisode`, so prompts, images and feedback are exactly what RL sees.
+Both walk the route through the episode's `reset` / `step`, so prompts, images and feedback are exactly what RL
+sees.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from PIL import Image
 from tasks.common import Conversation, Message
 from tasks.virl.config import VirlConfig
 from tasks.virl.directions import ABSOLUTE_DIRECTIONS, RELATIVE_DIRECTIONS
-from tasks.virl.episode import ViewSource, VirlEpisode
+from tasks.virl.episode import ViewSource, oracle_response, reset, step
 from tasks.virl.observe import INTERSECTION
 from tasks.virl.oracle import FORWARD, STOP, DecisionPoint, turn_action
 from tasks.virl.route import Route
@@ -32,12 +33,12 @@ def all_actions(action_space: str) -> tuple[str, ...]:
 def optimal_conversations(route: Route, config: VirlConfig, *, views: ViewSource | None = None,
                           seed: int | None = None) -> list[Conversation]:
     """One conversation per decision of the route: the prompt, then the ideal assistant answer."""
-    episode = VirlEpisode(route, config, views=views, seed=seed)
+    state = reset(route, config, views=views, seed=seed)
     out = []
-    while not episode.done:
-        answer = episode.oracle_response()
-        out.append(episode.conversation + (Message("assistant", answer),))
-        episode.step(answer)
+    while not state.done:
+        answer = oracle_response(state)
+        out.append(state.conversation + (Message("assistant", answer),))
+        state, _ = step(state, answer)
     return out
 
 
@@ -63,15 +64,15 @@ def suboptimal_conversations(route: Route, config: VirlConfig, *, views: ViewSou
         raise ValueError("sub-optimal expert data needs VirlConfig.max_verify_steps >= 2 (a wrong answer and its "
                          "correction at one decision).")
     rng = np.random.default_rng([error_seed, 17])
-    episode = VirlEpisode(route, config, views=views, seed=seed)
+    state = reset(route, config, views=views, seed=seed)
     out = []
-    while not episode.done:
-        wrong = episode.step(wrong_response(episode.point, route, config, rng))
+    while not state.done:
+        state, wrong = step(state, wrong_response(state.point, route, config, rng))
         if wrong.verdict.category == "correct" or wrong.next_prompt is None:
             raise RuntimeError("a generated wrong answer was judged correct; this is a bug in wrong_response.")
-        answer = episode.oracle_response()
+        answer = oracle_response(state)
         out.append(wrong.next_prompt + (Message("assistant", answer),))
-        episode.step(answer)
+        state, _ = step(state, answer)
     return out
 
 

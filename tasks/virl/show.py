@@ -12,7 +12,7 @@ from PIL import Image
 
 from tasks.virl.city import generate_city, generate_routes
 from tasks.virl.config import VirlConfig
-from tasks.virl.episode import VirlEpisode
+from tasks.virl.episode import oracle_response, reset, step
 from tasks.virl.loader import write_dataset
 from tasks.virl.prompts import format_instruction
 from tasks.virl.render import CityViews, draw_map
@@ -38,23 +38,23 @@ def main(argv: list[str] | None = None) -> int:
     city = generate_city(args.city_seed, args.style)
     route = generate_routes(city, args.route_index + 1, args.city_seed)[args.route_index]
     views = CityViews(city, config.view_size, config.separator_px, config.landmark_radius_m)
-    episode = VirlEpisode(route, config, views=None if args.no_images else views)
+    state = reset(route, config, views=None if args.no_images else views)
     args.out.mkdir(parents=True, exist_ok=True)
 
     print(f"City {city.name} (style {city.style.name}, seed {args.city_seed}): {len(city.nodes)} intersections, "
           f"{len(city.edges)} street segments, {len(city.landmarks)} landmarks, {len(city.places)} places")
     print(f"Route {route.start.name} -> {route.dest.name}, {sum(route.distances_m):.0f} m, "
-          f"{len(route.milestones)} steps, {len(episode.rail)} decisions\n")
+          f"{len(route.milestones)} steps, {len(state.rail)} decisions\n")
     print(format_instruction(route) + "\n")
-    while not episode.done:
-        point = episode.point
+    while not state.done:
+        point = state.point
         if not args.no_images:
-            Image.fromarray(episode.conversation[0].image).save(args.out / f"step_{point.index:03d}.png")
-        transition = episode.step(episode.oracle_response())
+            Image.fromarray(state.conversation[0].image).save(args.out / f"step_{point.index:03d}.png")
+        state, transition = step(state, oracle_response(state))
         print(f"O_{point.index + 1}: {point.observation}\nA_{point.index + 1}: {point.expected_action}"
               f"   [{transition.verdict.category}, reward {transition.verdict.reward:+g}]")
-    print(f"\nRoute solved: {episode.verdicts[-1].success}")
-    Image.fromarray(draw_map(city, route, rail=episode.rail)).save(args.out / "map.png")
+    print(f"\nRoute solved: {state.solved}")
+    Image.fromarray(draw_map(city, route, rail=state.rail)).save(args.out / "map.png")
     write_dataset(args.out, [route])
     print(f"Saved the view grids, map.png and route_infos.json in {args.out}")
     return 0

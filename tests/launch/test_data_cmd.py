@@ -102,7 +102,7 @@ def test_virl_l_evaluation_splits_first_prompts(tmp_path, capsys, split, action_
     written = expert.read_jsonl(tmp_path / f"virl-l_{split}.jsonl")
     config = virl.VirlConfig(action_space=action_space)
     routes = _virl_routes(VIRL_EVAL_ROUTE_SEED_OFFSET, 2)
-    assert written == [virl.VirlEpisode(route, config).conversation for route in routes]
+    assert written == [virl.reset(route, config).conversation for route in routes]
     assert all(len(c) == 1 and c[0].role == "user" for c in written)
     assert (action_space == "relative") == ("slightly left" in written[0][0].content)
     assert json.loads((tmp_path / f"virl-l_{split}.config.json").read_text())["config"]["action_space"] == action_space
@@ -116,7 +116,7 @@ def test_virl_vl_visual_ood_uses_the_other_style_cities(tmp_path, capsys):
                      "view_size=32"]) == 0
     written = expert.read_jsonl(tmp_path / "virl-vl_visual_ood.jsonl")
     config = virl.VirlConfig(modality="vision", view_size=32)
-    expected = [virl.VirlEpisode(route, config, views=CityViews(city, 32, 5, config.landmark_radius_m)).conversation
+    expected = [virl.reset(route, config, views=CityViews(city, 32, 5, config.landmark_radius_m)).conversation
                 for city, routes in virl.visual_ood_set(0, n_cities=2, routes_per_city=1) for route in routes]
     assert written == expected and all(c[0].image is not None for c in written)
     assert cli.main(["data", "--task", "virl-l", "--out", str(tmp_path), "--split", "visual_ood"]) == 2

@@ -1,4 +1,4 @@
-"""V-IRL in the RL loop (launch/rl_virl.py) on the tiny model with the real rollout and real VirlEpisodes: a
+"""V-IRL in the RL loop (launch/rl_virl.py) on the tiny model with the real rollout and real episode states: a
 scripted policy that always answers right / always wrong (the verifier judges the oracle's answer or a non-JSON
 text instead of the model's) gives the expected rewards, decision-point counts, masks and episode ends, and the
 PPO buffer's terminals are the route ends only; `memgen rl` on rl-virl-tiny runs and resumes exactly, and
@@ -17,6 +17,7 @@ from launch.rl_common import RolloutRunner, load_policy
 from launch.rl_run import run_rl
 from launch.rl_virl import (TrainingRoutes, decision_step, make_buffer_fn, play, rollout_steps, training_statistics,
                             update_buffer)
+from tasks.virl import oracle_response
 
 ROWS = 2
 
@@ -31,11 +32,11 @@ def template(tmp_path_factory):
     return [f"episodes.prompt_template={path}", "episodes.prompt_len=640", "episodes.feedback_len=64"]
 
 
-SCRIPT = {}  # the scripted policy's answer(episode) -> text; one runner (one compilation) serves every script
+SCRIPT = {}  # the scripted policy's answer(state) -> text; one runner (one compilation) serves every script
 
 
 def scripted(answer):
-    """Judge `answer(episode)` instead of the model's text in the scripted runner."""
+    """Judge `answer(state)` instead of the model's text in the scripted runner."""
     SCRIPT["answer"] = answer
     return answer
 
@@ -47,12 +48,12 @@ def scripted_setup(template):
     policy = load_policy(config.init, seed=0)
     routes = TrainingRoutes(config.episodes, seed=0)
     runner = RolloutRunner(policy, config.episodes, rollout_steps(config.episodes.max_verify_steps), ROWS,
-                           step_fn=lambda episode, text: decision_step(episode, SCRIPT["answer"](episode)))
+                           step_fn=lambda state, text: decision_step(state, SCRIPT["answer"](state)))
     return config, policy, routes, {"right": runner, "wrong": runner}
 
 
-RIGHT = lambda episode: episode.oracle_response()  # noqa: E731
-WRONG = lambda episode: "no json here"  # noqa: E731
+RIGHT = oracle_response
+WRONG = lambda state: "no json here"  # noqa: E731
 
 
 def test_always_right_walks_every_route_to_the_end(scripted_setup):
@@ -74,7 +75,10 @@ def test_always_right_walks_every_route_to_the_end(scripted_setup):
         np.testing.assert_array_equal(dones[:, 0], valid[b, :, 0])  # every decision point ends at its answer
         terminals = np.array([t[b] for t in result.terminals])
         np.testing.assert_array_equal(terminals, np.arange(result.calls) == rails[b] - 1)  # the route: at stop()
-        assert rows[b].done and all(v.category == "correct" for v in rows[b].verdicts)
+        final = result.rows[b]  # the states are immutable: the rows' states at the end, not the ones passed in
+        assert final.done and final.solved and len(final.verdicts) == rails[b]
+        assert all(v.category == "correct" for v in final.verdicts) and not rows[b].verdicts
+        assert any(f is final for f in result.finished)
         assert not np.stack([t.feedback_mask for t in result.trajectories], 1)[b].any()  # nothing appended
     assert len(result.finished) == ROWS
 

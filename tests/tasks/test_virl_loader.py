@@ -12,7 +12,7 @@ import pytest
 
 from tasks.virl.city import generate_city, generate_routes
 from tasks.virl.config import VirlConfig
-from tasks.virl.episode import VirlEpisode
+from tasks.virl.episode import oracle_response, reset, step
 from tasks.virl.loader import (PanoramaIndex, PanoramaViews, load_dataset, load_gps_to_pano, load_plain_pickle,
                                load_routes, write_dataset)
 from tasks.virl.panorama import perspective_view
@@ -146,12 +146,12 @@ def test_perspective_view_faces_the_heading(heading, left_edge, expected_column)
 def test_episode_runs_on_loaded_panoramas(tmp_path, routes):
     route = routes[0]
     config = VirlConfig(modality="vision", view_size=32, forward_points=1, drop_probability=0.0)
-    probe = VirlEpisode(route, VirlConfig(forward_points=1, drop_probability=0.0))
+    probe = reset(route, VirlConfig(forward_points=1, drop_probability=0.0))
     mapping = {p.geocode: f"p{p.index}" for p in probe.rail}
     write_dataset(tmp_path, [route], mapping, {v: _heading_panorama(64, 32) for v in mapping.values()})
-    data = load_dataset(tmp_path)
-    episode = VirlEpisode(data.routes[0], config, views=PanoramaViews(data.panoramas, 32, 5))
-    assert episode.conversation[0].image.shape == (69, 69, 3)
-    while not episode.done:
-        episode.step(episode.oracle_response())
-    assert episode.verdicts[-1].success
+    data = load_dataset(tmp_path, config)
+    state = reset(data.routes[0], config, views=PanoramaViews(data.panoramas, 32, 5))
+    assert state.conversation[0].image.shape == (69, 69, 3)
+    while not state.done:
+        state, _ = step(state, oracle_response(state))
+    assert state.verdicts[-1].success

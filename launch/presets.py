@@ -19,7 +19,8 @@ runs the matrix's row for GP-L (override ``model=`` / ``init=`` to use other dir
 default policy (``init=`` is required).
 
 Reference values (notes/reference-protocol.md, "Training"): SFT full fine-tune, AdamW beta2 0.98, eps 1e-7,
-cosine with 3 % warm-up, bf16, batch 128 (16 per device x 8), lr 1e-6 (text) / 5e-7 (vision). RL: PPO without KL
+cosine with 3 % warm-up, bf16, gradient checkpointing (remat="full"), batch 128 (16 per device x 8), lr 1e-6
+(text) / 5e-7 (vision). RL: PPO without KL
 or entropy terms, clip 0.1, 4 epochs, value loss 0.5 with value clipping, advantage normalisation, max grad norm
 0.01, GAE gamma 0.9 lambda 0.95, Adam lr 1e-6 (V-IRL-VL 1e-7) eps 1e-7 cosine to 1e-9, 20 updates for GP,
 sampling temperature 0.2, 512 new tokens (256 when evaluating), 5 verification steps for GP. Evaluation: 234
@@ -80,9 +81,10 @@ def sft_config(task: str, stage: str, size: str) -> SFTConfig:
     name, modality = TASKS[task]
     scale = stage == "sft-scale"
     if size == "reference":
-        base = SFTConfig(model=REFERENCE_MODEL_DIR, batch_size=128, compute_dtype="bfloat16",
+        base = SFTConfig(model=REFERENCE_MODEL_DIR, batch_size=128, compute_dtype="bfloat16", remat="full",
                          steps=500 if scale else 100, train_examples=64_000 if scale else 12_800,
-                         eval_examples=256, eval_every=50, greedy_examples=234, max_new_tokens=256,
+                         eval_examples=256, eval_every=50, max_new_tokens=256,
+                         greedy_examples=48 if name == "virl" else 234,  # the paper: 48 routes, 234 hands
                          optimizer=OptimizerConfig(lr=_reference_lr(task)))
     elif size == "tiny":
         base = SFTConfig(model="tiny", steps=40 if scale else 20, batch_size=4, train_examples=128 if scale else 64,

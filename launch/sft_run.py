@@ -224,7 +224,7 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
     tokenizer, image_config = source.tokenizer, source.image_config
     length = padded_length(encoded_lengths(tokenizer, data.train + data.heldout), config.data.length_multiple)
     slots = image_slots(data.train + data.heldout)
-    model_config = source.config.replace(dtype=config.compute_dtype)
+    model_config = source.config.replace(dtype=config.compute_dtype, remat=config.remat)  # remat: train step
     num_params = parameter_count(source.params)  # N of 6ND: every parameter, frozen ones included (docs/sft.md)
 
     mesh = make_mesh_from_config(config.mesh)

@@ -237,3 +237,121 @@ def test_expert_data_from_a_jsonl_file_and_a_held_out_set_that_shares_no_prompt(
     assert len(heldout) == 10 and not {prompt_key(c) for c in train} & {prompt_key(c) for c in heldout}
     summary = run_sft(resolve("sft-tiny", OVERRIDES + [f"data.path={path}"]), tmp_path / "run", stop_after=1)
     assert summary["step"] == 1 and summary["train_tokens"] > 0
+
+
+VIRL_OVERRIDES = ["steps=2", "eval_every=2", "train_examples=8", "eval_examples=4", "greedy_examples=2",
+                  "max_new_tokens=8", "checkpoint.every_steps=2"]
+
+
+def _check_virl_run(out, task, splits):
+    run, = load_runs([out])
+    assert [r["step"] for r in run.of_kind("train")] == [1, 2]
+    evals = run.of_kind("eval")
+    assert sorted((r["step"], r["split"]) for r in evals) == sorted((s, split) for s in (0, 2) for split in splits)
+    for record in evals:
+        # greedy route success (one answer per decision) and per-step accuracy, as `memgen eval` measures them
+        assert record["task"] == task and record["n"] == 2 and record["verify_budget"] == 1
+        assert 0.0 <= record["success"] <= 1.0 and 0.0 <= record["per_step_accuracy"] <= 1.0
+        assert ("heldout_loss" in record) == (record["split"] == "in_distribution")
+    losses = [r["heldout_loss"] for r in evals if "heldout_loss" in r]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and losses[1] < losses[0]
+    assert (out / "final" / "config.json").is_file()
+
+
+def test_virl_l_sft_runs_with_held_out_loss_and_greedy_route_success(cache, tmp_path):
+    """`memgen sft` on the tiny V-IRL-L preset: per-decision expert data from tasks.virl.expert, the held-out
+    loss and greedy route success on in-distribution and rule-OOD routes."""
+    assert main(["sft", "--preset", "virl-l-sft-init-tiny", "--out", str(tmp_path), *VIRL_OVERRIDES]) == 0
+    _check_virl_run(tmp_path, "virl-l", ["in_distribution", "rule_ood"])
+
+
+@pytest.mark.slow
+def test_virl_vl_sft_runs_with_images_and_a_visual_ood_split(cache, tmp_path):
+    """The vision variant (~100 s here): every example carries its 2x2 view grid; visual OOD is evaluated."""
+    run_sft(resolve("virl-vl-sft-init-tiny", VIRL_OVERRIDES), tmp_path)
+    _check_virl_run(tmp_path, "virl-vl", ["in_distribution", "rule_ood", "visual_ood"])
+
+
+def test_virl_expert_data_generated_and_from_a_jsonl_with_images_and_the_suboptimal_ablation(tmp_path):
+    from launch.data_cmd import task_data
+    from launch.expert_data import load_expert_data, prompt_key
+    from tasks.virl import VirlConfig
+    from tasks.virl.expert import write_jsonl
+
+    data = load_expert_data(task="virl", modality="language", seed=0, train_examples=30, eval_examples=5)
+    assert len(data.train) == 30 and len(data.heldout) == 5
+    assert not {prompt_key(c) for c in data.train} & {prompt_key(c) for c in data.heldout}
+    # the same examples as `memgen data --task virl-l --kind expert` writes (its routes, in order)
+    written = task_data("virl-l").expert(VirlConfig(), 0, 3)
+    assert len(written) >= 30 and list(data.train) == written[:30]
+    sub = load_expert_data(task="virl", modality="vision", seed=0, train_examples=3, eval_examples=0,
+                           kind="suboptimal").train
+    assert len(sub) == 3 and all([m.role for m in c] == ["user", "assistant", "user", "assistant"] for c in sub)
+    assert all(c[0].image is not None for c in sub)
+    path = write_jsonl(sub, tmp_path / "virl_vl_suboptimal.jsonl")
+    read = load_expert_data(task="virl", modality="vision", seed=0, train_examples=0, eval_examples=2,
+                            path=str(path))
+    assert len(read.train) == 3 and len(read.heldout) == 2
+    for got, want in zip(read.train, sub):
+        assert [m.content for m in got] == [m.content for m in want]
+        np.testing.assert_array_equal(got[0].image, want[0].image)
+
+
+def test_remat_reaches_the_train_step_and_gives_the_losses_of_a_run_without_it(cli_run, tmp_path, monkeypatch):
+    """remat=full (gradient checkpointing, the reference presets' setting) recomputes each layer in the backward
+    pass: the same float32 losses and gradient norms as the run without it, up to rounding."""
+    import launch.sft_run as sft_run
+
+    seen = []
+    original = sft_run.compiled_train_step
+
+    def recording(model_config, *args, **kwargs):
+        seen.append(model_config.remat)
+        return original(model_config, *args, **kwargs)
+
+    monkeypatch.setattr(sft_run, "compiled_train_step", recording)
+    config = resolve("sft-tiny", OVERRIDES + ["remat=full", "eval_every=0"])
+    assert config.remat == "full" and resolve("sft-gp-l").remat == resolve("gp-vl-sft-init").remat == "full"
+    run_sft(config, tmp_path, stop_after=3)
+    assert seen == ["full"]
+    with_remat = [r for r in read_metrics(tmp_path) if r["kind"] == "train"]
+    without = [r for r in read_metrics(cli_run) if r["kind"] == "train"][:3]
+    assert [r["step"] for r in with_remat] == [1, 2, 3]
+    for a, b in zip(with_remat, without):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+
+
+def test_length_buckets_group_batches_by_length_and_pad_each_to_its_bucket(cache, tmp_path, monkeypatch):
+    """data.length_buckets=2 on a mix of single-turn and (longer) multi-turn examples: every batch is padded to
+    the shortest of the two bucket lengths that fits its longest example, both buckets occur, batches hold
+    examples of similar length (sorted within chunks of 16 batches), and the run trains."""
+    import launch.sft_run as sft_run
+    from launch.model_source import load_model
+    from sft.batches import encoded_lengths, padded_length
+    from sft.data_order import bucket_for, length_buckets
+    from tasks.general_points import GeneralPointsConfig, expert_conversations, suboptimal_trajectories, write_jsonl
+
+    mixed = expert_conversations(GeneralPointsConfig(), 3, 16) + suboptimal_trajectories(GeneralPointsConfig(), 3, 16)
+    path = write_jsonl(mixed, tmp_path / "mixed.jsonl")
+    tokenizer = load_model("tiny", seed=0).tokenizer
+    lengths = encoded_lengths(tokenizer, mixed)
+    buckets = length_buckets(lengths, 2, 64)
+    assert len(buckets) == 2 and buckets[0] < padded_length(lengths, 64) == buckets[1]
+    padded = []
+    original = sft_run.sft_batch
+
+    def recording(tokenizer, conversations, image_config, *, length, num_image_slots=0):
+        padded.append((length, encoded_lengths(tokenizer, conversations)))
+        return original(tokenizer, conversations, image_config, length=length, num_image_slots=num_image_slots)
+
+    monkeypatch.setattr(sft_run, "sft_batch", recording)
+    config = resolve("sft-tiny", OVERRIDES + [f"data.path={path}", "data.length_buckets=2", "eval_every=0"])
+    summary = run_sft(config, tmp_path / "run", stop_after=8)  # one epoch: 32 examples in 8 batches of 4
+    assert summary["step"] == 8 and summary["skipped"] == 0
+    assert len(padded) == 8 and {length for length, _ in padded} == set(buckets)
+    for length, batch_lengths in padded:
+        assert length == bucket_for(batch_lengths, buckets)
+    # sorted by length within the chunk: the epoch's batches are in ascending order of length
+    assert [max(b) for _, b in padded] == sorted(max(b) for _, b in padded)
+    assert sum(length for length, _ in padded) < 8 * buckets[1]

@@ -48,3 +48,18 @@ def test_value_head_matches_numpy():
         x = np.maximum(x @ np.asarray(head[name]["kernel"]) + np.asarray(head[name]["bias"]), 0)
     expected = (x @ np.asarray(head["output"]["kernel"]) + np.asarray(head["output"]["bias"]))[..., 0]
     np.testing.assert_allclose(np.asarray(model.value_head_apply(head, hidden)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_11b_counts_equal_a_live_transformers_model_on_the_meta_device():
+    """HF_COUNTS["11b"] is not just a constant: transformers' model built on the meta device (no allocation, ~3 s)
+    has that many parameters, vision tower and projector included."""
+    import torch
+    import transformers
+
+    with torch.device("meta"):
+        hf = transformers.MllamaForConditionalGeneration(transformers.MllamaConfig(**model.to_hf_dict(
+            model.preset("11b"))))
+    named = dict(hf.named_parameters())
+    assert sum(p.numel() for p in named.values()) == HF_COUNTS["11b"]["total"]
+    assert sum(p.numel() for n, p in named.items() if ".vision_model." in f".{n}") == HF_COUNTS["11b"]["vision_encoder"]
+    assert model.param_counts(model.param_shapes(model.preset("11b")))["total"] == HF_COUNTS["11b"]["total"]

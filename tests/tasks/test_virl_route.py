@@ -57,6 +57,13 @@ def test_city_is_connected_irregular_and_has_all_headings():
         _check_city(generate_city(seed))
     for city, _ in visual_ood_set(seed=0):
         _check_city(city)
+    for n in (3, 4, 5):  # small grids too: both diagonal axes (node steps ny + 1 and ny - 1) and all headings
+        for seed in range(20):
+            city = generate_city(seed, nx=n, ny=n)
+            assert {n + 1, n - 1} <= {int(j) - int(i) for i, j in city.edges}, (n, seed)
+            directed = list(city.edges) + [(j, i) for i, j in city.edges]
+            assert {absolute_direction(bearing(city.nodes[i], city.nodes[j])) for i, j in directed} == set(
+                ABSOLUTE_DIRECTIONS), (n, seed)
 
 
 def test_generation_is_seeded_and_cities_differ():

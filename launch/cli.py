@@ -28,7 +28,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memgen", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="memgen", description=__doc__.splitlines()[0],
+                                     epilog="Multi-host: every host runs the same command; the options below (or "
+                                            "MEMGEN_COORDINATOR / MEMGEN_NUM_PROCESSES / MEMGEN_PROCESS_ID) say "
+                                            "which process this is (docs/multihost.md).")
+    hosts = parser.add_argument_group("multi-host (before COMMAND; default: the MEMGEN_* environment, else one host)")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (MEMGEN_COORDINATOR)")
+    hosts.add_argument("--num-processes", type=int, metavar="N", help="processes in the run (MEMGEN_NUM_PROCESSES)")
+    hosts.add_argument("--process-id", type=int, metavar="I", help="this process's rank 0..N-1 (MEMGEN_PROCESS_ID)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -36,9 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def join_hosts(args: argparse.Namespace) -> bool:
+    """Join the multi-host run the flags or the environment describe (`launch.mesh.initialize`; nothing for one
+    process) before the command touches a device. False, after one sentence on stderr, for a bad setting."""
+    from launch.mesh import DistributedConfig, MeshError, initialize
+
+    try:
+        initialize(DistributedConfig.from_env(coordinator_address=args.coordinator,
+                                              num_processes=args.num_processes, process_id=args.process_id))
+    except MeshError as error:
+        print(f"memgen: {error}", file=sys.stderr)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
+    if not join_hosts(args):
+        return 2
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:

@@ -50,23 +50,34 @@ def read_metrics(directory: str | os.PathLike) -> list[dict]:
     return records
 
 
+def is_primary_process() -> bool:
+    """Whether this process writes a run's files: process 0 of a multi-host run (every process of a multi-host
+    run computes the same global metrics, and the run directory is shared), the only process otherwise."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 class MetricsWriter:
     """Appends metric records for one run directory. ``resume_step``: None for a fresh run (an existing file is
     started over), or the restored checkpoint's step (records after it are dropped). ``tensorboard``: mirror
-    scalars to TensorBoard. Use as a context manager, or call :meth:`close`."""
+    scalars to TensorBoard. Use as a context manager, or call :meth:`close`. In a multi-host run only process 0
+    writes (`is_primary_process`); on the others `write` only returns the record."""
 
     def __init__(self, directory: str | os.PathLike, *, resume_step: Optional[int] = None,
                  tensorboard: bool = True):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / METRICS_FILENAME
+        self._file = self._tensorboard = None
+        if not is_primary_process():
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
         kept = [] if resume_step is None else [r for r in read_metrics(self.directory)
                                                if r.get("step", -1) <= resume_step]
         temporary = self.path.with_suffix(".jsonl.tmp")
         temporary.write_text("".join(json.dumps(record) + "\n" for record in kept))
         os.replace(temporary, self.path)
         self._file = open(self.path, "a", encoding="utf-8")
-        self._tensorboard = None
         if tensorboard:
             from tensorboardX import SummaryWriter  # imported only when used: it is slow to import
             self._tensorboard = SummaryWriter(
@@ -76,6 +87,8 @@ class MetricsWriter:
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict:
         """Append ``{"step": step, **metrics}`` (flushed) and return the record as written."""
         record = {"step": int(step), **{str(key): _plain(value) for key, value in metrics.items()}}
+        if self._file is None:
+            return record
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._tensorboard is not None:
@@ -85,7 +98,7 @@ class MetricsWriter:
         return record
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self._file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()

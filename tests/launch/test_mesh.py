@@ -93,3 +93,28 @@ def test_cache_and_optimizer_specs_follow_the_rules():
     assert opt_specs[0].count == PartitionSpec()
     # the specs are usable as real placements
     jax.device_put(jnp.zeros((8, 4)), NamedSharding(mesh, opt_specs[0].mu["w"]))
+
+
+def test_the_cli_joins_the_hosts_its_flags_or_environment_name(monkeypatch, capsys):
+    """`memgen [--coordinator A --num-processes N --process-id I] COMMAND` starts jax.distributed before the
+    command (flags over MEMGEN_* variables); one process starts nothing; a bad rank stops with one sentence."""
+    from launch.cli import main
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    for name in ("MEMGEN_COORDINATOR", "MEMGEN_NUM_PROCESSES", "MEMGEN_PROCESS_ID", "JAX_COORDINATOR_ADDRESS",
+                 "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    plan = ["plan", "--model", "tiny", "--mesh", "fsdp=1", "--devices", "1"]
+    assert main(plan) == 0 and calls == []
+    monkeypatch.setenv("MEMGEN_COORDINATOR", "10.0.0.1:29500")
+    monkeypatch.setenv("MEMGEN_NUM_PROCESSES", "2")
+    monkeypatch.setenv("MEMGEN_PROCESS_ID", "1")
+    assert main(plan) == 0
+    assert calls == [dict(coordinator_address="10.0.0.1:29500", num_processes=2, process_id=1,
+                          local_device_ids=None)]
+    assert main(["--coordinator", "10.0.0.2:1234", "--process-id", "0", *plan]) == 0
+    assert calls[-1]["coordinator_address"] == "10.0.0.2:1234" and calls[-1]["process_id"] == 0
+    capsys.readouterr()
+    assert main(["--process-id", "5", *plan]) == 2 and len(calls) == 2  # refused before initialising
+    assert "process_id 5 is outside 0..1" in capsys.readouterr().err

@@ -68,3 +68,12 @@ def test_progress_bar_is_silent_off_a_terminal_and_draws_on_one(capsys):
         bar.update(3, loss=0.25, tokens=1000)
     text = buffer.getvalue()
     assert "3/10" in text and "loss 0.2500" in text and "tok/s" in text and "ETA" in text
+
+
+def test_only_process_zero_writes(tmp_path, monkeypatch):
+    import jax
+
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    with MetricsWriter(tmp_path / "run", tensorboard=True) as writer:
+        assert writer.write(3, {"loss": np.float32(0.5)}) == {"step": 3, "loss": 0.5}
+    assert not (tmp_path / "run").exists()

@@ -35,12 +35,11 @@ INSTRUCT_LIKE_TEMPLATE = """{{- bos_token }}
     {%- set system_text = "" %}
 {%- endif %}
 {%- set seen = namespace(image=false) %}
+{#- as the real template: a string content is iterated too (its characters have no 'type') #}
 {%- for message in messages %}
-    {%- if message['content'] is not string %}
-        {%- for item in message['content'] %}
-            {%- if item['type'] == 'image' %}{%- set seen.image = true %}{%- endif %}
-        {%- endfor %}
-    {%- endif %}
+    {%- for item in message['content'] %}
+        {%- if item['type'] == 'image' %}{%- set seen.image = true %}{%- endif %}
+    {%- endfor %}
 {%- endfor %}
 {%- if seen.image and system_text != "" %}
     {{- raise_exception("Prompting with images is incompatible with system messages.") }}
@@ -252,3 +251,23 @@ def test_a_processor_saved_with_the_template_and_its_apply_chat_template(offline
                                              add_generation_prompt=True, date_string=DEFAULT_DATE_STRING)
         encoded = chat.encode_conversation(tokenizer, conversation, add_generation_prompt=True)
         assert encoded.token_ids.tolist() == hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_appended_turns_concatenate_for_arbitrary_text(tokenizer):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=30, deadline=None, database=None)
+    @given(st.lists(st.text(max_size=30), min_size=3, max_size=3))
+    def check(texts):
+        prompt_text, response_text, feedback_text = texts
+        conversation = (Message("user", prompt_text), Message("assistant", response_text),
+                        Message("user", feedback_text))
+        prompt = chat.encode_conversation(tokenizer, conversation[:1], add_generation_prompt=True)
+        pieces = [prompt.token_ids, chat.encode_response(tokenizer, response_text),
+                  chat.encode_turn(tokenizer, conversation[2])]
+        whole = chat.encode_conversation(tokenizer, conversation, add_generation_prompt=True)
+        np.testing.assert_array_equal(np.concatenate(pieces), whole.token_ids)
+        assert tokenizer.decode(whole.token_ids[whole.assistant_mask == 1][:-1]) == response_text
+
+    check()

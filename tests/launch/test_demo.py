@@ -185,3 +185,19 @@ def test_verdict_and_report_reading_never_disagree(sft_ood, rl_ood):
     [reading] = paper_pattern_sentences(rows)
     assert ("reproduces the paper's pattern" in verdict) == ("not established" not in reading)
     assert ("not established" in verdict) == ("not established" in reading)
+
+
+def test_the_sample_episode_shows_a_wrong_and_a_right_answer_with_their_verdicts(capsys):
+    import re
+
+    from launch.config import resolve
+    from launch.demo import show_sample_episode
+    from launch.miniature import MiniatureConfig
+
+    show_sample_episode(resolve("miniature-tiny", [], kind=MiniatureConfig))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    speakers = [line.split(":")[0] for line in lines[1:]]
+    assert speakers == ["user", "assistant", "verifier", "user", "assistant", "verifier"], lines
+    assert re.fullmatch(r"verifier: +reward -[0-9.]+ \((wrong_value|illegal_numbers|illegal_formula)\)", lines[3])
+    assert lines[4].startswith("user:") and len(lines[4]) > len("user:") + 10  # the verifier's feedback turn
+    assert re.fullmatch(r"verifier: +reward \+5 \(correct\)", lines[6])

@@ -45,8 +45,7 @@ from __future__ import annotations
 import dataclasses
 
 from launch.config import REFERENCE_MODEL_DIR, CheckpointConfig, SFTConfig, register_preset
-from launch.rl_config import EpisodeConfig, EvalConfig, RLConfig
-from rl.gae import GAEConfig
+from launch.rl_config import PAPER_PPO, EpisodeConfig, EvalConfig, RLConfig
 from rl.ppo import PPOConfig
 from sft.optim import OptimizerConfig
 
@@ -120,7 +119,7 @@ def rl_config(task: str, size: str) -> RLConfig:
     init = _init_run(task, size)
     if size == "reference":
         return RLConfig(init=init, updates=20, episodes_per_update=400, episodes=episodes, eval_every=2,
-                        eval_episodes=234, ppo=PPOConfig(minibatch_size=80, gae=GAEConfig(0.9, 0.95)))
+                        eval_episodes=234, ppo=dataclasses.replace(PAPER_PPO, minibatch_size=80))
     if size == "tiny":
         return RLConfig(init=init, updates=12, episodes_per_update=8, episodes=episodes, eval_every=4,
                         eval_episodes=8, ppo=PPOConfig(minibatch_size=8, learning_rate=1e-2, final_learning_rate=1e-3,
@@ -184,3 +183,6 @@ def _register_all() -> None:
 
 
 _register_all()
+# The paper's GeneralPoints RL under the names `memgen rl --help` lists: the reference cells, init=DIR required.
+for _task in ("gp-l", "gp-vl"):
+    register_preset(f"rl-{_task}", lambda t=_task: dataclasses.replace(rl_config(t, "reference"), init=""))

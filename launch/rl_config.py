@@ -1,8 +1,9 @@
 """Configs and presets of `memgen rl` and `memgen eval` (registered in launch/config.py's preset registry when
 this module is imported; kept apart from launch/config.py so the SFT and RL commands can evolve separately).
 
-Presets: rl-gp-l, rl-gp-vl (the paper's PPO hyperparameters on Llama 3.2 11B Vision: lr 1e-6 -> 1e-9, 4 epochs,
-clip 0.1, grad-norm 0.01, gamma 0.9, lambda 0.95, 5 verification steps), rl-tiny (the tiny random model with the
+Presets: rl-gp-l, rl-gp-vl (registered by launch/presets.py from the preset matrix's reference cells: the paper's
+PPO hyperparameters on Llama 3.2 11B Vision: lr 1e-6 -> 1e-9, 4 epochs, clip 0.1, grad-norm 0.01, gamma 0.9,
+lambda 0.95, 5 verification steps, temperature 0.2, 512 new tokens), rl-tiny (the tiny random model with the
 reachable "digits" reward, for tests and CPU demos), eval-gp-l, eval-gp-vl, eval-tiny (verification-budget sweep
 1, 3, 5, 10 as the paper's Figure 10). The -vl presets are the vision variants (modality=vision: the rendered hand
 is encoded once per episode). V-IRL: rl-virl-l, rl-virl-vl (15 updates, V-IRL-VL at lr 1e-7), eval-virl-l,
@@ -115,11 +116,9 @@ class EvalConfig:
 
 
 # answer_key_weight 0.5: the reference's weight on the tokens before the answer key ("formula" / "action").
-_PAPER_PPO = PPOConfig(minibatch_size=64, gae=GAEConfig(0.9, 0.95), answer_key_weight=0.5)
-# The paper's runs start from an SFT checkpoint: init="" makes the command ask for init=DIR.
-register_preset("rl-gp-l", RLConfig(init="", episodes_per_update=256, ppo=_PAPER_PPO))
-register_preset("rl-gp-vl", RLConfig(init="", episodes_per_update=256, ppo=_PAPER_PPO,
-                                     episodes=EpisodeConfig(modality="vision")))
+PAPER_PPO = PPOConfig(minibatch_size=64, gae=GAEConfig(0.9, 0.95), answer_key_weight=0.5)
+# rl-gp-l / rl-gp-vl are registered by launch/presets.py: the preset matrix's reference rl-scale cells with
+# init="" (one definition of the paper's GeneralPoints RL settings).
 _TINY_EPISODES = EpisodeConfig(max_verify_steps=2, max_new_tokens=8, feedback_len=160, reward="digits")
 register_preset("rl-tiny", RLConfig(
     init="tiny", updates=12, episodes_per_update=8, episodes=_TINY_EPISODES, eval_episodes=8,
@@ -139,10 +138,10 @@ _VIRL_EPISODES = EpisodeConfig(task="virl", max_verify_steps=2, max_new_tokens=5
                                prompt_len=1024, decision_points=16)
 _VIRL_EVAL = dataclasses.replace(_VIRL_EPISODES, max_new_tokens=256, temperature=0.0)
 register_preset("rl-virl-l", RLConfig(init="", updates=15, episodes_per_update=128, episodes=_VIRL_EPISODES,
-                                      ppo=_PAPER_PPO, eval_episodes=48))
+                                      ppo=PAPER_PPO, eval_episodes=48))
 register_preset("rl-virl-vl", RLConfig(init="", updates=15, episodes_per_update=128,
                                        episodes=dataclasses.replace(_VIRL_EPISODES, modality="vision"),
-                                       ppo=dataclasses.replace(_PAPER_PPO, learning_rate=1e-7), eval_episodes=48))
+                                       ppo=dataclasses.replace(PAPER_PPO, learning_rate=1e-7), eval_episodes=48))
 # The paper evaluates 48 routes in distribution and rule-OOD (18 for visual OOD: the 9-city set has 18 routes).
 register_preset("eval-virl-l", EvalConfig(init="", episodes=48, verify_budgets=(2,), sampling=_VIRL_EVAL,
                                           heldout_examples=256))

@@ -4,6 +4,8 @@ variants' shapes being consistent (buffer sizes divisible by the minibatch). No 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from launch.config import SFTConfig, get_preset, preset_names, resolve
@@ -82,6 +84,8 @@ def test_reference_rl_and_eval_hyperparameters(task):
     assert (ppo.gae.gamma, ppo.gae.lam) == (0.9, 0.95)
     assert (ppo.learning_rate, ppo.final_learning_rate, ppo.adam_eps) == (1e-6, 1e-9, 1e-7)
     assert ppo.kl_mode is None and ppo.entropy_coef == 0.0 and ppo.advantage_normalization == "buffer"
+    assert ppo.answer_key_weight == 0.5  # the reference's weight on the tokens before "formula"
+    assert get_preset(f"rl-{task}") == dataclasses.replace(config, init="")  # one definition of the paper's RL
     episodes = config.episodes
     assert (episodes.max_verify_steps, episodes.temperature, episodes.max_new_tokens, episodes.reward) == (
         5, 0.2, 512, "task")

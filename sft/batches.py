@@ -11,10 +11,8 @@ example, T tiles):
   pixel_values (B, I, T, 3, tile, tile) float32, aspect_ratio_ids (B, I), aspect_ratio_mask (B, I, T),
   cross_attention_mask (B, S, I, T) int32   only when the examples carry images
 
-Packing several short examples into one row is left out on purpose: GeneralPoints and V-IRL examples have
-nearly equal lengths (one prompt template, one JSON answer), so a fixed bucket wastes little, and packing would
-need a block-diagonal attention mask and per-example position ids that the model's cross-attention mask (one
-image span per row) does not express.
+Packing several short examples into one row is sft/packing.py: the same entries plus ``segment_ids``, per-example
+position ids, image slots per example, and its own ``logits_fn`` (a block-diagonal causal mask).
 """
 
 from __future__ import annotations

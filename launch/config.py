@@ -48,11 +48,15 @@ class DataConfig:
     seed (a run is reproducible from its config alone); otherwise a JSONL written by the task's ``write_jsonl``.
     Every example is padded to one length: the longest example rounded up to ``length_multiple`` tokens; with
     ``length_buckets`` > 1, batches are grouped by length (chunks of 16 batches sorted by length, sft.data_order)
-    and each is padded to the shortest of that many bucket lengths that fits it (one compilation per bucket)."""
+    and each is padded to the shortest of that many bucket lengths that fits it (one compilation per bucket).
+    ``pack_length`` > 0 packs examples: each of a batch's ``batch_size`` rows holds as many consecutive examples
+    (in the data order) as fit in ``pack_length`` tokens, each seeing only itself (sft/packing.py); 0: one
+    example per row."""
 
     path: str = ""
     length_multiple: int = 64
     length_buckets: int = 1
+    pack_length: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

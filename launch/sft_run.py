@@ -39,8 +39,9 @@ from launch.sft_eval import (default_generate, greedy_success, heldout_batches, 
                               virl_greedy_evaluator)
 from rl.compute import ComputeCounter, add, parameter_count, total_gflops
 from sft.batches import encoded_lengths, forward_from_batch, image_slots, padded_length, sft_batch
-from sft.data_order import batch_example_indices, bucket_for, length_buckets
+from sft.data_order import batch_example_indices, bucket_for, length_buckets, packed_layout
 from sft.optim import make_optimizer, partition, trainable_mask, with_peak_learning_rate
+from sft.packing import packed_batch, packed_forward_from_batch
 from sft.step import init_train_state, stack_sweep, sweep_train_step, train_step, unstack_sweep
 
 FINAL_DIR = "final"
@@ -92,12 +93,13 @@ def place_state(state: Any, params_shardings: Any, freeze: tuple[str, ...], mesh
 
 @functools.lru_cache(maxsize=8)
 def compiled_train_step(model_config, optimizer_config, total_steps: int, grad_accum_steps: int,
-                        compute_dtype: str, sweep: bool = False) -> tuple[Any, Callable]:
+                        compute_dtype: str, sweep: bool = False, packed: bool = False) -> tuple[Any, Callable]:
     """(optimizer, jitted donating train step) for these settings, memoised so that several runs in one process
     (a notebook, a sweep driver, the tests) share one compiled program per shape. ``sweep``: the vmapped step of
-    ``sft.step.sweep_train_step`` over a stacked state of K learning rates instead."""
+    ``sft.step.sweep_train_step`` over a stacked state of K learning rates instead. ``packed``: batches of
+    sft.packing (the segment-aware forward)."""
     optimizer = make_optimizer(optimizer_config, total_steps)
-    logits_fn = functools.partial(forward_from_batch, config=model_config)
+    logits_fn = functools.partial(packed_forward_from_batch if packed else forward_from_batch, config=model_config)
     step = jax.jit(functools.partial(sweep_train_step if sweep else train_step, logits_fn=logits_fn,
                                      optimizer=optimizer,
                                      grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype),
@@ -232,8 +234,12 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
     params_sh = param_shardings(source.config, mesh, source.params)
     # The peak learning rate lives in the optimizer state (sft/optim.py), so the compiled step is shared by runs
     # (and sweep members) that differ only in it; each state is initialised with its own rate.
+    packing = config.data.pack_length > 0
+    if packing and config.data.length_buckets > 1:
+        raise ConfigError("data.pack_length and data.length_buckets > 1 do not combine (a packed row has one "
+                          "length); set one of them")
     _, step_fn = compiled_train_step(model_config, dataclasses.replace(config.optimizer, lr=0.0), config.steps,
-                                     config.grad_accum_steps, config.compute_dtype, sweep=vmapped)
+                                     config.grad_accum_steps, config.compute_dtype, sweep=vmapped, packed=packing)
     try:
         optimizer = make_optimizer(config.optimizer, config.steps)
         initial = init_train_state(source.params, optimizer, config.freeze, jax.random.PRNGKey(config.seed))
@@ -254,9 +260,23 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
         grouping_lengths, group = train_lengths, LENGTH_GROUP_BATCHES * config.batch_size
 
     host_rows = host_local_batch_slice(config.batch_size)
+    layout = None
+    if packing:  # rows of consecutive examples (sft.data_order.packed_layout), each seeing only itself
+        train_lengths = encoded_lengths(tokenizer, train)
+        images = np.asarray([sum(m.image is not None for m in c) for c in train])
+        # image slots of a row: the most examples that can share one, times the images of one example
+        row_slots = slots * max(1, config.data.pack_length // int(train_lengths.min()))
+        try:
+            layout = packed_layout(config.seed, config.steps, config.batch_size, config.data.pack_length,
+                                   train_lengths, images, row_slots)
+        except ValueError as error:
+            raise ConfigError(f"data.pack_length={config.data.pack_length}: {error}") from None
 
     def batch_at(step: int) -> dict:
         """This host's rows of batch ``step`` (every row on a single host)."""
+        if layout is not None:
+            return packed_batch(tokenizer, train, image_config, length=config.data.pack_length,
+                                rows=layout[step][host_rows], num_image_slots=row_slots)
         indices = batch_example_indices(config.seed, step, config.batch_size, len(train), grouping_lengths,
                                         group)
         padded = length if buckets is None else bucket_for(train_lengths[indices], buckets)

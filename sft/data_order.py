@@ -72,3 +72,44 @@ def bucket_for(batch_lengths: np.ndarray, buckets: tuple[int, ...]) -> int:
     """The shortest bucket that holds every example of a batch."""
     longest = int(np.max(batch_lengths))
     return next(bucket for bucket in buckets if bucket >= longest)
+
+
+def packed_layout(seed: int, steps: int, rows: int, row_length: int, lengths: np.ndarray,
+                  images: np.ndarray | None = None, num_image_slots: int = 0) -> list[list[list[int]]]:
+    """The packed data order of a whole run: for each of ``steps`` batches, ``rows`` lists of example indices.
+    The examples come in the order of ``epoch_order`` (epochs back to back) and fill the rows in turn (next fit:
+    an example that does not fit the current row's remaining ``row_length`` tokens, or its image slots, starts
+    the next row; when the batch's rows are full it starts the next batch), so the order is never changed and a
+    step's examples are a pure function of (seed, step, lengths). A batch consumes a varying number of examples;
+    a resumed run recomputes the layout from the start (host-side, cheap)."""
+    lengths = np.asarray(lengths)
+    num_examples = len(lengths)
+    images = np.zeros(num_examples, np.int64) if images is None else np.asarray(images)
+    if num_examples and int(lengths.max()) > row_length:
+        raise ValueError(f"an example has {int(lengths.max())} tokens, more than the packed row length "
+                         f"{row_length}; raise it")
+    if num_examples and int(images.max()) > num_image_slots and int(images.max()) > 0:
+        raise ValueError(f"an example has {int(images.max())} images, more than the row's {num_image_slots} slots")
+    layout: list[list[list[int]]] = []
+    epoch, order, index = 0, epoch_order(seed, 0, num_examples), 0
+    pending: int | None = None
+    for _ in range(steps):
+        batch: list[list[int]] = [[]]
+        tokens_left, slots_left = row_length, num_image_slots
+        while True:
+            if pending is None:
+                if index == num_examples:
+                    epoch, index = epoch + 1, 0
+                    order = epoch_order(seed, epoch, num_examples)
+                pending, index = int(order[index]), index + 1
+            size, count = int(lengths[pending]), int(images[pending])
+            if size > tokens_left or count > slots_left:
+                if len(batch) == rows:
+                    break  # the batch is full; `pending` opens the next one
+                batch.append([])
+                tokens_left, slots_left = row_length, num_image_slots
+            batch[-1].append(pending)
+            tokens_left, slots_left = tokens_left - size, slots_left - count
+            pending = None
+        layout.append(batch)
+    return layout

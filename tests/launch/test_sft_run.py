@@ -355,3 +355,39 @@ def test_length_buckets_group_batches_by_length_and_pad_each_to_its_bucket(cache
     # sorted by length within the chunk: the epoch's batches are in ascending order of length
     assert [max(b) for _, b in padded] == sorted(max(b) for _, b in padded)
     assert sum(length for length, _ in padded) < 8 * buckets[1]
+
+
+def test_a_packed_run_trains_on_rows_of_several_examples_with_their_unpacked_loss(cache, tmp_path):
+    """data.pack_length=1536 holds two GP examples (705 tokens with the tiny tokenizer) per row: the first step
+    sees 2 x batch_size examples, in the data order (sft.data_order.packed_layout), and its loss is the token-mean
+    loss of those examples unpacked under the initial params."""
+    import functools
+
+    from launch.expert_data import load_expert_data
+    from launch.model_source import load_model
+    from sft.batches import encoded_lengths, forward_from_batch, sft_batch
+    from sft.data_order import packed_layout
+    from sft.loss import sft_loss
+
+    config = resolve("sft-tiny", OVERRIDES + ["data.pack_length=1536", "eval_every=0"])
+    summary = run_sft(config, tmp_path, stop_after=2)
+    train = [r for r in read_metrics(tmp_path) if r["kind"] == "train"]
+    assert summary["step"] == 2 and [r["step"] for r in train] == [1, 2]
+    source = load_model("tiny", seed=0)
+    data = load_expert_data(task="general_points", modality="language", seed=0, train_examples=32, eval_examples=8)
+    lengths = encoded_lengths(source.tokenizer, data.train)
+    first = packed_layout(0, 1, config.batch_size, 1536, lengths)[0]
+    examples = [data.train[i] for row in first for i in row]
+    assert len(examples) == 2 * config.batch_size
+    assert train[0]["tokens"] == int(lengths[[i for row in first for i in row]].sum())
+    batch = sft_batch(source.tokenizer, examples, source.image_config, length=int(lengths.max()))
+    loss, metrics = sft_loss(forward_from_batch(source.params, batch, config=source.config), batch)
+    assert train[0]["target_tokens"] == int(metrics["tokens"])
+    assert train[0]["loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert np.isfinite(train[1]["loss"]) and train[1]["loss"] < train[0]["loss"]
+
+
+def test_packing_and_length_buckets_do_not_combine(cache, tmp_path, capsys):
+    assert main(["sft", "--preset", "sft-tiny", "--out", str(tmp_path), "data.pack_length=1536",
+                 "data.length_buckets=2"]) == 2
+    assert "data.pack_length and data.length_buckets > 1 do not combine" in capsys.readouterr().err

@@ -50,3 +50,24 @@ def test_length_grouping_sorts_within_chunks_and_stays_a_permutation():
     assert buckets == (96, 208)
     assert bucket_for(np.array([60, 96]), buckets) == 96 and bucket_for(np.array([97, 20]), buckets) == 208
     assert length_buckets(lengths, 1, 64)[-1] >= lengths.max()
+
+
+def test_the_packed_layout_keeps_the_data_order_and_fills_rows_in_turn():
+    from sft.data_order import epoch_order, packed_layout
+
+    lengths = np.array([3, 5, 2, 4, 4, 1, 6, 2])
+    layout = packed_layout(7, steps=6, rows=2, row_length=8, lengths=lengths)
+    assert packed_layout(7, steps=3, rows=2, row_length=8, lengths=lengths) == layout[:3]  # a pure prefix
+    stream = [i for batch in layout for row in batch for i in row]
+    order = np.concatenate([epoch_order(7, e, len(lengths)) for e in range(4)])
+    assert stream == order[:len(stream)].tolist()  # nothing skipped or reordered, epochs back to back
+    for batch in layout:
+        assert len(batch) == 2 and all(row and sum(lengths[row]) <= 8 for row in batch)
+    for batch, following in zip(layout, layout[1:]):  # next fit: a row closes only when the next example won't fit
+        for row, nxt in zip(batch, batch[1:] + [following[0]]):
+            assert sum(lengths[row]) + lengths[nxt[0]] > 8
+    images = np.array([1, 1, 0, 1, 1, 1, 1, 1])
+    for batch in packed_layout(0, 4, 2, 100, lengths, images, num_image_slots=2):
+        assert all(sum(images[row]) <= 2 for row in batch)
+    with pytest.raises(ValueError, match="more than the packed row length 5"):
+        packed_layout(0, 1, 2, 5, lengths)

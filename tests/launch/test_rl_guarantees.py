@@ -1,0 +1,231 @@
+"""What issue 7 promises of `memgen rl`, checked end to end on the tiny model with short templates:
+
+- a scripted GeneralPoints policy (always right / always wrong) through the real verifier path: the real rollout,
+  `launch.episodes.EpisodeVerifier` (ids -> text -> Verdict -> feedback ids, cached per (row, step)) and
+  `tasks.general_points.step`; the scripted text replaces the model's decoded response, as the V-IRL scripted
+  tests of test_rl_virl.py substitute the oracle's answer;
+- the logged X_RL: every train record's gflops is 6 N (D_init + D_RL) + 2 N D_buffer with D_init from the SFT run
+  the policy starts from, and D_RL, D_buffer counted here from the rollouts' own trajectories;
+- kill -9 during a checkpoint save, then the same command, ends with the uninterrupted run's params and metrics;
+- GP-VL (episodes.modality=vision) trains and evaluates with recognition accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import launch.rl_config  # noqa: F401  (registers the presets)
+from launch.cli import main
+from launch.config import resolve
+from launch.episodes import EpisodeVerifier
+from launch.metrics import read_metrics
+from launch.rl_common import RolloutRunner, load_policy, new_episodes, step_function, task_config
+from launch.rl_run import run_rl
+from model.chat import encode_messages
+from tasks.common import Message
+from tasks.general_points import REWARDS, expert_response, step as gp_step
+from tasks.general_points.prompts import feedback_text
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory):
+    """Short GeneralPoints templates (as tests/launch/test_rl_run.py), so the tiny model's contexts stay short."""
+    folder = tmp_path_factory.mktemp("templates")
+    (folder / "prompt.txt").write_text("Cards ${cards}. Make ${target}. Answer in JSON.")
+    (folder / "feedback.txt").write_text("Wrong: ${reason}")
+    return [f"episodes.prompt_template={folder / 'prompt.txt'}",
+            f"episodes.feedback_template={folder / 'feedback.txt'}", "episodes.feedback_len=64"]
+
+
+# ------------------------------------------------------------------------------------------ scripted policy
+ROWS, BUDGET = 3, 3
+SCRIPT = {}  # answer(state) -> the text judged instead of the model's; one runner (one compilation) for all
+
+
+def right_answer(state):
+    return expert_response(state.hand, state.config)
+
+
+# Always wrong, a different category at each verification step (so rewards and feedback differ per step).
+WRONG_CATEGORIES = ("illegal_formula", "wrong_value", "illegal_numbers")
+
+
+def wrong_answer(state):
+    values = [min(card.rank, 10) for card in state.hand]  # face_cards "ten"
+    kind = WRONG_CATEGORIES[state.steps_taken]
+    if kind == "illegal_formula":
+        return "no json here"
+    if kind == "wrong_value":  # at most 10 - 1 - 1 - 1 < 24
+        return json.dumps({"formula": "-".join(map(str, values))})
+    return json.dumps({"formula": "+".join(map(str, values + [1]))})  # a number that is not a card
+
+
+@pytest.fixture(scope="module")
+def scripted(templates):
+    config = resolve("rl-tiny", templates + ["episodes.reward=task", f"episodes.max_verify_steps={BUDGET}"])
+    policy = load_policy("tiny", seed=0)
+    judged = []  # (row state's hand, scripted text) per step_fn call
+
+    def scripted_step(state, text):
+        answer = SCRIPT["answer"](state)
+        judged.append(answer)
+        return gp_step(state, answer)
+
+    runner = RolloutRunner(policy, config.episodes, BUDGET, ROWS, step_fn=scripted_step)
+    return config, policy, runner, judged
+
+
+def play_scripted(scripted, answer, seed):
+    config, policy, runner, judged = scripted
+    SCRIPT["answer"] = answer
+    judged.clear()
+    states = new_episodes(task_config(config.episodes), (seed, 0), ROWS)
+    trajectory, verifier, _ = runner(policy.params, states, jax.random.key(seed))
+    return states, trajectory, verifier, list(judged)
+
+
+def test_scripted_always_right_through_the_episode_verifier(scripted):
+    states, t, verifier, judged = play_scripted(scripted, right_answer, seed=0)
+    assert len(judged) == ROWS  # one step_fn call per (row, step), though JAX may run the callback again
+    np.testing.assert_array_equal(t.rewards[:, 0], REWARDS["correct"])
+    np.testing.assert_array_equal(t.rewards[:, 1:], 0.0)
+    np.testing.assert_array_equal(t.dones, np.arange(BUDGET)[None].repeat(ROWS, 0) == 0)
+    np.testing.assert_array_equal(t.success[:, 0], True)
+    np.testing.assert_array_equal(t.valid.sum(axis=1), 1)  # episode length 1
+    assert not t.valid[:, 1:].any()
+    assert not t.response_mask[:, 1:].any() and t.response_mask[:, 0].any(axis=-1).all()  # later steps masked
+    assert not t.feedback_mask.any()  # nothing appended after a solved step
+    np.testing.assert_array_equal(t.bootstrap_value, 0.0)
+    for b in range(ROWS):
+        assert [v.category for v in verifier.verdicts[b]] == ["correct"] and len(verifier.responses[b]) == 1
+        assert verifier.states[b].solved and verifier.states[b].steps_taken == 1
+        # the verifier saw the model's own sampled ids decoded (special tokens skipped)
+        n = int(t.response_mask[b, 0].sum())
+        assert verifier.responses[b][0] == scripted[1].tokenizer.decode(t.response_ids[b, 0, :n],
+                                                                        skip_special_tokens=True)
+    assert verifier.truncated_feedback == 0
+
+
+def test_scripted_always_wrong_through_the_episode_verifier(scripted):
+    config, policy, runner, _ = scripted
+    states, t, verifier, judged = play_scripted(scripted, wrong_answer, seed=1)
+    tokenizer = policy.tokenizer
+    assert len(judged) == ROWS * BUDGET
+    expected = np.array([REWARDS[c] for c in WRONG_CATEGORIES], np.float32)
+    np.testing.assert_array_equal(t.rewards, np.broadcast_to(expected, (ROWS, BUDGET)))
+    np.testing.assert_array_equal(t.dones, np.broadcast_to(np.arange(BUDGET) == BUDGET - 1, (ROWS, BUDGET)))
+    assert t.valid.all() and not t.success.any()  # episode length = the budget
+    np.testing.assert_array_equal(t.bootstrap_value, 0.0)  # the budget ended every episode: nothing to bootstrap
+    # feedback after every judged step but the last
+    assert t.feedback_mask[:, : BUDGET - 1].any(axis=-1).all() and not t.feedback_mask[:, BUDGET - 1].any()
+    for b in range(ROWS):
+        final = verifier.states[b]
+        assert [v.category for v in verifier.verdicts[b]] == list(WRONG_CATEGORIES)
+        assert final.steps_taken == BUDGET and not final.solved and final.done
+        conversation = final.conversation  # user, (assistant, feedback user) x (BUDGET - 1)
+        assert len(conversation) == 1 + 2 * (BUDGET - 1)
+        for k in range(BUDGET - 1):
+            fb = t.feedback_ids[b, k][t.feedback_mask[b, k] != 0]
+            # the feedback ids are the turn the longer conversation adds: its encoding minus the shorter one's
+            longer = encode_messages(tokenizer, conversation[: 2 * k + 3], add_bos=True,
+                                     add_generation_prompt=True).token_ids
+            shorter = encode_messages(tokenizer, conversation[: 2 * k + 2], add_bos=True,
+                                      add_generation_prompt=False).token_ids
+            np.testing.assert_array_equal(longer[: len(shorter)], shorter)
+            np.testing.assert_array_equal(fb, longer[len(shorter):])
+            assert conversation[2 * k + 2] == Message(
+                "user", feedback_text(verifier.verdicts[b][k].feedback, final.config))
+            decoded = tokenizer.decode(fb, skip_special_tokens=True)  # the headers' role names stay as text
+            assert decoded == f"user\n\n{conversation[2 * k + 2].content}assistant\n\n", decoded
+            assert feedback_text(verifier.verdicts[b][k].feedback, final.config).startswith("Wrong: ")
+    assert verifier.truncated_feedback == 0
+    # and they were appended to the context: the training context of step k + 1 ends with response k + feedback k
+    from rl.rollout import transition_sequences
+
+    sequences = jax.device_get(transition_sequences(t))
+    for b in range(ROWS):
+        for k in range(BUDGET - 1):
+            context = sequences["context_ids"][b, k + 1][sequences["context_mask"][b, k + 1] != 0]
+            response = t.response_ids[b, k][t.response_mask[b, k] != 0]
+            fb = t.feedback_ids[b, k][t.feedback_mask[b, k] != 0]
+            np.testing.assert_array_equal(context[-(len(response) + len(fb)):], np.concatenate([response, fb]))
+
+
+# ------------------------------------------------------------------------- EpisodeVerifier, no compilation
+@pytest.fixture(scope="module")
+def tokenizer():
+    from launch.model_source import load_model
+
+    return load_model("tiny", seed=0).tokenizer
+
+
+def _gp_states(count, budget=3):
+    from tasks.general_points import GeneralPointsConfig
+
+    return new_episodes(GeneralPointsConfig(max_verify_steps=budget), (7,), count)
+
+
+def test_episode_verifier_caches_per_row_and_step(tokenizer):
+    """A repeated callback (JAX may evaluate a pure callback more than once) returns the first answer and never
+    advances an episode twice; inactive rows are not judged; the answers are the task step's."""
+    calls = []
+
+    def counting_step(state, text):
+        calls.append(text)
+        return step_function("task")(state, text)
+
+    states = _gp_states(3)
+    verifier = EpisodeVerifier(tokenizer, states, counting_step, feedback_len=96)
+    texts = ["no json", expert_response(states[1].hand, states[1].config), "{}"]
+    width = 256
+    tokens = np.full((3, width), tokenizer.pad_id, np.int32)
+    lengths = np.zeros((3,), np.int32)
+    for b, text in enumerate(texts):
+        ids = tokenizer.encode_text(text) + [tokenizer.eot_id]
+        tokens[b, : len(ids)], lengths[b] = ids, len(ids)
+    active = np.array([True, True, False])
+    first = verifier(tokens, lengths, active, np.int32(0))
+    again = verifier(tokens, lengths, active, np.int32(0))
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert calls == texts[:2]  # once per active row, the eot stripped as a special token
+    rewards, done, success, feedback_ids, feedback_mask = first
+    np.testing.assert_array_equal(rewards, [REWARDS["illegal_formula"], REWARDS["correct"], 0.0])
+    np.testing.assert_array_equal(done, [False, True, False])
+    np.testing.assert_array_equal(success, [False, True, False])
+    assert feedback_mask[0].any() and not feedback_mask[1:].any()
+    assert (feedback_ids[1:] == tokenizer.pad_id).all()
+    assert verifier.states[0].steps_taken == 1 and verifier.states[1].solved and verifier.states[2].steps_taken == 0
+    # the next step judges again (another key), only the row still playing
+    verifier(tokens, lengths, np.array([True, False, False]), np.int32(1))
+    assert len(calls) == 3 and verifier.states[0].steps_taken == 2
+    # reset: a fresh cache, so step 0 is judged again
+    verifier.reset(_gp_states(3))
+    verifier(tokens, lengths, active, np.int32(0))
+    assert len(calls) == 5 and len(verifier.responses[0]) == 1
+
+
+def test_episode_verifier_truncates_long_feedback_keeping_its_end(tokenizer):
+    from model.chat import encode_turn, generation_prompt_ids
+
+    states = _gp_states(1)
+    short = 12
+    verifier = EpisodeVerifier(tokenizer, states, step_function("task"), feedback_len=short)
+    tokens = np.array([tokenizer.encode_text("no json at all") + [tokenizer.eot_id]], np.int32)
+    _, _, _, ids, mask = verifier(tokens, np.array([tokens.shape[1]]), np.array([True]), np.int32(0))
+    whole = encode_turn(tokenizer, Message("user", feedback_text(verifier.verdicts[0][0].feedback,
+                                                                 states[0].config)))
+    assert len(whole) > short and verifier.truncated_feedback == 1 and mask.sum() == short
+    tail = len(generation_prompt_ids(tokenizer)) + 1  # <|eot_id|> + the assistant header
+    np.testing.assert_array_equal(ids[0], np.concatenate([whole[: short - tail], whole[-tail:]]))
+    assert ids[0, short - tail] == tokenizer.eot_id

@@ -21,26 +21,19 @@ from launch.rl_common import RolloutRunner, load_policy, new_episodes, task_conf
 from launch.rl_config import EpisodeConfig
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--episodes", type=int, default=16)
-    parser.add_argument("--verify-steps", type=int, default=5)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--feedback-len", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-
-    policy = load_policy(args.preset, seed=0)
-    episodes = EpisodeConfig(max_verify_steps=args.verify_steps, max_new_tokens=args.max_new_tokens,
-                             feedback_len=args.feedback_len, temperature=args.temperature)
-    gp_config = task_config(episodes)
-    runner = RolloutRunner(policy, episodes, args.verify_steps, args.episodes)
+def measure(preset: str = "small", episodes: int = 16, verify_steps: int = 5, max_new_tokens: int = 64,
+            feedback_len: int = 128, temperature: float = 1.0, repeats: int = 3) -> dict:
+    """Episodes per second after compilation (median of `repeats` rollouts on fresh hands) and the share of a
+    rollout's wall time outside generation; one dict (the JSON line `main` prints)."""
+    policy = load_policy(preset, seed=0)
+    episode_config = EpisodeConfig(max_verify_steps=verify_steps, max_new_tokens=max_new_tokens,
+                                   feedback_len=feedback_len, temperature=temperature)
+    gp_config = task_config(episode_config)
+    runner = RolloutRunner(policy, episode_config, verify_steps, episodes)
 
     def one(seed: int) -> dict:
         began = time.perf_counter()
-        states = new_episodes(gp_config, (seed,), args.episodes)
+        states = new_episodes(gp_config, (seed,), episodes)
         prompts = runner.prompts(states)  # timed here once more than the runner needs: a fair upper bound
         prep = time.perf_counter() - began
         trajectory, verifier, _ = runner(policy.params, states, jax.random.key(seed))
@@ -53,19 +46,33 @@ def main() -> None:
     began = time.perf_counter()
     one(0)
     compile_seconds = time.perf_counter() - began
-    runs = [one(seed) for seed in range(1, args.repeats + 1)]
+    runs = [one(seed) for seed in range(1, repeats + 1)]
     wall = statistics.median(r["wall"] for r in runs)
     outside = statistics.median((r["prep"] + r["callback"]) / r["wall"] for r in runs)
-    print(json.dumps(dict(
-        benchmark="rollout", preset=args.preset, device=jax.devices()[0].device_kind, episodes=args.episodes,
-        verify_steps=args.verify_steps, max_new_tokens=args.max_new_tokens, feedback_len=args.feedback_len,
+    return dict(
+        benchmark="rollout", preset=preset, device=jax.devices()[0].device_kind, episodes=episodes,
+        verify_steps=verify_steps, max_new_tokens=max_new_tokens, feedback_len=feedback_len,
         prompt_tokens=runs[0]["prompt_len"], mean_steps=runs[0]["steps"], first_call_seconds=round(compile_seconds, 2),
-        rollout_seconds=round(wall, 3), episodes_per_second=round(args.episodes / wall, 3),
+        rollout_seconds=round(wall, 3), episodes_per_second=round(episodes / wall, 3),
         response_tokens_per_second=round(statistics.median(r["response_tokens"] / r["wall"] for r in runs), 1),
         host_prep_seconds=round(statistics.median(r["prep"] for r in runs), 4),
         callback_seconds=round(statistics.median(r["callback"] for r in runs), 4),
         share_outside_generation=round(outside, 4),
-        truncated_feedback=runs[0]["truncated_feedback"])))
+        truncated_feedback=runs[0]["truncated_feedback"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--episodes", type=int, default=16)
+    parser.add_argument("--verify-steps", type=int, default=5)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--feedback-len", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(json.dumps(measure(args.preset, args.episodes, args.verify_steps, args.max_new_tokens, args.feedback_len,
+                             args.temperature, args.repeats)))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Python API: ``run_eval(config, out_dir) -> list of records``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from launch.config import ConfigError, check_run_directory, resolve, save_config
 from launch.expert_data import HELDOUT_SEED_OFFSET
 from launch.metrics import MetricsWriter, read_metrics
 from launch.metrics_schema import ARMS, default_arm, eval_record, load_run
-from launch.rl_common import FINAL_DIR, TASK_NAMES, evaluate, heldout_expert_conversations, load_policy
+from launch.rl_common import (FINAL_DIR, TASK_NAMES, evaluate, heldout_expert_conversations, load_policy, make_rl_mesh,
+                              mesh_context, place_batch, place_params)
 from launch.rl_config import EvalConfig
 from launch.model_source import init_tokens
 from launch.progress import ProgressBar
@@ -61,11 +63,12 @@ def evaluation_arm(config: EvalConfig) -> str:
     return "base"
 
 
-def heldout_losses(policy, config: EvalConfig, splits) -> dict[str, dict[str, float]]:
+def heldout_losses(policy, config: EvalConfig, splits, mesh=None) -> dict[str, dict[str, float]]:
     """{split: {"loss", "accuracy", "tokens"}} for each of `splits`: the SFT loss (token means over the assistant
     tokens) of `config.heldout_examples` expert conversations per split (`heldout_expert_conversations`), in
     batches of `heldout_batch_size` padded to one length for all of `config.splits` (one compilation, and the same
-    padding whichever splits a resumed evaluation has left)."""
+    padding whichever splits a resumed evaluation has left). `mesh`: the batches are placed on it (batch over
+    data x fsdp; pass params placed there)."""
     import functools
 
     from launch.sft_eval import heldout_batches, make_heldout_loss
@@ -78,10 +81,11 @@ def heldout_losses(policy, config: EvalConfig, splits) -> dict[str, dict[str, fl
     length = padded_length(encoded_lengths(policy.tokenizer, everything), 64)
     slots = image_slots(everything)
     loss = make_heldout_loss(functools.partial(forward_from_batch, config=policy.config))
-    return {split: loss(policy.params, heldout_batches(policy.tokenizer, data[split], policy.image_config,
-                                                       batch_size=config.heldout_batch_size, length=length,
-                                                       num_image_slots=slots))
-            for split in splits}
+    with mesh_context(mesh):
+        return {split: loss(policy.params, [place_batch(batch, mesh) for batch in heldout_batches(
+                    policy.tokenizer, data[split], policy.image_config, batch_size=config.heldout_batch_size,
+                    length=length, num_image_slots=slots)])
+                for split in splits}
 
 
 def run_eval(config: EvalConfig, out_dir: str | Path, *, show_progress: bool | None = None) -> list[dict]:
@@ -102,13 +106,15 @@ def run_eval(config: EvalConfig, out_dir: str | Path, *, show_progress: bool | N
             if resuming and r.get("kind") == "eval"}
     todo = [cell for cell in cells if cell not in done]
     if todo:
+        mesh = make_rl_mesh(config.mesh)
         policy = load_policy(config.init, seed=config.seed)
+        policy = dataclasses.replace(policy, params=place_params(policy.params, policy.config, mesh))
         task = TASK_NAMES[(config.sampling.task, config.sampling.modality)]
         gflops = total_gflops(ComputeCounter(init_tokens=init_tokens(config.init)), parameter_count(policy.params))
         arm = evaluation_arm(config)
-        heldout = (heldout_losses(policy, config, sorted({split for _, split in todo}, key=config.splits.index))
-                   if config.heldout_examples else {})
-        runners = shared_eval_runners(policy, config.sampling)  # compiled rollouts shared within the process
+        heldout = (heldout_losses(policy, config, sorted({split for _, split in todo}, key=config.splits.index),
+                                  mesh) if config.heldout_examples else {})
+        runners = shared_eval_runners(policy, config.sampling, mesh)  # compiled rollouts shared within the process
         # resume_step 0 keeps every complete eval record (all at step 0) and drops a torn last line
         with MetricsWriter(out, resume_step=0 if resuming else None) as writer, \
                 ProgressBar(len(cells), description="eval", initial=len(cells) - len(todo),
@@ -116,7 +122,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path, *, show_progress: bool | N
             for budget, split in todo:
                 fields = evaluate(policy, policy.params, config.sampling, split=split, budget=budget,
                                   num_episodes=config.episodes, n_samples=config.n_samples, seed=config.seed,
-                                  runners=runners)
+                                  runners=runners, mesh=mesh)
                 extra = {}
                 if split in heldout:
                     extra = dict(heldout_loss=heldout[split]["loss"], heldout_accuracy=heldout[split]["accuracy"],

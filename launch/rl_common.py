@@ -54,6 +54,71 @@ def load_policy(spec: str, *, seed: int) -> ModelSource:
     return source
 
 
+# --------------------------------------------------------------------------------------------- the mesh
+def make_rl_mesh(shape: tuple[int, int, int]) -> jax.sharding.Mesh:
+    """The (data, fsdp, tensor) mesh of RLConfig.mesh / EvalConfig.mesh, as `memgen sft` builds SFTConfig.mesh
+    (`launch.sft_run.make_mesh_from_config`: -1 takes the remaining devices; sizes without a -1 that multiply to
+    fewer than the visible devices use the first that many, so (1, 1, 1) is one device). A mesh spanning several
+    processes is refused: the rollout's verifier and the run loop read whole arrays on the host."""
+    from launch.sft_run import make_mesh_from_config
+
+    mesh = make_mesh_from_config(tuple(shape))
+    if jax.process_count() > 1 and mesh.devices.size > len(jax.local_devices()):
+        raise ConfigError(f"mesh={list(shape)} spans {jax.process_count()} processes; memgen rl and memgen eval "
+                          "run in one process (one host, any number of its devices) for now")
+    return mesh
+
+
+def mesh_context(mesh: jax.sharding.Mesh | None):
+    """`jax.set_mesh(mesh)` (the model's activation constraints, `model.sharding.constrain_batch`, apply while
+    tracing under it), or nothing without a mesh."""
+    import contextlib
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
+
+
+def place_params(params, config, mesh: jax.sharding.Mesh | None):
+    """Policy params (value head included) placed on `mesh` by `model.sharding`'s rules (embed -> fsdp; heads,
+    kv_heads, mlp, vocab -> tensor); unchanged without a mesh."""
+    if mesh is None:
+        return params
+    from model.sharding import param_shardings
+    return jax.device_put(params, param_shardings(config, mesh, params))
+
+
+def place_batch(tree, mesh: jax.sharding.Mesh | None):
+    """Every array of `tree` placed with its leading (batch) axis over data x fsdp where they divide it, the other
+    axes replicated (`model.sharding.batch_sharding`): prompts, images, the PPO / GRPO buffer. Host arrays become
+    device arrays; unchanged placement without a mesh."""
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, tree)
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from model.sharding import batch_sharding
+
+    def place(x):
+        shape = np.shape(x)
+        return jax.device_put(x, batch_sharding(mesh, shape) if shape else NamedSharding(mesh, PartitionSpec()))
+    return jax.tree.map(place, tree)
+
+
+def train_state_shardings(state, config, mesh: jax.sharding.Mesh, optimizer):
+    """NamedShardings for an `rl.update.TrainState` (arrays or shapes): params by the rules (`place_params`),
+    every optimizer moment like its param (`launch.mesh.optimizer_state_specs`), counters and injected
+    hyperparameters replicated."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from launch.mesh import optimizer_state_specs
+    from model.sharding import param_shardings
+
+    params_sh = param_shardings(config, mesh, state.params)
+    specs = jax.tree.map(lambda sharding: sharding.spec, params_sh)
+    opt_specs = optimizer_state_specs(optimizer, state.opt_state, specs)
+    named = lambda spec: NamedSharding(mesh, spec)  # noqa: E731
+    return type(state)(params=params_sh,
+                       opt_state=jax.tree.map(named, opt_specs, is_leaf=lambda x: isinstance(x, PartitionSpec)),
+                       step=named(PartitionSpec()))
+
+
 # --------------------------------------------------------------------------------------------- episodes
 def task_config(episodes: EpisodeConfig, max_verify_steps: int | None = None):
     """The task config of the training split (GeneralPointsConfig, or VirlConfig for task "virl")."""
@@ -109,18 +174,20 @@ class RolloutRunner:
     with a single `EpisodeVerifier` reset per call (a static argument: the same object keeps the compilation)."""
 
     def __init__(self, policy: Policy, episodes: EpisodeConfig, max_verify_steps: int, batch_size: int,
-                 step_fn=None):
+                 step_fn=None, mesh: jax.sharding.Mesh | None = None):
         """`step_fn(state, text) -> (state, Transition)` replaces the task's step (`step_function`), e.g. a
-        scripted policy in tests."""
-        self.policy, self.episodes, self.batch_size = policy, episodes, batch_size
+        scripted policy in tests. `mesh`: the prompts (and images) are placed with the batch over data x fsdp,
+        the KV cache is constrained to the sampler's placement and the model's activation constraints apply
+        (`rl.rollout.rollout`'s mesh); pass params placed on the same mesh (`place_params`). None: one device."""
+        self.policy, self.episodes, self.batch_size, self.mesh = policy, episodes, batch_size, mesh
         tokenizer = policy.tokenizer
         sampling = SamplingConfig(episodes.max_new_tokens, episodes.temperature, stop_tokens=tokenizer.stop_ids)
         self.rollout_config = RolloutConfig(sampling, max_verify_steps, episodes.feedback_len)
         self.verifier = EpisodeVerifier(tokenizer, [], step_fn or step_function(episodes.reward, episodes.task),
                                         episodes.feedback_len)
         self._rollout = jax.jit(functools.partial(rollout, config=policy.config, verifier=self.verifier,
-                                                  rollout_config=self.rollout_config))
-        self._values = jax.jit(functools.partial(prompt_value, config=policy.config))
+                                                  rollout_config=self.rollout_config, mesh=mesh))
+        self._values = jax.jit(functools.partial(prompt_value, config=policy.config, mesh=mesh))
 
     def prompts(self, states):
         """The left-padded prompt batch (`model.chat.ConversationBatch`; one image slot in the vision modality):
@@ -135,14 +202,20 @@ class RolloutRunner:
         except ValueError as error:
             raise ConfigError(f"{error} (the prompt length is episodes.prompt_len)") from None
 
+    def _place(self, array, dtype=None):
+        """A host array -> a device array, on the mesh with its batch axis over data x fsdp when there is one."""
+        array = np.asarray(array) if dtype is None else np.asarray(array, dtype)
+        return jnp.asarray(array) if self.mesh is None else place_batch(array, self.mesh)
+
     def _inputs(self, params, states):
         batch = self.prompts(states)
         images = None
         image_inputs = {}
         if batch.pixel_values is not None:
-            encoded = _encode_images(params, self.policy.config, jnp.asarray(batch.pixel_values),
-                                     jnp.asarray(batch.aspect_ratio_ids), jnp.asarray(batch.aspect_ratio_mask))
-            images = (encoded, jnp.asarray(batch.cross_attention_mask, jnp.int32))
+            with mesh_context(self.mesh):
+                encoded = _encode_images(params, self.policy.config, self._place(batch.pixel_values),
+                                         self._place(batch.aspect_ratio_ids), self._place(batch.aspect_ratio_mask))
+            images = (encoded, self._place(batch.cross_attention_mask, np.int32))
             image_inputs = dict(cross_attention_states=images[0], cross_attention_mask=images[1])
         return batch, images, image_inputs
 
@@ -154,17 +227,19 @@ class RolloutRunner:
             raise ValueError(f"the rollout was built for {self.batch_size} episodes, got {len(states)}")
         batch, images, image_inputs = self._inputs(params, states)
         self.verifier.reset(states)
-        active = jnp.ones((len(states),), bool) if active is None else jnp.asarray(active, bool)
-        trajectory = self._rollout(params, prompt_ids=jnp.asarray(batch.input_ids),
-                                   prompt_mask=jnp.asarray(batch.attention_mask), rng=rng, active=active,
-                                   **image_inputs)
+        active = self._place(np.ones((len(states),), bool) if active is None else active, bool)
+        with mesh_context(self.mesh):
+            trajectory = self._rollout(params, prompt_ids=self._place(batch.input_ids),
+                                       prompt_mask=self._place(batch.attention_mask), rng=rng, active=active,
+                                       **image_inputs)
         return jax.device_get(trajectory), self.verifier, images
 
     def values(self, params, states) -> jax.Array:
         """The value head (B,) at the last token of each state's current prompt (`rl.rollout.prompt_value`)."""
         batch, _, image_inputs = self._inputs(params, states)
-        return self._values(params, prompt_ids=jnp.asarray(batch.input_ids),
-                            prompt_mask=jnp.asarray(batch.attention_mask), **image_inputs)
+        with mesh_context(self.mesh):
+            return self._values(params, prompt_ids=self._place(batch.input_ids),
+                                prompt_mask=self._place(batch.attention_mask), **image_inputs)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -257,25 +332,26 @@ def evaluation_episodes(episodes: EpisodeConfig, *, split: str, budget: int, num
 
 
 def evaluate(policy: Policy, params, episodes: EpisodeConfig, *, split: str, budget: int, num_episodes: int,
-             n_samples: int, seed: int, runners: dict) -> dict:
+             n_samples: int, seed: int, runners: dict, mesh: jax.sharding.Mesh | None = None) -> dict:
     """Success of `num_episodes` instances of `split` within `budget` verification steps (each instance sampled
     `n_samples` times; pass@k when > 1). Returns eval_record fields: split, n, success, success_se, verify_budget,
     pass_at_k; also the mean episode length. V-IRL: `launch.rl_virl.evaluate_virl` (route success and per-step
-    accuracy)."""
+    accuracy). `mesh`: the rollouts run on it (`RolloutRunner`; `params` placed on it), and `runners` must be a
+    cache of that mesh's runners."""
     from rl.metrics import binomial_standard_error
 
     if episodes.task == "virl":
         from launch.rl_virl import evaluate_virl
         return evaluate_virl(policy, params, episodes, split=split, budget=budget, num_episodes=num_episodes,
                              n_samples=n_samples, seed=seed, runners=runners,
-                             make_runner=functools.partial(RolloutRunner, policy, episodes))
+                             make_runner=functools.partial(RolloutRunner, policy, episodes, mesh=mesh))
     states = evaluation_episodes(episodes, split=split, budget=budget, num_episodes=num_episodes,
                                  n_samples=n_samples, seed=seed)
     splits = evaluation_splits_of(episodes, budget)
     batch = num_episodes * n_samples
     key = (budget, batch)
     if key not in runners:
-        runners[key] = RolloutRunner(policy, episodes, budget, batch)
+        runners[key] = RolloutRunner(policy, episodes, budget, batch, mesh=mesh)
     trajectory, verifier, _ = runners[key](params, states, jax.random.key(seed))
     solved = np.asarray(trajectory.success).any(axis=1).reshape(num_episodes, n_samples)
     rate = float(solved.mean())

@@ -77,7 +77,12 @@ class RLConfig:
     grpo.minibatch_size apply, and the optimizer is ppo_optimizer with the ppo.* learning-rate, eps and grad-norm
     fields).
     ``eval_every`` updates (0: only at the end; otherwise also before the first update) it evaluates
-    ``eval_episodes`` episodes per split, sampled at ``eval_temperature`` (0: greedy)."""
+    ``eval_episodes`` episodes per split, sampled at ``eval_temperature`` (0: greedy).
+    ``mesh``: the device mesh's (data, fsdp, tensor) sizes, as SFTConfig.mesh (-1: every remaining device; sizes
+    that multiply to fewer than the visible devices use the first that many). Policy params, the train state
+    (optimizer moments like their params), the rollout's prompts and KV cache and the PPO / GRPO buffer are placed
+    on it by `model.sharding`'s rules. The default (1, 1, 1) is one device; e.g. mesh=1,-1,1 for FSDP over all
+    the devices of one host (one process only, docs/rl.md)."""
 
     init: str = "tiny"
     seed: int = 0
@@ -92,6 +97,7 @@ class RLConfig:
     eval_temperature: float = 0.0
     log_every: int = 1
     checkpoint: CheckpointConfig = CheckpointConfig(every_steps=5)
+    mesh: tuple[int, int, int] = (1, 1, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +107,8 @@ class EvalConfig:
     and adds pass@k for k = 1, 2, 4, ... <= n_samples. ``init`` as RLConfig.init (also an `memgen rl` run dir).
     ``heldout_examples`` > 0 adds the held-out generalisation loss (token-mean NLL of that many expert responses per
     split, in batches of ``heldout_batch_size``) to each split's records. ``arm``: the records' arm (sft, rl,
-    base); empty = the arm of the init run directory, else base."""
+    base); empty = the arm of the init run directory, else base. ``mesh``: as RLConfig.mesh (the policy, the
+    rollouts and the held-out batches on it)."""
 
     init: str = "tiny"
     seed: int = 1234
@@ -113,6 +120,7 @@ class EvalConfig:
     heldout_examples: int = 0
     heldout_batch_size: int = 8
     arm: str = ""
+    mesh: tuple[int, int, int] = (1, 1, 1)
 
 
 # answer_key_weight 0.5: the reference's weight on the tokens before the answer key ("formula" / "action").

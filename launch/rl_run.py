@@ -39,8 +39,9 @@ from launch.model_source import init_tokens
 from launch.metrics_schema import eval_record, train_record
 from launch.model_source import tokenizer_fingerprint
 from launch.progress import ProgressBar
-from launch.rl_common import (TASK_NAMES, RolloutRunner, answer_key_starts, evaluate, load_policy, new_episodes,
-                              save_policy, task_config)
+from launch.rl_common import (TASK_NAMES, RolloutRunner, answer_key_starts, evaluate, load_policy, make_rl_mesh,
+                              mesh_context, new_episodes, place_batch, place_params, save_policy, task_config,
+                              train_state_shardings)
 from launch.rl_config import RLConfig
 from rl.buffer import grpo_buffer, ppo_buffer, rollout_statistics, train_token_count
 from rl.compute import ComputeCounter, add, parameter_count, total_gflops
@@ -99,24 +100,26 @@ def _check_config(config: RLConfig) -> None:
 
 
 # Compiled pieces shared by the runs of one process (tests, sweeps): a new jit object would compile again. The
-# rollout depends only on the policy's shapes, the episode settings and the batch, so runs that differ in their
-# PPO / GRPO settings (a learning-rate or KL sweep) share it; evaluation runners likewise.
+# rollout depends only on the policy's shapes, the episode settings, the batch and the mesh, so runs that differ in
+# their PPO / GRPO settings (a learning-rate or KL sweep) share it; evaluation runners likewise. Every cache is keyed
+# on the mesh too (its shape and devices): a program compiled for one placement serves no other.
 _COMPILED: dict = {}
 _RUNNERS: dict = {}
 _EVAL_RUNNERS: dict = {}
 
 
-def shared_runner(policy, episodes, steps: int, batch: int) -> RolloutRunner:
-    """The process's RolloutRunner for (model, tokenizer, episode settings, K, batch)."""
-    key = (policy.config, str(policy.tokenizer_dir), episodes, steps, batch)
+def shared_runner(policy, episodes, steps: int, batch: int, mesh=None) -> RolloutRunner:
+    """The process's RolloutRunner for (model, tokenizer, episode settings, K, batch, mesh)."""
+    key = (policy.config, str(policy.tokenizer_dir), episodes, steps, batch, mesh)
     if key not in _RUNNERS:
-        _RUNNERS[key] = RolloutRunner(policy, episodes, steps, batch)
+        _RUNNERS[key] = RolloutRunner(policy, episodes, steps, batch, mesh=mesh)
     return _RUNNERS[key]
 
 
-def shared_eval_runners(policy, episodes) -> dict:
-    """The process's evaluation runners (`rl_common.evaluate`'s cache) for (model, tokenizer, episode settings)."""
-    return _EVAL_RUNNERS.setdefault((policy.config, str(policy.tokenizer_dir), episodes), {})
+def shared_eval_runners(policy, episodes, mesh=None) -> dict:
+    """The process's evaluation runners (`rl_common.evaluate`'s cache) for (model, tokenizer, episode settings,
+    mesh)."""
+    return _EVAL_RUNNERS.setdefault((policy.config, str(policy.tokenizer_dir), episodes, mesh), {})
 
 
 def evaluation_split_names(episodes) -> list[str]:
@@ -128,20 +131,22 @@ def evaluation_split_names(episodes) -> list[str]:
     return list(evaluation_splits(task_config(episodes)))
 
 
-def _compiled(policy, config: RLConfig, total_steps: int):
-    """The rollout runner, the jitted PPO update and buffer builder, and the evaluation runners of a run, shared by
-    runs of the same shapes in one process (tests, sweeps): a new jit object would compile again."""
+def _compiled(policy, config: RLConfig, total_steps: int, mesh):
+    """The rollout runner, the jitted PPO update and buffer builder, and the evaluation runners of a run on `mesh`,
+    shared by runs of the same shapes and mesh in one process (tests, sweeps): a new jit object would compile
+    again. The update keeps the train state's placement (`train_state_shardings`) from update to update and runs
+    under the mesh (the model's activation constraints)."""
     # total_steps is not part of the key: the cosine's horizon is optimizer state (rl.ppo.scale_by_cosine), and the
     # learning rates too, so runs that differ only in their length or learning rate share the compiled update.
     key = (policy.config, tokenizer_fingerprint(policy), config.episodes, config.episodes_per_update, config.algorithm,
-           dataclasses.replace(config.ppo, learning_rate=1.0, final_learning_rate=1.0), config.grpo)
+           dataclasses.replace(config.ppo, learning_rate=1.0, final_learning_rate=1.0), config.grpo, mesh)
     if key not in _COMPILED:
         episodes = config.episodes
         steps = episodes.max_verify_steps
         if episodes.task == "virl":
             from launch.rl_virl import rollout_steps
             steps = rollout_steps(steps)
-        runner = shared_runner(policy, episodes, steps, config.episodes_per_update)
+        runner = shared_runner(policy, episodes, steps, config.episodes_per_update, mesh)
         policy_fn = functools.partial(transition_policy, config=policy.config, temperature=episodes.temperature,
                                       return_entropy=config.algorithm == "ppo" and config.ppo.entropy_coef != 0)
         reference_fn = None
@@ -162,9 +167,22 @@ def _compiled(policy, config: RLConfig, total_steps: int):
             make_buffer = functools.partial(grpo_buffer, config=config.grpo, reference_fn=reference_fn)
         if episodes.task != "virl":
             make_buffer = jax.jit(make_buffer)
-        _COMPILED[key] = (runner, jax.jit(update, donate_argnums=0), make_buffer,
-                          shared_eval_runners(policy, dataclasses.replace(episodes, temperature=0.0)))
+        abstract_state = jax.eval_shape(lambda params: init_train_state(params, optimizer), policy.params)
+        state_shardings = train_state_shardings(abstract_state, policy.config, mesh, optimizer)
+        jitted_update = jax.jit(update, donate_argnums=0, out_shardings=(state_shardings, None))
+        _COMPILED[key] = (runner, _under_mesh(jitted_update, mesh), _under_mesh(make_buffer, mesh),
+                          shared_eval_runners(policy, dataclasses.replace(episodes, temperature=0.0), mesh),
+                          state_shardings)
     return _COMPILED[key]
+
+
+def _under_mesh(fn, mesh):
+    """`fn` called under `jax.set_mesh(mesh)` (traced with the model's activation constraints on the mesh)."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with mesh_context(mesh):
+            return fn(*args, **kwargs)
+    return call
 
 
 def uses_reference(config: RLConfig) -> bool:
@@ -184,7 +202,9 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     out.mkdir(parents=True, exist_ok=True)
     check_run_directory(config, out)
     save_config(config, out)
+    mesh = make_rl_mesh(config.mesh)
     policy = load_policy(config.init, seed=config.seed)
+    policy = dataclasses.replace(policy, params=place_params(policy.params, policy.config, mesh))
     episodes = config.episodes
     task_settings = task_config(episodes)
     task = TASK_NAMES[(episodes.task, episodes.modality)]
@@ -197,9 +217,11 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     total_steps = max(1, config.updates * epochs * (transitions // minibatch))
     optimizer = ppo_optimizer(config.ppo, total_steps)
     decay = optax.cosine_decay_schedule(1.0, total_steps, config.ppo.final_learning_rate / config.ppo.learning_rate)
-    state = init_train_state(policy.params, optimizer)
     num_params = parameter_count(policy.params)
-    runner, update, make_buffer, eval_runners = _compiled(policy, config, total_steps)
+    runner, update, make_buffer, eval_runners, state_shardings = _compiled(policy, config, total_steps, mesh)
+    # Committed to the mesh (params by the rules, moments like their params): the checkpoint's restore template,
+    # so a resumed state has the same placement as a fresh one and the compiled update serves both.
+    state = jax.device_put(init_train_state(policy.params, optimizer), state_shardings)
     # The KL reference: the initial policy, frozen (a copy: the train state's buffers are donated to the update).
     reference_params = jax.tree.map(jnp.copy, policy.params) if uses_reference(config) else None
 
@@ -208,9 +230,9 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     restored = checkpoints.restore_latest(state)
     start, counter = 0, ComputeCounter(init_tokens=init_tokens(config.init))
     if restored is not None:
-        # Orbax restores arrays committed to a device, while a fresh state and every jit output are uncommitted; jit
-        # caches the two apart, so a resumed run would compile its rollout and update again. Uncommit them.
-        state = jax.tree.map(lambda x: jax.device_put(np.asarray(x)), restored.state)
+        # Orbax restores onto the template's shardings; device_put keeps the placement exactly that of a fresh state
+        # (a no-op when it already is), so jit's cache serves the resumed run with the same compiled programs.
+        state = jax.device_put(restored.state, state_shardings)
         start = int(restored.run_state["update"])
         counter = ComputeCounter(**restored.run_state["compute"])
     end = config.updates if stop_after is None else min(config.updates, stop_after)
@@ -223,7 +245,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
             for split in evaluation_split_names(episodes):
                 fields = evaluate(policy, state.params, evaluation, split=split, budget=episodes.max_verify_steps,
                                   num_episodes=config.eval_episodes, n_samples=1, seed=config.seed + 1,
-                                  runners=eval_runners)
+                                  runners=eval_runners, mesh=mesh)
                 writer.write(step, eval_record(step=step, gflops=gflops, task=task, arm="rl", seed=config.seed,
                                                **fields))
 
@@ -238,8 +260,8 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                 result = play(runner, state.params, [supply() for _ in range(config.episodes_per_update)],
                               rollout_key, calls=episodes.decision_points, replace=supply)
                 rollout_seconds = time.perf_counter() - began
-                buffer = update_buffer(make_buffer, runner, state.params, result, reference_params,
-                                       config.ppo.answer_key_weight)
+                buffer = place_batch(update_buffer(make_buffer, runner, state.params, result, reference_params,
+                                                   config.ppo.answer_key_weight), mesh)
                 stats = training_statistics(result)
                 truncated = result.truncated_feedback
             else:
@@ -252,7 +274,8 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                 if config.algorithm == "ppo" and config.ppo.answer_key_weight != 1.0:
                     extra["answer_start"] = answer_key_starts(policy.tokenizer, trajectory.response_ids,
                                                               trajectory.response_mask, episodes.task)
-                buffer = make_buffer(trajectory, images=images, reference_params=reference_params, **extra)
+                buffer = place_batch(make_buffer(trajectory, images=images, reference_params=reference_params,
+                                                 **extra), mesh)
                 stats = jax.device_get(rollout_statistics(trajectory))
                 truncated = verifier.truncated_feedback
             lr = float(peak_learning_rate(state.opt_state)) * float(decay(state.step))

@@ -37,7 +37,7 @@ import numpy as np
 
 from model.config import ModelConfig
 from model.forward import forward, init_cache
-from model.sampler import SamplingConfig, append, sample_turn, start, token_logprobs
+from model.sampler import SamplerState, SamplingConfig, append, cache_shardings, sample_turn, start, token_logprobs
 from model.value_head import value_head_apply
 
 Params = dict[str, Any]
@@ -104,6 +104,17 @@ def call_verifier(verifier: VerifierFn, tokens: jax.Array, lengths: jax.Array, a
     return jax.pure_callback(verifier, shapes, tokens, lengths, active, step, vmap_method="sequential")
 
 
+def _place_cache(state, mesh):
+    """A KVCache (or a SamplerState's cache) constrained to the sampler's placement on `mesh` (batch over data x
+    fsdp, KV heads over tensor: `model.sampler.cache_shardings`, the same specs as
+    `launch.mesh.cache_partition_specs`); unchanged without a mesh."""
+    if mesh is None:
+        return state
+    if isinstance(state, SamplerState):
+        return dataclasses.replace(state, cache=_place_cache(state.cache, mesh))
+    return jax.lax.with_sharding_constraint(state, cache_shardings(mesh, state))
+
+
 def cache_length(prompt_len: int, rollout_config: RolloutConfig) -> int:
     """Cache slots a rollout needs: the prompt, K responses and K feedback turns."""
     k = rollout_config.max_verify_steps
@@ -113,21 +124,27 @@ def cache_length(prompt_len: int, rollout_config: RolloutConfig) -> int:
 def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
             *, verifier: VerifierFn, rollout_config: RolloutConfig, cross_attention_states: jax.Array | None = None,
             cross_attention_mask: jax.Array | None = None, stop_tokens: jax.Array | None = None,
-            active: jax.Array | None = None) -> Trajectory:
+            active: jax.Array | None = None, mesh: jax.sharding.Mesh | None = None) -> Trajectory:
     """One decision point of B episodes: prefill the left-padded prompts (B, P), then a `jax.lax.scan` over K
     verification steps (module docstring). `cross_attention_states` (B, V, D): the images, encoded once
     (`model.forward.vision_states`), with the prompt's cross_attention_mask (B, P, I, T). `stop_tokens` (S,) int32
     (-1 = unused) overrides sampling.stop_tokens. `active` (B,) bool: rows that play (default all); the others
     (e.g. V-IRL routes that already ended) sample nothing, are never passed to the verifier as active and have
-    no valid transition. Jit it with `config`, `verifier` and `rollout_config` static."""
+    no valid transition. `mesh` (static): the KV cache is constrained to the sampler's placement on it (batch over
+    data x fsdp, KV heads over tensor) after the prefill and after every step; place params with
+    `model.sharding.shard_params` and the prompts with the batch sharding, and call it under `jax.set_mesh(mesh)`
+    for the model's activation constraints (`launch.rl_common.RolloutRunner` does all three). Jit it with
+    `config`, `verifier`, `rollout_config` and `mesh` static."""
     sampling = rollout_config.sampling
     batch, prompt_len = prompt_ids.shape
     num_images = 0
     if cross_attention_states is not None:
         num_images = cross_attention_states.shape[1] // (config.vision.max_num_tiles * config.vision.num_patches)
-    cache = init_cache(config, batch, cache_length(prompt_len, rollout_config), num_images=num_images)
+    cache = _place_cache(init_cache(config, batch, cache_length(prompt_len, rollout_config), num_images=num_images),
+                         mesh)
     state, hidden = start(params, config, prompt_ids, prompt_mask, cache, cross_attention_states=cross_attention_states,
                           cross_attention_mask=cross_attention_mask, return_hidden=True)
+    state = _place_cache(state, mesh)
     value = _value(params, hidden)
 
     def verification_step(carry, step):
@@ -142,6 +159,7 @@ def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_m
         feedback_mask = jnp.where(continues[:, None], feedback_mask, 0)
         feedback_ids = jnp.where(feedback_mask != 0, feedback_ids, config.text.pad_token_id)
         state, hidden = append(params, config, state, feedback_ids, feedback_mask, return_hidden=True)
+        state = _place_cache(state, mesh)
         new_value = _value(params, hidden)
         positions = jnp.arange(sampling.max_new_tokens)[None, :]
         response_mask = active[:, None] & (positions < generation.lengths[:, None])
@@ -164,14 +182,14 @@ def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_m
 
 def prompt_value(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_mask: jax.Array, *,
                  cross_attention_states: jax.Array | None = None,
-                 cross_attention_mask: jax.Array | None = None) -> jax.Array:
+                 cross_attention_mask: jax.Array | None = None, mesh: jax.sharding.Mesh | None = None) -> jax.Array:
     """The value head (B,) at each left-padded prompt's (B, P) last token, as `rollout` computes it for its
     first transition: GAE's bootstrap value of an episode that goes on with this prompt (V-IRL's next decision
-    point after the last rollout of an update). Images as in `rollout`."""
+    point after the last rollout of an update). Images and `mesh` as in `rollout`."""
     num_images = 0
     if cross_attention_states is not None:
         num_images = cross_attention_states.shape[1] // (config.vision.max_num_tiles * config.vision.num_patches)
-    cache = init_cache(config, prompt_ids.shape[0], prompt_ids.shape[1], num_images=num_images)
+    cache = _place_cache(init_cache(config, prompt_ids.shape[0], prompt_ids.shape[1], num_images=num_images), mesh)
     _, hidden = start(params, config, prompt_ids, prompt_mask, cache, cross_attention_states=cross_attention_states,
                       cross_attention_mask=cross_attention_mask, return_hidden=True)
     return _value(params, hidden)

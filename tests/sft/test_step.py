@@ -197,3 +197,49 @@ def test_data_parallel_sharded_step_matches_the_single_device_step():
     assert_trees_close(sharded.trainable, single.trainable, rtol=1e-5, atol=1e-7)
     for a, b in zip(sharded_history, single_history):
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
+
+
+# Logical axes of tests/sft/tiny_lm.py's params, for model.sharding's rules (embed -> fsdp, mlp / vocab -> tensor).
+TINY_LM_AXES = {
+    "vision_encoder": {"patch_embedding": {"kernel": (None, "embed")}},
+    "projector": {"kernel": ("embed", "mlp"), "bias": ("mlp",)},
+    "language_model": {"embed_tokens": {"embedding": ("vocab", "embed")},
+                       "layers": {"mlp": {"up_proj": {"kernel": ("embed", "mlp")},
+                                          "down_proj": {"kernel": ("mlp", "embed")}}},
+                       "norm": {"scale": (None,)}, "lm_head": {"kernel": ("embed", "vocab")}},
+    "cross_attention": {"kernel": ("embed", "mlp"), "gate": ()},
+}
+
+
+def test_fsdp_and_tensor_sharded_step_matches_the_single_device_step():
+    """fsdp=4 x tensor=2 of the 8 CPU devices: params split by model.sharding's rules (embed over fsdp, mlp over
+    tensor), Adam's moments like their params and the batch over fsdp, placed as `memgen sft` places its state
+    (launch.sft_run.place_state): after two steps the trainable params, the optimizer state and the metrics equal
+    the single-device step's within 1e-5."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from launch.mesh import MeshConfig, make_global_batch, make_mesh
+    from launch.sft_run import place_state
+    from model.sharding import partition_spec
+
+    mesh = make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
+    batches = [make_batch(s) for s in range(2)]
+    single, optimizer = make_state()
+    single, single_history = run(single, optimizer, batches)
+    sharded, _ = make_state()
+    shardings = jax.tree.map(lambda leaf, axes: NamedSharding(mesh, partition_spec(leaf.shape, axes, mesh)),
+                             sharded.params, TINY_LM_AXES, is_leaf=lambda x: isinstance(x, tuple))
+    sharded = place_state(sharded, shardings, FREEZE, mesh, optimizer)
+    up = sharded.trainable["language_model"]["layers"]["mlp"]["up_proj"]["kernel"]
+    assert up.sharding.spec == PartitionSpec("fsdp", "tensor") and up.addressable_shards[0].data.size == up.size // 8
+    moments = [leaf for leaf in jax.tree.leaves(sharded.opt_state) if leaf.shape == up.shape]  # Adam's mu and nu
+    assert len(moments) == 2 and all(m.sharding == up.sharding for m in moments)
+    placed = [make_global_batch(b, mesh) for b in batches]
+    assert placed[0]["input_ids"].sharding.spec[0] in ("fsdp", ("data", "fsdp"))
+    sharded, sharded_history = run(sharded, optimizer, placed)
+    assert sharded.trainable["language_model"]["lm_head"]["kernel"].sharding.mesh.size == 8
+    assert_trees_close(sharded.trainable, single.trainable, rtol=1e-5, atol=1e-5)
+    assert_trees_close(sharded.opt_state, single.opt_state, rtol=1e-5, atol=1e-5)
+    for a, b in zip(sharded_history, single_history):
+        for name in b:
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)

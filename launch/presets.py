@@ -150,18 +150,51 @@ _VIRL_PRESETS = {("virl-l", "reference"): ("rl-virl-l", "eval-virl-l"),
                  ("virl-l", "tiny"): ("rl-virl-tiny", "eval-virl-tiny")}
 
 
-def virl_rl_config(task: str, size: str) -> RLConfig:
-    """The rl-scale config of a V-IRL task (rl-virl-l / rl-virl-vl / rl-virl-tiny from its sft-init run)."""
+def _virl_cpu_episodes(task: str, size: str, *, evaluation: bool) -> EpisodeConfig:
+    """The CPU variants of a V-IRL task: the rl-virl-tiny episodes in the task's modality (tiny), or the `small`
+    model's (both with 1,536 prompt tokens for -vl): 2-4-step routes, 4 decision points per row, 96 new tokens (an expert answer is ~60 tokens with the
+    offline tokenizer), sampling temperature 1 (greedy in evaluation)."""
     from launch.config import get_preset
 
-    return dataclasses.replace(get_preset(_VIRL_PRESETS[task, size][0], RLConfig), init=_init_run(task, size))
+    tiny = get_preset("rl-virl-tiny", RLConfig).episodes
+    modality = TASKS[task][1]
+    if modality == "vision":  # the vision prompt's wording is longer (1,299 tokens measured on a training route)
+        tiny = dataclasses.replace(tiny, prompt_len=1536)
+    if size == "tiny":
+        episodes = dataclasses.replace(tiny, modality=modality)
+    else:
+        episodes = dataclasses.replace(tiny, modality=modality, max_new_tokens=96, decision_points=4,
+                                       train_routes=64, max_route_steps=4, temperature=1.0)
+    return dataclasses.replace(episodes, temperature=0.0) if evaluation else episodes
+
+
+def virl_rl_config(task: str, size: str) -> RLConfig:
+    """The rl-scale config of a V-IRL task: rl-virl-l / rl-virl-vl / rl-virl-tiny from its sft-init run, and the
+    CPU variants without a preset of their own (virl-vl tiny: rl-virl-tiny with images; small: the small model)."""
+    from launch.config import get_preset
+
+    init = _init_run(task, size)
+    if (task, size) in _VIRL_PRESETS:
+        return dataclasses.replace(get_preset(_VIRL_PRESETS[task, size][0], RLConfig), init=init)
+    episodes = _virl_cpu_episodes(task, size, evaluation=False)
+    if size == "tiny":
+        return dataclasses.replace(get_preset("rl-virl-tiny", RLConfig), init=init, episodes=episodes)
+    # 8 rows x 4 decision points x 3 answer slots = 96 transition slots per update, minibatches of 16
+    return RLConfig(init=init, updates=15, episodes_per_update=8, episodes=episodes, eval_every=5, eval_episodes=16,
+                    ppo=PPOConfig(minibatch_size=16, learning_rate=1e-4, final_learning_rate=1e-6, max_grad_norm=1.0),
+                    checkpoint=CheckpointConfig(every_steps=5, keep=2, async_save=False))
 
 
 def virl_eval_config(task: str, size: str) -> EvalConfig:
-    """The eval config of a V-IRL task (eval-virl-l / eval-virl-vl / eval-virl-tiny; init= required)."""
+    """The eval config of a V-IRL task (eval-virl-l / eval-virl-vl / eval-virl-tiny, and the CPU variants above;
+    init= required). -vl adds the visual-OOD split (the 9-city set)."""
     from launch.config import get_preset
 
-    return dataclasses.replace(get_preset(_VIRL_PRESETS[task, size][1], EvalConfig), init="")
+    if (task, size) in _VIRL_PRESETS:
+        return dataclasses.replace(get_preset(_VIRL_PRESETS[task, size][1], EvalConfig), init="")
+    splits = ("in_distribution", "rule_ood") + (("visual_ood",) if task.endswith("-vl") else ())
+    return EvalConfig(init="", episodes=2 if size == "tiny" else 16, verify_budgets=(2,), splits=splits,
+                      sampling=_virl_cpu_episodes(task, size, evaluation=True))
 
 
 def _register_all() -> None:
@@ -173,7 +206,7 @@ def _register_all() -> None:
                 entries["rl-scale"] = lambda t=task, sz=size: rl_config(t, sz)
                 for stage in ("eval", "eval-budgets"):
                     entries[stage] = lambda t=task, st=stage, sz=size: eval_config(t, st, sz)
-            elif (task, size) in _VIRL_PRESETS:  # V-IRL: 2 answers per decision, no budget sweep in the paper
+            else:  # V-IRL: 2 answers per decision, no budget sweep in the paper
                 entries["rl-scale"] = lambda t=task, sz=size: virl_rl_config(t, sz)
                 entries["eval"] = lambda t=task, sz=size: virl_eval_config(t, sz)
             for stage, make in entries.items():

@@ -23,14 +23,18 @@ def test_the_matrix_lists_every_task_stage_and_size():
         for stage in stages:
             for size in SIZES:
                 expected.add((task, stage, size))
-    # V-IRL RL and evaluation: the reference runs of both variants and the tiny text variant
-    expected |= {(task, stage, size) for task, size in (("virl-l", "reference"), ("virl-vl", "reference"),
-                                                        ("virl-l", "tiny")) for stage in ("rl-scale", "eval")}
-    assert set(MATRIX.values()) == expected and len(MATRIX) == 48
+    # V-IRL RL and evaluation: every variant and size (no budget sweep: the paper sweeps it on GeneralPoints)
+    expected |= {(task, stage, size) for task in ("virl-l", "virl-vl") for size in SIZES
+                 for stage in ("rl-scale", "eval")}
+    assert set(MATRIX.values()) == expected and len(MATRIX) == 54
     assert "gp-vl-sft-init" in MATRIX and "virl-vl-sft-scale-small" in MATRIX and "gp-l-eval-budgets-tiny" in MATRIX
     virl = resolve("virl-vl-rl-scale", [], kind=RLConfig)
     assert virl.init == "runs/virl-vl-sft-init" and virl.episodes.task == "virl" and virl.updates == 15
     assert virl.ppo.learning_rate == 1e-7 and virl.episodes.max_verify_steps == 2
+    for size in ("tiny", "small"):  # the CPU variants of V-IRL-VL evaluate visual OOD with images
+        vl = resolve(f"virl-vl-eval-{size}", [], kind=EvalConfig)
+        assert vl.sampling.modality == "vision" and "visual_ood" in vl.splits and vl.sampling.task == "virl"
+        assert resolve(f"virl-vl-rl-scale-{size}", [], kind=RLConfig).init == f"runs/virl-vl-sft-init-{size}"
 
 
 @pytest.mark.parametrize("name", sorted(MATRIX))

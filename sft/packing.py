@@ -21,8 +21,9 @@ row's padding sees). Cross-attention: a token with allowed tiles sees exactly th
 before an example's first <|image|>) attends, as in transformers, to every vision token of "its row", which for
 a packed token means every tile of its own example's images (``image_segment_ids``), never another example's;
 its cross-attention MLP output is zeroed by the row mask as usual. So in a vision batch every example must carry
-an image (a text-only example alone has no vision tokens to fall back on; packing refuses it). The loss (sft.loss) is unchanged: a token mean over the supervised tokens of the batch, so
-a packed batch gives the same loss and per-example NLL as the same examples unpacked (tested).
+an image (a text-only example alone has no vision tokens to fall back on; packing refuses it). The loss
+(sft.loss) is unchanged: a token mean over the supervised tokens of the batch, so a packed batch gives the same
+loss and per-example NLL as the same examples unpacked (tested).
 
 ``pack_rows`` plans which examples share a row: first fit in the given order, so a plan is a pure function of
 the examples' lengths (and image counts).

@@ -361,8 +361,6 @@ def test_a_packed_run_trains_on_rows_of_several_examples_with_their_unpacked_los
     """data.pack_length=1536 holds two GP examples (705 tokens with the tiny tokenizer) per row: the first step
     sees 2 x batch_size examples, in the data order (sft.data_order.packed_layout), and its loss is the token-mean
     loss of those examples unpacked under the initial params."""
-    import functools
-
     from launch.expert_data import load_expert_data
     from launch.model_source import load_model
     from sft.batches import encoded_lengths, forward_from_batch, sft_batch

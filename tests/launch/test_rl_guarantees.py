@@ -229,3 +229,148 @@ def test_episode_verifier_truncates_long_feedback_keeping_its_end(tokenizer):
     tail = len(generation_prompt_ids(tokenizer)) + 1  # <|eot_id|> + the assistant header
     np.testing.assert_array_equal(ids[0], np.concatenate([whole[: short - tail], whole[-tail:]]))
     assert ids[0, short - tail] == tokenizer.eot_id
+
+
+# ------------------------------------------------------------------------------ X_RL and kill -9, from SFT
+# 3 updates of 4 episodes x 2 verification steps; a checkpoint after every update, written in the background, so
+# the kill of the subprocess below lands mid-save; evaluation only at the end.
+RUN = ["updates=3", "episodes_per_update=4", "ppo.minibatch_size=8", "eval_episodes=2", "checkpoint.every_steps=1",
+       "checkpoint.keep=3", "checkpoint.async_save=true"]
+
+
+def _safetensors(directory):
+    from safetensors.numpy import load_file
+
+    return {f"{file.name}:{name}": array for file in sorted(Path(directory).glob("*.safetensors"))
+            for name, array in load_file(file).items()}
+
+
+def _strip_seconds(records):
+    return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]
+
+
+@pytest.fixture(scope="module")
+def sft_init(tmp_path_factory):
+    """A 2-step tiny SFT run directory: the RL policy starts from its final/ (D_init > 0)."""
+    from launch.sft_run import run_sft
+
+    out = tmp_path_factory.mktemp("sft")
+    run_sft(resolve("sft-tiny", ["steps=2", "eval_every=0", "greedy_examples=0", "train_examples=8"]), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def rl_overrides(templates, sft_init):
+    return templates + RUN + [f"init={sft_init}"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, rl_overrides):
+    """The uninterrupted run, with every training rollout's trajectory kept (the runner is wrapped, not
+    replaced: the compiled rollout is the run's own)."""
+    import launch.rl_common
+
+    out = tmp_path_factory.mktemp("rl-whole")
+    config = resolve("rl-tiny", rl_overrides)
+    trajectories = []
+    call = launch.rl_common.RolloutRunner.__call__
+
+    def keeping(self, *args, **kwargs):
+        result = call(self, *args, **kwargs)
+        if self.batch_size == config.episodes_per_update and self.episodes.temperature == config.episodes.temperature:
+            trajectories.append(result[0])
+        return result
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(launch.rl_common.RolloutRunner, "__call__", keeping)
+        summary = run_rl(config, out, show_progress=False)
+    return config, out, summary, trajectories
+
+
+def _transition_tokens(t):
+    """(D_RL per epoch, D_buffer) of one GeneralPoints rollout, counted here from the trajectory: every valid
+    transition's context (prompt + earlier responses and feedback turns) + response; the rollout's prompt, sampled
+    and feedback tokens."""
+    prompt = t.prompt_mask.sum(axis=1)  # (B,)
+    response = t.response_mask.sum(axis=-1)  # (B, K)
+    feedback = t.feedback_mask.sum(axis=-1)  # (B, K)
+    trained = 0
+    for b in range(t.valid.shape[0]):
+        context = int(prompt[b])
+        for k in range(t.valid.shape[1]):
+            if t.valid[b, k]:
+                trained += context + int(response[b, k])
+            context += int(response[b, k]) + int(feedback[b, k])
+    return trained, int(prompt.sum() + response.sum() + feedback.sum())
+
+
+def test_logged_gflops_are_x_rl_of_the_measured_tokens(reference_run, sft_init):
+    """gflops = 6 N (D_init + D_RL) + 2 N D_buffer per train record (cumulative): D_init the SFT run's trained
+    tokens (its train records), D_RL the record's `tokens` (= epochs x the context + response tokens of the valid
+    transitions, recounted from the trajectory), D_buffer the rollout's tokens (recounted; records do not log it),
+    N every parameter of the saved policy (value head included)."""
+    from rl.compute import parameter_count
+
+    config, out, summary, trajectories = reference_run
+    train = [r for r in read_metrics(out) if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3] and len(trajectories) == 3
+    d_init = sum(r["tokens"] for r in read_metrics(sft_init) if r["kind"] == "train")
+    assert d_init > 0
+    num_params = sum(a.size for a in _safetensors(out / "final").values())
+    assert num_params == parameter_count(summary["params"])
+    d_rl = d_buffer = 0
+    for record, trajectory in zip(train, trajectories):
+        trained, rollout = _transition_tokens(trajectory)
+        assert record["tokens"] == config.ppo.epochs * trained
+        assert trajectory.feedback_mask.any()  # the feedback turns are counted (2 verification steps)
+        d_rl += record["tokens"]
+        d_buffer += rollout
+        expected = (6 * num_params * (d_init + d_rl) + 2 * num_params * d_buffer) / 1e9
+        assert record["gflops"] == pytest.approx(expected, rel=1e-12), record["step"]
+    evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    assert evals and all(r["gflops"] == train[-1]["gflops"] for r in evals)  # evaluation is not training compute
+    assert summary["gflops"] == pytest.approx(train[-1]["gflops"], rel=1e-12)
+    # the final policy's compute record: the next run's D_init
+    counts = json.loads((out / "final" / "memgen_compute.json").read_text())
+    assert counts == {"init_tokens": d_init, "train_tokens": d_rl, "inference_tokens": d_buffer}
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_save_resumes_to_the_same_end(reference_run, rl_overrides, tmp_path):
+    """kill -9 of a subprocess while the checkpoint of update 2 is being written: the same command then resumes
+    (from update 1, or 2 if its files happened to be complete) and ends with the uninterrupted run's params and
+    metrics."""
+    _, whole, _, _ = reference_run
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, str(REPO / "tests/launch/rl_kill_script.py"), str(tmp_path), "2",
+                             *rl_overrides], env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert result.returncode == -9, result.stderr[-3000:]
+    assert max(r["step"] for r in read_metrics(tmp_path)) == 2 and not (tmp_path / "final").exists()
+    print("checkpoints after the kill:", sorted(p.name for p in (tmp_path / "checkpoints").iterdir()))
+    assert main(["rl", "--preset", "rl-tiny", "--out", str(tmp_path), *rl_overrides]) == 0
+    assert _strip_seconds(read_metrics(tmp_path)) == _strip_seconds(read_metrics(whole))
+    resumed, uninterrupted = _safetensors(tmp_path / "final"), _safetensors(whole / "final")
+    assert resumed.keys() == uninterrupted.keys() and any(name.startswith("value_head.") for name in resumed)
+    for name in uninterrupted:
+        np.testing.assert_array_equal(resumed[name], uninterrupted[name], err_msg=name)
+    assert json.loads((tmp_path / "final" / "memgen_compute.json").read_text()) == json.loads(
+        (whole / "final" / "memgen_compute.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------------- GP-VL
+@pytest.mark.slow
+def test_gp_vl_trains_and_evaluates_recognition(tmp_path, templates):
+    """`memgen rl` with episodes.modality=vision, 1 update of 4 episodes: a train record with a finite loss, and
+    eval records on the three splits (visual OOD included) with recognition accuracy. Measured ~35 s of CPU (90 s
+    wall at load average 8 on the shared 2-core machine): the vision rollout and update compile."""
+    assert main(["rl", "--preset", "rl-tiny", "--out", str(tmp_path), *templates, "updates=1",
+                 "episodes.modality=vision", "episodes_per_update=4", "ppo.minibatch_size=8", "eval_episodes=2"]) == 0
+    records = read_metrics(tmp_path)
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(train) == 1 and train[0]["task"] == "gp-vl" and np.isfinite(train[0]["loss"])
+    assert train[0]["tokens"] > 0 and train[0]["gflops"] > 0
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["split"] for r in evals] == ["in_distribution", "rule_ood", "visual_ood"]
+    for r in evals:
+        assert r["task"] == "gp-vl" and 0 <= r["recognition_accuracy"] <= 1 and "recognition_accuracy_se" in r
+    assert (tmp_path / "final" / "config.json").is_file()

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from launch.checkpoint import CheckpointError, CheckpointManager
-from launch.config import CONFIG_FILENAME, ConfigError, SFTConfig, load_config, preset_names, resolve, save_config
+from launch.config import ConfigError, SFTConfig, check_run_directory, load_config, preset_names, resolve, save_config
 from launch.expert_data import GREEDY_SEED_OFFSET, DataError, greedy_episodes, load_expert_data
 from launch.mesh import host_local_batch_slice
 from launch.metrics import MetricsWriter
@@ -52,7 +52,7 @@ TASK_NAMES = {("general_points", "language"): "gp-l", ("general_points", "vision
 
 
 class SFTRunError(RuntimeError):
-    """The run cannot go on (e.g. too many non-finite steps in a row, or DIR holds another config's run)."""
+    """The run cannot go on (e.g. too many non-finite steps in a row, or a checkpoint that cannot be restored)."""
 
 
 # --- the pieces the loop is made of ---------------------------------------------------------------------------
@@ -126,19 +126,6 @@ def _global_sum(value: int) -> int:
         return value
     from jax.experimental import multihost_utils
     return int(np.sum(multihost_utils.process_allgather(np.asarray(value, np.int64))))
-
-
-def _check_run_dir(out_dir: Path, config: SFTConfig) -> None:
-    """A directory that already holds a run must hold this config's run: resuming another config would mix two
-    runs in one metrics.jsonl."""
-    if (out_dir / CONFIG_FILENAME).is_file():
-        existing = load_config(SFTConfig, out_dir)
-        if existing != config:
-            from launch.config import to_dict
-            old, new = to_dict(existing), to_dict(config)
-            changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
-            raise SFTRunError(f"{out_dir} holds a run with another config (differs in: {', '.join(changed)}); "
-                              "use a new --out directory or the same settings to resume it")
 
 
 # --- the loop ---------------------------------------------------------------------------------------------------
@@ -217,7 +204,7 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
     members = range(len(out_dirs))
     configs = [with_learning_rate(config, lr) for lr in learning_rates]
     for out_dir, member_config in zip(out_dirs, configs):
-        _check_run_dir(out_dir, member_config)
+        check_run_directory(member_config, out_dir)
 
     source = load_model(config.model, seed=config.seed, cache_dir=None)
     data = load_expert_data(task=config.task, modality=config.modality, seed=config.seed,

@@ -6,7 +6,8 @@ Parts (`--part`):
   second after compilation (compile seconds reported apart), median of `--repeats` timed calls.
 - `episode`: a multi-turn revision episode with the low-level API: start (prefill prompt + image) + sample_turn,
   then (append feedback + sample_turn) x (turns - 1), each turn decoding the full max_new_tokens; the wall time of
-  each turn next to the first, and the cacheless alternative (generate from the whole conversation each turn).
+  each turn next to the first, and the cacheless alternative (generate from the whole conversation each turn;
+  `--no-recompute` skips it).
 - `gpu`: decode throughput of an 11B-shaped model (random bf16 weights), batch 64: new tokens per second of
   sample_turn and the share of the HBM-bandwidth roofline (bytes that one decode step must read: the text
   weights, the whole self-attention KV buffer, the cross-attention K/V; divided by the device's peak bandwidth).
@@ -153,7 +154,6 @@ def bench_episode(args) -> dict:
 
     # the cacheless alternative: every turn re-prefills the whole conversation so far (a new compiled shape per
     # turn the first time; timed after a warm-up pass)
-    _, outputs = episode()
     def recompute():
         seconds = []
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
@@ -173,15 +173,20 @@ def bench_episode(args) -> dict:
             seconds.append(time.perf_counter() - start)
         return seconds
 
-    recompute()
-    recomputed = [statistics.median(r[t] for r in [recompute() for _ in range(args.repeats)]) for t in range(turns)]
+    recomputed = None
+    if getattr(args, "recompute", True):
+        _, outputs = episode()
+        recompute()
+        recomputed = [statistics.median(r[t] for r in [recompute() for _ in range(args.repeats)])
+                      for t in range(turns)]
     return dict(
         part="episode", preset=args.preset, batch=batch, prompt=args.prompt, images=args.images, new_tokens=n,
         feedback=chunk, turns=turns, cache_slots=slots, compile_and_first_episode_s=round(compile_s, 2),
         turn_s=[round(s, 4) for s in per_turn], episode_s=round(sum(per_turn), 4),
         max_later_turn_over_first=round(max(per_turn[1:]) / per_turn[0], 3),
         episode_over_first_turn=round(sum(per_turn) / per_turn[0], 3),
-        recompute_turn_s=[round(s, 4) for s in recomputed], recompute_episode_s=round(sum(recomputed), 4))
+        recompute_turn_s=recomputed and [round(s, 4) for s in recomputed],
+        recompute_episode_s=recomputed and round(sum(recomputed), 4))
 
 
 def decode_step_bytes(config, params, batch: int, cache_slots: int, images: int) -> int:
@@ -267,6 +272,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--feedback", type=int, default=32, help="tokens of each appended feedback turn")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-recompute", dest="recompute", action="store_false",
+                        help="episode: skip the cacheless alternative")
     parser.add_argument("--image-chunk", type=int, default=4, help="gpu: images encoded per vision-encoder call")
     parser.add_argument("--hbm-tbps", type=float, default=None, help="peak HBM bandwidth, TB/s (default: by device)")
     args = parser.parse_args()

@@ -6,7 +6,10 @@ and a description of the machine.
     memgen bench --out bench/ [--only verifier,sampler] [--preset tiny|small] [--quick]
 
 Benchmarks (`--only` names): verifier (GeneralPoints verifier and hand sampler), sampler (KV-cached generate vs
-transformers' generate), sft_step (the SFT train step vs transformers + torch AdamW), vision_encoder,
+transformers' generate), sft_step (the SFT train step vs transformers + torch AdamW), ppo_update (one PPO update,
+rl.ppo_update, vs transformers + a torch value head + torch Adam on the same buffer and minibatches), episode (GP-L
+rollout episodes/s and the share of rollout time outside generation; the sampler's multi-turn episode: a later
+turn's cost over the first and the cached episode against recomputing the context), vision_encoder,
 text_decoder, planner (`memgen plan` vs XLA's compiled memory analysis; needs 8 devices: on a CPU the command
 asks for 8 virtual devices itself). On a GPU machine the scripts' GPU parts run too (sampler decode roofline,
 SFT MFU). A benchmark whose script is missing or fails is recorded with its error and the others still run.
@@ -111,6 +114,47 @@ def bench_sft_step(preset: str, quick: bool) -> list[dict]:
     return rows
 
 
+def bench_ppo_update(preset: str, quick: bool) -> list[dict]:
+    script = _script("bench_ppo_update")
+    if quick:
+        sizes = dict(episodes=2, steps=2, prompt=16, response=8, minibatch=2, repeats=1)
+    else:
+        sizes = dict(episodes=4, steps=4, prompt=128, response=64, minibatch=8, repeats=1)
+    r = script.measure(preset, **sizes)
+    config = (f"{preset}, {r['transitions']} transitions x ({r['prompt_tokens']} prompt + {r['response_tokens']} "
+              f"response tokens), text only, {r['epochs']} epochs x minibatch {r['minibatch_size']}, fp32")
+    return [row("PPO update (CPU)", config, r["memgen_tokens_per_s"], "train tokens/s",
+                r["transformers_tokens_per_s"], "transformers + torch Adam", r["memgen_compile_s"], raw=r)]
+
+
+def bench_episode(preset: str, quick: bool) -> list[dict]:
+    rollout = _script("bench_rollout")
+    if quick:
+        r = rollout.measure(preset, episodes=2, verify_steps=2, max_new_tokens=4, feedback_len=128, repeats=1)
+    else:
+        r = rollout.measure(preset, episodes=8, verify_steps=5, max_new_tokens=64, feedback_len=128, repeats=1)
+    config = (f"GP-L, {preset}, {r['episodes']} episodes, {r['verify_steps']} verification steps, "
+              f"{r['max_new_tokens']} new tokens, temperature 1")
+    rows = [row("rollout episodes", config, r["episodes_per_second"], "episodes/s",
+                compile_s=round(r["first_call_seconds"] - r["rollout_seconds"], 2), raw=r),
+            row("rollout time outside generation", config, 100 * r["share_outside_generation"], "% of wall time",
+                10.0, "goal", higher_is_better=False, raw=r)]
+    sampler_script = _script("bench_sampler")
+    args = argparse.Namespace(preset=preset, batch=2 if quick else 8, prompt=16 if quick else 128, images=1,
+                              new_tokens=4 if quick else 64, turns=2 if quick else 5, feedback=8 if quick else 32,
+                              repeats=1, recompute=not quick)
+    e = sampler_script.bench_episode(args)
+    config = (f"{preset}, batch {args.batch}, prompt {args.prompt} + 1 image, {args.turns} turns x "
+              f"{args.new_tokens} tokens, {args.feedback}-token feedback")
+    rows.append(row("episode: later turn / first turn", config, e["max_later_turn_over_first"],
+                    "x first turn's seconds", 1.5, "goal", higher_is_better=False, raw=e))
+    rows[-1]["compile_s"] = round(e["compile_and_first_episode_s"] - e["episode_s"], 2)
+    if e["recompute_episode_s"]:
+        rows.append(row("episode: recomputed / cached seconds", config, e["recompute_episode_s"] / e["episode_s"],
+                        "x", raw=e))
+    return rows
+
+
 def bench_vision_encoder(preset: str, quick: bool) -> list[dict]:
     script = _script("vision_encoder")
     dtypes = ("float32", "bfloat16") if _on_gpu() else ("float32",)
@@ -158,8 +202,8 @@ def bench_planner(preset: str, quick: bool) -> list[dict]:
 
 # The planner runs last: its script sets CPU-only defaults for a process that has not started JAX yet.
 BENCHMARKS: dict[str, Callable[[str, bool], list[dict]]] = {
-    "verifier": bench_verifier, "sampler": bench_sampler, "sft_step": bench_sft_step,
-    "vision_encoder": bench_vision_encoder, "text_decoder": bench_text_decoder, "planner": bench_planner,
+    "verifier": bench_verifier, "sampler": bench_sampler, "sft_step": bench_sft_step, "ppo_update": bench_ppo_update,
+    "episode": bench_episode, "vision_encoder": bench_vision_encoder, "text_decoder": bench_text_decoder, "planner": bench_planner,
 }
 
 

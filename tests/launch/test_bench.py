@@ -1,5 +1,7 @@
 """launch.bench (`memgen bench`): a quick tiny run of two cheap benchmarks writes bench.json and bench.md with
-positive figures, the goal peers and their ratios, compile seconds and the machine; unknown names stop with one
+positive figures, the goal peers and their ratios, compile seconds and the machine; a quick tiny run of the model
+benchmarks (sft_step, sampler, ppo_update, episode) gives their rows with positive rates, the transformers peers'
+ratios and, for the PPO update, first-minibatch losses that agree with the peer's; unknown names stop with one
 sentence."""
 
 import json
@@ -40,3 +42,30 @@ def test_unknown_benchmark_stops_with_one_sentence(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown benchmark warp" in err and err.count("\n") == 1
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_quick_tiny_model_benchmarks_have_rows_and_peer_ratios(tmp_path):
+    assert cli.main(["bench", "--out", str(tmp_path), "--quick", "--preset", "tiny",
+                     "--only", "sampler,sft_step,ppo_update,episode"]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["errors"] == {} and set(result["seconds"]) == {"sampler", "sft_step", "ppo_update", "episode"}
+    rows = {r["name"]: r for r in result["rows"]}
+    for r in rows.values():
+        assert r["memgen"] > 0 and math.isfinite(r["memgen"])
+    for name, peer in [("sampler generate (CPU)", "transformers generate"),
+                       ("SFT train step (CPU)", "transformers + torch AdamW"),
+                       ("PPO update (CPU)", "transformers + torch Adam")]:
+        r = rows[name]
+        assert r["peer_name"] == peer and r["peer"] > 0 and r["ratio"] == r["memgen"] / r["peer"]
+        assert r["compile_s"] > 0
+    ppo = rows["PPO update (CPU)"]["raw"]
+    assert ppo["preset"] == "tiny" and ppo["losses_agree"]
+    assert abs(ppo["memgen_first_loss"] - ppo["transformers_first_loss"]) < 1e-3
+    assert ppo["optimizer_steps"] == ppo["epochs"] * ppo["transitions"] // ppo["minibatch_size"]
+    assert rows["rollout episodes"]["unit"] == "episodes/s"
+    outside = rows["rollout time outside generation"]
+    assert 0 < outside["memgen"] < 100 and outside["peer"] == 10.0 and outside["ratio"] == 10.0 / outside["memgen"]
+    turns = rows["episode: later turn / first turn"]
+    assert turns["peer"] == 1.5 and turns["compile_s"] > 0 and turns["raw"]["turns"] == 2
+    table = (tmp_path / "bench.md").read_text()
+    assert "PPO update (CPU)" in table and "(transformers + torch Adam)" in table and "rollout episodes" in table

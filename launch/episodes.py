@@ -6,6 +6,10 @@ task-side, e.g. `tasks.general_points.EpisodeState`) and is called with the samp
 (B,), the active rows (B,) and the verification step k. For each active row it decodes the ids (skipping special
 tokens), calls `step_fn(state, text) -> (state, Transition)`, and returns the reward, done, success and the
 feedback turn's ids (`model.chat.encode_turn`: the user turn plus the next assistant header) right-padded to F.
+A response that does not end with `<|eot_id|>` (cut at max_new_tokens, or stopped by `<|end_of_text|>` /
+`<|eom_id|>`) gets its feedback prefixed with `<|eot_id|>`, so every assistant turn of the context is closed before
+the next user turn, as in the chat the text conversation encodes (and as the reference's rollouts, which re-render
+the conversation as text, see it); the token is environment text, not part of the response's mask.
 
 JAX may evaluate a pure callback more than once with the same arguments, so results are cached per (row, k): a
 repeated call returns the first answer and never advances an episode twice. A feedback turn longer than F keeps
@@ -19,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from launch.config import ConfigError
 from model.chat import encode_turn, generation_prompt_ids
 from model.tokenizer import ChatTokenizer
 
@@ -36,6 +41,10 @@ class EpisodeVerifier:
         self.step_fn = step_fn
         self.feedback_len = int(feedback_len)
         self._tail = len(generation_prompt_ids(tokenizer)) + 1  # <|eot_id|> + the assistant header
+        if self.feedback_len <= self._tail:
+            raise ConfigError(f"feedback_len={self.feedback_len} cannot hold a feedback turn: its closing "
+                             f"<|eot_id|> and the next assistant header alone take {self._tail} tokens; set "
+                             f"episodes.feedback_len to the turn's length (typically 64-160)")
         self.reset(states)
 
     def reset(self, states: Sequence[Any]) -> "EpisodeVerifier":
@@ -63,7 +72,10 @@ class EpisodeVerifier:
         self.verdicts[row].append(transition.verdict)
         feedback = np.zeros((0,), np.int32)
         if not transition.done and transition.feedback is not None:
-            feedback = self._fit(encode_turn(self.tokenizer, transition.feedback))
+            feedback = encode_turn(self.tokenizer, transition.feedback)
+            if len(tokens) == 0 or int(tokens[-1]) != self.tokenizer.eot_id:  # close the assistant turn first
+                feedback = np.concatenate([np.asarray([self.tokenizer.eot_id], np.int32), feedback])
+            feedback = self._fit(feedback)
         return float(transition.verdict.reward), bool(transition.done), bool(transition.verdict.success), feedback
 
     def __call__(self, tokens, lengths, active, step):

@@ -72,7 +72,9 @@ def wrong_answer(state):
 
 @pytest.fixture(scope="module")
 def scripted(templates):
-    config = resolve("rl-tiny", templates + ["episodes.reward=task", f"episodes.max_verify_steps={BUDGET}"])
+    # feedback_len 96: no feedback turn is cut (the longest, closing <|eot_id|> included, is 65 tokens)
+    config = resolve("rl-tiny", templates + ["episodes.reward=task", f"episodes.max_verify_steps={BUDGET}",
+                                             "episodes.feedback_len=96"])
     policy = load_policy("tiny", seed=0)
     judged = []  # (row state's hand, scripted text) per step_fn call
 
@@ -128,6 +130,7 @@ def test_scripted_always_wrong_through_the_episode_verifier(scripted):
     np.testing.assert_array_equal(t.bootstrap_value, 0.0)  # the budget ended every episode: nothing to bootstrap
     # feedback after every judged step but the last
     assert t.feedback_mask[:, : BUDGET - 1].any(axis=-1).all() and not t.feedback_mask[:, BUDGET - 1].any()
+    cut = []  # per feedback turn: did it follow a response that did not end with <|eot_id|>?
     for b in range(ROWS):
         final = verifier.states[b]
         assert [v.category for v in verifier.verdicts[b]] == list(WRONG_CATEGORIES)
@@ -142,12 +145,20 @@ def test_scripted_always_wrong_through_the_episode_verifier(scripted):
             shorter = encode_messages(tokenizer, conversation[: 2 * k + 2], add_bos=True,
                                       add_generation_prompt=False).token_ids
             np.testing.assert_array_equal(longer[: len(shorter)], shorter)
-            np.testing.assert_array_equal(fb, longer[len(shorter):])
+            turn = longer[len(shorter):]
+            # after a response that did not end its turn (cut at max_new_tokens, or <|end_of_text|>) the feedback
+            # first closes it
+            response = t.response_ids[b, k][t.response_mask[b, k] != 0]
+            closed = len(response) > 0 and int(response[-1]) == tokenizer.eot_id
+            np.testing.assert_array_equal(fb, turn if closed else np.concatenate([[tokenizer.eot_id], turn]))
+            assert np.concatenate([response, fb])[-len(turn) - 1] == tokenizer.eot_id
             assert conversation[2 * k + 2] == Message(
                 "user", feedback_text(verifier.verdicts[b][k].feedback, final.config))
+            cut.append(not closed)
             decoded = tokenizer.decode(fb, skip_special_tokens=True)  # the headers' role names stay as text
             assert decoded == f"user\n\n{conversation[2 * k + 2].content}assistant\n\n", decoded
             assert feedback_text(verifier.verdicts[b][k].feedback, final.config).startswith("Wrong: ")
+    assert any(cut)  # the tiny model's 8-token responses: the closing <|eot_id|> is exercised
     assert verifier.truncated_feedback == 0
     # and they were appended to the context: the training context of step k + 1 ends with response k + feedback k
     from rl.rollout import transition_sequences
@@ -213,6 +224,40 @@ def test_episode_verifier_caches_per_row_and_step(tokenizer):
     verifier.reset(_gp_states(3))
     verifier(tokens, lengths, active, np.int32(0))
     assert len(calls) == 5 and len(verifier.responses[0]) == 1
+
+
+def test_episode_verifier_closes_a_cut_response_before_its_feedback(tokenizer):
+    """A response that ended with `<|eot_id|>` gets the feedback turn as is; one cut at max_new_tokens, stopped
+    by `<|end_of_text|>` or empty gets `<|eot_id|>` first, so every assistant turn of the context is closed."""
+    from model.chat import encode_turn
+
+    states = _gp_states(4)
+    verifier = EpisodeVerifier(tokenizer, states, step_function("task"), feedback_len=256)
+    text = tokenizer.encode_text("no json")
+    tokens = np.full((4, 16), tokenizer.pad_id, np.int32)
+    tokens[0, : len(text) + 1] = text + [tokenizer.eot_id]
+    tokens[1, : len(text)] = text
+    tokens[3, : len(text) + 1] = text + [tokenizer.end_of_text_id]
+    lengths = np.array([len(text) + 1, len(text), 0, len(text) + 1], np.int32)
+    _, done, _, ids, mask = verifier(tokens, lengths, np.ones((4,), bool), np.int32(0))
+    assert not done.any()
+    turn = encode_turn(tokenizer, Message("user", feedback_text(verifier.verdicts[0][0].feedback,
+                                                                 states[0].config)))
+    np.testing.assert_array_equal(ids[0][mask[0] != 0], turn)
+    for b in (1, 2, 3):
+        np.testing.assert_array_equal(ids[b][mask[b] != 0], np.concatenate([[tokenizer.eot_id], turn]))
+    assert verifier.responses[0] == verifier.responses[1] == verifier.responses[3] == ["no json"]
+    assert verifier.responses[2] == [""]
+
+
+def test_episode_verifier_refuses_a_feedback_len_below_the_closing_tokens(tokenizer):
+    from launch.config import ConfigError
+    from model.chat import generation_prompt_ids
+
+    tail = len(generation_prompt_ids(tokenizer)) + 1
+    with pytest.raises(ConfigError, match=f"feedback_len={tail} cannot hold a feedback turn"):
+        EpisodeVerifier(tokenizer, _gp_states(1), step_function("task"), feedback_len=tail)
+    EpisodeVerifier(tokenizer, _gp_states(1), step_function("task"), feedback_len=tail + 1)
 
 
 def test_episode_verifier_truncates_long_feedback_keeping_its_end(tokenizer):

@@ -43,8 +43,9 @@ class EpisodeVerifier:
         self._tail = len(generation_prompt_ids(tokenizer)) + 1  # <|eot_id|> + the assistant header
         if self.feedback_len <= self._tail:
             raise ConfigError(f"feedback_len={self.feedback_len} cannot hold a feedback turn: its closing "
-                             f"<|eot_id|> and the next assistant header alone take {self._tail} tokens; set "
-                             f"episodes.feedback_len to the turn's length (typically 64-160)")
+                              f"<|eot_id|> and the next assistant header alone take {self._tail} tokens; raise "
+                              f"episodes.feedback_len (sampling.feedback_len for memgen eval) to the turn's "
+                              f"length, typically 64-160")
         self.reset(states)
 
     def reset(self, states: Sequence[Any]) -> "EpisodeVerifier":

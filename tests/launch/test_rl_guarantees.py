@@ -260,6 +260,11 @@ def test_episode_verifier_refuses_a_feedback_len_below_the_closing_tokens(tokeni
     EpisodeVerifier(tokenizer, _gp_states(1), step_function("task"), feedback_len=tail + 1)
 
 
+def test_memgen_rl_refuses_a_too_short_feedback_len_in_one_sentence(tmp_path, capsys):
+    assert main(["rl", "--preset", "rl-tiny", "--out", str(tmp_path), "episodes.feedback_len=3"]) == 2
+    assert "feedback_len=3 cannot hold a feedback turn" in capsys.readouterr().err
+
+
 def test_episode_verifier_truncates_long_feedback_keeping_its_end(tokenizer):
     from model.chat import encode_turn, generation_prompt_ids
 

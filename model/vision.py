@@ -64,8 +64,15 @@ def _attention(x: jax.Array, attn: Params, invalid: jax.Array, num_heads: int) -
     """Bidirectional multi-head self-attention over x (BI, S, D) with HF's vision mask.
 
     `invalid` (BI, S) bool marks pad tokens and tokens of unused tiles. HF's additive mask is
-    (invalid_q * invalid_k) * finfo(dtype).min: a key is blocked only when BOTH query and key are invalid. It is
-    built here by broadcasting so XLA fuses it into the score addition instead of reading a (BI, S, S) array.
+    (invalid_q * invalid_k) * finfo(dtype).min: a key is blocked only when BOTH query and key are invalid.
+
+    Lowering (XLA CPU, jax 0.10; docs/benchmarks.md "Vision encoder", 2026-12-01): the mask is applied with a
+    select (score -> finfo.min), not added: score + finfo.min rounds to finfo.min for any |score| < 1e31, so the
+    values are the same, but the additive form let XLA's YNNPACK fusion pull the mask, the softmax and both
+    attention dots into one library call that ran ~4x slower than the pieces. Q/K/V are projected heads-major
+    (B, N, S, K), and in float32 the softmax normalisation is applied after the probs @ V dot (exp(s - max) @ V
+    / sum exp: one (S, K) divide instead of an (S, S) multiply); other dtypes keep the normalised probs cast to the
+    compute dtype before the dot, as transformers does.
     """
     dtype = x.dtype
     batch, seq, hidden = x.shape
@@ -73,14 +80,19 @@ def _attention(x: jax.Array, attn: Params, invalid: jax.Array, num_heads: int) -
 
     def project(name: str) -> jax.Array:
         y = jnp.einsum("bsd,de->bse", x, attn[name]["kernel"].astype(dtype))
-        return y.reshape(batch, seq, num_heads, head_dim)
+        return y.reshape(batch, seq, num_heads, head_dim).transpose(0, 2, 1, 3)  # (B, N, S, K)
 
     q, k, v = project("q_proj"), project("k_proj"), project("v_proj")
-    scores = jnp.einsum("bqnk,bsnk->bnqs", q, k) * jnp.asarray(head_dim ** -0.5, dtype)
+    scores = jnp.einsum("bnqk,bnsk->bnqs", q, k) * jnp.asarray(head_dim ** -0.5, dtype)
     blocked = invalid[:, None, :, None] & invalid[:, None, None, :]
-    scores = scores + jnp.where(blocked, jnp.finfo(dtype).min, 0).astype(dtype)
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(dtype)
-    out = jnp.einsum("bnqs,bsnk->bqnk", probs, v).reshape(batch, seq, hidden)
+    scores = jnp.where(blocked, jnp.asarray(jnp.finfo(dtype).min, dtype), scores).astype(jnp.float32)
+    if dtype == jnp.float32:
+        exp = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+        out = jnp.einsum("bnqs,bnsk->bnqk", exp, v) / jnp.sum(exp, axis=-1, keepdims=True)
+    else:
+        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        out = jnp.einsum("bnqs,bnsk->bnqk", probs, v)
+    out = out.transpose(0, 2, 1, 3).reshape(batch, seq, hidden)
     return jnp.einsum("bse,ed->bsd", out, attn["o_proj"]["kernel"].astype(dtype))
 
 

@@ -70,6 +70,24 @@ def test_progress_bar_is_silent_off_a_terminal_and_draws_on_one(capsys):
     assert "3/10" in text and "loss 0.2500" in text and "tok/s" in text and "ETA" in text
 
 
+def test_off_a_terminal_the_progress_is_plain_lines_at_an_interval(monkeypatch):
+    import launch.progress as progress
+
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")
+    monkeypatch.delenv("CI", raising=False)
+    assert progress.display_mode(Console(file=io.StringIO())) == "lines"
+    clock = iter([0.0, 5.0, 31.0, 40.0, 41.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    stream = io.StringIO()
+    with ProgressBar(10, enabled="lines", stream=stream, initial=2) as bar:
+        bar.update(3, loss=0.5, tokens=100)    # 5 s: no line yet
+        bar.update(4, loss=0.25, tokens=100)   # 31 s: a line
+        bar.update(5, tokens=100)              # 40 s: within the interval
+    lines = stream.getvalue().splitlines()     # the last one is written on exit
+    assert lines[0].startswith("train 4/10 loss 0.2500") and "tok/s" in lines[0] and "ETA 0:01:33" in lines[0]
+    assert len(lines) == 2 and lines[1].startswith("train 5/10 loss 0.2500")
+
+
 def test_only_process_zero_writes(tmp_path, monkeypatch):
     import jax
 

@@ -239,6 +239,7 @@ def measure(preset: str = "small", episodes: int = 4, steps: int = 4, prompt: in
         seconds = statistics.median(times[1:]) if repeats else times[0]
         result.update(transformers_first_update_s=round(times[0], 3), transformers_update_s=round(seconds, 4),
                       transformers_best_update_s=round(min(times[1:] or times), 4),
+                      transformers_update_times_s=[round(t, 3) for t in times],
                       transformers_tokens_per_s=round(train_tokens / seconds, 1),
                       transformers_mean_losses=[round(m, 6) for m in means], transformers=transformers.__version__,
                       torch=torch.__version__, torch_threads=torch.get_num_threads())
@@ -263,6 +264,7 @@ def measure(preset: str = "small", episodes: int = 4, steps: int = 4, prompt: in
     seconds = statistics.median(times[1:]) if repeats else times[0]
     result.update(memgen_compile_s=round(compile_s, 2), memgen_first_update_s=round(times[0], 3),
                   memgen_update_s=round(seconds, 4), memgen_best_update_s=round(min(times[1:] or times), 4),
+                  memgen_update_times_s=[round(t, 3) for t in times],
                   memgen_tokens_per_s=round(train_tokens / seconds, 1),
                   memgen_mean_losses=[round(m, 6) for m in means])
     if peer:

@@ -124,7 +124,43 @@ class KVCache:
 
     @property
     def max_length(self) -> int:
-        return self.self_k.shape[2]
+        return self.slot_valid.shape[1]
+
+
+def unstack_cache(cache: KVCache) -> KVCache:
+    """The decode-loop form of a cache (same values): self_k / self_v / cross_k / cross_v as tuples of per-layer
+    arrays, self_k[l] as (B, S_max * KV, Dh) and self_v[l] as (B, S_max, KV * Dh) (free reshapes of
+    (B, S_max, KV, Dh)), cross_k[l] / cross_v[l] (B, V, KV, Dh). `extend`, `decode` and `model.text.decoder`
+    accept both forms. The sampler's decode loop carries this one: on XLA's CPU backend, slicing a layer out of
+    the stacked buffers copies it on every step. `stack_cache` is the inverse."""
+    if isinstance(cache.self_k, tuple):
+        return cache
+
+    def split(a):
+        return None if a is None else tuple(a[i] for i in range(a.shape[0]))
+
+    layers, b, s, kv, dh = cache.self_k.shape
+    return dataclasses.replace(
+        cache, self_k=tuple(k.reshape(b, s * kv, dh) for k in split(cache.self_k)),
+        self_v=tuple(v.reshape(b, s, kv * dh) for v in split(cache.self_v)),
+        cross_k=split(cache.cross_k), cross_v=split(cache.cross_v))
+
+
+def stack_cache(cache: KVCache) -> KVCache:
+    """The inverse of `unstack_cache`: K/V back to the stacked (L, ...) arrays of the KVCache layout."""
+    if not isinstance(cache.self_k, tuple):
+        return cache
+    b, s = cache.slot_valid.shape
+    dh = cache.self_k[0].shape[-1]
+    kv = cache.self_k[0].shape[1] // s
+
+    def join(a):
+        return None if a is None else jnp.stack(a)
+
+    return dataclasses.replace(
+        cache, self_k=jnp.stack([k.reshape(b, s, kv, dh) for k in cache.self_k]),
+        self_v=jnp.stack([v.reshape(b, s, kv, dh) for v in cache.self_v]),
+        cross_k=join(cache.cross_k), cross_v=join(cache.cross_v))
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int, *, num_images: int = 0,

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from model import text as T
 from model.config import ModelConfig
-from model.forward import KVCache, extend, init_cache, prefill
+from model.forward import KVCache, extend, init_cache, prefill, stack_cache, unstack_cache
 
 Params = dict[str, Any]
 
@@ -222,6 +222,8 @@ def sample_turn(params: Params, config: ModelConfig, state: SamplerState, rng: j
     stops = jnp.asarray((sampling.stop_tokens or (-1,)) if stop_tokens is None else stop_tokens, jnp.int32)
     done = jnp.zeros((batch,), bool) if active is None else ~jnp.asarray(active, bool)
     params = T.unstack_layers(params, config)  # per-layer weights sliced once, not on every step (T.unstack_layers)
+    # per-layer K/V buffers inside the loop: no per-step slice copies out of the stacked cache (unstack_cache)
+    state = SamplerState(unstack_cache(state.cache), state.last_logits)
     loop = _Loop(state, jnp.full((batch, n), pad, jnp.int32), jnp.zeros((batch, n), jnp.float32), done,
                  jnp.zeros((batch,), jnp.int32), jnp.zeros((), jnp.int32))
 
@@ -244,7 +246,8 @@ def sample_turn(params: Params, config: ModelConfig, state: SamplerState, rng: j
                      loop.lengths + live.astype(jnp.int32), loop.step + 1)
 
     loop = jax.lax.while_loop(running, step, loop)
-    return loop.state, Generation(loop.tokens, loop.logprobs, loop.lengths)
+    state = SamplerState(stack_cache(loop.state.cache), loop.state.last_logits)
+    return state, Generation(loop.tokens, loop.logprobs, loop.lengths)
 
 
 start_jit = jax.jit(start, static_argnums=1, static_argnames="return_hidden", donate_argnames="cache")

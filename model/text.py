@@ -80,11 +80,16 @@ def swiglu_mlp(p: Params, x: jax.Array) -> jax.Array:
                   p["down_proj"]["kernel"])
 
 
+DECODE_QUERIES = 4  # attend() uses the cache-layout formulation (_attend_few) for at most this many queries
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None) -> jax.Array:
     """Grouped-query attention. q (B, S, H, Dh); k, v (B, K, KV, Dh); bias (B, S, K) additive or None.
     Query head h uses key/value head h // G (transformers' repeat_kv). Returns (B, S, H * Dh)."""
     b, s, h, dh = q.shape
     kv = k.shape[2]
+    if s <= DECODE_QUERIES and kv > 1:
+        return _attend_few(q, k.reshape(b, -1, dh), v.reshape(b, k.shape[1], kv * dh), bias, kv)
     q = q.reshape(b, s, kv, h // kv, dh)
     scores = jnp.einsum("bskgd,btkd->bkgst", q, k) * jnp.asarray(dh ** -0.5, q.dtype)
     if bias is not None:
@@ -92,6 +97,31 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None) -> 
     probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype)
     out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
     return out.reshape(b, s, h * dh)
+
+
+def _attend_few(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, kv: int) -> jax.Array:
+    """`attend` for a few queries (decode steps), reading the keys/values in the cache's own layout, given as the
+    free reshapes k (B, K * KV, Dh) and v (B, K, KV * Dh) of (B, K, KV, Dh).
+
+    The grouped einsums of `attend` make (B, KV) the dots' batch dims, so XLA's CPU backend copies every K/V
+    buffer to (B, KV, Dh, K) / (B, KV, K, Dh) on each decode step (docs/benchmarks.md "Decode-loop profile").
+    Here the dots batch over B only: k viewed as (B, K * KV, Dh) (a free reshape) is scored against all H query
+    heads, and the KV x H score matrix keeps only the pairs where the key head is the query's own (h // G); the
+    same for probs @ v viewed as (B, K, KV * Dh). Each kept entry is the same dot product over the same terms as
+    in `attend` (results agree to float rounding of the accumulation order); the dots do KV x the arithmetic,
+    which is negligible next to reading the buffers for one query."""
+    b, s, h, dh = q.shape
+    t = v.shape[1]
+    g = h // kv
+    full = jnp.einsum("bnd,bqd->bnq", k, q.reshape(b, s * h, dh))  # (B, K*KV', S*H)
+    scores = jnp.diagonal(full.reshape(b, t, kv, s, kv, g), axis1=2, axis2=4)  # (B, K, S, G, KV)
+    scores = jnp.transpose(scores, (0, 2, 4, 3, 1)) * jnp.asarray(dh ** -0.5, q.dtype)  # (B, S, KV, G, K)
+    if bias is not None:
+        scores = scores + bias[:, :, None, None, :]
+    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype)
+    full = jnp.einsum("bqt,btn->bqn", probs.reshape(b, s * h, t), v)  # (B, S*H, KV'*Dh)
+    out = jnp.diagonal(full.reshape(b, s, kv, g, kv, dh), axis1=2, axis2=4)  # (B, S, G, Dh, KV)
+    return jnp.transpose(out, (0, 1, 4, 2, 3)).reshape(b, s, h * dh)
 
 
 def additive_mask(allowed: jax.Array, dtype) -> jax.Array:
@@ -111,9 +141,10 @@ def self_attention_layer(p: Params, x: jax.Array, inputs: SelfAttentionInputs, t
                          kv_buffers: tuple[jax.Array, jax.Array] | None = None,
                          write_index: jax.Array | None = None, layer: int = 0):
     """One Llama decoder layer. x (B, S, D). Without a cache the keys are this call's tokens; with `kv_buffers`
-    (k, v: the stacked buffers (L, B, S_max, KV, Dh) of all self-attention layers) this layer's new keys/values
-    are written at [layer, :, write_index] (only the new slots: no whole-buffer copies in a decode loop) and
-    attention runs over all S_max slots (the bias masks the empty ones). Returns (x, updated kv_buffers or None)."""
+    (k, v: the stacked buffers (L, B, S_max, KV, Dh) of all self-attention layers, or this layer's own buffers
+    k (B, S_max * KV, Dh), v (B, S_max, KV * Dh) from `model.forward.unstack_cache`) this layer's new keys/values are written at [layer, :, write_index] (only the new slots:
+    no whole-buffer copies in a decode loop) and attention runs over all S_max slots (the bias masks the empty
+    ones). Returns (x, updated kv_buffers or None)."""
     b, s, _ = x.shape
     h, kv, dh = text.num_attention_heads, text.num_key_value_heads, text.head_dim
     attn = p["self_attn"]
@@ -122,6 +153,24 @@ def self_attention_layer(p: Params, x: jax.Array, inputs: SelfAttentionInputs, t
     k = linear(normed, attn["k_proj"]["kernel"]).reshape(b, s, kv, dh)
     v = linear(normed, attn["v_proj"]["kernel"]).reshape(b, s, kv, dh)
     q, k = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
+    if kv_buffers is not None and kv_buffers[0].ndim == 3:
+        # this layer's own buffers in the decode layout (`model.forward.unstack_cache`): k (B, S_max * KV, Dh),
+        # v (B, S_max, KV * Dh), read by the attention as they are (a reshape there would be fused with the
+        # in-place update, duplicating it: XLA then copies the whole buffer several times per step)
+        k_all, v_all = kv_buffers
+        k_all = jax.lax.dynamic_update_slice(k_all, k.reshape(b, s * kv, dh).astype(k_all.dtype),
+                                             (0, write_index * kv, 0))
+        v_all = jax.lax.dynamic_update_slice(v_all, v.reshape(b, s, kv * dh).astype(v_all.dtype),
+                                             (0, write_index, 0))
+        kv_buffers = (k_all, v_all)
+        k, v = k_all.astype(x.dtype), v_all.astype(x.dtype)
+        if s <= DECODE_QUERIES:
+            out = _attend_few(q, k, v, inputs.bias, kv)
+        else:
+            out = attend(q, k.reshape(b, -1, kv, dh), v.reshape(b, -1, kv, dh), inputs.bias)
+        x = x + linear(out, attn["o_proj"]["kernel"])
+        x = x + swiglu_mlp(p["mlp"], rms_norm(x, p["post_attention_layernorm"]["scale"], text.rms_norm_eps))
+        return x, kv_buffers
     if kv_buffers is not None:
         k_all, v_all = kv_buffers
         start = (layer, 0, write_index, 0, 0)
@@ -254,6 +303,8 @@ def decoder(params: Params, config: ModelConfig, x: jax.Array, self_inputs: Self
     cross_kv: stacked cross-attention keys/values (L_cross, B, V, KV, Dh), or None to skip the cross-attention
     layers (no vision states and nothing cached: transformers' text-only path). self_cache: stacked K/V buffers
     (L_self, B, S_max, KV, Dh) updated in place at `write_index`, or None. Returns (hidden (B, S, D), self_cache).
+    Both caches may instead be tuples of per-layer arrays (`unstack_cache`; what the sampler's decode loop
+    carries): a layer then reads its buffer without slicing it out of the stack, a copy on XLA's CPU backend.
     """
     text = config.text
     self_params = params["language_model"]["layers"]
@@ -284,8 +335,14 @@ def decoder(params: Params, config: ModelConfig, x: jax.Array, self_inputs: Self
             k_all, v_all = self_cache
             for layer in range(start, stop):
                 p = _layer(self_params, layer)
-                x, (k_all, v_all) = self_attention_layer(p, constrain_batch(x), self_inputs, text,
-                                                         (k_all, v_all), write_index, layer)
+                if isinstance(k_all, tuple):  # per-layer buffers
+                    x, (k_layer, v_layer) = self_attention_layer(p, constrain_batch(x), self_inputs, text,
+                                                                 (k_all[layer], v_all[layer]), write_index)
+                    k_all = k_all[:layer] + (k_layer,) + k_all[layer + 1:]
+                    v_all = v_all[:layer] + (v_layer,) + v_all[layer + 1:]
+                else:
+                    x, (k_all, v_all) = self_attention_layer(p, constrain_batch(x), self_inputs, text,
+                                                             (k_all, v_all), write_index, layer)
             self_cache = (k_all, v_all)
     x = rms_norm(x, params["language_model"]["norm"]["scale"], text.rms_norm_eps)
     return x, self_cache

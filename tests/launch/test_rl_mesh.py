@@ -182,7 +182,8 @@ def test_memgen_rl_on_a_mesh_resumes_exactly_and_matches_one_device(tmp_path):
     mesh=2,2,2: stopped after update 1 and resumed it ends bit for bit as the uninterrupted mesh run (params and
     metrics; the Orbax restore lands on the mesh's shardings), and its metrics equal those of mesh=1,1,1 within
     1e-5 (absolute plus relative; explained_variance, 1 - var(residual) / var(returns) with a near-zero variance
-    of the returns, 1e-4 relative). ~72 s on the shared 2-CPU machine (load ~4), hence slow."""
+    of the returns, 1e-4 relative). 72 s alone on the shared 2-CPU machine (load ~4),
+    43 s after the eval test (shared compilations), hence slow."""
     import launch.rl_config  # noqa: F401  (registers the presets)
     from launch.config import resolve
     from launch.metrics import read_metrics

@@ -293,7 +293,9 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                 writer.write(step, train_record(
                     step=step, gflops=gflops, loss=last["loss"], lr=lr, tokens=trained, arm="rl", task=task,
                     rollout_seconds=rollout_seconds, update_seconds=time.perf_counter() - began - rollout_seconds,
-                    truncated_feedback=truncated,
+                    truncated_feedback=truncated, inference_tokens=int(stats["inference_tokens"]),
+                    # the run's cumulative D_init, D_RL, D_buffer: X_RL of any record, whatever log_every skipped
+                    compute_tokens=dataclasses.asdict(counter),
                     **{k: v for k, v in last.items() if k not in ("loss", "inference_tokens")}))
             if (config.eval_every and step % config.eval_every == 0) or step == config.updates:
                 write_evaluation(step, gflops)

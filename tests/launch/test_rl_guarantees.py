@@ -357,8 +357,9 @@ def _transition_tokens(t):
 def test_logged_gflops_are_x_rl_of_the_measured_tokens(reference_run, sft_init):
     """gflops = 6 N (D_init + D_RL) + 2 N D_buffer per train record (cumulative): D_init the SFT run's trained
     tokens (its train records), D_RL the record's `tokens` (= epochs x the context + response tokens of the valid
-    transitions, recounted from the trajectory), D_buffer the rollout's tokens (recounted; records do not log it),
-    N every parameter of the saved policy (value head included)."""
+    transitions, recounted from the trajectory), D_buffer the rollout's tokens (recounted; each record logs its
+    update's as `inference_tokens` and the cumulative counts as `compute_tokens`), N every parameter of the saved
+    policy (value head included)."""
     from rl.compute import parameter_count
 
     config, out, summary, trajectories = reference_run
@@ -375,6 +376,8 @@ def test_logged_gflops_are_x_rl_of_the_measured_tokens(reference_run, sft_init):
         assert trajectory.feedback_mask.any()  # the feedback turns are counted (2 verification steps)
         d_rl += record["tokens"]
         d_buffer += rollout
+        assert record["inference_tokens"] == rollout
+        assert record["compute_tokens"] == {"init_tokens": d_init, "train_tokens": d_rl, "inference_tokens": d_buffer}
         expected = (6 * num_params * (d_init + d_rl) + 2 * num_params * d_buffer) / 1e9
         assert record["gflops"] == pytest.approx(expected, rel=1e-12), record["step"]
     evals = [r for r in read_metrics(out) if r["kind"] == "eval"]

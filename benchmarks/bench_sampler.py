@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -57,12 +58,13 @@ def prompt_batch(config, batch: int, length: int, images: int, seed: int = 0) ->
     return inputs
 
 
-def timed(fn, repeats: int):
-    """(seconds of the first call, median seconds of `repeats` later calls, last result)."""
+def timed(fn, repeats: int, times: list | None = None):
+    """(seconds of the first call, median seconds of `repeats` later calls, last result); the later calls'
+    seconds are appended to `times` if given."""
     start = time.perf_counter()
     result = jax.block_until_ready(fn())
     first = time.perf_counter() - start
-    times = []
+    times = [] if times is None else times
     for _ in range(repeats):
         start = time.perf_counter()
         result = jax.block_until_ready(fn())
@@ -95,12 +97,13 @@ def bench_cpu(args) -> dict:
 
     # transformers is timed before memgen runs (and once more after it, reported apart): on the 2-core CI-like
     # machine torch ran much slower once XLA's CPU runtime had run in the same process.
-    hf_first_s, hf_s, hf_tokens = timed(theirs, args.repeats)
+    hf_times, our_times = [], []
+    hf_first_s, hf_s, hf_tokens = timed(theirs, args.repeats, hf_times)
 
     def ours():
         return sampler.generate(params, config, max_new_tokens=n, stop_tokens=(), **inputs).tokens
 
-    compile_s, ours_s, our_tokens = timed(ours, args.repeats)
+    compile_s, ours_s, our_tokens = timed(ours, args.repeats, our_times)
     _, hf_after_s, _ = timed(theirs, 1)
     hf_tokens = hf_tokens[:, args.prompt:].numpy()
     return dict(
@@ -109,7 +112,9 @@ def bench_cpu(args) -> dict:
         memgen_tokens_per_s=round(args.batch * n / ours_s, 1), transformers_first_s=round(hf_first_s, 3),
         transformers_s=round(hf_s, 4), transformers_tokens_per_s=round(args.batch * n / hf_s, 1),
         transformers_after_memgen_s=round(hf_after_s, 4),
-        speedup=round(hf_s / ours_s, 2), greedy_tokens_equal=float(np.mean(np.asarray(our_tokens) == hf_tokens)),
+        speedup=round(hf_s / ours_s, 2), memgen_min_s=round(min(our_times), 4),
+        transformers_min_s=round(min(hf_times), 4), speedup_of_minima=round(min(hf_times) / min(our_times), 2),
+        load_average=[round(x, 2) for x in os.getloadavg()], greedy_tokens_equal=float(np.mean(np.asarray(our_tokens) == hf_tokens)),
         transformers=transformers.__version__, torch_threads=torch.get_num_threads(), jax=jax.__version__,
         device=jax.devices()[0].device_kind)
 

@@ -1,6 +1,8 @@
 """Benchmark of the text decoder: a full forward over a prompt, a KV-cache prefill, and cached decode steps
 (jitted, the cache donated), on random params. Text only unless --images > 0 (then the cross-attention K/V are
-computed at prefill from random vision states and reused by every step).
+computed at prefill from random vision states and reused by every step). The decode steps run as the sampler's
+loop does (since 2026-12-01): `lax.scan` over `model.decode` with the per-layer weights (text.unstack_layers) and
+K/V buffers (forward.unstack_cache) split once per call, outside the loop body.
 
 Prints one JSON line: preset, dtype, shapes, compile seconds, median seconds per forward / prefill / decode step,
 and tokens per second. Example: `PYTHONPATH=. python benchmarks/text_decoder.py --preset small --batch 4`.
@@ -18,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import model
+from model.forward import stack_cache, unstack_cache
+from model.text import unstack_layers
 
 
 def _timed(fn, repeats):
@@ -61,12 +65,16 @@ def measure(preset: str = "small", batch: int = 4, prompt: int = 128, steps: int
 
     @jax.jit
     def decode_steps(p, cache, tokens):
+        # as the sampler's decode loop: per-layer weights and K/V buffers outside the loop body (XLA's CPU
+        # backend copies slices of the stacked arrays on every step otherwise)
+        p = unstack_layers(p, config)
+
         def step(carry, _):
             cache, tokens = carry
             logits, cache = model.decode(p, config, tokens, cache)
             return (cache, jnp.argmax(logits, -1).astype(jnp.int32)), None
-        (cache, tokens), _ = jax.lax.scan(step, (cache, tokens), None, length=args.steps)
-        return cache, tokens
+        (cache, tokens), _ = jax.lax.scan(step, (unstack_cache(cache), tokens), None, length=args.steps)
+        return stack_cache(cache), tokens
 
     _, state = prefill(params, ids, mask, new_cache(), vision)
     holder = {"cache": state, "tokens": ids[:, -1]}

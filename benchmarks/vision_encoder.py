@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -46,6 +47,7 @@ def measure(preset_name: str = "small", batch: int = 2, images: int = 1, dtype: 
         "tiles": v.max_num_tiles, "tokens_per_image": v.max_num_tiles * v.num_patches,
         "device": str(jax.devices()[0]), "compile_s": round(compile_s, 3), "seconds_per_call": round(per_call, 4),
         "images_per_s": round(args.batch * args.images / per_call, 2),
+        "min_seconds_per_call": round(min(times), 4), "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 

@@ -37,16 +37,6 @@ from tasks.general_points.prompts import feedback_text
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def templates(tmp_path_factory):
-    """Short GeneralPoints templates (as tests/launch/test_rl_run.py), so the tiny model's contexts stay short."""
-    folder = tmp_path_factory.mktemp("templates")
-    (folder / "prompt.txt").write_text("Cards ${cards}. Make ${target}. Answer in JSON.")
-    (folder / "feedback.txt").write_text("Wrong: ${reason}")
-    return [f"episodes.prompt_template={folder / 'prompt.txt'}",
-            f"episodes.feedback_template={folder / 'feedback.txt'}", "episodes.feedback_len=64"]
-
-
 # ------------------------------------------------------------------------------------------ scripted policy
 ROWS, BUDGET = 3, 3
 SCRIPT = {}  # answer(state) -> the text judged instead of the model's; one runner (one compilation) for all

@@ -15,16 +15,6 @@ from launch.metrics_schema import load_run
 from launch.rl_run import run_rl
 
 
-@pytest.fixture(scope="module")
-def templates(tmp_path_factory):
-    """Short GeneralPoints templates, so the tiny model's contexts (its tokenizer has few merges) stay short."""
-    folder = tmp_path_factory.mktemp("templates")
-    (folder / "prompt.txt").write_text("Cards ${cards}. Make ${target}. Answer in JSON.")
-    (folder / "feedback.txt").write_text("Wrong: ${reason}")
-    return [f"episodes.prompt_template={folder / 'prompt.txt'}",
-            f"episodes.feedback_template={folder / 'feedback.txt'}", "episodes.feedback_len=64"]
-
-
 # The k1 KL to the frozen initial policy in the reward and an entropy bonus (both small). The same PPO settings in
 # both runs below: they share one compiled update (the schedule's horizon is optimizer state).
 KL_AND_ENTROPY = ["ppo.kl_mode=k1_reward", "ppo.kl_coef=0.001", "ppo.entropy_coef=0.001"]

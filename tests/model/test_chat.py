@@ -207,10 +207,16 @@ def test_a_directory_saved_by_transformers_mllama_processor_loads(tokenizer_dir,
 
 
 def test_appended_turns_concatenate_for_arbitrary_text(tokenizer):
+    assert_appended_turns_concatenate(tokenizer, examples=40)
+
+
+def assert_appended_turns_concatenate(tokenizer, *, examples: int) -> None:
+    """For arbitrary texts, prompt + response + feedback turn encoded piece by piece (the rollout's incremental
+    append) equal the whole conversation's encoding, and the assistant mask covers exactly the response."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    @settings(max_examples=40, deadline=None, database=None)
+    @settings(max_examples=examples, deadline=None, database=None)
     @given(st.lists(st.text(max_size=30), min_size=3, max_size=3))
     def check(texts):
         prompt_text, response_text, feedback_text = texts

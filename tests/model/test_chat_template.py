@@ -19,6 +19,7 @@ from transformers import AutoTokenizer
 from model import chat
 from model.tokenizer import CHAT_TEMPLATE, DEFAULT_DATE_STRING, ensure_tokenizer, load_tokenizer
 from tasks.common import Message
+from tests.model.test_chat import assert_appended_turns_concatenate
 
 INSTRUCT_LIKE_TEMPLATE = """{{- bos_token }}
 {%- if date_string is not defined %}
@@ -254,20 +255,4 @@ def test_a_processor_saved_with_the_template_and_its_apply_chat_template(offline
 
 
 def test_appended_turns_concatenate_for_arbitrary_text(tokenizer):
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-
-    @settings(max_examples=30, deadline=None, database=None)
-    @given(st.lists(st.text(max_size=30), min_size=3, max_size=3))
-    def check(texts):
-        prompt_text, response_text, feedback_text = texts
-        conversation = (Message("user", prompt_text), Message("assistant", response_text),
-                        Message("user", feedback_text))
-        prompt = chat.encode_conversation(tokenizer, conversation[:1], add_generation_prompt=True)
-        pieces = [prompt.token_ids, chat.encode_response(tokenizer, response_text),
-                  chat.encode_turn(tokenizer, conversation[2])]
-        whole = chat.encode_conversation(tokenizer, conversation, add_generation_prompt=True)
-        np.testing.assert_array_equal(np.concatenate(pieces), whole.token_ids)
-        assert tokenizer.decode(whole.token_ids[whole.assistant_mask == 1][:-1]) == response_text
-
-    check()
+    assert_appended_turns_concatenate(tokenizer, examples=30)

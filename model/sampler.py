@@ -341,6 +341,9 @@ def generate(params: Params, config: ModelConfig, input_ids: jax.Array, *, max_n
         if cross_attention_mask is not None:
             cross_attention_mask = jnp.pad(jnp.asarray(cross_attention_mask), ((0, 0), (extra, 0), (0, 0), (0, 0)))
     states = None
+    # per-layer text weights sliced here, outside the jit: sliced inside it, XLA's CPU backend copies them into
+    # fresh temporaries on every call (docs/benchmarks.md, Sampler, 2026-12-01)
+    params = T.unstack_layers(params, config)
     if pixel_values is not None:
         if aspect_ratio_ids is None:
             raise ValueError("aspect_ratio_ids must be given with pixel_values (from the image processor)")

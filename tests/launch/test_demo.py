@@ -3,6 +3,7 @@ mixture, equal compute between the arms, and evaluation hands that no stage ever
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -45,6 +46,19 @@ def test_demo_runs_the_tiny_miniature_end_to_end(tmp_path, capsys):
     # The starting compute is the base's 6 N D_init in both arms (N differs only by the RL value head).
     assert start["rl"]["rule_ood"][2] == pytest.approx(start["sft"]["rule_ood"][2], rel=0.05)
     assert start["sft"]["rule_ood"][2] > 0
+
+    # The disjointness check ran on the hands the stages really trained on: the hands in the written data files
+    # are exactly the rebuilt ones check_disjoint compared with the evaluation hands.
+    config = get_preset("miniature-tiny")
+    rebuilt, evaluation = training_and_evaluation_hands(config)
+    label_rank = {"A": 1, "J": 11, "Q": 12, "K": 13, **{str(r): r for r in range(2, 11)}}
+    for name, key in (("base.jsonl", "base"), ("sft_in_distribution.jsonl", "sft")):
+        lines = (out / "data" / name).read_text().splitlines()
+        prompts = [json.loads(line)["messages"][0]["content"] for line in lines]
+        written = {tuple(sorted(label_rank[label.strip()] for label in
+                                re.search(r"Cards: ([^.]*)\.", prompt).group(1).split(","))) for prompt in prompts}
+        assert written == rank_multisets(rebuilt[key]), name
+        assert not written & set().union(*(rank_multisets(hands) for hands in evaluation.values()))
 
     # `memgen report DEMO_OUT` reads the combined, stage-tagged metrics.jsonl (and miniature.json) as one run.
     assert {r["arm"] for r in records if r["stage"] == "base"} == {"base"}

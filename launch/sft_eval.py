@@ -97,6 +97,33 @@ def greedy_success(params: Any, model_config: Any, tokenizer, image_config, epis
     return GreedyResult(n=len(successes), successes=np.asarray(successes, bool), responses=tuple(responses))
 
 
+# generate's keyword inputs with a leading batch axis (placed like input_ids by generate_on_mesh)
+BATCHED_INPUTS = ("attention_mask", "pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
+
+
+def generate_on_mesh(generate: Callable, mesh) -> Callable:
+    """``generate`` for params placed on ``mesh``, which may span several processes (a multi-host run). Every
+    process passes the same full batch; each contributes only its own rows (``launch.mesh.host_local_batch_slice``)
+    as global arrays sharded over data x fsdp, the sampler runs on the whole mesh (``mesh=``: its KV cache is
+    sharded the same way), and every process gets the whole Generation back as host arrays. On one process this is
+    ``generate`` with the batch placed on the mesh. The batch must split over the processes and over data x fsdp
+    (a MeshError says how otherwise)."""
+    from jax.experimental import multihost_utils
+
+    from launch.mesh import host_local_batch_slice, make_global_batch
+
+    def generate_placed(params: Any, config: Any, input_ids: Any, **kwargs: Any) -> Any:
+        rows = host_local_batch_slice(np.shape(input_ids)[0])
+        local = {"input_ids": input_ids, **{k: kwargs[k] for k in BATCHED_INPUTS if kwargs.get(k) is not None}}
+        placed = make_global_batch({k: np.asarray(v)[rows] for k, v in local.items()}, mesh)
+        generation = generate(params, config, placed.pop("input_ids"), **{**kwargs, **placed}, mesh=mesh)
+        if jax.process_count() == 1:
+            return jax.device_get(generation)
+        return multihost_utils.process_allgather(generation, tiled=True)
+
+    return generate_placed
+
+
 def default_generate() -> Callable | None:
     """``model.generate`` when this checkout has the sampler, else None (the greedy hook is then skipped)."""
     try:

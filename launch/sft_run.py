@@ -30,13 +30,13 @@ import numpy as np
 from launch.checkpoint import CheckpointError, CheckpointManager
 from launch.config import ConfigError, SFTConfig, check_run_directory, load_config, preset_names, resolve, save_config
 from launch.expert_data import GREEDY_SEED_OFFSET, DataError, greedy_episodes, load_expert_data
-from launch.mesh import host_local_batch_slice
-from launch.metrics import MetricsWriter
+from launch.mesh import MeshError, host_local_batch_slice
+from launch.metrics import MetricsWriter, is_primary_process
 from launch.metrics_schema import eval_record, train_record
 from launch.model_source import ModelSourceError, init_tokens, load_model, save_policy
 from launch.progress import ProgressBar
-from launch.sft_eval import (default_generate, greedy_success, heldout_batches, make_heldout_loss,
-                              virl_greedy_evaluator)
+from launch.sft_eval import (default_generate, generate_on_mesh, greedy_success, heldout_batches,
+                              make_heldout_loss, virl_greedy_evaluator)
 from rl.compute import ComputeCounter, add, parameter_count, total_gflops
 from sft.batches import encoded_lengths, forward_from_batch, image_slots, padded_length, sft_batch
 from sft.data_order import batch_example_indices, bucket_for, length_buckets, packed_layout
@@ -66,6 +66,10 @@ def make_mesh_from_config(shape: tuple[int, int, int]) -> jax.sharding.Mesh:
         mesh_config = MeshConfig(*shape)
         devices = jax.devices()
         if -1 not in shape and int(np.prod(shape)) < len(devices):
+            if jax.process_count() > 1:
+                raise ConfigError(f"mesh={list(shape)} uses {int(np.prod(shape))} of the {len(devices)} devices of "
+                                  f"this {jax.process_count()}-process run; a multi-host run spans all of them "
+                                  "(e.g. mesh=[1,-1,1])")
             devices = devices[:int(np.prod(shape))]
         return make_mesh(mesh_config, devices)
     except MeshError as error:
@@ -118,6 +122,27 @@ def place_batch(batch: dict, mesh) -> dict:
     from launch.mesh import make_global_batch
 
     return make_global_batch(batch, mesh)
+
+
+def place_full_batch(batch: dict, mesh) -> dict:
+    """A whole batch that every host built alike (the held-out set) -> global arrays, each host giving its rows."""
+    rows = host_local_batch_slice(len(batch["input_ids"]))
+    return place_batch({key: value[rows] for key, value in batch.items()}, mesh)
+
+
+def host_params(params: Any) -> Any:
+    """The params as host numpy arrays on the primary process (gathered from every host's shards in a multi-host
+    run, one array at a time; every process must call this), None on the others."""
+    if jax.process_count() == 1:
+        return jax.device_get(params)
+    from jax.experimental import multihost_utils
+
+    from launch.metrics import is_primary_process
+
+    primary = is_primary_process()
+    gathered = jax.tree.map(lambda leaf: (lambda array: array if primary else None)(
+        multihost_utils.process_allgather(leaf, tiled=True)), params)
+    return gathered if primary else None
 
 
 def _global_sum(value: int) -> int:
@@ -275,7 +300,8 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
         return unstack_sweep(state, k) if vmapped else state
 
     for out_dir, member_config in zip(out_dirs, configs):
-        save_config(member_config, out_dir)  # only now: a bad model path, data file or freeze entry leaves no run
+        if is_primary_process():  # only now: a bad model path, data file or freeze entry leaves no run
+            save_config(member_config, out_dir)
     ckpt = config.checkpoint
     with contextlib.ExitStack() as stack:
         checkpoints = [stack.enter_context(CheckpointManager(
@@ -292,7 +318,8 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
                     for run_state in run_states]
         writers = [stack.enter_context(MetricsWriter(out_dir, resume_step=None if restored is None else start))
                    for out_dir in out_dirs]
-        bar = stack.enter_context(ProgressBar(config.steps, initial=start, enabled=progress))
+        bar = stack.enter_context(ProgressBar(config.steps, initial=start,
+                                              enabled=progress if is_primary_process() else False))
 
         def evaluate_members(step: int) -> None:
             for k in members:
@@ -349,8 +376,10 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
     for k in members:
         final_dir = None
         if finished:
-            final_dir = save_policy(out_dirs[k] / FINAL_DIR, source, jax.device_get(member_state(state, k).params),
-                                    compute=counters[k])
+            params = host_params(member_state(state, k).params)  # every process takes part in gathering them
+            final_dir = out_dirs[k] / FINAL_DIR
+            if params is not None:
+                save_policy(final_dir, source, params, compute=counters[k])
         summaries.append({"step": int(step), "loss": run_states[k]["last_loss"], "lr": float(learning_rates[k]),
                           "train_tokens": counters[k].train_tokens, "gflops": total_gflops(counters[k], num_params),
                           "skipped": run_states[k]["skipped"], "diverged": bool(run_states[k]["diverged"]),
@@ -389,10 +418,13 @@ def _make_evaluator(config: SFTConfig, source, model_config, data, length: int, 
     task_name = TASK_NAMES[(config.task, config.modality)]
     heldout_loss = compiled_heldout_loss(model_config)
     eval_batch_size = config.batch_size // config.grad_accum_steps  # a microbatch: what fits for training fits
-    batches = [place_batch(b, mesh) for b in heldout_batches(
+    batches = [place_full_batch(b, mesh) for b in heldout_batches(
         source.tokenizer, data.heldout, source.image_config, batch_size=eval_batch_size, length=length,
         num_image_slots=slots)] if data.heldout else []
     greedy = generate is not None and config.greedy_examples > 0
+    if greedy and config.task == "virl" and jax.process_count() > 1:
+        raise ConfigError("the V-IRL greedy evaluation plays routes on one process; set greedy_examples=0 for a "
+                          "multi-host `memgen sft` run (the held-out loss is still evaluated)")
     if config.task == "virl":  # whole routes through `memgen eval`'s rollout (launch.sft_eval)
         virl_splits = virl_greedy_evaluator(
             source, model_config, modality=config.modality, seed=config.seed + GREEDY_SEED_OFFSET,
@@ -412,7 +444,7 @@ def _make_evaluator(config: SFTConfig, source, model_config, data, length: int, 
         out = {}
         for split, split_episodes in episodes.items():
             result = greedy_success(params, model_config, source.tokenizer, source.image_config, split_episodes,
-                                    verify, generate=generate, max_new_tokens=config.max_new_tokens,
+                                    verify, generate=generate_on_mesh(generate, mesh), max_new_tokens=config.max_new_tokens,
                                     batch_size=eval_batch_size, num_image_slots=slots)
             out[split] = dict(split=split, n=result.n, success=result.success)
         return out
@@ -452,7 +484,7 @@ def run(args: argparse.Namespace) -> int:
         config = resolve(args.preset, args.overrides, kind=SFTConfig)
         started = time.monotonic()
         summary = run_sft(config, args.out, stop_after=args.stop_after)
-    except (ConfigError, DataError, ModelSourceError, SFTRunError) as error:
+    except (ConfigError, DataError, ModelSourceError, SFTRunError, MeshError) as error:
         print(f"memgen sft: {error}", file=sys.stderr)
         return 2
     state = "stopped at" if summary["stopped_early"] else "finished"

@@ -1,7 +1,8 @@
 """One process of the multi-host test: a few SFT train steps (sft.train_step over model.forward, tiny preset,
 text groups) on a ("data", "fsdp", "tensor") = (1, 8, 1) mesh over 8 CPU devices (FSDP across the processes),
-each process feeding only its host-local rows of a fixed global batch. Prints one JSON line
-{"process": 0, "losses": [...], ...} (process 0 of a multi-process run, or the single process).
+each process feeding only its host-local rows of a fixed global batch, then greedy answers of the trained
+params to the batch's first 8 tokens on the same mesh. Prints one JSON line {"process": 0, "losses": [...],
+"tokens": [[...], ...], ...} (process 0 of a multi-process run, or the single process).
 
 Usage: python multihost_worker.py single | python multihost_worker.py COORDINATOR_ADDRESS PROCESS_ID
 (the caller sets XLA_FLAGS device counts and JAX_PLATFORMS=cpu)."""
@@ -13,7 +14,7 @@ import sys
 import jax
 import numpy as np
 
-STEPS, BATCH, SEQ = 3, 8, 16
+STEPS, BATCH, SEQ, GENERATED = 3, 8, 16, 6
 
 
 def main(argv: list[str]) -> None:
@@ -60,9 +61,15 @@ def main(argv: list[str]) -> None:
     for _ in range(STEPS):
         state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
+    # Greedy answers of the trained params to the global batch's prompts, each process feeding its rows
+    # (launch.sft_eval.generate_on_mesh: the greedy hook of `memgen sft`).
+    from launch.sft_eval import generate_on_mesh
+    generation = generate_on_mesh(model.generate, mesh)(state.params, config, global_batch["input_ids"][:, :8],
+                                                        max_new_tokens=GENERATED, stop_tokens=())
     if jax.process_index() == 0:
         print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
-                          "rows": [rows.start, rows.stop], "losses": losses}), flush=True)
+                          "rows": [rows.start, rows.stop], "losses": losses,
+                          "tokens": np.asarray(generation.tokens).tolist()}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Two processes on localhost (CPU, 4 devices each, JAX's gloo CPU collectives) train the tiny model for a few
-SFT steps with each process feeding its host-local half of the batch, and reach the losses of one process with
-8 devices."""
+"""Two processes on localhost (CPU, 4 devices each, JAX's gloo CPU collectives) against one process with 8
+devices: the SFT train step with each process feeding its host-local half of the batch (same losses, same greedy
+answers afterwards), and a whole `memgen sft` run (data order, held-out loss, greedy evaluation, Orbax saves of
+a state sharded over both processes, a resume from them, the final policy) that ends with the metrics and weights
+of the single-process run."""
 
 import json
 import os
@@ -13,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("multihost_worker.py")
-TIMEOUT_S = 120
+TIMEOUT_S = 300  # generous: CI runs these beside other tests on 2 cores
 
 
 def _gloo_available() -> bool:
@@ -28,17 +30,19 @@ def _free_port() -> int:
 
 
 def _start(args: list[str], devices: int) -> subprocess.Popen:
+    """``python ARGS...`` in the repository root on `devices` CPU devices, outside any multi-host setting."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
            # LLVM optimisation level 0 halves the compile time; all three processes use the same flags.
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"}
     for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "MEMGEN_COORDINATOR",
                  "MEMGEN_NUM_PROCESSES", "MEMGEN_PROCESS_ID"):
         env.pop(name, None)
-    return subprocess.Popen([sys.executable, str(WORKER), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
-def _result(process: subprocess.Popen) -> dict | None:
+def _finish(process: subprocess.Popen) -> str:
+    """The stdout of a process that must exit 0 within the time limit."""
     try:
         out, err = process.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -46,7 +50,11 @@ def _result(process: subprocess.Popen) -> dict | None:
         out, err = process.communicate()
         pytest.fail(f"worker timed out after {TIMEOUT_S} s; stderr tail:\n{err[-3000:]}")
     assert process.returncode == 0, f"worker failed ({process.returncode}); stderr tail:\n{err[-3000:]}"
-    lines = [line for line in out.splitlines() if line.startswith("{")]
+    return out
+
+
+def _result(process: subprocess.Popen) -> dict | None:
+    lines = [line for line in _finish(process).splitlines() if line.startswith("{")]
     return json.loads(lines[-1]) if lines else None
 
 
@@ -54,8 +62,8 @@ def _result(process: subprocess.Popen) -> dict | None:
                     "(jax._src.lib._jax.make_gloo_tcp_collectives is missing), so CPU processes cannot all-reduce")
 def test_two_processes_match_one_process_with_eight_devices():
     coordinator = f"127.0.0.1:{_free_port()}"
-    workers = [_start([coordinator, str(i)], devices=4) for i in range(2)]
-    single = _start(["single"], devices=8)
+    workers = [_start([str(WORKER), coordinator, str(i)], devices=4) for i in range(2)]
+    single = _start([str(WORKER), "single"], devices=8)
     multi = [_result(w) for w in workers]
     reference = _result(single)
     assert multi[1] is None  # only process 0 reports
@@ -64,3 +72,53 @@ def test_two_processes_match_one_process_with_eight_devices():
     assert len(reference["losses"]) == 3 and reference["losses"][2] < reference["losses"][0]  # it trains
     for got, want in zip(multi[0]["losses"], reference["losses"]):
         assert abs(got - want) <= 1e-5, (multi[0]["losses"], reference["losses"])
+    assert multi[0]["tokens"] == reference["tokens"]  # the greedy hook's sampler over both processes
+
+
+# tiny-gp-l over all devices: 8 rows split 4 + 4 over the processes and 1 per device, a checkpoint every 2 steps
+SFT_ARGS = ["sft", "--preset", "tiny-gp-l"]
+SFT_OVERRIDES = ["steps=4", "batch_size=8", "mesh=[1,-1,1]", "checkpoint.every_steps=2", "greedy_examples=2"]
+
+
+def _two_processes(out_dir: Path, *options: str) -> list[subprocess.Popen]:
+    coordinator = f"127.0.0.1:{_free_port()}"
+    return [_start(["-m", "launch.cli", "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i),
+                    *SFT_ARGS, "--out", str(out_dir), *options, *SFT_OVERRIDES], devices=4)
+            for i in range(2)]
+
+
+def _assert_records_close(got: list[dict], want: list[dict]) -> None:
+    assert [(r["kind"], r["step"], r.get("split")) for r in got] == [(r["kind"], r["step"], r.get("split"))
+                                                                     for r in want]
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys(), (g, w)
+        for key, value in w.items():
+            if isinstance(value, float):  # all-reduces over 2 x 4 or 8 devices sum in different orders
+                assert g[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (key, g, w)
+            else:
+                assert g[key] == value, (key, g, w)
+
+
+@pytest.mark.skipif(not _gloo_available(), reason="this jaxlib has no gloo CPU collectives")
+def test_memgen_sft_across_two_processes_resumes_and_ends_as_one_process(tmp_path):
+    from safetensors.numpy import load_file
+
+    from launch.metrics import read_metrics
+
+    two, one = tmp_path / "two", tmp_path / "one"
+    first = _two_processes(two, "--stop-after", "2")
+    single = _start(["-m", "launch.cli", *SFT_ARGS, "--out", str(one), *SFT_OVERRIDES], devices=8)
+    for process in first:
+        _finish(process)
+    assert sorted(int(p.name) for p in (two / "checkpoints").iterdir() if p.name.isdigit()) == [2]
+    assert max(r["step"] for r in read_metrics(two)) == 2 and not (two / "final").exists()
+    outputs = [_finish(process) for process in _two_processes(two)]  # the same command again: resumes at step 2
+    _finish(single)
+    assert all("finished step 4/4" in out for out in outputs)
+    records = read_metrics(two)
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]  # each step once
+    _assert_records_close(records, read_metrics(one))
+    got, want = load_file(two / "final" / "model.safetensors"), load_file(one / "final" / "model.safetensors")
+    assert got.keys() == want.keys()
+    for name in want:
+        assert abs(got[name] - want[name]).max() <= 1e-5, name

@@ -137,11 +137,13 @@ def host_params(params: Any) -> Any:
         return jax.device_get(params)
     from jax.experimental import multihost_utils
 
-    from launch.metrics import is_primary_process
-
     primary = is_primary_process()
-    gathered = jax.tree.map(lambda leaf: (lambda array: array if primary else None)(
-        multihost_utils.process_allgather(leaf, tiled=True)), params)
+
+    def gather(leaf: jax.Array) -> Optional[np.ndarray]:
+        array = multihost_utils.process_allgather(leaf, tiled=True)
+        return array if primary else None  # the other processes drop each array at once
+
+    gathered = jax.tree.map(gather, params)
     return gathered if primary else None
 
 
@@ -435,6 +437,7 @@ def _make_evaluator(config: SFTConfig, source, model_config, data, length: int, 
         virl_splits = None
         episodes = greedy_episodes(config.task, config.modality, config.seed, config.greedy_examples) \
             if greedy else {}
+    generate_placed = generate_on_mesh(generate, mesh) if episodes else None
     from tasks.general_points import verify
 
     def greedy_fields(params: Any) -> dict[str, dict]:
@@ -444,7 +447,7 @@ def _make_evaluator(config: SFTConfig, source, model_config, data, length: int, 
         out = {}
         for split, split_episodes in episodes.items():
             result = greedy_success(params, model_config, source.tokenizer, source.image_config, split_episodes,
-                                    verify, generate=generate_on_mesh(generate, mesh), max_new_tokens=config.max_new_tokens,
+                                    verify, generate=generate_placed, max_new_tokens=config.max_new_tokens,
                                     batch_size=eval_batch_size, num_image_slots=slots)
             out[split] = dict(split=split, n=result.n, success=result.success)
         return out

@@ -235,6 +235,13 @@ def make_global_batch(local_arrays: Any, mesh: Mesh, spec: PartitionSpec | None 
     return jax.tree.map(place, local_arrays)
 
 
+def make_global_batch_from_full(batch: Any, mesh: Mesh) -> Any:
+    """`make_global_batch` of a whole batch that every host built alike (a held-out set, evaluation prompts):
+    each host gives only its rows (`host_local_batch_slice`)."""
+    rows = host_local_batch_slice(len(jax.tree.leaves(batch)[0]))
+    return make_global_batch(jax.tree.map(lambda x: np.asarray(x)[rows], batch), mesh)
+
+
 def optimizer_state_specs(optimizer: Any, opt_state: Any, param_specs: Any) -> Any:
     """PartitionSpecs for an optax state (arrays or shapes) over params placed by `param_specs` (a tree with the
     params' structure): every per-param leaf (Adam's moments, ...) follows its param, everything else (step

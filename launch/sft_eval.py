@@ -110,12 +110,11 @@ def generate_on_mesh(generate: Callable, mesh) -> Callable:
     (a MeshError says how otherwise)."""
     from jax.experimental import multihost_utils
 
-    from launch.mesh import host_local_batch_slice, make_global_batch
+    from launch.mesh import make_global_batch_from_full
 
     def generate_placed(params: Any, config: Any, input_ids: Any, **kwargs: Any) -> Any:
-        rows = host_local_batch_slice(np.shape(input_ids)[0])
-        local = {"input_ids": input_ids, **{k: kwargs[k] for k in BATCHED_INPUTS if kwargs.get(k) is not None}}
-        placed = make_global_batch({k: np.asarray(v)[rows] for k, v in local.items()}, mesh)
+        full = {"input_ids": input_ids, **{k: kwargs[k] for k in BATCHED_INPUTS if kwargs.get(k) is not None}}
+        placed = make_global_batch_from_full(full, mesh)
         generation = generate(params, config, placed.pop("input_ids"), **{**kwargs, **placed}, mesh=mesh)
         if jax.process_count() == 1:
             return jax.device_get(generation)

@@ -30,7 +30,7 @@ import numpy as np
 from launch.checkpoint import CheckpointError, CheckpointManager
 from launch.config import ConfigError, SFTConfig, check_run_directory, load_config, preset_names, resolve, save_config
 from launch.expert_data import GREEDY_SEED_OFFSET, DataError, greedy_episodes, load_expert_data
-from launch.mesh import MeshError, host_local_batch_slice
+from launch.mesh import MeshError, host_local_batch_slice, make_global_batch_from_full
 from launch.metrics import MetricsWriter, is_primary_process
 from launch.metrics_schema import eval_record, train_record
 from launch.model_source import ModelSourceError, init_tokens, load_model, save_policy
@@ -122,12 +122,6 @@ def place_batch(batch: dict, mesh) -> dict:
     from launch.mesh import make_global_batch
 
     return make_global_batch(batch, mesh)
-
-
-def place_full_batch(batch: dict, mesh) -> dict:
-    """A whole batch that every host built alike (the held-out set) -> global arrays, each host giving its rows."""
-    rows = host_local_batch_slice(len(batch["input_ids"]))
-    return place_batch({key: value[rows] for key, value in batch.items()}, mesh)
 
 
 def host_params(params: Any) -> Any:
@@ -420,7 +414,7 @@ def _make_evaluator(config: SFTConfig, source, model_config, data, length: int, 
     task_name = TASK_NAMES[(config.task, config.modality)]
     heldout_loss = compiled_heldout_loss(model_config)
     eval_batch_size = config.batch_size // config.grad_accum_steps  # a microbatch: what fits for training fits
-    batches = [place_full_batch(b, mesh) for b in heldout_batches(
+    batches = [make_global_batch_from_full(b, mesh) for b in heldout_batches(
         source.tokenizer, data.heldout, source.image_config, batch_size=eval_batch_size, length=length,
         num_image_slots=slots)] if data.heldout else []
     greedy = generate is not None and config.greedy_examples > 0

@@ -11,13 +11,15 @@ A response that does not end with `<|eot_id|>` (cut at max_new_tokens, or stoppe
 the next user turn, as in the chat the text conversation encodes (and as the reference's rollouts, which re-render
 the conversation as text, see it); the token is environment text, not part of the response's mask.
 
-JAX may evaluate a pure callback more than once with the same arguments, so results are cached per (row, k): a
-repeated call returns the first answer and never advances an episode twice. A feedback turn longer than F keeps
+JAX may evaluate a pure callback more than once with the same arguments (on a mesh it does, once per device, from
+several threads: calls take a lock), so results are cached per (row, k): a repeated call returns the first answer
+and never advances an episode twice. A feedback turn longer than F keeps
 its first tokens and its closing `<|eot_id|>` + assistant header (counted in `truncated_feedback`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -40,6 +42,7 @@ class EpisodeVerifier:
         self.tokenizer = tokenizer
         self.step_fn = step_fn
         self.feedback_len = int(feedback_len)
+        self._lock = threading.Lock()
         self._tail = len(generation_prompt_ids(tokenizer)) + 1  # <|eot_id|> + the assistant header
         if self.feedback_len <= self._tail:
             raise ConfigError(f"feedback_len={self.feedback_len} cannot hold a feedback turn: its closing "
@@ -80,11 +83,14 @@ class EpisodeVerifier:
         return float(transition.verdict.reward), bool(transition.done), bool(transition.verdict.success), feedback
 
     def __call__(self, tokens, lengths, active, step):
-        began = time.perf_counter()
-        try:
-            return self._call(tokens, lengths, active, step)
-        finally:
-            self.seconds += time.perf_counter() - began
+        # On a mesh every device calls with the same arguments, from its own thread (rl.rollout.call_verifier): one
+        # call at a time, the first judges and the others read its cached results.
+        with self._lock:
+            began = time.perf_counter()
+            try:
+                return self._call(tokens, lengths, active, step)
+            finally:
+                self.seconds += time.perf_counter() - began
 
     def _call(self, tokens, lengths, active, step):
         tokens, lengths, active, step = np.asarray(tokens), np.asarray(lengths), np.asarray(active), int(step)

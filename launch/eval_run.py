@@ -28,7 +28,7 @@ from pathlib import Path
 
 from launch.config import ConfigError, check_run_directory, resolve, save_config
 from launch.expert_data import HELDOUT_SEED_OFFSET
-from launch.metrics import MetricsWriter, read_metrics
+from launch.metrics import MetricsWriter, is_primary_process, read_metrics
 from launch.metrics_schema import ARMS, default_arm, eval_record, load_run
 from launch.rl_common import (FINAL_DIR, TASK_NAMES, evaluate, heldout_expert_conversations, load_policy, make_rl_mesh,
                               mesh_context, place_batch, place_params)
@@ -100,7 +100,8 @@ def run_eval(config: EvalConfig, out_dir: str | Path, *, show_progress: bool | N
         raise ConfigError("memgen eval needs heldout_examples >= 0 (0: no held-out loss) and heldout_batch_size >= 1")
     out = Path(out_dir)
     resuming = check_run_directory(config, out)
-    save_config(config, out)
+    if is_primary_process():
+        save_config(config, out)
     cells = [(int(budget), split) for budget in config.verify_budgets for split in config.splits]
     done = {(r["verify_budget"], r["split"]): r for r in read_metrics(out)
             if resuming and r.get("kind") == "eval"}
@@ -118,7 +119,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path, *, show_progress: bool | N
         # resume_step 0 keeps every complete eval record (all at step 0) and drops a torn last line
         with MetricsWriter(out, resume_step=0 if resuming else None) as writer, \
                 ProgressBar(len(cells), description="eval", initial=len(cells) - len(todo),
-                            enabled=show_progress) as bar:
+                            enabled=show_progress if is_primary_process() else False) as bar:
             for budget, split in todo:
                 fields = evaluate(policy, policy.params, config.sampling, split=split, budget=budget,
                                   num_episodes=config.episodes, n_samples=config.n_samples, seed=config.seed,
@@ -130,7 +131,8 @@ def run_eval(config: EvalConfig, out_dir: str | Path, *, show_progress: bool | N
                 record = eval_record(step=0, gflops=gflops, task=task, seed=config.seed, arm=arm, **fields, **extra)
                 done[(budget, split)] = writer.write(0, record)
                 bar.update(len(done))
-                print(_summary_line(record), file=sys.stderr)
+                if is_primary_process():
+                    print(_summary_line(record), file=sys.stderr)
     return [done[cell] for cell in cells]
 
 

@@ -242,6 +242,36 @@ def make_global_batch_from_full(batch: Any, mesh: Mesh) -> Any:
     return make_global_batch(jax.tree.map(lambda x: np.asarray(x)[rows], batch), mesh)
 
 
+def host_arrays(tree: Any) -> Any:
+    """Every array of `tree` as a host numpy array holding all of it, on every process: arrays spread over several
+    processes are gathered (`process_allgather`, a collective: every process must call this with the same tree);
+    single-process arrays are copied to the host as they are (`jax.device_get`: other leaves stay as they are)."""
+    def fetch(leaf: Any) -> Any:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            from jax.experimental import multihost_utils
+            return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+        return jax.device_get(leaf)
+
+    return jax.tree.map(fetch, tree)
+
+
+def host_params(params: Any) -> Any:
+    """The params as host numpy arrays on the primary process (gathered from every host's shards in a multi-host
+    run, one array at a time so no host holds two copies; every process must call this), None on the others."""
+    if jax.process_count() == 1:
+        return jax.device_get(params)
+    from launch.metrics import is_primary_process
+
+    primary = is_primary_process()
+
+    def gather(leaf: jax.Array) -> np.ndarray | None:
+        array = host_arrays(leaf)
+        return array if primary else None  # the other processes drop each array at once
+
+    gathered = jax.tree.map(gather, params)
+    return gathered if primary else None
+
+
 def optimizer_state_specs(optimizer: Any, opt_state: Any, param_specs: Any) -> Any:
     """PartitionSpecs for an optax state (arrays or shapes) over params placed by `param_specs` (a tree with the
     params' structure): every per-param leaf (Adam's moments, ...) follows its param, everything else (step

@@ -18,6 +18,7 @@ import numpy as np
 
 from launch.config import ConfigError
 from launch.episodes import EpisodeVerifier
+from launch.mesh import host_arrays
 from launch.model_source import ModelSource, ModelSourceError, load_model, save_policy  # noqa: F401 (re-exported)
 from launch.rl_config import EpisodeConfig
 from model.chat import batch_conversations
@@ -58,15 +59,13 @@ def load_policy(spec: str, *, seed: int) -> ModelSource:
 def make_rl_mesh(shape: tuple[int, int, int]) -> jax.sharding.Mesh:
     """The (data, fsdp, tensor) mesh of RLConfig.mesh / EvalConfig.mesh, as `memgen sft` builds SFTConfig.mesh
     (`launch.sft_run.make_mesh_from_config`: -1 takes the remaining devices; sizes without a -1 that multiply to
-    fewer than the visible devices use the first that many, so (1, 1, 1) is one device). A mesh spanning several
-    processes is refused: the rollout's verifier and the run loop read whole arrays on the host."""
+    fewer than the visible devices use the first that many, so (1, 1, 1) is one device; in a run over several
+    processes the mesh must span all of their devices). Over several processes every host runs the same loop on
+    the same host values: the rollout's verifier judges every row on every host (`rl.rollout.call_verifier`),
+    trajectories come back whole to each (`launch.mesh.host_arrays`) and each host feeds its rows of every batch
+    (`place_batch`)."""
     from launch.sft_run import make_mesh_from_config
-
-    mesh = make_mesh_from_config(tuple(shape))
-    if jax.process_count() > 1 and mesh.devices.size > len(jax.local_devices()):
-        raise ConfigError(f"mesh={list(shape)} spans {jax.process_count()} processes; memgen rl and memgen eval "
-                          "run in one process (one host, any number of its devices) for now")
-    return mesh
+    return make_mesh_from_config(tuple(shape))
 
 
 def mesh_context(mesh: jax.sharding.Mesh | None):
@@ -88,7 +87,9 @@ def place_params(params, config, mesh: jax.sharding.Mesh | None):
 def place_batch(tree, mesh: jax.sharding.Mesh | None):
     """Every array of `tree` placed with its leading (batch) axis over data x fsdp where they divide it, the other
     axes replicated (`model.sharding.batch_sharding`): prompts, images, the PPO / GRPO buffer. Host arrays become
-    device arrays; unchanged placement without a mesh."""
+    device arrays; unchanged placement without a mesh. On a mesh over several processes, host values (which every
+    process holds alike) are fed per host: each gives only the slices its devices hold
+    (`jax.make_array_from_callback`); arrays already spread over the processes are moved to the placement."""
     if mesh is None:
         return jax.tree.map(jnp.asarray, tree)
     from jax.sharding import NamedSharding, PartitionSpec
@@ -97,7 +98,11 @@ def place_batch(tree, mesh: jax.sharding.Mesh | None):
 
     def place(x):
         shape = np.shape(x)
-        return jax.device_put(x, batch_sharding(mesh, shape) if shape else NamedSharding(mesh, PartitionSpec()))
+        sharding = batch_sharding(mesh, shape) if shape else NamedSharding(mesh, PartitionSpec())
+        if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+            return jax.device_put(x, sharding)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(shape, sharding, lambda index: host[index])
     return jax.tree.map(place, tree)
 
 
@@ -205,7 +210,7 @@ class RolloutRunner:
     def _place(self, array, dtype=None):
         """A host array -> a device array, on the mesh with its batch axis over data x fsdp when there is one."""
         array = np.asarray(array) if dtype is None else np.asarray(array, dtype)
-        return jnp.asarray(array) if self.mesh is None else place_batch(array, self.mesh)
+        return place_batch(array, self.mesh)
 
     def _inputs(self, params, states):
         batch = self.prompts(states)
@@ -232,7 +237,7 @@ class RolloutRunner:
             trajectory = self._rollout(params, prompt_ids=self._place(batch.input_ids),
                                        prompt_mask=self._place(batch.attention_mask), rng=rng, active=active,
                                        **image_inputs)
-        return jax.device_get(trajectory), self.verifier, images
+        return host_arrays(trajectory), self.verifier, images
 
     def values(self, params, states) -> jax.Array:
         """The value head (B,) at the last token of each state's current prompt (`rl.rollout.prompt_value`)."""

@@ -29,12 +29,12 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from launch.checkpoint import CheckpointManager
 from launch.config import ConfigError, check_run_directory, resolve, save_config
-from launch.metrics import MetricsWriter
+from launch.mesh import host_params
+from launch.metrics import MetricsWriter, is_primary_process
 from launch.model_source import init_tokens
 from launch.metrics_schema import eval_record, train_record
 from launch.model_source import tokenizer_fingerprint
@@ -201,8 +201,9 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_run_directory(config, out)
-    save_config(config, out)
     mesh = make_rl_mesh(config.mesh)
+    if is_primary_process():
+        save_config(config, out)
     policy = load_policy(config.init, seed=config.seed)
     policy = dataclasses.replace(policy, params=place_params(policy.params, policy.config, mesh))
     episodes = config.episodes
@@ -238,7 +239,8 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     end = config.updates if stop_after is None else min(config.updates, stop_after)
     last: dict[str, Any] = {}
     with checkpoints, MetricsWriter(out, resume_step=start if restored is not None else None) as writer, \
-            ProgressBar(config.updates, description="rl", initial=start, enabled=show_progress) as bar:
+            ProgressBar(config.updates, description="rl", initial=start,
+                        enabled=show_progress if is_primary_process() else False) as bar:
         evaluation = dataclasses.replace(episodes, temperature=config.eval_temperature)
 
         def write_evaluation(step: int, gflops: float) -> None:
@@ -282,8 +284,8 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
             state, metrics = update(state, buffer, update_key)
             metrics = jax.device_get(metrics)
             if "kl_k1" in buffer:  # the k1 KL of the rollout to the reference (its reward shaping)
-                valid = np.asarray(buffer["valid"])
-                stats["kl_k1"] = float(np.asarray(buffer["kl_k1"])[valid].sum() / max(valid.sum(), 1))
+                valid = buffer["valid"]  # device arrays (spread over the processes in a multi-host run)
+                stats["kl_k1"] = float(jnp.sum(jnp.where(valid, buffer["kl_k1"], 0.0)) / jnp.maximum(valid.sum(), 1))
             trained = int(train_token_count(buffer)) * epochs
             counter = add(counter, train_tokens=trained, inference_tokens=int(stats["inference_tokens"]))
             step = index + 1
@@ -303,7 +305,9 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                              force=step == end)
             bar.update(step, loss=last["loss"], tokens=trained)
         if end == config.updates and end > start:
-            save_policy(out / FINAL_DIR, policy, jax.device_get(state.params), compute=counter)
+            final_params = host_params(state.params)  # every process takes part; process 0 writes
+            if is_primary_process():
+                save_policy(out / FINAL_DIR, policy, final_params, compute=counter)
     return {"updates": end, "metrics": last, "gflops": total_gflops(counter, num_params), "params": state.params}
 
 

@@ -108,17 +108,12 @@ def generate_on_mesh(generate: Callable, mesh) -> Callable:
     sharded the same way), and every process gets the whole Generation back as host arrays. On one process this is
     ``generate`` with the batch placed on the mesh. The batch must split over the processes and over data x fsdp
     (a MeshError says how otherwise)."""
-    from jax.experimental import multihost_utils
-
-    from launch.mesh import make_global_batch_from_full
+    from launch.mesh import host_arrays, make_global_batch_from_full
 
     def generate_placed(params: Any, config: Any, input_ids: Any, **kwargs: Any) -> Any:
         full = {"input_ids": input_ids, **{k: kwargs[k] for k in BATCHED_INPUTS if kwargs.get(k) is not None}}
         placed = make_global_batch_from_full(full, mesh)
-        generation = generate(params, config, placed.pop("input_ids"), **{**kwargs, **placed}, mesh=mesh)
-        if jax.process_count() == 1:
-            return jax.device_get(generation)
-        return multihost_utils.process_allgather(generation, tiled=True)
+        return host_arrays(generate(params, config, placed.pop("input_ids"), **{**kwargs, **placed}, mesh=mesh))
 
     return generate_placed
 
@@ -139,17 +134,19 @@ VIRL_FEEDBACK_LEN = 128
 
 
 def virl_greedy_evaluator(source, model_config, *, modality: str, seed: int, routes: int,
-                          max_new_tokens: int, prompt_multiple: int = 64) -> Callable[[Any], dict[str, dict]]:
+                          max_new_tokens: int, prompt_multiple: int = 64,
+                          mesh: Any = None) -> Callable[[Any], dict[str, dict]]:
     """``evaluate(params) -> {split: eval_record fields}`` for V-IRL: ``routes`` routes per split (in-distribution
     and rule-OOD from the training city, visual OOD for vision; drawn as `memgen eval` draws them with ``seed``)
     played greedily by ``launch.rl_common.evaluate`` (the rollout sampler of `memgen eval`), one answer per
     decision point: route success and per-step accuracy with their standard errors. Every prompt is padded to
     one length, the longest expert conversation of the evaluation routes rounded up to ``prompt_multiple`` (an
     upper bound on every decision's prompt), so one rollout compiles per split size. The params get a zero
-    value head for the rollout (its values are not used here)."""
+    value head for the rollout (its values are not used here). ``mesh``: the mesh the params are placed on (it may
+    span processes); the rollout runs there (``launch.rl_common.RolloutRunner``)."""
     import dataclasses
 
-    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
 
     from launch.rl_common import evaluate
     from launch.rl_config import EpisodeConfig
@@ -180,10 +177,13 @@ def virl_greedy_evaluator(source, model_config, *, modality: str, seed: int, rou
         nonlocal value_head
         if value_head is None:
             from model.value_head import init_value_head
-            value_head = jax.tree.map(jnp.zeros_like, init_value_head(jax.random.key(0), model_config))
+            shapes = jax.eval_shape(lambda: init_value_head(jax.random.key(0), model_config))
+            value_head = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+            if mesh is not None:  # replicated on the params' mesh
+                value_head = jax.device_put(value_head, NamedSharding(mesh, PartitionSpec()))
         with_head = dict(params, value_head=value_head)
         return {split: evaluate(policy, with_head, episodes, split=split, budget=VIRL_GREEDY_BUDGET,
-                                num_episodes=routes, n_samples=1, seed=seed, runners=runners)
+                                num_episodes=routes, n_samples=1, seed=seed, runners=runners, mesh=mesh)
                 for split in splits}
 
     return evaluate_splits

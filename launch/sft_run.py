@@ -31,6 +31,7 @@ from launch.checkpoint import CheckpointError, CheckpointManager
 from launch.config import ConfigError, SFTConfig, check_run_directory, load_config, preset_names, resolve, save_config
 from launch.expert_data import GREEDY_SEED_OFFSET, DataError, greedy_episodes, load_expert_data
 from launch.mesh import MeshError, host_local_batch_slice, make_global_batch_from_full
+from launch.mesh import host_params
 from launch.metrics import MetricsWriter, is_primary_process
 from launch.metrics_schema import eval_record, train_record
 from launch.model_source import ModelSourceError, init_tokens, load_model, save_policy
@@ -122,23 +123,6 @@ def place_batch(batch: dict, mesh) -> dict:
     from launch.mesh import make_global_batch
 
     return make_global_batch(batch, mesh)
-
-
-def host_params(params: Any) -> Any:
-    """The params as host numpy arrays on the primary process (gathered from every host's shards in a multi-host
-    run, one array at a time; every process must call this), None on the others."""
-    if jax.process_count() == 1:
-        return jax.device_get(params)
-    from jax.experimental import multihost_utils
-
-    primary = is_primary_process()
-
-    def gather(leaf: jax.Array) -> Optional[np.ndarray]:
-        array = multihost_utils.process_allgather(leaf, tiled=True)
-        return array if primary else None  # the other processes drop each array at once
-
-    gathered = jax.tree.map(gather, params)
-    return gathered if primary else None
 
 
 def _global_sum(value: int) -> int:
@@ -418,14 +402,11 @@ def _make_evaluator(config: SFTConfig, source, model_config, data, length: int, 
         source.tokenizer, data.heldout, source.image_config, batch_size=eval_batch_size, length=length,
         num_image_slots=slots)] if data.heldout else []
     greedy = generate is not None and config.greedy_examples > 0
-    if greedy and config.task == "virl" and jax.process_count() > 1:
-        raise ConfigError("the V-IRL greedy evaluation plays routes on one process; set greedy_examples=0 for a "
-                          "multi-host `memgen sft` run (the held-out loss is still evaluated)")
     if config.task == "virl":  # whole routes through `memgen eval`'s rollout (launch.sft_eval)
         virl_splits = virl_greedy_evaluator(
             source, model_config, modality=config.modality, seed=config.seed + GREEDY_SEED_OFFSET,
             routes=config.greedy_examples, max_new_tokens=config.max_new_tokens,
-            prompt_multiple=config.data.length_multiple) if greedy else None
+            prompt_multiple=config.data.length_multiple, mesh=mesh) if greedy else None
         episodes = {}
     else:
         virl_splits = None

@@ -93,15 +93,28 @@ def _value(params: Params, hidden: jax.Array) -> jax.Array:
 
 
 def call_verifier(verifier: VerifierFn, tokens: jax.Array, lengths: jax.Array, active: jax.Array, step: jax.Array,
-                  feedback_len: int):
+                  feedback_len: int, mesh: jax.sharding.Mesh | None = None):
     """`verifier` through `jax.pure_callback` with static result shapes. JAX may call a pure callback more than
     once with the same arguments (or drop an unused one), so a stateful verifier must answer a repeated
-    (row, step) with its cached result: `launch.episodes.EpisodeVerifier` does."""
+    (row, step) with its cached result: `launch.episodes.EpisodeVerifier` does.
+
+    With a `mesh` the callback runs inside `jax.shard_map` on every device of it, each with the whole batch
+    (gathered: the specs are replicated). Without that, XLA runs a callback on one device only, so in a run over
+    several processes only one host's episode states would advance; this way every process judges every row and
+    all hosts keep the same episode states (the multi-controller contract: each host then builds the same next
+    prompts and buffers). The verifier is called once per device with the same arguments, possibly from
+    several threads at once, so it must also be thread-safe (EpisodeVerifier takes a lock)."""
     batch = tokens.shape[0]
     shapes = (jax.ShapeDtypeStruct((batch,), jnp.float32), jax.ShapeDtypeStruct((batch,), jnp.bool_),
               jax.ShapeDtypeStruct((batch,), jnp.bool_), jax.ShapeDtypeStruct((batch, feedback_len), jnp.int32),
               jax.ShapeDtypeStruct((batch, feedback_len), jnp.int32))
-    return jax.pure_callback(verifier, shapes, tokens, lengths, active, step, vmap_method="sequential")
+    callback = lambda *args: jax.pure_callback(verifier, shapes, *args, vmap_method="sequential")  # noqa: E731
+    if mesh is None:
+        return callback(tokens, lengths, active, step)
+    from jax.sharding import PartitionSpec
+    replicated = PartitionSpec()
+    return jax.shard_map(callback, mesh=mesh, in_specs=(replicated,) * 4, out_specs=(replicated,) * 5)(
+        tokens, lengths, active, step)
 
 
 def _place_cache(state, mesh):
@@ -153,7 +166,7 @@ def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_m
         active = ~finished
         state, generation = sample_turn(params, config, state, key, sampling, active=active, stop_tokens=stop_tokens)
         rewards, done, success, feedback_ids, feedback_mask = call_verifier(
-            verifier, generation.tokens, generation.lengths, active, step, rollout_config.feedback_len)
+            verifier, generation.tokens, generation.lengths, active, step, rollout_config.feedback_len, mesh)
         done = active & done
         continues = active & ~done
         feedback_mask = jnp.where(continues[:, None], feedback_mask, 0)

@@ -1,8 +1,9 @@
 """One process of the multi-host test: a few SFT train steps (sft.train_step over model.forward, tiny preset,
 text groups) on a ("data", "fsdp", "tensor") = (1, 8, 1) mesh over 8 CPU devices (FSDP across the processes),
 each process feeding only its host-local rows of a fixed global batch, then greedy answers of the trained
-params to the batch's first 8 tokens on the same mesh. Prints one JSON line {"process": 0, "losses": [...],
-"tokens": [[...], ...], ...} (process 0 of a multi-process run, or the single process).
+params to the batch's first 8 tokens on the same mesh, then a two-step rollout with a recording host verifier.
+Each process prints one JSON line {"process": i, "judged": [...], "rollout_tokens": [...]}; process 0's (or the
+single process's) also has "losses", "tokens", ...
 
 Usage: python multihost_worker.py single | python multihost_worker.py COORDINATOR_ADDRESS PROCESS_ID
 (the caller sets XLA_FLAGS device counts and JAX_PLATFORMS=cpu)."""
@@ -66,10 +67,61 @@ def main(argv: list[str]) -> None:
     from launch.sft_eval import generate_on_mesh
     generation = generate_on_mesh(model.generate, mesh)(state.params, config, global_batch["input_ids"][:, :8],
                                                         max_new_tokens=GENERATED, stop_tokens=())
+    judged, rollout_tokens = verifier_rollout(config, state.params, mesh, global_batch["input_ids"][:, :8])
+    report = {"process": jax.process_index(), "judged": judged, "rollout_tokens": rollout_tokens}
     if jax.process_index() == 0:
-        print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
-                          "rows": [rows.start, rows.stop], "losses": losses,
-                          "tokens": np.asarray(generation.tokens).tolist()}), flush=True)
+        report.update(processes=jax.process_count(), rows=[rows.start, rows.stop], losses=losses,
+                      tokens=np.asarray(generation.tokens).tolist())
+    print(json.dumps(report), flush=True)
+
+
+class RecordingVerifier:
+    """A stateful host verifier with rl.rollout's contract (cached per (row, step), thread-safe): the reward is
+    the response's first token mod 3, a row is done when that is 0, the feedback turn is the response's first
+    two tokens. `judged` lists every (row, step, response) this process judged."""
+
+    def __init__(self):
+        import threading
+        self.judged, self._results, self._lock = [], {}, threading.Lock()
+
+    def __call__(self, tokens, lengths, active, step):
+        with self._lock:
+            batch, step = len(tokens), int(step)
+            out = (np.zeros(batch, np.float32), np.zeros(batch, bool), np.zeros(batch, bool),
+                   np.zeros((batch, 2), np.int32), np.zeros((batch, 2), np.int32))
+            for row in np.flatnonzero(active):
+                if (row, step) not in self._results:
+                    response = np.asarray(tokens[row, :lengths[row]]).tolist()
+                    self.judged.append([int(row), step, response])
+                    self._results[row, step] = (response[0] % 3, response[0] % 3 == 0, response[:2])
+                reward, done, feedback = self._results[row, step]
+                out[0][row], out[1][row], out[2][row] = reward, done, done
+                out[3][row, :len(feedback)], out[4][row, :len(feedback)] = feedback, 1
+            return out
+
+
+def verifier_rollout(config, params, mesh, prompts):
+    """A two-step rl.rollout of the trained params with a value head on `mesh` (each process feeding its rows of
+    `prompts`): every process's verifier must judge every row (rl.rollout.call_verifier), so that their episode
+    states agree. Returns (this process's judged list sorted, the trajectory's response ids)."""
+    from launch.mesh import host_arrays, make_global_batch_from_full
+    from model.sampler import SamplingConfig
+    from model.sharding import param_shardings
+    from model.value_head import init_value_head
+    from rl.rollout import RolloutConfig, rollout
+
+    params = dict(params, value_head=init_value_head(jax.random.key(2), config))
+    params = jax.device_put(params, param_shardings(config, mesh, params))
+    verifier = RecordingVerifier()
+    rollout_config = RolloutConfig(SamplingConfig(GENERATED, 1.0, stop_tokens=()), max_verify_steps=2,
+                                   feedback_len=2)
+    placed = make_global_batch_from_full({"ids": prompts, "mask": np.ones_like(prompts)}, mesh)
+    run = jax.jit(functools.partial(rollout, config=config, verifier=verifier, rollout_config=rollout_config,
+                                    mesh=mesh))
+    with jax.set_mesh(mesh):
+        trajectory = run(params, prompt_ids=placed["ids"], prompt_mask=placed["mask"], rng=jax.random.key(3))
+    tokens = host_arrays(trajectory.response_ids).tolist()  # waits for the rollout (dispatch is asynchronous)
+    return sorted(verifier.judged), tokens
 
 
 if __name__ == "__main__":

@@ -216,6 +216,48 @@ def test_episode_verifier_caches_per_row_and_step(tokenizer):
     assert len(calls) == 5 and len(verifier.responses[0]) == 1
 
 
+def test_episode_verifier_judges_each_row_once_when_every_device_calls_at_once(tokenizer):
+    """On a mesh every device calls the verifier with the same arguments, each from its own thread
+    (rl.rollout.call_verifier): all get the same answers, each row is judged once, one call at a time."""
+    import sys
+    import threading
+
+    inside, most, judged = [0], [0], []
+
+    def slow_step(state, text):  # counts the calls inside the task step at once; busy work invites thread switches
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        sum(i * i for i in range(20_000))
+        judged.append(text)
+        inside[0] -= 1
+        return step_function("task")(state, text)
+
+    verifier = EpisodeVerifier(tokenizer, _gp_states(4), slow_step, feedback_len=96)
+    ids = tokenizer.encode_text("no json") + [tokenizer.eot_id]
+    tokens = np.tile(np.asarray(ids, np.int32), (4, 1))
+    lengths = np.full((4,), len(ids), np.int32)
+    answers = [None] * 8
+
+    def device(d):
+        answers[d] = verifier(tokens, lengths, np.ones((4,), bool), np.int32(0))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=device, args=(d,)) for d in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(judged) == 4 and most[0] == 1
+    assert all(state.steps_taken == 1 for state in verifier.states)
+    for answer in answers[1:]:
+        for got, want in zip(answer, answers[0]):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_episode_verifier_closes_a_cut_response_before_its_feedback(tokenizer):
     """A response that ended with `<|eot_id|>` gets the feedback turn as is; one cut at max_new_tokens, stopped
     by `<|end_of_text|>` or empty gets `<|eot_id|>` first, so every assistant turn of the context is closed."""

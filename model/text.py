@@ -70,8 +70,13 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
 
 
 def linear(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """x (..., in) @ kernel (in, out), kernel cast to x's (compute) dtype."""
-    return jnp.matmul(x, kernel.astype(x.dtype))
+    """x (..., in) @ kernel (in, out), kernel cast to x's (compute) dtype.
+
+    As one 2-D matmul over the flattened leading axes (free reshapes): the gradient of a (B, S, in) x (in, out)
+    dot_general contracts two axes, and XLA's CPU backend then fused the activation's backward into a transposing
+    copy that took 4x a plain one, ~25% of a small model's training step (docs/benchmarks.md, "PPO update")."""
+    lead = x.shape[:-1]
+    return jnp.matmul(x.reshape(-1, x.shape[-1]), kernel.astype(x.dtype)).reshape(*lead, kernel.shape[-1])
 
 
 def swiglu_mlp(p: Params, x: jax.Array) -> jax.Array:
@@ -324,10 +329,13 @@ def decoder(params: Params, config: ModelConfig, x: jax.Array, self_inputs: Self
             p = _layer(params["cross_attention"]["layers"], start)
             x = cross_layer(p, constrain_batch(x), cross_kv[0][start], cross_kv[1][start])
             continue
-        if self_cache is None:
+        if self_cache is None and config.scans_layers():
             def body(x, p):
                 return self_layer(p, constrain_batch(x), None)[0], None
             x, _ = jax.lax.scan(body, x, _slice_layers(self_params, start, stop, num_self))
+        elif self_cache is None:  # unrolled (ModelConfig.scan_layers)
+            for layer in range(start, stop):
+                x = self_layer(_layer(self_params, layer), constrain_batch(x), None)[0]
         else:
             # With a cache (inference: prefill, extend, decode; no remat) the layers are unrolled with static
             # indices: a scan dynamic-slices every layer's weights and cache buffers on each step, which made the

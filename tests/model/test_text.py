@@ -93,5 +93,24 @@ def test_remat_gives_same_logits_and_grads(ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4 * float(np.abs(a).max()))
 
 
+def test_scanned_and_unrolled_layers_give_the_same_logits_and_grads(ref):
+    """ModelConfig.scan_layers: the cacheless forward's layer runs as a lax.scan (the 11B / 90B default) or
+    unrolled (the small models' default; the parity tests above run this one), same values."""
+    _, _, config, params = ref
+    assert not config.scans_layers() and model.preset("11b").scans_layers()
+    ids = np.random.default_rng(5).integers(3, config.text.vocab_size, (2, 6))
+
+    def loss(p, cfg):
+        logits = model.forward(p, cfg, ids).astype(np.float32)
+        return (logits * np.linspace(-1.0, 1.0, logits.shape[-1])).sum(), logits
+
+    grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    (unrolled, logits), (scanned, scanned_logits) = (grad(params, config.replace(scan_layers=flag))
+                                                      for flag in (False, True))
+    np.testing.assert_allclose(np.asarray(scanned_logits), np.asarray(logits), rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(unrolled), jax.tree.leaves(scanned)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5 * float(np.abs(a).max()))
+
+
 def test_torch_is_fp32(ref):
     assert next(ref[0].parameters()).dtype == torch.float32

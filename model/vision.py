@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from model.config import ModelConfig, VisionConfig
 from model.sharding import constrain_batch
+from model.text import linear
 
 Params = dict[str, Any]
 
@@ -79,7 +80,7 @@ def _attention(x: jax.Array, attn: Params, invalid: jax.Array, num_heads: int) -
     head_dim = hidden // num_heads
 
     def project(name: str) -> jax.Array:
-        y = jnp.einsum("bsd,de->bse", x, attn[name]["kernel"].astype(dtype))
+        y = linear(x, attn[name]["kernel"])
         return y.reshape(batch, seq, num_heads, head_dim).transpose(0, 2, 1, 3)  # (B, N, S, K)
 
     q, k, v = project("q_proj"), project("k_proj"), project("v_proj")
@@ -93,14 +94,14 @@ def _attention(x: jax.Array, attn: Params, invalid: jax.Array, num_heads: int) -
         probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
         out = jnp.einsum("bnqs,bnsk->bnqk", probs, v)
     out = out.transpose(0, 2, 1, 3).reshape(batch, seq, hidden)
-    return jnp.einsum("bse,ed->bsd", out, attn["o_proj"]["kernel"].astype(dtype))
+    return linear(out, attn["o_proj"]["kernel"])
 
 
 def _mlp(x: jax.Array, mlp: Params) -> jax.Array:
     dtype = x.dtype
-    h = jnp.einsum("bsd,df->bsf", x, mlp["fc1"]["kernel"].astype(dtype)) + mlp["fc1"]["bias"].astype(dtype)
+    h = linear(x, mlp["fc1"]["kernel"]) + mlp["fc1"]["bias"].astype(dtype)
     h = jax.nn.gelu(h, approximate=False)  # exact erf gelu, HF's "gelu"
-    return jnp.einsum("bsf,fd->bsd", h, mlp["fc2"]["kernel"].astype(dtype)) + mlp["fc2"]["bias"].astype(dtype)
+    return linear(h, mlp["fc2"]["kernel"]) + mlp["fc2"]["bias"].astype(dtype)
 
 
 def encoder_layer(x: jax.Array, layer: Params, invalid: jax.Array, vision: VisionConfig) -> jax.Array:
@@ -183,7 +184,7 @@ def _patch_embed(pixels: jax.Array, kernel: jax.Array, patch: int) -> jax.Array:
     gh, gw = h // patch, w // patch
     patches = pixels.reshape(n, c, gh, patch, gw, patch).transpose(0, 2, 4, 1, 3, 5)
     patches = patches.reshape(n, gh * gw, c * patch * patch)
-    return jnp.einsum("npc,cd->npd", patches, kernel.astype(pixels.dtype))
+    return linear(patches, kernel)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -238,7 +239,7 @@ def project(params: Params, config: ModelConfig, vision_states: jax.Array) -> ja
     """multi_modal_projector + MllamaModel's reshape: (B, I, T, P, D') -> (B, I*T*P, E)."""
     dtype = jnp.dtype(config.dtype)
     proj = params["projector"]
-    y = jnp.einsum("bitpv,ve->bitpe", vision_states.astype(dtype), proj["kernel"].astype(dtype))
+    y = linear(vision_states.astype(dtype), proj["kernel"])
     y = y + proj["bias"].astype(dtype)
     b, i, t, p, e = y.shape
     return y.reshape(b, i * t * p, e)

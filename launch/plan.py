@@ -375,7 +375,9 @@ def xla_train_step_memory(config: PlanConfig) -> dict[str, Any]:
     if config.num_images:
         raise PlanError("the XLA check compiles the text-only step; use num_images=0")
     result = plan(config)
-    cfg = model_config(config).replace(remat=config.remat)
+    # scanned layers, as the 11B / 90B the planner is for (ModelConfig.scan_layers): an unrolled small model lets
+    # XLA schedule several layers' temporaries at once, which the per-layer activation model does not describe
+    cfg = model_config(config).replace(remat=config.remat, scan_layers=True)
     mesh = make_mesh(config.mesh, jax.devices()[:config.devices])
     params = param_shapes(cfg, value_head=config.value_head)
     mask = sft.trainable_mask(params, config.freeze)

@@ -368,8 +368,13 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, _prefix: str = "") -> T:
 
 
 def save_config(config: Any, run_dir: str | os.PathLike) -> Path:
-    """Write the full resolved config as ``run_dir/config.json`` (atomically) and return its path."""
+    """Write the full resolved config as ``run_dir/config.json`` (atomically) and return its path. In a multi-host
+    run only process 0 writes (the run directory is shared; the others return the path)."""
+    from launch.metrics import is_primary_process
+
     path = Path(run_dir) / CONFIG_FILENAME
+    if not is_primary_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(to_dict(config), indent=2, sort_keys=False) + "\n")

@@ -100,8 +100,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path, *, show_progress: bool | N
         raise ConfigError("memgen eval needs heldout_examples >= 0 (0: no held-out loss) and heldout_batch_size >= 1")
     out = Path(out_dir)
     resuming = check_run_directory(config, out)
-    if is_primary_process():
-        save_config(config, out)
+    save_config(config, out)
     cells = [(int(budget), split) for budget in config.verify_budgets for split in config.splits]
     done = {(r["verify_budget"], r["split"]): r for r in read_metrics(out)
             if resuming and r.get("kind") == "eval"}
@@ -119,7 +118,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path, *, show_progress: bool | N
         # resume_step 0 keeps every complete eval record (all at step 0) and drops a torn last line
         with MetricsWriter(out, resume_step=0 if resuming else None) as writer, \
                 ProgressBar(len(cells), description="eval", initial=len(cells) - len(todo),
-                            enabled=show_progress if is_primary_process() else False) as bar:
+                            enabled=show_progress) as bar:
             for budget, split in todo:
                 fields = evaluate(policy, policy.params, config.sampling, split=split, budget=budget,
                                   num_episodes=config.episodes, n_samples=config.n_samples, seed=config.seed,

@@ -45,7 +45,11 @@ class ProgressBar:
     def __init__(self, total: int, *, description: str = "train", initial: int = 0,
                  enabled: Optional[bool | str] = None, console: Optional[Console] = None,
                  stream: Optional[TextIO] = None):
+        from launch.metrics import is_primary_process
+
         mode = display_mode(console) if enabled is None else ("bar" if enabled is True else enabled or None)
+        if not is_primary_process():  # a multi-host run shows one bar, process 0's
+            mode = None
         self.enabled = mode is not None
         self._mode, self._total, self._initial, self._description = mode, total, initial, description
         self._stream = stream

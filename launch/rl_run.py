@@ -202,8 +202,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     out.mkdir(parents=True, exist_ok=True)
     check_run_directory(config, out)
     mesh = make_rl_mesh(config.mesh)
-    if is_primary_process():
-        save_config(config, out)
+    save_config(config, out)
     policy = load_policy(config.init, seed=config.seed)
     policy = dataclasses.replace(policy, params=place_params(policy.params, policy.config, mesh))
     episodes = config.episodes
@@ -239,8 +238,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     end = config.updates if stop_after is None else min(config.updates, stop_after)
     last: dict[str, Any] = {}
     with checkpoints, MetricsWriter(out, resume_step=start if restored is not None else None) as writer, \
-            ProgressBar(config.updates, description="rl", initial=start,
-                        enabled=show_progress if is_primary_process() else False) as bar:
+            ProgressBar(config.updates, description="rl", initial=start, enabled=show_progress) as bar:
         evaluation = dataclasses.replace(episodes, temperature=config.eval_temperature)
 
         def write_evaluation(step: int, gflops: float) -> None:

@@ -32,7 +32,7 @@ from launch.config import ConfigError, SFTConfig, check_run_directory, load_conf
 from launch.expert_data import GREEDY_SEED_OFFSET, DataError, greedy_episodes, load_expert_data
 from launch.mesh import MeshError, host_local_batch_slice, make_global_batch_from_full
 from launch.mesh import host_params
-from launch.metrics import MetricsWriter, is_primary_process
+from launch.metrics import MetricsWriter
 from launch.metrics_schema import eval_record, train_record
 from launch.model_source import ModelSourceError, init_tokens, load_model, save_policy
 from launch.progress import ProgressBar
@@ -280,8 +280,7 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
         return unstack_sweep(state, k) if vmapped else state
 
     for out_dir, member_config in zip(out_dirs, configs):
-        if is_primary_process():  # only now: a bad model path, data file or freeze entry leaves no run
-            save_config(member_config, out_dir)
+        save_config(member_config, out_dir)  # only now: a bad model path, data file or freeze entry leaves no run
     ckpt = config.checkpoint
     with contextlib.ExitStack() as stack:
         checkpoints = [stack.enter_context(CheckpointManager(
@@ -298,8 +297,7 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
                     for run_state in run_states]
         writers = [stack.enter_context(MetricsWriter(out_dir, resume_step=None if restored is None else start))
                    for out_dir in out_dirs]
-        bar = stack.enter_context(ProgressBar(config.steps, initial=start,
-                                              enabled=progress if is_primary_process() else False))
+        bar = stack.enter_context(ProgressBar(config.steps, initial=start, enabled=progress))
 
         def evaluate_members(step: int) -> None:
             for k in members:

@@ -104,17 +104,26 @@ class ModelConfig:
     # jax.checkpoint policy name for training: "none", "full" (recompute everything in a layer) or "dots"
     # (save matmul outputs without a batch dimension: jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
     remat: Literal["none", "full", "dots"] = "none"
-    # The cacheless forward's (training, scoring) runs of self-attention layers: one `jax.lax.scan` each (compile
-    # time independent of depth) or unrolled (XLA fuses across layers and slices no stacked weights: the small
-    # preset's CPU PPO update ran 15% faster). None: scan when the text model has at least SCAN_MIN_LAYERS
-    # self-attention layers (11B: 32, 90B: 80), unroll below (the test and CPU presets).
+    # The cacheless forward's (training, scoring) runs of text self-attention layers, and the vision encoder's
+    # local and global stacks: one `jax.lax.scan` each (compile time independent of depth) or unrolled (XLA fuses
+    # across layers, slices no stacked weights and stacks no per-layer residuals for the backward pass: the small
+    # preset's CPU PPO update ran 15% faster, its SFT step with an image ~10%). None: scan a model (text, vision)
+    # with at least SCAN_MIN_LAYERS such layers (11B / 90B: text 32 / 80, vision 40), unroll below (the test and
+    # CPU presets).
     scan_layers: bool | None = None
 
     def scans_layers(self) -> bool:
-        """Whether the cacheless forward scans its self-attention layers (`scan_layers`, resolved)."""
+        """Whether the cacheless forward scans the text self-attention layers (`scan_layers`, resolved)."""
+        return self._scans(len(self.text.self_attention_layers))
+
+    def scans_vision_layers(self) -> bool:
+        """Whether the vision encoder scans its local and global layers (`scan_layers`, resolved)."""
+        return self._scans(self.vision.num_hidden_layers + self.vision.num_global_layers)
+
+    def _scans(self, num_layers: int) -> bool:
         if self.scan_layers is not None:
             return self.scan_layers
-        return len(self.text.self_attention_layers) >= SCAN_MIN_LAYERS
+        return num_layers >= SCAN_MIN_LAYERS
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from model.config import ModelConfig, VisionConfig
 from model.sharding import constrain_batch
-from model.text import linear
+from model.text import layer_params, linear
 
 Params = dict[str, Any]
 
@@ -128,11 +128,12 @@ def _maybe_remat(fn, remat: str):
 
 def run_local_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: ModelConfig
                      ) -> tuple[jax.Array, jax.Array]:
-    """Scan the local layers; also collect the hidden states named by `intermediate_layers_indices`.
+    """Run the local layers (a scan, or unrolled: `ModelConfig.scans_vision_layers`); also collect the hidden
+    states named by `intermediate_layers_indices`.
 
-    Returns (last hidden (BI, S, D), intermediates (M, BI, S, D)) with M = len(indices). The intermediates are
-    written into a carried buffer (slot M is a scratch slot for layers nobody asked for), so only M + 1 hidden
-    states are alive, not one per layer. Convention "output": index i = output of layer i (transformers >=
+    Returns (last hidden (BI, S, D), intermediates (M, BI, S, D)) with M = len(indices). Scanned, the
+    intermediates are written into a carried buffer (slot M is a scratch slot for layers nobody asked for), so
+    only M + 1 hidden states are alive, not one per layer. Convention "output": index i = output of layer i (transformers >=
     4.56.2); "input": index i = input of layer i (Meta, transformers <= 4.54.1).
     """
     vision = config.vision
@@ -149,6 +150,15 @@ def run_local_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: M
     write_input = vision.intermediate_layers_convention == "input"
 
     layer_fn = _maybe_remat(lambda h, layer: encoder_layer(h, layer, invalid, vision), config.remat)
+    if not config.scans_vision_layers():
+        outputs = []  # outputs[i]: the input of layer i ("input") or its output ("output")
+        for index in range(num_layers):
+            if write_input:
+                outputs.append(x)
+            x = layer_fn(constrain_batch(x), layer_params(layers, index))
+            if not write_input:
+                outputs.append(x)
+        return x, jnp.stack([outputs[i % num_layers] for i in indices])
 
     def body(carry, xs):
         h, buffer = carry
@@ -166,8 +176,13 @@ def run_local_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: M
 
 
 def run_global_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: ModelConfig) -> jax.Array:
-    """Scan the gated global layers over x (BI, S, D) with the same mask as the local layers."""
+    """Run the gated global layers over x (BI, S, D) with the same mask as the local layers (scanned or
+    unrolled, as the local layers)."""
     layer_fn = _maybe_remat(lambda h, layer: encoder_layer(h, layer, invalid, config.vision), config.remat)
+    if not config.scans_vision_layers():
+        for index in range(config.vision.num_global_layers):
+            x = layer_fn(constrain_batch(x), layer_params(layers, index))
+        return x
     x, _ = jax.lax.scan(lambda h, layer: (layer_fn(constrain_batch(h), layer), None), x, layers)
     return x
 

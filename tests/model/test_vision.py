@@ -265,3 +265,26 @@ def test_remat_gives_the_same_gradients(ref):
         jaxpr = str(jax.make_jaxpr(jax.grad(loss), static_argnums=2)(layers, hidden, ref.config.replace(remat=remat)))
         assert "remat" in jaxpr or "checkpoint" in jaxpr
     assert "remat" not in str(jax.make_jaxpr(jax.grad(loss), static_argnums=2)(layers, hidden, ref.config))
+
+
+@pytest.mark.parametrize("convention", ["output", "input"])
+def test_scanned_and_unrolled_layers_give_the_same_states_and_grads(ref, convention):
+    """ModelConfig.scan_layers for the vision encoder: its local and global stacks as lax.scans (the 11B / 90B
+    default; intermediates through the carried buffer) or unrolled (the small presets' default, which the
+    parity tests above run), same values and same gradients."""
+    config = ref.config.replace(vision=dataclasses.replace(ref.config.vision,
+                                                           intermediate_layers_convention=convention))
+    assert not config.scans_vision_layers() and preset("11b").scans_vision_layers()
+    pixels, ids, mask = _inputs("batch_with_padding_image", seed=2)
+    weights = np.random.default_rng(4).standard_normal(np.asarray(_encode(ref.params, config, pixels, ids, mask)).shape)
+
+    def loss(params, cfg):
+        states = encode_images(params, cfg, pixels, ids, mask)
+        return jnp.sum(states * weights), states
+
+    grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    (unrolled, states), (scanned, scanned_states) = (grad(ref.params, config.replace(scan_layers=flag))
+                                                      for flag in (False, True))
+    _assert_close(scanned_states, states, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(unrolled), jax.tree.leaves(scanned)):
+        _assert_close(b, a, rtol=1e-5)

@@ -60,9 +60,13 @@ def _cross_inputs(config: ModelConfig, cross_attention_mask, batch: int, seq: in
 
 def forward_hidden(params: Params, config: ModelConfig, input_ids: jax.Array, *, attention_mask=None,
                    pixel_values=None, aspect_ratio_ids=None, aspect_ratio_mask=None, cross_attention_mask=None,
-                   position_ids=None, cross_attention_states=None) -> tuple[jax.Array, jax.Array]:
+                   position_ids=None, cross_attention_states=None,
+                   logits_positions: slice | None = None) -> tuple[jax.Array, jax.Array]:
     """(hidden (B, S, D) after the final norm, logits (B, S, vocab)). `cross_attention_states` (B, V, D) may be
-    given instead of pixel values (already-encoded images). Without either, cross-attention layers are skipped."""
+    given instead of pixel values (already-encoded images). Without either, cross-attention layers are skipped.
+    `logits_positions` (a static slice of the S positions) computes the LM head only there: logits (B, S', vocab),
+    e.g. an RL update's response positions (the head is the widest matmul of the model, vocab 128k, and its fp32
+    logits the largest activation)."""
     dtype = compute_dtype(config)
     b, s = input_ids.shape
     if attention_mask is None:
@@ -82,19 +86,21 @@ def forward_hidden(params: Params, config: ModelConfig, input_ids: jax.Array, *,
         cross_kv = T.stacked_cross_kv(params, cross_attention_states, config)
         cross_inputs = _cross_inputs(config, cross_attention_mask, b, s, cross_attention_states.shape[1], dtype)
     hidden, _ = T.decoder(params, config, T.embed(params, input_ids, dtype), self_inputs, cross_kv, cross_inputs)
-    return hidden, T.lm_head(params, hidden)
+    head_input = hidden if logits_positions is None else hidden[:, logits_positions]
+    return hidden, T.lm_head(params, head_input)
 
 
 def forward(params: Params, config: ModelConfig, input_ids: jax.Array, *, attention_mask=None, pixel_values=None,
             aspect_ratio_ids=None, aspect_ratio_mask=None, cross_attention_mask=None, position_ids=None,
-            cross_attention_states=None, return_values: bool = False):
+            cross_attention_states=None, return_values: bool = False, logits_positions: slice | None = None):
     """Logits (B, S, vocab_size), or (logits, values (B, S)) with `return_values=True` (needs params["value_head"];
-    the caller picks the position it wants, e.g. the last prompt token)."""
+    the caller picks the position it wants, e.g. the last prompt token). `logits_positions`: logits only at
+    those positions (`forward_hidden`); values stay at every position."""
     hidden, logits = forward_hidden(
         params, config, input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
         aspect_ratio_ids=aspect_ratio_ids, aspect_ratio_mask=aspect_ratio_mask,
         cross_attention_mask=cross_attention_mask, position_ids=position_ids,
-        cross_attention_states=cross_attention_states)
+        cross_attention_states=cross_attention_states, logits_positions=logits_positions)
     if not return_values:
         return logits
     if "value_head" not in params:

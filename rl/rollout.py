@@ -267,11 +267,12 @@ def transition_policy(params: Params, minibatch: dict[str, jax.Array], *, config
     context, response = minibatch["context_ids"], minibatch["response_ids"]
     ids = jnp.concatenate([context, response], axis=1)
     mask = jnp.concatenate([minibatch["context_mask"], minibatch["response_mask"]], axis=1)
-    logits, values = forward(params, config, ids, attention_mask=mask,
-                             cross_attention_states=minibatch.get("cross_attention_states"),
-                             cross_attention_mask=minibatch.get("cross_attention_mask"), return_values=True)
     c = context.shape[1]
-    response_logits = logits[:, c - 1:-1]
+    # logits only where a response token is predicted (positions C - 1 .. C + N - 2), as the peers do
+    response_logits, values = forward(params, config, ids, attention_mask=mask,
+                                      cross_attention_states=minibatch.get("cross_attention_states"),
+                                      cross_attention_mask=minibatch.get("cross_attention_mask"), return_values=True,
+                                      logits_positions=slice(c - 1, ids.shape[1] - 1))
     entropy = token_entropy(response_logits, temperature) if return_entropy else None
     return token_logprobs(response_logits, response, temperature), values[:, c - 1], entropy
 

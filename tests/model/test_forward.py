@@ -99,6 +99,24 @@ def test_values_read_the_final_hidden_state(ref):
         jax.eval_shape(lambda p: model.forward(p, config, ids, return_values=True), ref[3])
 
 
+def test_logits_positions_computes_the_head_only_there(ref):
+    """forward(logits_positions=slice) equals the full logits sliced (values stay at every position), and the
+    compiled program has no LM-head matmul over all positions."""
+    _, _, config, params = ref
+    params = {**params, "value_head": model.init_value_head(jax.random.key(0), config)}
+    ids = np.random.default_rng(6).integers(3, config.text.vocab_size, (2, 7))
+    full = jax.jit(lambda p: model.forward(p, config, ids, return_values=True))
+    part = jax.jit(lambda p: model.forward(p, config, ids, return_values=True, logits_positions=slice(2, 6)))
+    (logits, values), (some_logits, some_values) = full(params), part(params)
+    assert some_logits.shape == (2, 4, config.text.vocab_size)
+    np.testing.assert_allclose(np.asarray(some_logits), np.asarray(logits)[:, 2:6], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(some_values), np.asarray(values), rtol=1e-6, atol=1e-6)
+    vocab = config.text.vocab_size
+    assert f"14x{vocab}xf32" in full.lower(params).as_text()  # the head's (B * S, vocab) matmul
+    hlo = part.lower(params).as_text()
+    assert f"8x{vocab}xf32" in hlo and f"14x{vocab}xf32" not in hlo and f"2x7x{vocab}xf32" not in hlo
+
+
 def test_11b_shapes_trace_without_allocation():
     """forward (with images and values), prefill and decode trace at the real 11B shapes (jax.eval_shape)."""
     import jax.numpy as jnp

@@ -31,7 +31,7 @@ from launch.expert_data import HELDOUT_SEED_OFFSET
 from launch.metrics import MetricsWriter, is_primary_process, read_metrics
 from launch.metrics_schema import ARMS, default_arm, eval_record, load_run
 from launch.rl_common import (FINAL_DIR, TASK_NAMES, evaluate, heldout_expert_conversations, load_policy, make_rl_mesh,
-                              mesh_context, place_batch, place_params)
+                              mesh_context, place_params)
 from launch.rl_config import EvalConfig
 from launch.model_source import init_tokens
 from launch.progress import ProgressBar
@@ -82,7 +82,7 @@ def heldout_losses(policy, config: EvalConfig, splits, mesh=None) -> dict[str, d
     slots = image_slots(everything)
     loss = make_heldout_loss(functools.partial(forward_from_batch, config=policy.config))
     with mesh_context(mesh):
-        return {split: loss(policy.params, [place_batch(batch, mesh) for batch in heldout_batches(
+        return {split: loss(policy.params, [place_full_batch(batch, mesh) for batch in heldout_batches(
                     policy.tokenizer, data[split], policy.image_config, batch_size=config.heldout_batch_size,
                     length=length, num_image_slots=slots)])
                 for split in splits}

@@ -19,6 +19,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -235,11 +236,24 @@ def make_global_batch(local_arrays: Any, mesh: Mesh, spec: PartitionSpec | None 
     return jax.tree.map(place, local_arrays)
 
 
-def make_global_batch_from_full(batch: Any, mesh: Mesh) -> Any:
-    """`make_global_batch` of a whole batch that every host built alike (a held-out set, evaluation prompts):
-    each host gives only its rows (`host_local_batch_slice`)."""
-    rows = host_local_batch_slice(len(jax.tree.leaves(batch)[0]))
-    return make_global_batch(jax.tree.map(lambda x: np.asarray(x)[rows], batch), mesh)
+def place_full_batch(tree: Any, mesh: Mesh | None) -> Any:
+    """Every array of `tree`, a whole batch that every host holds alike (prompts, images, the PPO / GRPO buffer, a
+    held-out set), placed with its leading (batch) axis over data x fsdp where they divide it and the other axes
+    replicated (`model.sharding.batch_sharding`). Host arrays become device arrays; unchanged placement without a
+    mesh. On a mesh over several processes each host feeds only the slices its own devices hold
+    (`jax.make_array_from_callback`); arrays already spread over the processes are moved to the placement."""
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, tree)
+    from model.sharding import batch_sharding
+
+    def place(x):
+        shape = np.shape(x)
+        sharding = batch_sharding(mesh, shape) if shape else NamedSharding(mesh, PartitionSpec())
+        if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+            return jax.device_put(x, sharding)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(shape, sharding, lambda index: host[index])
+    return jax.tree.map(place, tree)
 
 
 def host_arrays(tree: Any) -> Any:

@@ -18,7 +18,7 @@ import numpy as np
 
 from launch.config import ConfigError
 from launch.episodes import EpisodeVerifier
-from launch.mesh import host_arrays
+from launch.mesh import host_arrays, place_full_batch
 from launch.model_source import ModelSource, ModelSourceError, load_model, save_policy  # noqa: F401 (re-exported)
 from launch.rl_config import EpisodeConfig
 from model.chat import batch_conversations
@@ -63,7 +63,7 @@ def make_rl_mesh(shape: tuple[int, int, int]) -> jax.sharding.Mesh:
     processes the mesh must span all of their devices). Over several processes every host runs the same loop on
     the same host values: the rollout's verifier judges every row on every host (`rl.rollout.call_verifier`),
     trajectories come back whole to each (`launch.mesh.host_arrays`) and each host feeds its rows of every batch
-    (`place_batch`)."""
+    (`launch.mesh.place_full_batch`)."""
     from launch.sft_run import make_mesh_from_config
     return make_mesh_from_config(tuple(shape))
 
@@ -82,28 +82,6 @@ def place_params(params, config, mesh: jax.sharding.Mesh | None):
         return params
     from model.sharding import param_shardings
     return jax.device_put(params, param_shardings(config, mesh, params))
-
-
-def place_batch(tree, mesh: jax.sharding.Mesh | None):
-    """Every array of `tree` placed with its leading (batch) axis over data x fsdp where they divide it, the other
-    axes replicated (`model.sharding.batch_sharding`): prompts, images, the PPO / GRPO buffer. Host arrays become
-    device arrays; unchanged placement without a mesh. On a mesh over several processes, host values (which every
-    process holds alike) are fed per host: each gives only the slices its devices hold
-    (`jax.make_array_from_callback`); arrays already spread over the processes are moved to the placement."""
-    if mesh is None:
-        return jax.tree.map(jnp.asarray, tree)
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from model.sharding import batch_sharding
-
-    def place(x):
-        shape = np.shape(x)
-        sharding = batch_sharding(mesh, shape) if shape else NamedSharding(mesh, PartitionSpec())
-        if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
-            return jax.device_put(x, sharding)
-        host = np.asarray(x)
-        return jax.make_array_from_callback(shape, sharding, lambda index: host[index])
-    return jax.tree.map(place, tree)
 
 
 def train_state_shardings(state, config, mesh: jax.sharding.Mesh, optimizer):
@@ -210,7 +188,7 @@ class RolloutRunner:
     def _place(self, array, dtype=None):
         """A host array -> a device array, on the mesh with its batch axis over data x fsdp when there is one."""
         array = np.asarray(array) if dtype is None else np.asarray(array, dtype)
-        return place_batch(array, self.mesh)
+        return place_full_batch(array, self.mesh)
 
     def _inputs(self, params, states):
         batch = self.prompts(states)

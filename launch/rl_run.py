@@ -33,14 +33,14 @@ import optax
 
 from launch.checkpoint import CheckpointManager
 from launch.config import ConfigError, check_run_directory, resolve, save_config
-from launch.mesh import host_params
+from launch.mesh import host_params, place_full_batch
 from launch.metrics import MetricsWriter, is_primary_process
 from launch.model_source import init_tokens
 from launch.metrics_schema import eval_record, train_record
 from launch.model_source import tokenizer_fingerprint
 from launch.progress import ProgressBar
 from launch.rl_common import (TASK_NAMES, RolloutRunner, answer_key_starts, evaluate, load_policy, make_rl_mesh,
-                              mesh_context, new_episodes, place_batch, place_params, save_policy, task_config,
+                              mesh_context, new_episodes, place_params, save_policy, task_config,
                               train_state_shardings)
 from launch.rl_config import RLConfig
 from rl.buffer import grpo_buffer, ppo_buffer, rollout_statistics, train_token_count
@@ -260,7 +260,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                 result = play(runner, state.params, [supply() for _ in range(config.episodes_per_update)],
                               rollout_key, calls=episodes.decision_points, replace=supply)
                 rollout_seconds = time.perf_counter() - began
-                buffer = place_batch(update_buffer(make_buffer, runner, state.params, result, reference_params,
+                buffer = place_full_batch(update_buffer(make_buffer, runner, state.params, result, reference_params,
                                                    config.ppo.answer_key_weight), mesh)
                 stats = training_statistics(result)
                 truncated = result.truncated_feedback
@@ -274,7 +274,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                 if config.algorithm == "ppo" and config.ppo.answer_key_weight != 1.0:
                     extra["answer_start"] = answer_key_starts(policy.tokenizer, trajectory.response_ids,
                                                               trajectory.response_mask, episodes.task)
-                buffer = place_batch(make_buffer(trajectory, images=images, reference_params=reference_params,
+                buffer = place_full_batch(make_buffer(trajectory, images=images, reference_params=reference_params,
                                                  **extra), mesh)
                 stats = jax.device_get(rollout_statistics(trajectory))
                 truncated = verifier.truncated_feedback

@@ -103,16 +103,15 @@ BATCHED_INPUTS = ("attention_mask", "pixel_values", "aspect_ratio_ids", "aspect_
 
 def generate_on_mesh(generate: Callable, mesh) -> Callable:
     """``generate`` for params placed on ``mesh``, which may span several processes (a multi-host run). Every
-    process passes the same full batch; each contributes only its own rows (``launch.mesh.host_local_batch_slice``)
-    as global arrays sharded over data x fsdp, the sampler runs on the whole mesh (``mesh=``: its KV cache is
-    sharded the same way), and every process gets the whole Generation back as host arrays. On one process this is
-    ``generate`` with the batch placed on the mesh. The batch must split over the processes and over data x fsdp
-    (a MeshError says how otherwise)."""
-    from launch.mesh import host_arrays, make_global_batch_from_full
+    process passes the same full batch; each feeds only the slices its devices hold (``launch.mesh.place_full_batch``:
+    rows over data x fsdp where they divide the batch, else replicated), the sampler runs on the whole mesh
+    (``mesh=``: its KV cache is sharded the same way), and every process gets the whole Generation back as host
+    arrays. On one process this is ``generate`` with the batch placed on the mesh."""
+    from launch.mesh import host_arrays, place_full_batch
 
     def generate_placed(params: Any, config: Any, input_ids: Any, **kwargs: Any) -> Any:
         full = {"input_ids": input_ids, **{k: kwargs[k] for k in BATCHED_INPUTS if kwargs.get(k) is not None}}
-        placed = make_global_batch_from_full(full, mesh)
+        placed = place_full_batch(full, mesh)
         return host_arrays(generate(params, config, placed.pop("input_ids"), **{**kwargs, **placed}, mesh=mesh))
 
     return generate_placed

@@ -30,8 +30,7 @@ import numpy as np
 from launch.checkpoint import CheckpointError, CheckpointManager
 from launch.config import ConfigError, SFTConfig, check_run_directory, load_config, preset_names, resolve, save_config
 from launch.expert_data import GREEDY_SEED_OFFSET, DataError, greedy_episodes, load_expert_data
-from launch.mesh import MeshError, host_local_batch_slice, make_global_batch_from_full
-from launch.mesh import host_params
+from launch.mesh import MeshError, host_local_batch_slice, host_params, make_global_batch, place_full_batch
 from launch.metrics import MetricsWriter
 from launch.metrics_schema import eval_record, train_record
 from launch.model_source import ModelSourceError, init_tokens, load_model, save_policy
@@ -116,13 +115,6 @@ def compiled_train_step(model_config, optimizer_config, total_steps: int, grad_a
 def compiled_heldout_loss(model_config) -> Callable:
     """The memoised held-out loss function of a model config (see compiled_train_step)."""
     return make_heldout_loss(functools.partial(forward_from_batch, config=model_config))
-
-
-def place_batch(batch: dict, mesh) -> dict:
-    """This host's rows of a batch (all rows on one host) -> global arrays sharded over data x fsdp."""
-    from launch.mesh import make_global_batch
-
-    return make_global_batch(batch, mesh)
 
 
 def _global_sum(value: int) -> int:
@@ -311,7 +303,7 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
             batch = batch_at(step)
             # D: every real token goes forward + backward (summed over hosts: the global batch's tokens).
             processed = _global_sum(int(batch["attention_mask"].sum()))
-            state, metrics = step_fn(state, place_batch(batch, mesh))
+            state, metrics = step_fn(state, make_global_batch(batch, mesh))
             metrics = jax.device_get(metrics)
             step += 1
             losses = []
@@ -396,7 +388,7 @@ def _make_evaluator(config: SFTConfig, source, model_config, data, length: int, 
     task_name = TASK_NAMES[(config.task, config.modality)]
     heldout_loss = compiled_heldout_loss(model_config)
     eval_batch_size = config.batch_size // config.grad_accum_steps  # a microbatch: what fits for training fits
-    batches = [make_global_batch_from_full(b, mesh) for b in heldout_batches(
+    batches = [place_full_batch(b, mesh) for b in heldout_batches(
         source.tokenizer, data.heldout, source.image_config, batch_size=eval_batch_size, length=length,
         num_image_slots=slots)] if data.heldout else []
     greedy = generate is not None and config.greedy_examples > 0

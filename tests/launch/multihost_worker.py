@@ -104,7 +104,7 @@ def verifier_rollout(config, params, mesh, prompts):
     """A two-step rl.rollout of the trained params with a value head on `mesh` (each process feeding its rows of
     `prompts`): every process's verifier must judge every row (rl.rollout.call_verifier), so that their episode
     states agree. Returns (this process's judged list sorted, the trajectory's response ids)."""
-    from launch.mesh import host_arrays, make_global_batch_from_full
+    from launch.mesh import host_arrays, place_full_batch
     from model.sampler import SamplingConfig
     from model.sharding import param_shardings
     from model.value_head import init_value_head
@@ -115,7 +115,7 @@ def verifier_rollout(config, params, mesh, prompts):
     verifier = RecordingVerifier()
     rollout_config = RolloutConfig(SamplingConfig(GENERATED, 1.0, stop_tokens=()), max_verify_steps=2,
                                    feedback_len=2)
-    placed = make_global_batch_from_full({"ids": prompts, "mask": np.ones_like(prompts)}, mesh)
+    placed = place_full_batch({"ids": prompts, "mask": np.ones_like(prompts)}, mesh)
     run = jax.jit(functools.partial(rollout, config=config, verifier=verifier, rollout_config=rollout_config,
                                     mesh=mesh))
     with jax.set_mesh(mesh):

@@ -15,7 +15,8 @@ from jax.sharding import PartitionSpec
 
 import model
 from launch.mesh import MeshConfig, make_mesh
-from launch.rl_common import mesh_context, place_batch, place_params, train_state_shardings
+from launch.mesh import place_full_batch
+from launch.rl_common import mesh_context, place_params, train_state_shardings
 from model.sampler import SamplingConfig
 from rl.buffer import ppo_buffer
 from rl.ppo import PPOConfig, ppo_optimizer, ppo_update
@@ -71,7 +72,7 @@ def run_rollout(config, params, ids, mask, mesh):
     fn = jax.jit(functools.partial(rollout, config=config, verifier=VERIFIER,
                                    rollout_config=RolloutConfig(SamplingConfig(N), K, F), mesh=mesh))
     if mesh is not None:
-        params, ids, mask = place_params(params, config, mesh), place_batch(ids, mesh), place_batch(mask, mesh)
+        params, ids, mask = place_params(params, config, mesh), place_full_batch(ids, mesh), place_full_batch(mask, mesh)
     with mesh_context(mesh):
         return fn(params, prompt_ids=ids, prompt_mask=mask, rng=jax.random.key(0))
 
@@ -90,7 +91,7 @@ def test_params_are_really_split_by_the_rules(tiny, mesh):
     assert q.addressable_shards[0].data.size == q.size // 4
     lm_head = placed["language_model"]["lm_head"]["kernel"]
     assert lm_head.addressable_shards[0].data.size == lm_head.size // 4
-    assert place_batch(np.zeros((B, P)), mesh).sharding.spec == PartitionSpec(("data", "fsdp"), None)
+    assert place_full_batch(np.zeros((B, P)), mesh).sharding.spec == PartitionSpec(("data", "fsdp"), None)
 
 
 def test_sharded_rollout_equals_single_device(tiny, single_trajectory, mesh):
@@ -136,7 +137,7 @@ def test_sharded_ppo_update_equals_single_device(tiny, single_trajectory, mesh):
                            shardings)
     with mesh_context(mesh):
         sharded_state, sharded_metrics = jax.jit(update, donate_argnums=0, out_shardings=(shardings, None))(
-            state, place_batch(buffer, mesh), key)
+            state, place_full_batch(buffer, mesh), key)
     assert jax.tree.leaves(sharded_state.params)[0].sharding.mesh == mesh
 
     single_state, sharded_state = jax.device_get(single_state), jax.device_get(sharded_state)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from launch.config import ConfigError, check_run_directory, resolve, save_config
 from launch.expert_data import HELDOUT_SEED_OFFSET
+from launch.mesh import place_full_batch
 from launch.metrics import MetricsWriter, is_primary_process, read_metrics
 from launch.metrics_schema import ARMS, default_arm, eval_record, load_run
 from launch.rl_common import (FINAL_DIR, TASK_NAMES, evaluate, heldout_expert_conversations, load_policy, make_rl_mesh,

@@ -5,7 +5,6 @@ import dataclasses
 import json
 import re
 
-import numpy as np
 import pytest
 
 from launch.cli import main
@@ -70,7 +69,6 @@ def test_demo_runs_the_tiny_miniature_end_to_end(tmp_path, capsys):
 
     summary = json.loads((out / "summary.json").read_text())
     train = [r for r in records if r["kind"] == "train" and r["stage"] == "sft-seed0"]
-    per_step = max(r["gflops"] for r in train) / len(train) if train else 0
     rl_final = max(r["gflops"] for r in records if r["kind"] == "train" and r["stage"] == "rl-seed0")
     sft_final = max(r["gflops"] for r in train)
     assert summary["sft_steps"] >= 1

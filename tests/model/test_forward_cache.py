@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import model
-from tests.model.mllama_reference import assert_close, left_padded_batch, reference
+from tests.model.mllama_reference import left_padded_batch, reference
 
 CACHE_TOLERANCE = 1e-5
 

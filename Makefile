@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.memgen-installed
 OUT ?= demo_out
-PYTEST_ARGS ?= -n auto --dist worksteal --durations=15
+PYTEST_ARGS ?= -n auto --durations=15
 
 .PHONY: demo test venv clean
 

@@ -1,7 +1,5 @@
-"""Test-session setup: the CPU platform with 8 host devices (for the multi-device tests), a hard failure, not a
-skip, when a required dependency is missing, and the longest tests (`start_first`) ordered first: pytest-xdist
-hands tests out in collection order, and one of them started last kept one worker busy for minutes after the
-other had finished."""
+"""Test-session setup: the CPU platform with 8 host devices (for the multi-device tests), and a hard failure,
+not a skip, when a required dependency is missing."""
 
 import importlib
 import os
@@ -28,7 +26,3 @@ def pytest_sessionstart(session):
     if missing:
         raise RuntimeError("required test dependencies are missing: " + ", ".join(missing)
                            + "; run `make test`, which installs them into .venv")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    items.sort(key=lambda item: item.get_closest_marker("start_first") is None)  # stable: the rest keep their order

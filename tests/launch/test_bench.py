@@ -7,8 +7,6 @@ sentence."""
 import json
 import math
 
-import pytest
-
 from launch import bench, cli
 
 
@@ -46,7 +44,6 @@ def test_unknown_benchmark_stops_with_one_sentence(tmp_path, capsys):
     assert not (tmp_path / "bench.json").exists()
 
 
-@pytest.mark.start_first
 def test_quick_tiny_model_benchmarks_have_rows_and_peer_ratios(tmp_path):
     assert cli.main(["bench", "--out", str(tmp_path), "--quick", "--preset", "tiny",
                      "--only", "sampler,sft_step,ppo_update,episode"]) == 0

@@ -19,7 +19,6 @@ def _eval_records(records, arm):
     return [r for r in records if r["kind"] == "eval" and r["arm"] == arm]
 
 
-@pytest.mark.start_first
 def test_demo_runs_the_tiny_miniature_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--preset", "miniature-tiny", "--out", str(out)]) == 0

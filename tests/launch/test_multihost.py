@@ -113,7 +113,6 @@ def _assert_records_close(got: list[dict], want: list[dict]) -> None:
 
 
 @pytest.mark.skipif(not _gloo_available(), reason="this jaxlib has no gloo CPU collectives")
-@pytest.mark.start_first
 def test_memgen_sft_across_two_processes_resumes_and_ends_as_one_process(tmp_path):
     from launch.metrics import read_metrics
 
@@ -152,7 +151,6 @@ EVAL_OVERRIDES = ["episodes=8", "verify_budgets=[2]", "heldout_examples=8", "hel
 
 
 @pytest.mark.skipif(not _gloo_available(), reason="this jaxlib has no gloo CPU collectives")
-@pytest.mark.start_first
 def test_memgen_rl_and_eval_across_two_processes_end_as_one_process(tmp_path):
     from launch.metrics import read_metrics
 

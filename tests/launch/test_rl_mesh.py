@@ -178,7 +178,6 @@ def test_memgen_eval_on_a_mesh_writes_the_records_of_one_device(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.start_first
 def test_memgen_rl_on_a_mesh_resumes_exactly_and_matches_one_device(tmp_path):
     """`memgen rl` (rl-tiny, short templates, 2 updates of 4 episodes, 2 epochs of minibatch 4, lr 1e-4) with
     mesh=2,2,2: stopped after update 1 and resumed it ends bit for bit as the uninterrupted mesh run (params and

@@ -133,8 +133,8 @@ def run_local_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: M
 
     Returns (last hidden (BI, S, D), intermediates (M, BI, S, D)) with M = len(indices). Scanned, the
     intermediates are written into a carried buffer (slot M is a scratch slot for layers nobody asked for), so
-    only M + 1 hidden states are alive, not one per layer. Convention "output": index i = output of layer i (transformers >=
-    4.56.2); "input": index i = input of layer i (Meta, transformers <= 4.54.1).
+    only M + 1 hidden states are alive, not one per layer. Convention "output": index i = output of layer i
+    (transformers >= 4.56.2); "input": index i = input of layer i (Meta, transformers <= 4.54.1).
     """
     vision = config.vision
     indices = vision.intermediate_layers_indices

@@ -261,7 +261,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                               rollout_key, calls=episodes.decision_points, replace=supply)
                 rollout_seconds = time.perf_counter() - began
                 buffer = place_full_batch(update_buffer(make_buffer, runner, state.params, result, reference_params,
-                                                   config.ppo.answer_key_weight), mesh)
+                                                        config.ppo.answer_key_weight), mesh)
                 stats = training_statistics(result)
                 truncated = result.truncated_feedback
             else:
@@ -275,7 +275,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                     extra["answer_start"] = answer_key_starts(policy.tokenizer, trajectory.response_ids,
                                                               trajectory.response_mask, episodes.task)
                 buffer = place_full_batch(make_buffer(trajectory, images=images, reference_params=reference_params,
-                                                 **extra), mesh)
+                                                      **extra), mesh)
                 stats = jax.device_get(rollout_statistics(trajectory))
                 truncated = verifier.truncated_feedback
             lr = float(peak_learning_rate(state.opt_state)) * float(decay(state.step))

@@ -72,7 +72,8 @@ def run_rollout(config, params, ids, mask, mesh):
     fn = jax.jit(functools.partial(rollout, config=config, verifier=VERIFIER,
                                    rollout_config=RolloutConfig(SamplingConfig(N), K, F), mesh=mesh))
     if mesh is not None:
-        params, ids, mask = place_params(params, config, mesh), place_full_batch(ids, mesh), place_full_batch(mask, mesh)
+        params = place_params(params, config, mesh)
+        ids, mask = place_full_batch(ids, mesh), place_full_batch(mask, mesh)
     with mesh_context(mesh):
         return fn(params, prompt_ids=ids, prompt_mask=mask, rng=jax.random.key(0))
 

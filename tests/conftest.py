@@ -1,14 +1,30 @@
-"""Test-session setup: the CPU platform with 8 host devices (for the multi-device tests), and a hard failure,
-not a skip, when a required dependency is missing."""
+"""Test-session setup: the CPU platform with 8 host devices (for the multi-device tests), one persistent XLA
+compilation cache shared by the session's processes, and a hard failure, not a skip, when a required dependency
+is missing."""
 
+import atexit
 import importlib
 import os
+import shutil
+import tempfile
 
 # Must happen before anything imports jax. Tests that need one device use jax.devices()[0] or no sharding.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+
+# Compilation dominates this suite on a 2-core machine, and its processes (the xdist workers and the CLI and
+# multi-host subprocesses they start, which inherit this environment) compile many identical programs: one
+# persistent cache for the session lets each be compiled once. It is keyed on the program, the devices and the
+# XLA flags, so a hit is the executable a compile would have produced. The controller makes it (workers inherit
+# the variable) and deletes it at exit; a JAX_COMPILATION_CACHE_DIR set by the caller is used and kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ and "PYTEST_XDIST_WORKER" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir = tempfile.mkdtemp(prefix="memgen-test-xla-cache-")
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")  # JAX's 1 s default skips most here
+# (JAX_SHARE_BINARY_BETWEEN_HOSTS, which compiles on process 0 only, hung the two-process CPU runs at their first
+# gloo collective, so each process of those runs compiles for itself.)
 
 REQUIRED = [
     "jax", "flax", "optax", "orbax.checkpoint", "chex", "numpy", "PIL", "transformers", "tokenizers",

@@ -289,4 +289,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from launch.hugepages import reexec_with_huge_pages
+
+    reexec_with_huge_pages()  # before any XLA buffer is allocated; the same process then times the peer too
     main()

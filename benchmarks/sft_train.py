@@ -32,6 +32,7 @@ import numpy as np
 
 import model
 from model.processor import cross_attention_mask
+from launch.hugepages import huge_pages_on
 from rl.compute import parameter_count
 from sft.batches import forward_from_batch
 from sft.optim import OptimizerConfig, make_optimizer
@@ -119,7 +120,8 @@ def cpu_benchmark(args) -> dict:
     batch = make_batch(config, args.batch, args.seq)
     tokens = args.batch * args.seq
     result = {"mode": "cpu", "preset": args.preset, "batch": args.batch, "seq": args.seq, "images_per_example": 1,
-              "num_params": parameter_count(params), "torch_threads": torch.get_num_threads()}
+              "num_params": parameter_count(params), "torch_threads": torch.get_num_threads(),
+              "huge_pages": huge_pages_on()}
     with tempfile.TemporaryDirectory() as directory:
         model.save_hf(directory, config, params)  # before the donating step consumes the params' buffers
         warmup, seconds, torch_loss = _median_seconds(torch_step(directory, batch), args.repeats)
@@ -173,4 +175,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from launch.hugepages import reexec_with_huge_pages
+
+    reexec_with_huge_pages()  # before any XLA buffer is allocated; the same process then times the peer too
     main()

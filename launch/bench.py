@@ -210,11 +210,14 @@ BENCHMARKS: dict[str, Callable[[str, bool], list[dict]]] = {
 def machine() -> dict[str, Any]:
     """Where the figures were measured: OS, Python, CPU (lscpu's model name and CPU count), JAX devices."""
     import jax
+
+    from launch.hugepages import huge_pages_on
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
                             "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                             "load_average": os.getloadavg()[0], "jax": jax.__version__,
                             "devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
-                            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+                            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                            "huge_pages": huge_pages_on()}
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
         fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
@@ -237,7 +240,8 @@ def markdown(result: dict) -> str:
     devices = ", ".join(sorted(set(m["devices"])))
     lines = [f"# memgen bench ({result['preset']} preset{', quick' if result['quick'] else ''})", "",
              f"{m['date']}; {m.get('cpu_model') or m['processor']}, {m['cpu_count']} CPUs (load {m['load_average']:.2f}); "
-             f"{m['platform']}; Python {m['python']}, jax {m['jax']}; devices: {devices} x {len(m['devices'])}", "",
+             f"{m['platform']}; Python {m['python']}, jax {m['jax']}; devices: {devices} x {len(m['devices'])}; "
+             f"malloc huge pages {'on' if m.get('huge_pages') else 'off'} (launch.hugepages)", "",
              "| name | config | memgen | peer | ratio | compile s |", "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         peer = f"{_figure(r['peer'], r['unit'] if r['peer_name'] not in ('MFU', 'HBM roofline share') else '')}" \

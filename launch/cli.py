@@ -69,5 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `memgen` console script: `main` in a process whose malloc asks for huge pages (launch.hugepages)."""
+    from launch.hugepages import reexec_with_huge_pages
+
+    reexec_with_huge_pages()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

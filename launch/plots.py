@@ -114,10 +114,30 @@ def draw_curve(ax, curve: Curve, label: str, color: Optional[str] = None) -> Opt
     return note
 
 
-def _save(fig, out_dir: Path, file: str) -> None:
+def finish_panel(ax, *, ylabel: str, title: str, xlabel: Optional[str] = None, xscale: Optional[str] = None,
+                 title_size: Optional[float] = None, legend_size: Optional[float] = 8) -> None:
+    """The house style of one panel: labels, title, a light grid and a legend when something is labelled
+    (legend_size None: no legend)."""
+    if xscale:
+        ax.set_xscale(xscale)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=title_size)
+    ax.grid(True, alpha=0.3)
+    if legend_size is not None and ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=legend_size)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Lay out, write as PNG at the house DPI and free the figure (pyplot keeps every open figure alive)."""
     fig.tight_layout()
-    fig.savefig(out_dir / file, dpi=DPI)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
+
+
+def _save(fig, out_dir: Path, file: str) -> None:
+    save_figure(fig, out_dir / file)
 
 
 def plot_vs_compute(curves: Sequence[Curve], splits: Sequence[str], title: str, out_dir: Path,
@@ -142,10 +162,7 @@ def plot_vs_compute(curves: Sequence[Curve], splits: Sequence[str], title: str, 
             if note:
                 notes.append(note)
         set_compute_axis(ax, np.concatenate([c.gflops for c in panel]))
-        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-        ax.set_title(SPLIT_TITLES.get(split, split))
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        finish_panel(ax, ylabel=METRIC_LABELS.get(metric, metric), title=SPLIT_TITLES.get(split, split))
     fig.suptitle(title)
     footnote = textwrap.fill(footnote, width=int(width * 15))
     fig.text(0.5, 0.005, footnote, ha="center", va="bottom", fontsize=7, color="dimgray")
@@ -183,11 +200,8 @@ def plot_recognition(success: Sequence[Curve], recognition: Sequence[Curve], tas
                         capsize=2, linewidth=1.2, label=f"{r_curve.arm.upper()} ({len(x)} evals, "
                                                         f"{gflops[0]:.4g} -> {gflops[-1]:.4g} GFLOPs)")
             ax.plot(x[:1] * 100, y[:1] * 100, marker="o", markersize=10, markerfacecolor="none", color=color)
-        ax.set_xlabel("success rate (%)")
-        ax.set_ylabel("recognition accuracy (%)")
-        ax.set_title(SPLIT_TITLES.get(split, split))
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        finish_panel(ax, xlabel="success rate (%)", ylabel="recognition accuracy (%)",
+                     title=SPLIT_TITLES.get(split, split))
     title = f"{TASK_TITLES.get(task, task)}: recognition vs success as compute grows (Figure 8 style)"
     fig.suptitle(title)
     _save(fig, out_dir, file)
@@ -257,12 +271,9 @@ def plot_verify_budget(curves: Sequence[Curve], task: str, out_dir: Path, file: 
     titles = ["success at fixed compute", "gain over the first evaluation"]
     ylabels = ["success rate (%)", "success gain (percentage points)"]
     for ax, title, ylabel in zip(axes[0], titles, ylabels):
-        ax.set_xlabel("verification budget (max verification steps)")
         ax.set_xticks(all_budgets)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        finish_panel(ax, xlabel="verification budget (max verification steps)", ylabel=ylabel, title=title,
+                     legend_size=7)
     if has_gain:
         axes[0][1].axhline(0.0, color="black", linewidth=0.8)
     title = f"{TASK_TITLES.get(task, task)}: verification budget (Figure 10 style)"
@@ -308,11 +319,7 @@ def plot_pass_at_k(curves: dict, task: str, out_dir: Path, file: str) -> Optiona
                 ax.plot(list(initial), [v * 100 for v in initial.values()], color=color, marker=".",
                         linestyle="--", alpha=0.7, label=f"{key[2].upper()} first eval")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("k (samples per problem)")
-        ax.set_ylabel("pass@k (%)")
-        ax.set_title(SPLIT_TITLES.get(split, split))
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        finish_panel(ax, xlabel="k (samples per problem)", ylabel="pass@k (%)", title=SPLIT_TITLES.get(split, split))
     title = f"{TASK_TITLES.get(task, task)}: pass@k (unbiased estimator)"
     fig.suptitle(title)
     _save(fig, out_dir, file)

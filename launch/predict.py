@@ -266,10 +266,7 @@ def _file_name(predictor: str) -> str:
 
 def plot_predictor(checkpoints: Sequence[Mapping[str, Any]], row: PredictorRow, out_dir: Path) -> Optional[str]:
     """Scatter of post-RL success against one predictor with the least-squares line; returns the file name."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from launch.plots import finish_panel, plt, save_figure  # matplotlib (Agg) only when plotting
 
     points = [(checkpoint_predictors(c)[row.predictor], c[TARGET], str(c.get("name", i)))
               for i, c in enumerate(checkpoints) if row.predictor in checkpoint_predictors(c)]
@@ -288,17 +285,12 @@ def plot_predictor(checkpoints: Sequence[Mapping[str, Any]], row: PredictorRow, 
         grid = np.linspace(x.min(), x.max(), 50)
         ax.plot(grid * 100 if is_rate else grid, (row.intercept + row.slope * grid) * 100, color="tab:red",
                 label=f"least-squares fit, R^2 = {_fmt(row.r2)}")
-        ax.legend(fontsize=8)
     unit = "%" if is_rate else ("nats/token" if row.predictor == "heldout_loss" else "value")
-    ax.set_xlabel(f"{row.predictor} before RL ({unit})")
-    ax.set_ylabel("success after RL (%)")
-    ax.set_title(f"{row.predictor}: Spearman rho = {_fmt(row.spearman_rho)} (p = {_p_text(row.spearman_p)}), "
-                 f"{row.n} checkpoints", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
+    finish_panel(ax, xlabel=f"{row.predictor} before RL ({unit})", ylabel="success after RL (%)",
+                 title=f"{row.predictor}: Spearman rho = {_fmt(row.spearman_rho)} (p = {_p_text(row.spearman_p)}), "
+                       f"{row.n} checkpoints", title_size=9)
     name = _file_name(row.predictor)
-    fig.savefig(out_dir / name, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_dir / name)
     return name
 
 

@@ -332,16 +332,9 @@ def write_summary(rows: list[dict], out: Path) -> None:
         _plot_success(rows, splits, out / "sweep_success.png")
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _plot_loss(rows: list[dict], path: Path) -> None:
-    plt = _pyplot()
+    from launch.plots import finish_panel, plt, save_figure  # matplotlib (Agg) only when plotting
+
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     points = {(row["freeze"], row["lr"]): row for row in rows}  # budgets share the SFT run
     for name in dict.fromkeys(row["freeze"] for row in rows):
@@ -351,20 +344,14 @@ def _plot_loss(rows: list[dict], path: Path) -> None:
             if pairs:
                 ax.plot(*zip(*pairs), marker="o", label=f"freeze: {name}")
     for ax, title in zip(axes, ("final SFT train loss", "final held-out loss")):
-        ax.set_xscale("log")
-        ax.set_xlabel("peak learning rate")
-        ax.set_ylabel("loss (nats/token)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        finish_panel(ax, xscale="log", xlabel="peak learning rate", ylabel="loss (nats/token)", title=title,
+                     title_size=10, legend_size=7)
+    save_figure(fig, path)
 
 
 def _plot_success(rows: list[dict], splits: list[str], path: Path) -> None:
-    plt = _pyplot()
+    from launch.plots import finish_panel, plt, save_figure  # matplotlib (Agg) only when plotting
+
     fig, axes = plt.subplots(1, len(splits), figsize=(4.5 * len(splits), 3.6), squeeze=False)
     lines = dict.fromkeys((row["freeze"], row.get("budget")) for row in rows)
     for ax, split in zip(axes[0], splits):
@@ -375,16 +362,9 @@ def _plot_success(rows: list[dict], splits: list[str], path: Path) -> None:
                 lr, success, se = zip(*chosen)
                 ax.errorbar(lr, [100 * s for s in success], yerr=[100 * e for e in se], marker="o", capsize=3,
                             label=f"freeze: {name}, budget {budget}")
-        ax.set_xscale("log")
-        ax.set_xlabel("peak learning rate")
-        ax.set_ylabel("success (%)")
-        ax.set_title(split, fontsize=10)
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        finish_panel(ax, xscale="log", xlabel="peak learning rate", ylabel="success (%)", title=split,
+                     title_size=10, legend_size=7)
+    save_figure(fig, path)
 
 
 # --- the command ------------------------------------------------------------------------------------------------

@@ -115,9 +115,8 @@ def draw_curve(ax, curve: Curve, label: str, color: Optional[str] = None) -> Opt
 
 
 def finish_panel(ax, *, ylabel: str, title: str, xlabel: Optional[str] = None, xscale: Optional[str] = None,
-                 title_size: Optional[float] = None, legend_size: Optional[float] = 8) -> None:
-    """The house style of one panel: labels, title, a light grid and a legend when something is labelled
-    (legend_size None: no legend)."""
+                 title_size: Optional[float] = None, legend_size: float = 8) -> None:
+    """The house style of one panel: labels, title, a light grid and a legend when something is labelled."""
     if xscale:
         ax.set_xscale(xscale)
     if xlabel:
@@ -125,7 +124,7 @@ def finish_panel(ax, *, ylabel: str, title: str, xlabel: Optional[str] = None, x
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=title_size)
     ax.grid(True, alpha=0.3)
-    if legend_size is not None and ax.get_legend_handles_labels()[0]:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=legend_size)
 
 

@@ -135,10 +135,6 @@ def save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _save(fig, out_dir: Path, file: str) -> None:
-    save_figure(fig, out_dir / file)
-
-
 def plot_vs_compute(curves: Sequence[Curve], splits: Sequence[str], title: str, out_dir: Path,
                     file: str, footnote: str = FOOTNOTE) -> MadeFigure:
     """One panel per split (those with data), one curve per (arm, verify budget), x = training GFLOPs."""
@@ -203,7 +199,7 @@ def plot_recognition(success: Sequence[Curve], recognition: Sequence[Curve], tas
                      title=SPLIT_TITLES.get(split, split))
     title = f"{TASK_TITLES.get(task, task)}: recognition vs success as compute grows (Figure 8 style)"
     fig.suptitle(title)
-    _save(fig, out_dir, file)
+    save_figure(fig, out_dir / file)
     return MadeFigure(file=file, caption=title)
 
 
@@ -277,7 +273,7 @@ def plot_verify_budget(curves: Sequence[Curve], task: str, out_dir: Path, file: 
         axes[0][1].axhline(0.0, color="black", linewidth=0.8)
     title = f"{TASK_TITLES.get(task, task)}: verification budget (Figure 10 style)"
     fig.suptitle(title)
-    _save(fig, out_dir, file)
+    save_figure(fig, out_dir / file)
     return MadeFigure(file=file, caption=title)
 
 
@@ -321,7 +317,7 @@ def plot_pass_at_k(curves: dict, task: str, out_dir: Path, file: str) -> Optiona
         finish_panel(ax, xlabel="k (samples per problem)", ylabel="pass@k (%)", title=SPLIT_TITLES.get(split, split))
     title = f"{TASK_TITLES.get(task, task)}: pass@k (unbiased estimator)"
     fig.suptitle(title)
-    _save(fig, out_dir, file)
+    save_figure(fig, out_dir / file)
     return MadeFigure(file=file, caption=title)
 
 

@@ -33,6 +33,7 @@ from model.chat import encode_messages
 from tasks.common import Message
 from tasks.general_points import REWARDS, expert_response, step as gp_step
 from tasks.general_points.prompts import feedback_text
+from tests.launch.resume_check import without_wall_times
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -327,10 +328,6 @@ def _safetensors(directory):
             for name, array in load_file(file).items()}
 
 
-def _strip_seconds(records):
-    return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]
-
-
 @pytest.fixture(scope="module")
 def sft_init(tmp_path_factory):
     """A 2-step tiny SFT run directory: the RL policy starts from its final/ (D_init > 0)."""
@@ -433,7 +430,7 @@ def test_a_run_killed_mid_save_resumes_to_the_same_end(reference_run, rl_overrid
     assert max(r["step"] for r in read_metrics(tmp_path)) == 2 and not (tmp_path / "final").exists()
     print("checkpoints after the kill:", sorted(p.name for p in (tmp_path / "checkpoints").iterdir()))
     assert main(["rl", "--preset", "rl-tiny", "--out", str(tmp_path), *rl_overrides]) == 0
-    assert _strip_seconds(read_metrics(tmp_path)) == _strip_seconds(read_metrics(whole))
+    assert without_wall_times(read_metrics(tmp_path)) == without_wall_times(read_metrics(whole))
     resumed, uninterrupted = _safetensors(tmp_path / "final"), _safetensors(whole / "final")
     assert resumed.keys() == uninterrupted.keys() and any(name.startswith("value_head.") for name in resumed)
     for name in uninterrupted:

@@ -190,6 +190,7 @@ def test_memgen_rl_on_a_mesh_resumes_exactly_and_matches_one_device(tmp_path):
     from launch.config import resolve
     from launch.metrics import read_metrics
     from launch.rl_run import run_rl
+    from tests.launch.resume_check import assert_resume_is_exact, without_wall_times
 
     (tmp_path / "prompt.txt").write_text("Cards ${cards}. Make ${target}. Answer in JSON.")
     (tmp_path / "feedback.txt").write_text("Wrong: ${reason}")
@@ -198,17 +199,11 @@ def test_memgen_rl_on_a_mesh_resumes_exactly_and_matches_one_device(tmp_path):
                  "episodes_per_update=4", "ppo.minibatch_size=4", "ppo.epochs=2", "eval_episodes=4",
                  "ppo.final_learning_rate=1e-5", "ppo.learning_rate=1e-4"]
     on_mesh = resolve("rl-tiny", overrides + ["mesh=2,2,2"])
-    whole = run_rl(on_mesh, tmp_path / "whole", show_progress=False)
+    whole, sharded = assert_resume_is_exact(on_mesh, tmp_path)
     assert jax.tree.leaves(whole["params"])[0].sharding.mesh.size == 8
-    run_rl(on_mesh, tmp_path / "parts", stop_after=1, show_progress=False)
-    resumed = run_rl(on_mesh, tmp_path / "parts", show_progress=False)
-    for a, b in zip(jax.tree.leaves(whole["params"]), jax.tree.leaves(resumed["params"])):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    strip = lambda records: [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]  # noqa
-    assert strip(read_metrics(tmp_path / "whole")) == strip(read_metrics(tmp_path / "parts"))
 
     run_rl(resolve("rl-tiny", overrides), tmp_path / "one", show_progress=False)
-    one, sharded = strip(read_metrics(tmp_path / "one")), strip(read_metrics(tmp_path / "whole"))
+    one = without_wall_times(read_metrics(tmp_path / "one"))
     assert [r["kind"] for r in one] == [r["kind"] for r in sharded] == ["train", "train", "eval", "eval"]
     for a, b in zip(sharded, one):
         assert a.keys() == b.keys()

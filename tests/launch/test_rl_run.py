@@ -3,7 +3,6 @@ digit characters in a response, EpisodeConfig.reward), a run stopped and resumed
 one, and `memgen eval` writes one eval record per split and verification budget (with pass@k when sampling)."""
 
 
-import jax
 import numpy as np
 import pytest
 
@@ -13,6 +12,7 @@ from launch.config import resolve
 from launch.metrics import read_metrics
 from launch.metrics_schema import load_run
 from launch.rl_run import run_rl
+from tests.launch.resume_check import assert_resume_is_exact
 
 
 # The k1 KL to the frozen initial policy in the reward and an entropy bonus (both small). The same PPO settings in
@@ -40,14 +40,8 @@ def test_rl_raises_the_mean_reward(tmp_path, templates):
 def test_resume_equals_uninterrupted(tmp_path, templates):
     """With the KL and the entropy bonus: the resumed run rebuilds the same frozen reference."""
     config = resolve("rl-tiny", templates + ["updates=2"] + KL_AND_ENTROPY)
-    whole = run_rl(config, tmp_path / "whole", show_progress=False)
-    run_rl(config, tmp_path / "parts", stop_after=1, show_progress=False)
-    resumed = run_rl(config, tmp_path / "parts", show_progress=False)
-    for a, b in zip(jax.tree.leaves(whole["params"]), jax.tree.leaves(resumed["params"])):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    strip = lambda records: [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]
-    assert strip(read_metrics(tmp_path / "whole")) == strip(read_metrics(tmp_path / "parts"))
-    train = [r for r in read_metrics(tmp_path / "whole") if r["kind"] == "train"]
+    _, records = assert_resume_is_exact(config, tmp_path)
+    train = [r for r in records if r["kind"] == "train"]
     assert abs(train[0]["kl_k1"]) < 1e-4 and train[1]["kl_k1"] != 0  # sampled by the reference itself at first
 
 

@@ -14,10 +14,10 @@ from launch.cli import main
 from launch.config import resolve
 from launch.metrics import read_metrics
 from launch.rl_common import RolloutRunner, load_policy
-from launch.rl_run import run_rl
 from launch.rl_virl import (TrainingRoutes, decision_step, make_buffer_fn, play, rollout_steps, training_statistics,
                             update_buffer)
 from tasks.virl import oracle_response
+from tests.launch.resume_check import assert_resume_is_exact
 
 ROWS = 2
 
@@ -135,14 +135,7 @@ def test_buffer_carries_value_across_decision_points(scripted_setup):
 
 def test_memgen_rl_virl_runs_and_resumes(tmp_path, template):
     config = resolve("rl-virl-tiny", template)
-    whole = run_rl(config, tmp_path / "whole", show_progress=False)
-    run_rl(config, tmp_path / "parts", stop_after=1, show_progress=False)
-    resumed = run_rl(config, tmp_path / "parts", show_progress=False)
-    for a, b in zip(jax.tree.leaves(whole["params"]), jax.tree.leaves(resumed["params"])):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    strip = lambda records: [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]
-    records = read_metrics(tmp_path / "whole")
-    assert strip(records) == strip(read_metrics(tmp_path / "parts"))
+    _, records = assert_resume_is_exact(config, tmp_path)
     train = [r for r in records if r["kind"] == "train"]
     assert len(train) == 2 and all(r["task"] == "virl-l" and "per_step_accuracy" in r for r in train)
     evals = [r for r in records if r["kind"] == "eval"]

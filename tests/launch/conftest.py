@@ -11,3 +11,12 @@ def templates(tmp_path_factory):
     (folder / "feedback.txt").write_text("Wrong: ${reason}")
     return [f"episodes.prompt_template={folder / 'prompt.txt'}",
             f"episodes.feedback_template={folder / 'feedback.txt'}", "episodes.feedback_len=64"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One tokenizer cache per test module (MEMGEN_CACHE), so the offline tokenizer is trained once per module."""
+    path = tmp_path_factory.mktemp("memgen-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEMGEN_CACHE", str(path))
+        yield path

@@ -23,15 +23,6 @@ OVERRIDES = [f"steps={STEPS}", "eval_every=5", "checkpoint.every_steps=4", "chec
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """One tokenizer cache for the module (MEMGEN_CACHE), so the offline tokenizer is trained once."""
-    path = tmp_path_factory.mktemp("memgen-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MEMGEN_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def cli_run(cache, tmp_path_factory):
     """The uninterrupted reference run, through the command line."""
     out = tmp_path_factory.mktemp("uninterrupted")

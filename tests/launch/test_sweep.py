@@ -24,14 +24,6 @@ DIVERGING = 1e30  # the first update blows the params up; every later step is no
 GRID_LRS = LRS + (DIVERGING,)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("memgen-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MEMGEN_CACHE", str(path))
-        yield path
-
-
 def _safetensors(directory):
     from safetensors.numpy import load_file
 

@@ -7,20 +7,10 @@ import numpy as np
 import pytest
 
 import model
-from tests.model.mllama_reference import assert_close, hf_logits, hf_positions, reference
+from tests.model.mllama_reference import assert_close, hf_logits, hf_positions
 
 # aspect-ratio ids: index in supported_aspect_ratios + 1; (1, 1) -> 1, (1, 2) -> 2, (2, 2) -> 6
 RATIO_ID = {1: 1, 2: 2, 4: 6}
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return reference("tiny")
-
-
-@pytest.fixture(scope="module")
-def jit_forward():
-    return jax.jit(model.forward, static_argnums=1, static_argnames="return_values")
 
 
 def image_batch(config, rng, images_per_sample, seq, image_positions, pad=None):

@@ -16,12 +16,7 @@ from safetensors.numpy import load_file, save_file
 import model
 from model.hf_io import INDEX_FILE, ModelLoadError
 from model.sharding import make_mesh
-from tests.model.mllama_reference import hf_logits, reference
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return reference("tiny")
+from tests.model.mllama_reference import hf_logits
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,11 @@ from transformers.generation import logits_process as hf_warpers
 import model
 from model import sampler
 from model.processor import continuation_cross_attention_mask
-from tests.model.mllama_reference import left_padded_batch, reference
+from tests.model.mllama_reference import left_padded_batch
 from tests.model.test_forward import image_batch
 
 LOGPROB_TOLERANCE = 1e-4
 VISION_KEYS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask")
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return reference("tiny")
-
-
-@pytest.fixture(scope="module")
-def jit_forward():
-    return jax.jit(model.forward, static_argnums=1)
 
 
 # Every test uses these shapes (text: B = 3; images: B = 4, one image) and N = 8 new tokens, so the compiled

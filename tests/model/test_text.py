@@ -3,23 +3,12 @@ explicit position ids, NaN-free fully masked rows, the layer plan."""
 
 import jax
 import numpy as np
-import pytest
 import torch
 
 import model
 from model import text as T
 from model.config import preset
-from tests.model.mllama_reference import assert_close, hf_logits, hf_positions, left_padded_batch, reference
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return reference("tiny")
-
-
-@pytest.fixture(scope="module")
-def jit_forward():
-    return jax.jit(model.forward, static_argnums=1)
+from tests.model.mllama_reference import assert_close, hf_logits, hf_positions, left_padded_batch
 
 
 def test_rope_inv_freq_matches_transformers():

@@ -14,6 +14,7 @@ host-local pieces. Axes: B global batch, b = B / process_count rows per host.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -236,24 +237,61 @@ def make_global_batch(local_arrays: Any, mesh: Mesh, spec: PartitionSpec | None 
     return jax.tree.map(place, local_arrays)
 
 
+def place_tree(tree: Any, shardings: Any) -> Any:
+    """Every array of `tree` placed on its sharding in `shardings` (a tree of the same structure, or one sharding
+    for every leaf) without an XLA program per leaf. An array already there is returned as it is; one spread over
+    several processes is moved with `jax.device_put`, as is one held on this process's accelerators in a
+    single-process run (it stays on the device). Any other value (numpy, Python scalars, arrays in CPU memory)
+    is cut on the host into the shards this process's devices hold (`jax.make_array_from_callback`; on a mesh
+    over several processes every process must pass the same value): in CPU memory that is a copy, where an eager
+    `jax.device_put` of a device array onto a multi-device layout compiles a slicing program for every shape and
+    sharding (an identity program across processes), ~1,500 compilations in one multi-host test
+    (docs/benchmarks.md)."""
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+
+    def place(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+        if isinstance(x, jax.Array):
+            if x.sharding == sharding and x.committed:
+                return x
+            stays_on_device = jax.process_count() == 1 and x.is_fully_addressable and any(
+                device.platform != "cpu" for device in x.devices())
+            if not x.is_fully_addressable or stays_on_device or jax.dtypes.issubdtype(x.dtype,
+                                                                                        jax.dtypes.prng_key):
+                return jax.device_put(x, sharding)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(place, tree, shardings)
+
+
+def jit_onto(fn: Any, shardings: Any) -> Any:
+    """``jax.jit(fn, out_shardings=shardings)``, memoised on ``fn`` (a stable object: a module-level or memoised
+    function) and the shardings, so that code building the same state for several runs in one process (a
+    notebook, a sweep, the tests) traces and compiles it once."""
+    leaves, treedef = jax.tree.flatten(shardings)
+    return _jit_onto(fn, treedef, tuple(leaves))
+
+
+@functools.lru_cache(maxsize=32)
+def _jit_onto(fn: Any, treedef: Any, leaves: tuple) -> Any:
+    return jax.jit(fn, out_shardings=jax.tree.unflatten(treedef, list(leaves)))
+
+
 def place_full_batch(tree: Any, mesh: Mesh | None) -> Any:
     """Every array of `tree`, a whole batch that every host holds alike (prompts, images, the PPO / GRPO buffer, a
     held-out set), placed with its leading (batch) axis over data x fsdp where they divide it and the other axes
-    replicated (`model.sharding.batch_sharding`). Host arrays become device arrays; unchanged placement without a
-    mesh. On a mesh over several processes each host feeds only the slices its own devices hold
-    (`jax.make_array_from_callback`); arrays already spread over the processes are moved to the placement."""
+    replicated (`model.sharding.batch_sharding`), by `place_tree`. Host arrays become device arrays; unchanged
+    placement without a mesh."""
     if mesh is None:
         return jax.tree.map(jnp.asarray, tree)
     from model.sharding import batch_sharding
 
-    def place(x):
+    def sharding(x: Any) -> NamedSharding:
         shape = np.shape(x)
-        sharding = batch_sharding(mesh, shape) if shape else NamedSharding(mesh, PartitionSpec())
-        if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
-            return jax.device_put(x, sharding)
-        host = np.asarray(x)
-        return jax.make_array_from_callback(shape, sharding, lambda index: host[index])
-    return jax.tree.map(place, tree)
+        return batch_sharding(mesh, shape) if shape else NamedSharding(mesh, PartitionSpec())
+
+    return place_tree(tree, jax.tree.map(sharding, tree))
 
 
 def host_arrays(tree: Any) -> Any:

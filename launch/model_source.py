@@ -2,16 +2,17 @@
 tokenizer at the preset's vocabulary size), a Hugging Face mllama directory (weights, tokenizer and image
 preprocessor config read from it), or a memgen run directory (its final/ policy, and the training tokens behind
 it: D_init of the next run's compute axis). Also writes a trained policy back as such a directory, so the next command
-(RL, evaluation, transformers) loads it with the same code path. Host side; arrays stay as the model made them.
+(RL, evaluation, transformers) loads it with the same code path. Host side; arrays stay as the model made them (or, given a mesh, are made on it).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 
@@ -60,20 +61,31 @@ def init_tokens(spec: str) -> int:
     return int(counts.get("init_tokens", 0)) + int(counts.get("train_tokens", 0))
 
 
-def load_model(spec: str, *, seed: int, cache_dir: Optional[Path] = None) -> ModelSource:
+def load_model(spec: str, *, seed: int, cache_dir: Optional[Path] = None,
+               mesh: Optional[jax.sharding.Mesh] = None) -> ModelSource:
     """``spec``: a preset name (tiny, small, 11b, 90b), a path to a Hugging Face mllama directory, or a memgen run
     directory (its final/ policy). Params are float32 (the master weights); a preset's tokenizer is built under
-    ``cache_dir`` (default: memgen's cache)."""
+    ``cache_dir`` (default: memgen's cache). With ``mesh``, every param is made straight onto it by
+    ``model.sharding``'s rules (a preset's random init is one program with that output placement; a directory's
+    weights are placed leaf by leaf as they are read), so no device ever holds the whole model; the values are
+    those of the load without a mesh."""
     from model.config import PRESETS, preset
     from model.hf_io import ModelLoadError, load_hf
-    from model.params import init_params
+    from model.params import init_params, param_shapes
 
     if spec in PRESETS:
         config = preset(spec)
         vocab = config.text.vocab_size
         tokenizer_dir = ensure_tokenizer(None if cache_dir is None else cache_dir / f"tokenizer-vocab{vocab}",
                                          vocab_size=vocab)
-        params = init_params(jax.random.PRNGKey(seed), config)
+        if mesh is None:
+            params = init_params(jax.random.PRNGKey(seed), config)
+        else:
+            from launch.mesh import jit_onto
+            from model.sharding import param_shardings
+            init = jit_onto(_preset_init(config), param_shardings(config, mesh, param_shapes(config)))
+            with jax.set_mesh(mesh):  # the init's sharding hints (model.sharding.constrain_replicated) apply
+                params = init(seed)
         return ModelSource(config, params, load_tokenizer(tokenizer_dir), tokenizer_dir, image_config_of(config))
     path = Path(spec)
     if (path / RUN_FINAL_DIR).is_dir():
@@ -82,7 +94,7 @@ def load_model(spec: str, *, seed: int, cache_dir: Optional[Path] = None) -> Mod
         raise ModelSourceError(f"the model directory {path} does not exist; pass model=PATH to a Hugging Face "
                                f"mllama download or a preset name ({', '.join(PRESETS)})")
     try:
-        config, params = load_hf(path, param_dtype="float32", dtype="float32")
+        config, params = load_hf(path, mesh=mesh, param_dtype="float32", dtype="float32")
         tokenizer = load_tokenizer(path)
     except (ModelLoadError, FileNotFoundError, ValueError) as error:
         raise ModelSourceError(f"the model directory {path} cannot be loaded: {error}") from None
@@ -91,6 +103,14 @@ def load_model(spec: str, *, seed: int, cache_dir: Optional[Path] = None) -> Mod
     except FileNotFoundError:
         image_config = image_config_of(config)
     return ModelSource(config, params, tokenizer, path, image_config)
+
+
+@functools.lru_cache(maxsize=8)
+def _preset_init(config: Any) -> Callable[[int], Any]:
+    """``seed -> model.init_params(PRNGKey(seed), config)``, one function per config (for ``jit_onto``). The key is
+    made inside the program from the seed, a host scalar every process passes alike."""
+    from model.params import init_params
+    return lambda seed: init_params(jax.random.PRNGKey(seed), config)
 
 
 def save_policy(directory: Path, source: ModelSource, params: Any, compute: Any = None) -> Path:

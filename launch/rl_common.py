@@ -33,10 +33,11 @@ TASK_NAMES = {("general_points", "language"): "gp-l", ("general_points", "vision
 Policy = ModelSource  # config, float32 params (with a value head here), tokenizer, tokenizer_dir, image_config
 
 
-def load_policy(spec: str, *, seed: int) -> ModelSource:
+def load_policy(spec: str, *, seed: int, mesh: jax.sharding.Mesh | None = None) -> ModelSource:
     """`spec`: what `launch.model_source.load_model` takes (a model preset: random init from `seed` with the
     offline tokenizer; or a Hugging Face mllama directory), or a run directory of `memgen sft` / `memgen rl` (its
-    final/ policy). A value head is initialised from `seed` when the source has none."""
+    final/ policy). A value head is initialised from `seed` when the source has none. With `mesh` the model's
+    params are made on it (`load_model`); a new value head is not (`place_params` places it)."""
     from model.value_head import init_value_head
 
     if not spec:
@@ -46,7 +47,7 @@ def load_policy(spec: str, *, seed: int) -> ModelSource:
     if (path / FINAL_DIR).is_dir():
         spec = str(path / FINAL_DIR)
     try:
-        source = load_model(spec, seed=seed)
+        source = load_model(spec, seed=seed, mesh=mesh)
     except ModelSourceError as error:
         raise ConfigError(str(error)) from None
     if "value_head" not in source.params:
@@ -80,8 +81,9 @@ def place_params(params, config, mesh: jax.sharding.Mesh | None):
     kv_heads, mlp, vocab -> tensor); unchanged without a mesh."""
     if mesh is None:
         return params
+    from launch.mesh import place_tree
     from model.sharding import param_shardings
-    return jax.device_put(params, param_shardings(config, mesh, params))
+    return place_tree(params, param_shardings(config, mesh, params))
 
 
 def train_state_shardings(state, config, mesh: jax.sharding.Mesh, optimizer):

@@ -170,9 +170,12 @@ def _compiled(policy, config: RLConfig, total_steps: int, mesh):
         abstract_state = jax.eval_shape(lambda params: init_train_state(params, optimizer), policy.params)
         state_shardings = train_state_shardings(abstract_state, policy.config, mesh, optimizer)
         jitted_update = jax.jit(update, donate_argnums=0, out_shardings=(state_shardings, None))
+        # The fresh state built straight onto its placement by one program (eager, the optimizer's init and the
+        # placement would compile a program per leaf shape); its buffers are new, never the params passed in.
+        initialise = jax.jit(lambda params: init_train_state(params, optimizer), out_shardings=state_shardings)
         _COMPILED[key] = (runner, _under_mesh(jitted_update, mesh), _under_mesh(make_buffer, mesh),
                           shared_eval_runners(policy, dataclasses.replace(episodes, temperature=0.0), mesh),
-                          state_shardings)
+                          state_shardings, initialise)
     return _COMPILED[key]
 
 
@@ -203,7 +206,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     check_run_directory(config, out)
     mesh = make_rl_mesh(config.mesh)
     save_config(config, out)
-    policy = load_policy(config.init, seed=config.seed)
+    policy = load_policy(config.init, seed=config.seed, mesh=mesh)
     policy = dataclasses.replace(policy, params=place_params(policy.params, policy.config, mesh))
     episodes = config.episodes
     task_settings = task_config(episodes)
@@ -215,15 +218,17 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
         virl_routes = TrainingRoutes(episodes, config.seed)
     epochs, minibatch = _epochs_and_minibatch(config)
     total_steps = max(1, config.updates * epochs * (transitions // minibatch))
-    optimizer = ppo_optimizer(config.ppo, total_steps)
     decay = optax.cosine_decay_schedule(1.0, total_steps, config.ppo.final_learning_rate / config.ppo.learning_rate)
     num_params = parameter_count(policy.params)
-    runner, update, make_buffer, eval_runners, state_shardings = _compiled(policy, config, total_steps, mesh)
+    runner, update, make_buffer, eval_runners, state_shardings, initialise = _compiled(policy, config, total_steps,
+                                                                                      mesh)
     # Committed to the mesh (params by the rules, moments like their params): the checkpoint's restore template,
     # so a resumed state has the same placement as a fresh one and the compiled update serves both.
-    state = jax.device_put(init_train_state(policy.params, optimizer), state_shardings)
-    # The KL reference: the initial policy, frozen (a copy: the train state's buffers are donated to the update).
-    reference_params = jax.tree.map(jnp.copy, policy.params) if uses_reference(config) else None
+    state = initialise(policy.params)
+    # The KL reference: the initial policy, frozen (the train state, whose buffers the update donates, holds a
+    # copy of it).
+    reference_params = policy.params if uses_reference(config) else None
+    policy = dataclasses.replace(policy, params=None)  # otherwise a second copy in device memory all run
 
     checkpoints = CheckpointManager(out / CHECKPOINT_DIR, every_steps=config.checkpoint.every_steps,
                                     keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)

@@ -30,7 +30,8 @@ import numpy as np
 from launch.checkpoint import CheckpointError, CheckpointManager
 from launch.config import ConfigError, SFTConfig, check_run_directory, load_config, preset_names, resolve, save_config
 from launch.expert_data import GREEDY_SEED_OFFSET, DataError, greedy_episodes, load_expert_data
-from launch.mesh import MeshError, host_local_batch_slice, host_params, make_global_batch, place_full_batch
+from launch.mesh import (MeshError, host_local_batch_slice, host_params, jit_onto, make_global_batch,
+                         place_full_batch, place_tree)
 from launch.metrics import MetricsWriter
 from launch.metrics_schema import eval_record, train_record
 from launch.model_source import ModelSourceError, init_tokens, load_model, save_policy
@@ -76,10 +77,9 @@ def make_mesh_from_config(shape: tuple[int, int, int]) -> jax.sharding.Mesh:
         raise ConfigError(f"mesh={list(shape)}: {error}") from None
 
 
-def place_state(state: Any, params_shardings: Any, freeze: tuple[str, ...], mesh, optimizer) -> Any:
-    """The train state committed to the mesh: params by the model's sharding rules, optimizer moments like their
-    params (``launch.mesh.optimizer_state_specs``), scalars replicated. Committed arrays make a restored state
-    compile to the same program."""
+def state_shardings(state: Any, params_shardings: Any, freeze: tuple[str, ...], mesh, optimizer) -> Any:
+    """NamedShardings for a train state (arrays or shapes): params by the model's sharding rules, optimizer
+    moments like their params (``launch.mesh.optimizer_state_specs``), scalars replicated."""
     from jax.sharding import NamedSharding, PartitionSpec
 
     from launch.mesh import optimizer_state_specs
@@ -88,11 +88,40 @@ def place_state(state: Any, params_shardings: Any, freeze: tuple[str, ...], mesh
     specs = jax.tree.map(lambda sharding: sharding.spec, trainable_sh)
     opt_specs = optimizer_state_specs(optimizer, state.opt_state, specs)
     named = lambda spec: NamedSharding(mesh, spec)  # noqa: E731
-    shardings = state.replace(step=named(PartitionSpec()), trainable=trainable_sh, frozen=frozen_sh,
-                              opt_state=jax.tree.map(named, opt_specs,
-                                                     is_leaf=lambda x: isinstance(x, PartitionSpec)),
-                              rng=named(PartitionSpec()))
-    return jax.device_put(state, shardings)
+    return state.replace(step=named(PartitionSpec()), trainable=trainable_sh, frozen=frozen_sh,
+                         opt_state=jax.tree.map(named, opt_specs, is_leaf=lambda x: isinstance(x, PartitionSpec)),
+                         rng=named(PartitionSpec()))
+
+
+def place_state(state: Any, params_shardings: Any, freeze: tuple[str, ...], mesh, optimizer) -> Any:
+    """The train state committed to the mesh by ``state_shardings``. Committed arrays make a restored state
+    compile to the same program."""
+    return place_tree(state, state_shardings(state, params_shardings, freeze, mesh, optimizer))
+
+
+def initial_states(params: Any, optimizer, freeze: tuple[str, ...], seed: int, learning_rates: Sequence[float],
+                   params_shardings: Any, mesh) -> list[Any]:
+    """The fresh train state of each peak learning rate (``sft.step.init_train_state`` with the rate in the
+    optimizer state), built straight onto the mesh by one jitted program with the ``state_shardings`` placement:
+    eager, the optimizer's init and the placement would compile an XLA program per leaf shape. ``params`` are
+    placed first (``launch.mesh.place_tree``), so that over several processes the program gets global arrays.
+    The program is memoised on ``optimizer`` (pass the same object for the same settings) and the placement.
+    A ``freeze`` that matches nothing raises ValueError."""
+    init = _fresh_state(optimizer, tuple(freeze))
+    params = place_tree(params, params_shardings)
+    abstract = jax.eval_shape(init, params, 0, 0.0)
+    build = jit_onto(init, state_shardings(abstract, params_shardings, freeze, mesh, optimizer))
+    return [build(params, seed, learning_rate) for learning_rate in learning_rates]
+
+
+@functools.lru_cache(maxsize=8)
+def _fresh_state(optimizer, freeze: tuple[str, ...]) -> Callable:
+    """``(params, seed, peak_learning_rate) -> TrainState``, one function per optimizer and freeze (for
+    ``jit_onto``); seed and rate are host scalars every process passes alike."""
+    def init(params, seed, learning_rate):
+        state = init_train_state(params, optimizer, freeze, jax.random.PRNGKey(seed))
+        return state.replace(opt_state=with_peak_learning_rate(state.opt_state, learning_rate))
+    return init
 
 
 @functools.lru_cache(maxsize=8)
@@ -203,7 +232,8 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
     for out_dir, member_config in zip(out_dirs, configs):
         check_run_directory(member_config, out_dir)
 
-    source = load_model(config.model, seed=config.seed, cache_dir=None)
+    mesh = make_mesh_from_config(config.mesh)
+    source = load_model(config.model, seed=config.seed, cache_dir=None, mesh=mesh)
     data = load_expert_data(task=config.task, modality=config.modality, seed=config.seed,
                             train_examples=config.train_examples, eval_examples=config.eval_examples,
                             path=config.data.path)
@@ -213,7 +243,6 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
     model_config = source.config.replace(dtype=config.compute_dtype, remat=config.remat)  # remat: train step
     num_params = parameter_count(source.params)  # N of 6ND: every parameter, frozen ones included (docs/sft.md)
 
-    mesh = make_mesh_from_config(config.mesh)
     from model.sharding import param_shardings
     params_sh = param_shardings(source.config, mesh, source.params)
     # The peak learning rate lives in the optimizer state (sft/optim.py), so the compiled step is shared by runs
@@ -222,15 +251,16 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
     if packing and config.data.length_buckets > 1:
         raise ConfigError("data.pack_length and data.length_buckets > 1 do not combine (a packed row has one "
                           "length); set one of them")
-    _, step_fn = compiled_train_step(model_config, dataclasses.replace(config.optimizer, lr=0.0), config.steps,
-                                     config.grad_accum_steps, config.compute_dtype, sweep=vmapped, packed=packing)
-    try:
-        optimizer = make_optimizer(config.optimizer, config.steps)
-        initial = init_train_state(source.params, optimizer, config.freeze, jax.random.PRNGKey(config.seed))
+    try:  # the optimizer of the shared step (peak rate 0: each state carries its own)
+        optimizer, step_fn = compiled_train_step(model_config, dataclasses.replace(config.optimizer, lr=0.0),
+                                                 config.steps, config.grad_accum_steps, config.compute_dtype,
+                                                 sweep=vmapped, packed=packing)
+        templates = initial_states(source.params, optimizer, config.freeze, config.seed, learning_rates, params_sh,
+                                   mesh)
     except ValueError as error:  # a freeze entry that matches nothing, a bad schedule setting
         raise ConfigError(str(error)) from None
-    templates = [place_state(initial.replace(opt_state=with_peak_learning_rate(initial.opt_state, lr)), params_sh,
-                             config.freeze, mesh, optimizer) for lr in learning_rates]
+    # The states hold their own copies: the loaded params would otherwise stay in device memory all run.
+    source = dataclasses.replace(source, params=None)
 
     if evaluate is None:
         evaluate = _make_evaluator(config, source, model_config, data, length, slots, mesh,

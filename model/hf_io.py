@@ -206,13 +206,15 @@ def _load_value_head(file: Path, mesh, config: ModelConfig, rules) -> dict:
     tree: dict = {}
     with _safe_open(file) as f:
         for key in f.keys():
-            set_path(tree, tuple(key.split(".")), jnp.asarray(_get_tensor(f, file, key),
-                                                              jnp.dtype(config.param_dtype)))
-    if mesh is not None:
-        from model.sharding import DEFAULT_RULES, param_shardings
-        tree = jax.device_put(tree, param_shardings(config, mesh, {"value_head": tree},
-                                                    rules or DEFAULT_RULES)["value_head"])
-    return tree
+            set_path(tree, tuple(key.split(".")), np.asarray(_get_tensor(f, file, key), jnp.dtype(config.param_dtype)))
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, tree)
+    from model.sharding import DEFAULT_RULES, param_shardings
+    shardings = param_shardings(config, mesh, {"value_head": tree}, rules or DEFAULT_RULES)["value_head"]
+    # like the model's leaves: each process builds its addressable shards from the host copy
+    return jax.tree.map(lambda array, sharding: jax.make_array_from_callback(array.shape, sharding,
+                                                                             lambda index: array[index]),
+                        tree, shardings)
 
 
 # --------------------------------------------------------------------------------------------------- export

@@ -105,6 +105,16 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, PartitionSpec(spec[0], *([None] * (x.ndim - 1))))
 
 
+def constrain_replicated(x: jax.Array) -> jax.Array:
+    """x constrained to be whole on every device of the context mesh; a no-op without one (as `constrain_batch`).
+    For an intermediate that XLA cannot partition on its way to sharded outputs (a flat random draw sliced and
+    reshaped into several params), so that it replicates it by design rather than with a warning."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or jax.sharding.AxisType.Auto not in mesh.axis_types:
+        return x
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(*([None] * x.ndim)))
+
+
 def sharded_forward(config: ModelConfig, mesh: Mesh, params, rules: Mapping[str, Any] = DEFAULT_RULES):
     """A jitted `forward(params, **batch) -> logits` with params sharded by the rules, batch inputs (input_ids,
     attention_mask, pixel_values, ...) and logits sharded on the batch axis. `params` (arrays or shapes) fixes

@@ -331,7 +331,9 @@ def init_vision_params(rng: jax.Array, config: ModelConfig) -> Params:
 def _init_leaves(rng, names, shapes, hidden, param_dtype):
     dtype = jnp.dtype(param_dtype)
     sizes = [math.prod(shape) for shape in shapes]
-    z = jax.random.normal(rng, (sum(sizes),), jnp.float32)
+    from model.sharding import constrain_replicated
+
+    z = constrain_replicated(jax.random.normal(rng, (sum(sizes),), jnp.float32))
     offsets = [0]
     for n in sizes:
         offsets.append(offsets[-1] + n)

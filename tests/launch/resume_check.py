@@ -1,5 +1,8 @@
-"""The exact-resume check the RL run tests share: a run interrupted after one update and re-run on the same
-directory ends with the params and metrics of an uninterrupted run."""
+"""The exact-resume check the RL run tests share (a run interrupted after one update and re-run on the same
+directory ends with the params and metrics of an uninterrupted run), and the reader the launch tests compare
+written policies with."""
+
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -25,3 +28,12 @@ def assert_resume_is_exact(config, root) -> tuple[dict, list[dict]]:
     records = without_wall_times(read_metrics(root / "whole"))
     assert records == without_wall_times(read_metrics(root / "parts"))
     return whole, records
+
+
+def saved_weights(directory) -> dict:
+    """Every tensor of a policy directory's safetensors files (the model's and the value head's), keyed
+    ``FILE:NAME``."""
+    from safetensors.numpy import load_file
+
+    return {f"{file.name}:{name}": array for file in sorted(Path(directory).glob("*.safetensors"))
+            for name, array in load_file(file).items()}

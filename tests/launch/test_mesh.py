@@ -118,3 +118,70 @@ def test_the_cli_joins_the_hosts_its_flags_or_environment_name(monkeypatch, caps
     capsys.readouterr()
     assert main(["--process-id", "5", *plan]) == 2 and len(calls) == 2  # refused before initialising
     assert "process_id 5 is outside 0..1" in capsys.readouterr().err
+
+
+def _backend_compiles(run):
+    """(run()'s result, how many XLA programs were compiled while it ran)."""
+    from jax._src import dispatch, monitoring
+
+    compiled = []
+    listener = lambda event, duration, **_: compiled.append(event) if event == dispatch.BACKEND_COMPILE_EVENT else None  # noqa: E731,E501
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        return run(), len(compiled)
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+
+
+def test_place_tree_places_host_and_device_values_without_compiling():
+    """Numpy arrays, CPU device arrays, scalars and a PRNG key onto an fsdp x tensor mesh: the values and the
+    shardings asked for, with no XLA program (an eager device_put of the device arrays compiles one per shape)."""
+    from launch.mesh import place_tree
+
+    mesh = make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
+    rng = np.random.default_rng(0)
+    host = {"a": rng.normal(size=(16, 40)).astype(np.float32), "b": rng.integers(0, 9, (24, 6)).astype(np.int32),
+            "s": np.float32(2.5)}
+    device = {"a": jnp.asarray(rng.normal(size=(32, 56)), jnp.float32), "b": jnp.arange(48, dtype=jnp.int32)}
+    specs = {"a": PartitionSpec("fsdp", "tensor"), "b": PartitionSpec("fsdp"), "s": PartitionSpec()}
+    shardings = {"host": {k: NamedSharding(mesh, v) for k, v in specs.items()},
+                 "device": {k: NamedSharding(mesh, specs[k]) for k in device}}
+    placed, compiles = _backend_compiles(lambda: place_tree({"host": host, "device": device}, shardings))
+    assert compiles == 0
+    for group, values in (("host", host), ("device", device)):
+        for name, value in values.items():
+            assert placed[group][name].sharding == shardings[group][name] and placed[group][name].committed
+            np.testing.assert_array_equal(np.asarray(placed[group][name]), np.asarray(value))
+    again = place_tree(placed, shardings)  # already there: the same arrays
+    assert all(x is y for x, y in zip(jax.tree.leaves(again), jax.tree.leaves(placed)))
+    key = place_tree(jax.random.key(3), NamedSharding(mesh, PartitionSpec()))
+    assert jax.random.key_data(key).tolist() == jax.random.key_data(jax.random.key(3)).tolist()
+    # the counter sees what place_tree avoids: device_put of device arrays onto a split layout compiles
+    _, eager = _backend_compiles(lambda: jax.block_until_ready(jax.device_put(
+        jnp.ones((8, 72)), NamedSharding(mesh, PartitionSpec("fsdp", "tensor")))))
+    assert eager > 0
+
+
+@pytest.mark.parametrize("source", ["preset", "directory"])
+def test_load_model_onto_a_mesh_matches_the_plain_load(source, tmp_path):
+    """`load_model(..., mesh=)` on a 2 x 2 x 2 mesh, from the tiny preset (its jitted init with sharded outputs) and
+    from a Hugging Face directory with a value head (each leaf placed as read): the values of the plain load,
+    bit for bit, every leaf on the mesh by model.sharding's rules."""
+    from launch.model_source import load_model, save_policy
+    from launch.rl_common import load_policy
+    from model.sharding import param_shardings
+
+    spec = "tiny"
+    if source == "directory":
+        policy = load_policy("tiny", seed=5)
+        save_policy(tmp_path / "policy", policy, jax.device_get(policy.params))
+        spec = str(tmp_path / "policy")
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    plain, placed = load_model(spec, seed=5), load_model(spec, seed=5, mesh=mesh)
+    assert ("value_head" in placed.params) == (source == "directory")
+    want = param_shardings(placed.config, mesh, placed.params)
+    for (path, got), expected, sharding in zip(jax.tree_util.tree_leaves_with_path(placed.params),
+                                               jax.tree.leaves(plain.params), jax.tree.leaves(want)):
+        assert got.sharding == sharding, path
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected), err_msg=str(path))
+    assert any(leaf.sharding.spec != PartitionSpec(*[None] * leaf.ndim) for leaf in jax.tree.leaves(placed.params))

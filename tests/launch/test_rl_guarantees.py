@@ -33,7 +33,7 @@ from model.chat import encode_messages
 from tasks.common import Message
 from tasks.general_points import REWARDS, expert_response, step as gp_step
 from tasks.general_points.prompts import feedback_text
-from tests.launch.resume_check import without_wall_times
+from tests.launch.resume_check import saved_weights, without_wall_times
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -321,13 +321,6 @@ RUN = ["updates=3", "episodes_per_update=4", "ppo.minibatch_size=8", "eval_episo
        "checkpoint.keep=3", "checkpoint.async_save=true"]
 
 
-def _safetensors(directory):
-    from safetensors.numpy import load_file
-
-    return {f"{file.name}:{name}": array for file in sorted(Path(directory).glob("*.safetensors"))
-            for name, array in load_file(file).items()}
-
-
 @pytest.fixture(scope="module")
 def sft_init(tmp_path_factory):
     """A 2-step tiny SFT run directory: the RL policy starts from its final/ (D_init > 0)."""
@@ -396,7 +389,7 @@ def test_logged_gflops_are_x_rl_of_the_measured_tokens(reference_run, sft_init):
     assert [r["step"] for r in train] == [1, 2, 3] and len(trajectories) == 3
     d_init = sum(r["tokens"] for r in read_metrics(sft_init) if r["kind"] == "train")
     assert d_init > 0
-    num_params = sum(a.size for a in _safetensors(out / "final").values())
+    num_params = sum(a.size for a in saved_weights(out / "final").values())
     assert num_params == parameter_count(summary["params"])
     d_rl = d_buffer = 0
     for record, trajectory in zip(train, trajectories):
@@ -431,8 +424,9 @@ def test_a_run_killed_mid_save_resumes_to_the_same_end(reference_run, rl_overrid
     print("checkpoints after the kill:", sorted(p.name for p in (tmp_path / "checkpoints").iterdir()))
     assert main(["rl", "--preset", "rl-tiny", "--out", str(tmp_path), *rl_overrides]) == 0
     assert without_wall_times(read_metrics(tmp_path)) == without_wall_times(read_metrics(whole))
-    resumed, uninterrupted = _safetensors(tmp_path / "final"), _safetensors(whole / "final")
-    assert resumed.keys() == uninterrupted.keys() and any(name.startswith("value_head.") for name in resumed)
+    resumed, uninterrupted = saved_weights(tmp_path / "final"), saved_weights(whole / "final")
+    assert resumed.keys() == uninterrupted.keys()
+    assert any(name.startswith("value_head.safetensors:") for name in resumed)
     for name in uninterrupted:
         np.testing.assert_array_equal(resumed[name], uninterrupted[name], err_msg=name)
     assert json.loads((tmp_path / "final" / "memgen_compute.json").read_text()) == json.loads(

@@ -15,6 +15,7 @@ from launch.config import resolve
 from launch.metrics import read_metrics
 from launch.metrics_schema import load_runs
 from launch.sft_run import run_sft
+from tests.launch.resume_check import saved_weights
 
 STEPS = 10
 # eval at 0, 5, 10; checkpoints at 4, 8 (and 10, forced): an interruption after step 6 resumes from 4.
@@ -30,12 +31,6 @@ def cli_run(cache, tmp_path_factory):
     return out
 
 
-def _safetensors(directory):
-    from safetensors.numpy import load_file
-
-    return {name: array for file in sorted(directory.glob("*.safetensors")) for name, array in load_file(file).items()}
-
-
 def test_the_command_writes_a_run_the_report_reads_and_the_loss_falls(cli_run):
     run, = load_runs([cli_run])
     train = run.of_kind("train")
@@ -47,7 +42,7 @@ def test_the_command_writes_a_run_the_report_reads_and_the_loss_falls(cli_run):
     # 6 N D: N every parameter of the model, D the real (non-padding) tokens of the batches.
     config = json.loads((cli_run / "config.json").read_text())
     assert config["steps"] == STEPS
-    num_params = sum(a.size for a in _safetensors(cli_run / "final").values())
+    num_params = sum(a.size for a in saved_weights(cli_run / "final").values())
     assert train[-1]["gflops"] == pytest.approx(6 * num_params * sum(r["tokens"] for r in train) / 1e9)
     assert train[-1]["loss"] < train[0]["loss"] - 0.3
     heldout = [r for r in run.records if "heldout_loss" in r]
@@ -63,7 +58,7 @@ def test_an_interrupted_run_resumed_with_the_same_command_ends_identically(cli_r
     assert max(r["step"] for r in read_metrics(tmp_path)) == 6  # records 5 and 6 come after checkpoint 4
     assert main(["sft", "--preset", "sft-tiny", "--out", str(tmp_path), *OVERRIDES]) == 0
     assert (tmp_path / "metrics.jsonl").read_text() == (cli_run / "metrics.jsonl").read_text()
-    resumed, uninterrupted = _safetensors(tmp_path / "final"), _safetensors(cli_run / "final")
+    resumed, uninterrupted = saved_weights(tmp_path / "final"), saved_weights(cli_run / "final")
     assert resumed.keys() == uninterrupted.keys()
     for name in resumed:
         np.testing.assert_array_equal(resumed[name], uninterrupted[name], err_msg=name)
@@ -86,7 +81,7 @@ def test_a_run_killed_mid_save_resumes_to_the_same_end(cli_run, cache, tmp_path)
     assert max(r["step"] for r in read_metrics(tmp_path)) == 8 and not (tmp_path / "final").exists()
     assert main(["sft", "--preset", "sft-tiny", "--out", str(tmp_path), *OVERRIDES]) == 0
     assert (tmp_path / "metrics.jsonl").read_text() == (cli_run / "metrics.jsonl").read_text()
-    resumed, uninterrupted = _safetensors(tmp_path / "final"), _safetensors(cli_run / "final")
+    resumed, uninterrupted = saved_weights(tmp_path / "final"), saved_weights(cli_run / "final")
     for name in uninterrupted:
         np.testing.assert_array_equal(resumed[name], uninterrupted[name], err_msg=name)
 
@@ -126,7 +121,6 @@ def test_greedy_success_becomes_eval_records_per_split(cache, tmp_path):
     """The greedy hook with a sampler that answers the expert answer for the in-distribution hands: every split is
     evaluated and verified by the task's verifier (rule-OOD hands need other formulas, so some fail there)."""
     from model.chat import encode_response
-    from model.tokenizer import load_tokenizer
     from tasks.general_points import expert_response, GeneralPointsConfig, sample_hands
     from launch.expert_data import GREEDY_SEED_OFFSET
 
@@ -181,10 +175,13 @@ def test_bad_input_stops_with_one_sentence(cache, tmp_path, capsys, overrides, m
 
 def test_the_state_is_placed_on_the_mesh_with_moments_sharded_like_their_params():
     """On a 2 x 2 x 2 (data x fsdp x tensor) mesh of the 8 virtual CPU devices: each Adam moment gets its param's
-    sharding (some of them really split), scalars are replicated, every leaf is committed to the mesh."""
+    sharding (some of them really split), scalars are replicated, every leaf is committed to the mesh. The
+    states `memgen sft` starts from (initial_states: one jitted program, a peak learning rate each) are the
+    eager init's values, so placed."""
     from jax.sharding import PartitionSpec
 
-    from launch.sft_run import make_mesh_from_config, place_state
+    from launch.sft_run import initial_states, make_mesh_from_config, place_state
+    from sft.optim import with_peak_learning_rate
     from model.config import preset
     from model.params import init_params
     from model.sharding import param_shardings
@@ -210,6 +207,15 @@ def test_the_state_is_placed_on_the_mesh_with_moments_sharded_like_their_params(
     assert split > 0
     assert placed.step.sharding.spec == PartitionSpec() and placed.rng.sharding.mesh == mesh
     assert all(leaf.sharding.mesh == mesh for leaf in jax.tree.leaves(placed))
+
+    shardings = param_shardings(config, mesh, params)
+    built = initial_states(params, optimizer, freeze, 0, [1e-3, 3e-2], shardings, mesh)
+    for state, lr in zip(built, [1e-3, 3e-2]):
+        want = placed.replace(opt_state=with_peak_learning_rate(placed.opt_state, lr))
+        assert jax.tree.structure(state) == jax.tree.structure(want)
+        for got, expected, placement in zip(*map(jax.tree.leaves, (state, want, placed))):
+            assert got.sharding == placement.sharding and got.dtype == expected.dtype
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
 def test_expert_data_from_a_jsonl_file_and_a_held_out_set_that_shares_no_prompt(cache, tmp_path):

@@ -16,18 +16,13 @@ from launch.cli import main
 from launch.config import ConfigError, resolve
 from launch.metrics import read_metrics
 from launch.sft_run import run_sft, run_sft_sweep, with_learning_rate
+from tests.launch.resume_check import saved_weights
 
 OVERRIDES = ["steps=4", "eval_every=2", "checkpoint.every_steps=2", "train_examples=16", "eval_examples=4",
              "greedy_examples=0", "log_every=1", "max_consecutive_skips=2"]
 LRS = (1e-3, 3e-3)
 DIVERGING = 1e30  # the first update blows the params up; every later step is non-finite and skipped
 GRID_LRS = LRS + (DIVERGING,)
-
-
-def _safetensors(directory):
-    from safetensors.numpy import load_file
-
-    return {name: array for file in sorted(directory.glob("*.safetensors")) for name, array in load_file(file).items()}
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +82,7 @@ def test_vmapped_members_equal_separate_runs(grid, tmp_path):
             for key in ("loss", "heldout_loss", "lr", "gflops", "tokens"):
                 if key in b:
                     assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (key, a["step"])
-        ours, theirs = _safetensors(member / "final"), _safetensors(separate / "final")
+        ours, theirs = saved_weights(member / "final"), saved_weights(separate / "final")
         assert ours.keys() == theirs.keys()
         for name in theirs:
             np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-6, err_msg=name)

@@ -10,11 +10,12 @@ GPU mode (--gpu): an 11B-shaped model (Llama 3.2 11B Vision's widths; --layers d
 cross-attention layer as in the 11B, so per-layer shapes are the real ones and the run fits one GPU) in bf16
 compute with fp32 master weights and remat ("full"), one image per example, and reports MFU = 6 N D / (time x
 peak bf16 FLOP/s) with N every parameter, plus the device name. Peak FLOP/s come from a small table of dense bf16
-figures (--peak-tflops overrides).
+figures (--peak-tflops overrides). It plans the step's memory first (launch.plan), stops in one sentence when the
+plan exceeds what the device gives JAX, and reports the plan next to the device's measured peak.
 
 One JSON line per mode. Examples:
   PYTHONPATH=. JAX_PLATFORMS=cpu python benchmarks/sft_train.py
-  PYTHONPATH=. python benchmarks/sft_train.py --gpu --batch 8 --seq 2048 --layers 10
+  PYTHONPATH=. python benchmarks/sft_train.py --gpu            # 5 layers, 2 x 2048 tokens (GPU_SHAPE)
 """
 
 from __future__ import annotations
@@ -134,43 +135,70 @@ def cpu_benchmark(args) -> dict:
     return result
 
 
+# The GPU mode's shape: 11B widths with 5 decoder layers (one of them cross-attention), 2 x 2048 tokens. Planned
+# (launch.plan) at ~57 GiB with fp32 master weights and Adam state, which leaves one 80 GB H100 room for XLA's
+# scratch; 10 layers x 8 rows would plan at ~109 GiB and not fit.
+GPU_SHAPE = {"layers": 5, "batch": 2, "seq": 2048}
+
+
+def gpu_config(shape_preset: str, layers: int, remat: str):
+    """`shape_preset`'s widths with `layers` decoder layers (every 5th from 3 a cross-attention layer, as in the
+    11B), bf16 compute, fp32 params."""
+    base = model.preset(shape_preset)
+    cross = tuple(i for i in range(layers) if i % 5 == 3)
+    return base.replace(text=dataclasses.replace(base.text, num_hidden_layers=layers, cross_attention_layers=cross),
+                        dtype="bfloat16", remat=remat)
+
+
 def gpu_benchmark(args) -> dict:
+    from launch.mesh import MeshConfig
+    from launch.plan import PlanConfig, plan
+
     device = jax.devices()[0]
-    base = model.preset(args.shape_preset)
-    cross = tuple(i for i in range(args.layers) if i % 5 == 3)
-    config = base.replace(text=dataclasses.replace(base.text, num_hidden_layers=args.layers,
-                                                   cross_attention_layers=cross),
-                          dtype="bfloat16", remat=args.remat)
+    config = gpu_config(args.shape_preset, args.layers, args.remat)
+    freeze = ("vision_encoder",) if args.freeze_vision else ()
+    planned = plan(PlanConfig(model=config, mesh=MeshConfig.parse("data=1,fsdp=1,tensor=1"), devices=1,
+                              freeze=freeze, batch_size=args.batch, seq_len=args.seq, remat=args.remat))["train_total"]
+    limit = (device.memory_stats() or {}).get("bytes_limit")
+    if limit and planned > limit:  # fail in a second, not after minutes of init and compilation
+        raise SystemExit(f"sft_train: the step plans at {planned / 2**30:.1f} GiB but {device.device_kind} gives "
+                         f"JAX {limit / 2**30:.1f} GiB; use fewer --layers or a smaller --batch or --seq")
     params = model.init_params(jax.random.key(0), config)
     num_params = parameter_count(params)
     batch = make_batch(config, args.batch, args.seq)
-    freeze = ("vision_encoder",) if args.freeze_vision else ()
     warmup, seconds, _ = _median_seconds(
         memgen_step(config, params, batch, compute_dtype="bfloat16", freeze=freeze), args.repeats)
     tokens = args.batch * args.seq
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device.device_kind), None)
     achieved = 6 * num_params * tokens / seconds
-    return {"mode": "gpu", "shape_preset": args.shape_preset, "device": device.device_kind, "layers": args.layers, "cross_attention_layers": cross,
-            "batch": args.batch, "seq": args.seq, "remat": args.remat, "num_params": num_params,
-            "compile_s": round(warmup, 1), "step_s": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
+    used = (device.memory_stats() or {}).get("peak_bytes_in_use")
+    return {"mode": "gpu", "shape_preset": args.shape_preset, "device": device.device_kind, "layers": args.layers,
+            "cross_attention_layers": config.text.cross_attention_layers, "batch": args.batch, "seq": args.seq,
+            "remat": args.remat, "freeze": list(freeze), "num_params": num_params, "compile_s": round(warmup, 1),
+            "step_s": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
             "achieved_tflops": round(achieved / 1e12, 1),
-            "mfu": None if peak is None else round(achieved / (peak * 1e12), 4), "peak_tflops": peak}
+            "mfu": None if peak is None else round(achieved / (peak * 1e12), 4), "peak_tflops": peak,
+            "planned_gib": round(planned / 2**30, 2), "peak_gib": None if used is None else round(used / 2**30, 2),
+            "memory_limit_gib": None if limit is None else round(limit / 2**30, 2)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", action="store_true", help="the 11B-shaped bf16 MFU measurement")
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=None, help=f"default: 8, GPU mode {GPU_SHAPE['batch']}")
+    parser.add_argument("--seq", type=int, default=None, help=f"default: 128, GPU mode {GPU_SHAPE['seq']}")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--layers", type=int, default=10, help="GPU mode: decoder layers of the 11B-shaped model")
+    parser.add_argument("--layers", type=int, default=GPU_SHAPE["layers"],
+                        help="GPU mode: decoder layers of the 11B-shaped model")
     parser.add_argument("--shape-preset", default="11b",
                         help="GPU mode: the model whose widths are used (tiny: a CPU smoke test of this path)")
     parser.add_argument("--remat", default="full", choices=["none", "full", "dots"])
     parser.add_argument("--freeze-vision", action="store_true", help="GPU mode: freeze the vision encoder")
     parser.add_argument("--peak-tflops", type=float, default=None)
     args = parser.parse_args()
+    args.batch = args.batch or (GPU_SHAPE["batch"] if args.gpu else 8)
+    args.seq = args.seq or (GPU_SHAPE["seq"] if args.gpu else 128)
     print(json.dumps(gpu_benchmark(args) if args.gpu else cpu_benchmark(args)))
 
 

@@ -103,8 +103,8 @@ def bench_sft_step(preset: str, quick: bool) -> list[dict]:
                 r["memgen_tokens_per_s"], "train tokens/s", r["transformers_tokens_per_s"],
                 "transformers + torch AdamW", r["memgen_compile_s"], raw=r)]
     if _on_gpu():
-        gpu_args = argparse.Namespace(shape_preset=preset if quick else "11b", layers=5 if quick else 10,
-                                      batch=2 if quick else 8, seq=256 if quick else 2048, remat="full",
+        shape = dict(layers=5, batch=2, seq=256) if quick else script.GPU_SHAPE  # the full one fits one H100
+        gpu_args = argparse.Namespace(shape_preset=preset if quick else "11b", **shape, remat="full",
                                       freeze_vision=False, peak_tflops=None, repeats=1 if quick else 3)
         g = script.gpu_benchmark(gpu_args)
         rows.append(row("SFT train step (GPU)", f"{gpu_args.shape_preset}-shaped, {gpu_args.layers} layers, batch "

@@ -54,12 +54,13 @@ class PlanError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class PlanConfig:
-    """One plan. `model`: a preset (tiny, small, 11b, 90b) or a Hugging Face model directory. `batch_size`
+    """One plan. `model`: a preset (tiny, small, 11b, 90b), a Hugging Face model directory, or a ModelConfig
+    (e.g. a preset with fewer layers, as the GPU benchmarks use). `batch_size`
     global rows per optimizer step (split into `grad_accum_steps` microbatches for activations), `seq_len` tokens
     per row, `num_images` images per row (0: text only), also the sampler's cache size. `freeze`: group names or
     whole-path regexes (as the SFT config). `param_dtype` / `compute_dtype`: None = the model config's."""
 
-    model: str = "11b"
+    model: str | ModelConfig = "11b"
     mesh: MeshConfig = MeshConfig()
     devices: int = 8
     gpu: Literal["h100", "h200"] = "h100"
@@ -76,7 +77,9 @@ class PlanConfig:
 
 # ------------------------------------------------------------------------------------------------ helpers
 def model_config(config: PlanConfig) -> ModelConfig:
-    if Path(config.model).is_dir() or "/" in config.model:
+    if isinstance(config.model, ModelConfig):
+        model = config.model
+    elif Path(config.model).is_dir() or "/" in config.model:
         model = load_hf_config(config.model)
     else:
         model = preset(config.model)
@@ -267,7 +270,8 @@ def plan(config: PlanConfig) -> dict[str, Any]:
     verdict = "fits" if peak <= TIGHT_FRACTION * usable else "tight" if peak <= usable else "does not fit"
     counts = {group: sum(math.prod(x.shape) for x in jax.tree.leaves(params[group])) for group in params}
     return {
-        "model": config.model, "mesh": mesh_shape, "devices": config.devices, "gpu": config.gpu,
+        "model": config.model if isinstance(config.model, str) else "ModelConfig", "mesh": mesh_shape,
+        "devices": config.devices, "gpu": config.gpu,
         "freeze": list(config.freeze), "trainable_groups": sorted(groups),
         "param_counts": counts, "param_dtype": model.param_dtype, "compute_dtype": model.dtype,
         "batch_size": config.batch_size, "seq_len": config.seq_len, "num_images": config.num_images,

@@ -2,10 +2,14 @@
 positive figures, the goal peers and their ratios, compile seconds and the machine; a quick tiny run of the model
 benchmarks (sft_step, sampler, ppo_update, episode) gives their rows with positive rates, the transformers peers'
 ratios and, for the PPO update, first-minibatch losses that agree with the peer's; unknown names stop with one
-sentence."""
+sentence; the GPU SFT benchmark's default shape plans to fit one 80 GB H100, and a shape that does not fit the
+device stops in one sentence before any parameter is made."""
 
+import argparse
 import json
 import math
+
+import pytest
 
 from launch import bench, cli
 
@@ -69,3 +73,29 @@ def test_quick_tiny_model_benchmarks_have_rows_and_peer_ratios(tmp_path):
     assert turns["peer"] == 1.5 and turns["compile_s"] > 0 and turns["raw"]["turns"] == 2
     table = (tmp_path / "bench.md").read_text()
     assert "PPO update (CPU)" in table and "(transformers + torch Adam)" in table and "rollout episodes" in table
+
+
+def test_gpu_sft_benchmark_plans_first_and_stops_when_the_device_is_too_small(monkeypatch):
+    script = bench._script("sft_train")
+
+    class SmallGPU:
+        device_kind = "NVIDIA H100 80GB HBM3"
+
+        def memory_stats(self):
+            return {"bytes_limit": 40 * 2**30}
+
+    def init_params(*args, **kwargs):
+        raise AssertionError("the plan must stop the run before any parameter is made")
+
+    monkeypatch.setattr(script.jax, "devices", lambda *args: [SmallGPU()])
+    monkeypatch.setattr(script.model, "init_params", init_params)
+    args = argparse.Namespace(shape_preset="11b", **script.GPU_SHAPE, remat="full", freeze_vision=False,
+                              peak_tflops=None, repeats=1)
+    with pytest.raises(SystemExit) as stop:
+        script.gpu_benchmark(args)
+    message = str(stop.value)
+    assert ". " not in message and "but NVIDIA H100 80GB HBM3 gives JAX 40.0 GiB" in message, message
+    planned_gib = float(message.split("plans at ")[1].split(" GiB")[0])
+    # the default shape leaves a fifth of what an H100 gives JAX at device_checks.sh's memory fraction (0.95 x
+    # 79.6 GiB) to XLA's scratch above the plan
+    assert 40 < planned_gib < 0.8 * 0.95 * 79.6

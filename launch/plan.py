@@ -55,10 +55,10 @@ class PlanError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class PlanConfig:
     """One plan. `model`: a preset (tiny, small, 11b, 90b), a Hugging Face model directory, or a ModelConfig
-    (e.g. a preset with fewer layers, as the GPU benchmarks use). `batch_size`
-    global rows per optimizer step (split into `grad_accum_steps` microbatches for activations), `seq_len` tokens
-    per row, `num_images` images per row (0: text only), also the sampler's cache size. `freeze`: group names or
-    whole-path regexes (as the SFT config). `param_dtype` / `compute_dtype`: None = the model config's."""
+    (e.g. a preset with fewer layers, as the GPU benchmarks use). `batch_size` global rows per optimizer step
+    (split into `grad_accum_steps` microbatches for activations), `seq_len` tokens per row, `num_images` images
+    per row (0: text only), also the sampler's cache size. `freeze`: group names or whole-path regexes (as the SFT
+    config). `param_dtype` / `compute_dtype`: None = the model config's."""
 
     model: str | ModelConfig = "11b"
     mesh: MeshConfig = MeshConfig()

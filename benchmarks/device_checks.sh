@@ -65,7 +65,10 @@ else
   # 5 decoder layers, 2 x 2048 tokens, remat full (sft_train.GPU_SHAPE, planned to fit one 80 GB H100)
   step sampler_decode 200 "$PYTHON" benchmarks/bench_sampler.py --part gpu --repeats 3
   step sft_mfu 200 "$PYTHON" benchmarks/sft_train.py --gpu --repeats 3
-  parity_tests=(tests/model/test_forward.py tests/model/test_sampler.py -k "not sharded")
+  # Not the 8-device test (one GPU), nor the intermediate-layer test: it hooks transformers' vision layers in a
+  # way that needs transformers >= 5.23 (the GPU image had 5.17, with which the other 19 pass on the CPU here).
+  parity_tests=(tests/model/test_forward.py tests/model/test_sampler.py
+                -k "not sharded and not intermediate_layer_conventions")
 fi
 # tests/conftest.py only defaults JAX_PLATFORMS to cpu, so the one set here (the GPU when there is one) wins.
 JAX_PLATFORMS=${JAX_PLATFORMS:-cuda,cpu} JAX_DEFAULT_MATMUL_PRECISION=highest \

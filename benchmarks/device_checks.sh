@@ -24,7 +24,7 @@ OUT=${OUT:-device_out}
 mkdir -p "$OUT"
 PYTHON=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-# JAX takes 75% of a GPU's memory by default; the SFT shape plans at ~57 GiB and needs XLA's scratch on top.
+# JAX takes 75% of a GPU's memory by default; the SFT shape plans at ~65 GiB and needs XLA's scratch on top.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
 jsonl="$OUT/checks.jsonl"
 : > "$jsonl"
@@ -71,7 +71,7 @@ else
   # the scripts' GPU defaults: 11b preset, batch 64, 128-token prompt + 1 image, 64 new tokens; 11B widths with
   # 5 decoder layers, 2 x 2048 tokens, remat full (sft_train.GPU_SHAPE, planned to fit one 80 GB H100)
   step sampler_decode 170 "$PYTHON" benchmarks/bench_sampler.py --part gpu --repeats 3
-  # XLA's CPU memory analysis of this step puts its temporaries at 57 GiB, 2.5x the plan's 23 GiB (the CPU keeps
+  # XLA's CPU memory analysis of this step puts its temporaries at 57 GiB, 1.9x the plan's 31 GiB (the CPU keeps
   # some bf16 work in fp32); should the GPU's be as large, 34 + 57 GiB does not fit an H100: then one row, whose
   # temporaries the same analysis puts at 41.6 GiB.
   step sft_mfu 170 "$PYTHON" benchmarks/sft_train.py --gpu --repeats 3 ||

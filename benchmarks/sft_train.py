@@ -136,8 +136,8 @@ def cpu_benchmark(args) -> dict:
 
 
 # The GPU mode's shape: 11B widths with 5 decoder layers (one of them cross-attention), 2 x 2048 tokens. Planned
-# (launch.plan) at ~57 GiB with fp32 master weights and Adam state, which leaves one 80 GB H100 room for XLA's
-# scratch; 10 layers x 8 rows would plan at ~109 GiB and not fit.
+# (launch.plan) at ~65 GiB with fp32 master weights and Adam state, which leaves one 80 GB H100 some room for XLA's
+# scratch; 10 layers x 8 rows would plan at ~140 GiB and not fit.
 GPU_SHAPE = {"layers": 5, "batch": 2, "seq": 2048}
 
 

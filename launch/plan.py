@@ -201,6 +201,9 @@ def activation_tensors(model: ModelConfig, remat: str, rows: int, seq: int, imag
                 add(layer_tensors(keys=vision_args["tokens"], **vision_args), layers)
             else:
                 add(saved_tensors(remat, **vision_args), layers)
+                # the vision layer being recomputed: its (B x images, heads, T x P, T x P) attention probabilities
+                # over all tiles are the largest tensors of an 11B step with an image (4 x 1608 tokens a side)
+                add(layer_tensors(keys=vision_args["tokens"], **vision_args), 1)
     # logits (B, S, vocab) in the compute dtype, their float32 copy and log-softmax (sft.loss)
     logits = ((rows, seq, t.vocab_size), ("batch", None, "vocab"))
     add([_tensor(*logits, itemsize), _tensor(*logits, 4), _tensor(*logits, 4)], 1)

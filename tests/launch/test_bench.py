@@ -96,6 +96,5 @@ def test_gpu_sft_benchmark_plans_first_and_stops_when_the_device_is_too_small(mo
     message = str(stop.value)
     assert ". " not in message and "but NVIDIA H100 80GB HBM3 gives JAX 40.0 GiB" in message, message
     planned_gib = float(message.split("plans at ")[1].split(" GiB")[0])
-    # the default shape leaves a fifth of what an H100 gives JAX at device_checks.sh's memory fraction (0.95 x
-    # 79.6 GiB) to XLA's scratch above the plan
-    assert 40 < planned_gib < 0.8 * 0.95 * 79.6
+    # the default shape "fits" an H100 in the planner's sense (under 90%) at device_checks.sh's memory fraction
+    assert 40 < planned_gib < 0.9 * 0.95 * 79.6

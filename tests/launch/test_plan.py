@@ -90,6 +90,18 @@ def test_activations_order_and_batch_split():
     assert acts(freeze=("vision_encoder",))["none"] < more  # a frozen vision encoder keeps no activations
 
 
+def test_remat_counts_the_recomputed_vision_layers_attention_over_all_tiles():
+    config = model.preset("11b").replace(dtype="bfloat16")
+    tiles = config.vision.max_num_tiles * (-(-config.vision.num_patches // 8) * 8)  # 4 x 1608 padded patches
+    probs = (2, config.vision.attention_heads, tiles, tiles)
+    for remat in ("dots", "full"):
+        trained = P.activation_tensors(config, remat, rows=2, seq=2048, images=1,
+                                       trainable_groups={"vision_encoder", "language_model"})
+        assert [(n, c) for shape, _, n, c in trained if shape == probs] == [(2, 1), (4, 1)], remat  # bf16 + fp32
+        frozen = P.activation_tensors(config, remat, rows=2, seq=2048, images=1, trainable_groups={"language_model"})
+        assert not [t for t in frozen if t[0] == probs]
+
+
 def test_11b_and_90b_plans():
     r11 = P.plan(P.PlanConfig(model="11b", mesh=MeshConfig(fsdp=8), devices=8, gpu="h100"))
     total = r11["param_counts"]

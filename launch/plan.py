@@ -365,9 +365,10 @@ def run(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ XLA check
 def xla_train_step_memory(config: PlanConfig) -> dict[str, Any]:
-    """Compile the real SFT train step (`sft.train_step` over `model.forward`, text only) sharded by the same
-    rules on this process's first `config.devices` devices, and return XLA's per-device memory analysis next to
-    the plan. Nothing is allocated (abstract params, lower + compile only); use tiny/small configs."""
+    """Compile the real SFT train step (`sft.train_step` over `model.forward`, with `config.num_images` full-tile
+    images per row or text only) sharded by the same rules on this process's first `config.devices` devices, and
+    return XLA's per-device memory analysis next to the plan. Nothing is allocated (abstract params, lower +
+    compile only); use tiny/small configs."""
     import functools
 
     import jax.numpy as jnp
@@ -375,12 +376,10 @@ def xla_train_step_memory(config: PlanConfig) -> dict[str, Any]:
 
     import sft
     from launch.mesh import make_mesh
-    from model.forward import forward as model_forward
     from model.params import param_shapes
     from model.sharding import batch_sharding
+    from sft.batches import forward_from_batch
 
-    if config.num_images:
-        raise PlanError("the XLA check compiles the text-only step; use num_images=0")
     result = plan(config)
     # scanned layers, as the 11B / 90B the planner is for (ModelConfig.scan_layers): an unrolled small model lets
     # XLA schedule several layers' temporaries at once, which the per-layer activation model does not describe
@@ -397,13 +396,16 @@ def xla_train_step_memory(config: PlanConfig) -> dict[str, Any]:
     state_specs = sft.TrainState(step=PartitionSpec(), trainable=trainable_specs, frozen=frozen_specs,
                                  opt_state=optimizer_state_specs(optimizer, opt_state, trainable_specs),
                                  rng=PartitionSpec())
-    shape = (config.batch_size, config.seq_len)
-    batch = {name: jax.ShapeDtypeStruct(shape, jnp.int32) for name in ("input_ids", "attention_mask", "loss_mask")}
-    batch_specs = {name: batch_sharding(mesh, shape).spec for name in batch}
-
-    def logits_fn(params, batch):
-        return model_forward(params, cfg, batch["input_ids"], attention_mask=batch["attention_mask"])
-
+    rows, seq, images, tiles, size = (config.batch_size, config.seq_len, config.num_images, cfg.vision.max_num_tiles,
+                                      cfg.vision.image_size)
+    shapes = {"input_ids": (rows, seq), "attention_mask": (rows, seq), "loss_mask": (rows, seq)}
+    if images:  # the processor's layout (model.processor): every tile used
+        shapes.update(pixel_values=(rows, images, tiles, 3, size, size), aspect_ratio_ids=(rows, images),
+                      aspect_ratio_mask=(rows, images, tiles), cross_attention_mask=(rows, seq, images, tiles))
+    batch = {name: jax.ShapeDtypeStruct(shape, jnp.float32 if name == "pixel_values" else jnp.int32)
+             for name, shape in shapes.items()}
+    batch_specs = {name: batch_sharding(mesh, shape).spec for name, shape in shapes.items()}
+    logits_fn = functools.partial(forward_from_batch, config=cfg)
     named = lambda tree: jax.tree.map(lambda spec: NamedSharding(mesh, spec), tree,  # noqa: E731
                                       is_leaf=lambda x: isinstance(x, PartitionSpec))
     step = functools.partial(sft.train_step, logits_fn=logits_fn, optimizer=optimizer,

@@ -131,13 +131,16 @@ def test_cli_json_hf_directory_and_errors(tmp_path, capsys):
     assert "DOES NOT FIT" in capsys.readouterr().out
 
 
-def test_planner_agrees_with_xla_memory_analysis():
-    """The real SFT step (small preset, text only) compiled with the planned shardings: XLA's argument bytes are
-    the planner's params + optimizer + batch exactly; its temporaries (gradients + activations + XLA's scratch)
+@pytest.mark.parametrize("mesh, devices, images, freeze", [
+    (MeshConfig(data=2, fsdp=2, tensor=2), 8, 0, ("vision_encoder",)),  # text only, sharded
+    (MeshConfig(data=1, fsdp=1, tensor=1), 1, 1, ()),                     # one image per row, the tower trained
+])
+def test_planner_agrees_with_xla_memory_analysis(mesh, devices, images, freeze):
+    """The real SFT step (small preset) compiled with the planned shardings: XLA's argument bytes are the
+    planner's params + optimizer + batch exactly; its temporaries (gradients + activations + XLA's scratch)
     within a factor 1..2.5 of the planner's gradients + activations (docs/plan.md lists the measured factors)."""
-    config = P.PlanConfig(model="small", mesh=MeshConfig(data=2, fsdp=2, tensor=2), devices=8, batch_size=8,
-                          seq_len=128, num_images=0, remat="full", compute_dtype="float32",
-                          freeze=("vision_encoder",))
+    config = P.PlanConfig(model="small", mesh=mesh, devices=devices, batch_size=8, seq_len=128, num_images=images,
+                          remat="full", compute_dtype="float32", freeze=freeze)
     result = P.xla_train_step_memory(config)
     assert abs(result["argument_bytes"] / result["planned_argument_bytes"] - 1) < 1e-3, result
     assert result["alias_bytes"] >= result["plan"]["bytes_per_device"]["optimizer"]  # the state is donated

@@ -191,19 +191,19 @@ def activation_tensors(model: ModelConfig, remat: str, rows: int, seq: int, imag
         add([_tensor((rows, vision_tokens, t.hidden_size), ("batch", None, None), itemsize)], 1)
         add([_tensor((num_cross, rows, vision_tokens, t.num_key_value_heads, t.head_dim),
                      ("layers", "batch", None, "kv_heads", None), itemsize)], 2)
-        if "vision_encoder" in trainable_groups:
-            padded = -(-v.num_patches // 8) * 8
-            vision_args = dict(rows=rows * images, tokens=v.max_num_tiles * padded, hidden=v.hidden_size,
-                               heads=v.attention_heads, kv_heads=v.attention_heads, head_dim=v.head_dim,
-                               mlp=v.intermediate_size, dtype_bytes=itemsize, mlp_tensors=2)
-            layers = v.num_hidden_layers + v.num_global_layers
-            if remat == "none":
-                add(layer_tensors(keys=vision_args["tokens"], **vision_args), layers)
-            else:
-                add(saved_tensors(remat, **vision_args), layers)
-                # the vision layer being recomputed: its (B x images, heads, T x P, T x P) attention probabilities
-                # over all tiles are the largest tensors of an 11B step with an image (4 x 1608 tokens a side)
-                add(layer_tensors(keys=vision_args["tokens"], **vision_args), 1)
+        padded = -(-v.num_patches // 8) * 8
+        vision_args = dict(rows=rows * images, tokens=v.max_num_tiles * padded, hidden=v.hidden_size,
+                           heads=v.attention_heads, kv_heads=v.attention_heads, head_dim=v.head_dim,
+                           mlp=v.intermediate_size, dtype_bytes=itemsize, mlp_tensors=2)
+        if "vision_encoder" in trainable_groups and remat == "none":
+            add(layer_tensors(keys=vision_args["tokens"], **vision_args), v.num_hidden_layers + v.num_global_layers)
+        else:
+            if "vision_encoder" in trainable_groups:
+                add(saved_tensors(remat, **vision_args), v.num_hidden_layers + v.num_global_layers)
+            # one vision layer at work: the one being recomputed under remat, or, frozen, the forward's current
+            # layer. Its (B x images, heads, T x P, T x P) attention probabilities over all tiles are the largest
+            # tensors of an 11B step with an image (4 x 1608 tokens a side).
+            add(layer_tensors(keys=vision_args["tokens"], **vision_args), 1)
     # logits (B, S, vocab) in the compute dtype, their float32 copy and log-softmax (sft.loss)
     logits = ((rows, seq, t.vocab_size), ("batch", None, "vocab"))
     add([_tensor(*logits, itemsize), _tensor(*logits, 4), _tensor(*logits, 4)], 1)

@@ -90,16 +90,22 @@ def test_activations_order_and_batch_split():
     assert acts(freeze=("vision_encoder",))["none"] < more  # a frozen vision encoder keeps no activations
 
 
-def test_remat_counts_the_recomputed_vision_layers_attention_over_all_tiles():
+def test_one_vision_layer_at_work_is_counted_with_its_attention_over_all_tiles():
+    """The vision layer being recomputed under remat, or a frozen tower's current forward layer: its attention
+    probabilities over all four tiles, in the compute dtype and fp32, once; without remat a trained tower keeps
+    every layer's."""
     config = model.preset("11b").replace(dtype="bfloat16")
-    tiles = config.vision.max_num_tiles * (-(-config.vision.num_patches // 8) * 8)  # 4 x 1608 padded patches
-    probs = (2, config.vision.attention_heads, tiles, tiles)
-    for remat in ("dots", "full"):
-        trained = P.activation_tensors(config, remat, rows=2, seq=2048, images=1,
-                                       trainable_groups={"vision_encoder", "language_model"})
-        assert [(n, c) for shape, _, n, c in trained if shape == probs] == [(2, 1), (4, 1)], remat  # bf16 + fp32
-        frozen = P.activation_tensors(config, remat, rows=2, seq=2048, images=1, trainable_groups={"language_model"})
-        assert not [t for t in frozen if t[0] == probs]
+    vision = config.vision
+    tiles = vision.max_num_tiles * (-(-vision.num_patches // 8) * 8)  # 4 x 1608 padded patches
+    probs = (2, vision.attention_heads, tiles, tiles)
+    trained, frozen = {"vision_encoder", "language_model"}, {"language_model"}
+    layers = vision.num_hidden_layers + vision.num_global_layers
+    for remat, groups, count in [("full", trained, 1), ("dots", trained, 1), ("full", frozen, 1),
+                                 ("none", frozen, 1), ("none", trained, layers)]:
+        tensors = P.activation_tensors(config, remat, rows=2, seq=2048, images=1, trainable_groups=groups)
+        assert [(n, c) for shape, _, n, c in tensors if shape == probs] == [(2, count), (4, count)], (remat, groups)
+    text_only = P.activation_tensors(config, "full", rows=2, seq=2048, images=0, trainable_groups=trained)
+    assert not [t for t in text_only if t[0] == probs]
 
 
 def test_11b_and_90b_plans():

@@ -164,7 +164,8 @@ def saved_tensors(remat: str, rows: int, tokens: int, hidden: int, heads: int, k
 
 def activation_tensors(model: ModelConfig, remat: str, rows: int, seq: int, images: int, trainable_groups: set[str]):
     """(per-layer saved tensors x layer count) + one layer's working set + logits/loss, as a list of
-    (shape, logical axes, bytes per element, multiplicity). The vision encoder contributes only when it trains."""
+    (shape, logical axes, bytes per element, multiplicity). The vision encoder's saved tensors count only when it
+    trains; one vision layer at work (recomputed, or a frozen tower's forward) counts whenever there are images."""
     t, v = model.text, model.vision
     itemsize = np.dtype(model.dtype).itemsize
     vision_tokens = images * v.max_num_tiles * v.num_patches

@@ -35,6 +35,7 @@ from jax.sharding import PartitionSpec
 from launch.mesh import MeshConfig, MeshError, abstract_mesh, cache_partition_specs, optimizer_state_specs
 from model.config import ModelConfig, load_hf_config, preset
 from model.sharding import BATCH_AXES, DEFAULT_RULES, logical_axes, partition_spec
+from model.vision import padded_tile_length
 
 GiB = 1024 ** 3
 # Nominal memory (decimal GB, as sold) and what a process can actually allocate (the CUDA context, cuBLAS and
@@ -192,15 +193,15 @@ def activation_tensors(model: ModelConfig, remat: str, rows: int, seq: int, imag
         add([_tensor((rows, vision_tokens, t.hidden_size), ("batch", None, None), itemsize)], 1)
         add([_tensor((num_cross, rows, vision_tokens, t.num_key_value_heads, t.head_dim),
                      ("layers", "batch", None, "kv_heads", None), itemsize)], 2)
-        padded = -(-v.num_patches // 8) * 8
-        vision_args = dict(rows=rows * images, tokens=v.max_num_tiles * padded, hidden=v.hidden_size,
+        vision_args = dict(rows=rows * images, tokens=v.max_num_tiles * padded_tile_length(v), hidden=v.hidden_size,
                            heads=v.attention_heads, kv_heads=v.attention_heads, head_dim=v.head_dim,
                            mlp=v.intermediate_size, dtype_bytes=itemsize, mlp_tensors=2)
+        layers = v.num_hidden_layers + v.num_global_layers
         if "vision_encoder" in trainable_groups and remat == "none":
-            add(layer_tensors(keys=vision_args["tokens"], **vision_args), v.num_hidden_layers + v.num_global_layers)
+            add(layer_tensors(keys=vision_args["tokens"], **vision_args), layers)
         else:
             if "vision_encoder" in trainable_groups:
-                add(saved_tensors(remat, **vision_args), v.num_hidden_layers + v.num_global_layers)
+                add(saved_tensors(remat, **vision_args), layers)
             # one vision layer at work: the one being recomputed under remat, or, frozen, the forward's current
             # layer. Its (B x images, heads, T x P, T x P) attention probabilities over all tiles are the largest
             # tensors of an 11B step with an image (4 x 1608 tokens a side).

@@ -13,6 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import model
 from launch import plan as P
 from launch.mesh import MeshConfig, make_mesh
+from model.vision import padded_tile_length
 
 
 def _jax_device_bytes(tree, specs, mesh):
@@ -96,7 +97,7 @@ def test_one_vision_layer_at_work_is_counted_with_its_attention_over_all_tiles()
     every layer's."""
     config = model.preset("11b").replace(dtype="bfloat16")
     vision = config.vision
-    tiles = vision.max_num_tiles * (-(-vision.num_patches // 8) * 8)  # 4 x 1608 padded patches
+    tiles = vision.max_num_tiles * padded_tile_length(vision)  # 4 x 1608 padded patches
     probs = (2, vision.attention_heads, tiles, tiles)
     trained, frozen = {"vision_encoder", "language_model"}, {"language_model"}
     layers = vision.num_hidden_layers + vision.num_global_layers

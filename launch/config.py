@@ -268,7 +268,9 @@ def _unknown_key(key: str, config: Any) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'{hint}; {_valid_keys_clause(config)}")
 
 
-def _set(config: Any, path: list[str], raw: str, full_key: str, root: Any) -> Any:
+def _parse_override(config: Any, path: list[str], raw: str, full_key: str, root: Any) -> Any:
+    """The value of ``full_key`` (the remaining ``path`` below ``config``) parsed to its field's type; unknown
+    keys, sections and wrong types stop in one sentence."""
     name = path[0]
     if not dataclasses.is_dataclass(config) or name not in {f.name for f in dataclasses.fields(config)}:
         raise _unknown_key(full_key, root)
@@ -276,30 +278,50 @@ def _set(config: Any, path: list[str], raw: str, full_key: str, root: Any) -> An
     if len(path) > 1:
         if not dataclasses.is_dataclass(current):
             raise _unknown_key(full_key, root)
-        return dataclasses.replace(config, **{name: _set(current, path[1:], raw, full_key, root)})
+        return _parse_override(current, path[1:], raw, full_key, root)
     if dataclasses.is_dataclass(current):
         raise ConfigError(f"config key '{full_key}' is a section, not a value; set its fields instead, e.g. "
                           f"'{valid_keys(current, full_key + '.')[0]}=...'; {_valid_keys_clause(root)}")
     annotation = _field_types(type(config))[name]
     try:
-        value = parse_value(raw, annotation)
+        return parse_value(raw, annotation)
     except ValueError as error:
         expected = _type_name(annotation)
         suffix = "" if expected in str(error) else f" ({expected})"
         raise ConfigError(f"config key '{full_key}' got {raw!r}, but {error}{suffix}; "
                           f"{_valid_keys_clause(root)}") from None
-    return dataclasses.replace(config, **{name: value})
+
+
+def _replace(config: Any, changes: dict[str, Any]) -> Any:
+    """``config`` with the nested ``changes`` (field name -> value, or -> the changes of a section) applied,
+    constructing each changed dataclass once, so its checks see all of a command line's overrides together."""
+    return dataclasses.replace(config, **{
+        name: _replace(getattr(config, name), change) if isinstance(change, dict) else change
+        for name, change in changes.items()})
 
 
 def apply_overrides(config: T, overrides: Iterable[str]) -> T:
-    """``config`` with each ``key=value`` override applied in order (later ones win)."""
-    for override in overrides:
+    """``config`` with the ``key=value`` overrides applied (a key given twice: the later one wins). A config's own
+    checks (e.g. PPO's final learning rate <= its learning rate) run once, after all overrides, so their order does
+    not matter; a combination they refuse stops with their sentence."""
+    changes: dict[str, Any] = {}
+    for override in list(overrides):
         key, sep, raw = override.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {override!r} is not of the form key=value, e.g. 'optimizer.lr=1e-5'")
-        config = _set(config, key.split("."), raw, key, config)
-    return config
+        path = key.split(".")
+        value = _parse_override(config, path, raw, key, config)
+        section = changes
+        for name in path[:-1]:
+            section = section.setdefault(name, {})
+        section[path[-1]] = value
+    try:
+        return _replace(config, changes)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(f"the config after the overrides is invalid: {error}") from None
 
 
 # --- dict / JSON ---------------------------------------------------------------------------------------------

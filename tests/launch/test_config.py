@@ -88,6 +88,26 @@ def test_bad_overrides_are_one_clear_sentence(override, message, lists_keys):
         assert "valid keys" not in text
 
 
+def test_a_configs_own_checks_see_all_overrides_at_once():
+    """PPOConfig refuses final_learning_rate > learning_rate. Lowering both below rl-tiny's (1e-2 -> 1e-3) is valid
+    in either order: checked after every override, the first one alone was refused. A combination the config
+    refuses stops in one sentence (not a traceback)."""
+    import launch.rl_config  # noqa: F401  (registers the rl presets)
+    from launch.rl_config import RLConfig
+
+    lowered = ["ppo.learning_rate=1e-5", "ppo.final_learning_rate=1e-6"]
+    for order in (lowered, lowered[::-1]):
+        config = resolve("rl-tiny", order, kind=RLConfig)
+        assert (config.ppo.learning_rate, config.ppo.final_learning_rate) == (1e-5, 1e-6)
+    assert resolve("rl-tiny", ["ppo.learning_rate=1", "ppo.learning_rate=1e-5", "ppo.final_learning_rate=1e-6"],
+                   kind=RLConfig).ppo.learning_rate == 1e-5  # a key given twice: the later one wins
+    with pytest.raises(ConfigError) as error:
+        resolve("rl-tiny", ["ppo.learning_rate=1e-5"], kind=RLConfig)
+    text = str(error.value)
+    assert text.startswith("the config after the overrides is invalid: PPOConfig needs 0 < final_learning_rate")
+    assert "\n" not in text
+
+
 def test_parse_value_handles_optional_literal_and_fixed_tuples():
     assert parse_value("null", Optional[int]) is None and parse_value("3", Optional[int]) == 3
     assert parse_value("2", Literal[1, 2]) == 2

@@ -4,8 +4,8 @@ Runs the CPU miniature of the paper end to end (launch/miniature.py, docs/miniat
 tokenizer, generates GeneralPoints data, trains the `small` model from scratch into a rule-following base, then
 spends equal compute on more SFT and on RL (PPO with multi-turn verification), evaluates in-distribution and
 rule-OOD at several compute points, and writes DIR/report.md, DIR/metrics.jsonl, DIR/summary.json and PNG plots.
-`--preset miniature` is the full experiment (more seeds, longer stages: tens of minutes on a CPU). Re-running the
-same command resumes. It starts by printing one episode of the task, so you see what the model is asked.
+`--preset miniature` is the full experiment (seeds 0, 1, 2; the demo is its seed 0: tens of minutes on a CPU).
+Re-running the same command resumes. It starts by printing one episode of the task, so you see what the model is asked.
 """
 
 from __future__ import annotations

@@ -386,7 +386,14 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, _prefix: str = "") -> T:
     if unknown:
         raise ConfigError(f"unknown config key '{_prefix}{unknown[0]}' in {cls.__name__}; valid keys are: "
                           f"{', '.join(_prefix + name for name in sorted(names))}")
-    return cls(**{name: _coerce(value, hints[name], _prefix + name) for name, value in data.items()})
+    values = {name: _coerce(value, hints[name], _prefix + name) for name, value in data.items()}
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except ValueError as error:  # the class's own checks, e.g. PPO's final learning rate <= its learning rate
+        raise ConfigError(f"config section '{_prefix.rstrip('.') or cls.__name__}' is invalid: {error} Fix the "
+                          "config file.") from None
 
 
 def save_config(config: Any, run_dir: str | os.PathLike) -> Path:

@@ -137,6 +137,9 @@ def test_bad_config_files_are_one_clear_sentence(tmp_path):
         from_dict(SFTConfig, {"checkpoint": {"keep": True}})
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(SFTConfig, tmp_path)
+    from launch.rl_config import RLConfig
+    with pytest.raises(ConfigError, match=r"^config section 'ppo' is invalid: PPOConfig needs 0 < final_learning_rate"):
+        from_dict(RLConfig, {"ppo": {"learning_rate": 1e-5, "final_learning_rate": 1e-4}})
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="is not valid JSON"):
         load_config(SFTConfig, tmp_path)

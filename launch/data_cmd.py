@@ -122,13 +122,9 @@ def task_data(task: str) -> TaskData:
 
 
 def resolve_config(data: TaskData, overrides: list[str]) -> Any:
-    """The task config with `key=value` overrides applied; a field the task rejects is a ConfigError."""
-    try:
-        config = apply_overrides(data.base_config, overrides)
-    except ValueError as error:  # the task config's own validation (__post_init__)
-        if isinstance(error, ConfigError):
-            raise
-        raise ConfigError(f"the task config rejects the overrides: {error}") from None
+    """The task config with `key=value` overrides applied; a field the task rejects is a ConfigError (raised by
+    apply_overrides, which runs the task config's own checks once after all overrides)."""
+    config = apply_overrides(data.base_config, overrides)
     if getattr(config, "modality", None) != getattr(data.base_config, "modality", None):
         raise ConfigError("the modality comes from --task (gp-l / gp-vl, virl-l / virl-vl); drop the modality= "
                           "override")

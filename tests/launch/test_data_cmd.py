@@ -54,7 +54,7 @@ def test_evaluation_split_first_prompts_use_the_split_config(tmp_path, split, ca
 @pytest.mark.parametrize("argv, message", [
     (["--task", "gp-xl"], "unknown task 'gp-xl'"),
     (["--task", "gp-l", "targt=3"], "unknown config key 'targt' (did you mean 'target'?)"),
-    (["--task", "gp-l", "num_cards=9"], "the task config rejects the overrides"),
+    (["--task", "gp-l", "num_cards=9"], "the config after the overrides is invalid: GeneralPointsConfig: num_cards"),
     (["--task", "gp-l", "--split", "visual_ood"], "has no split 'visual_ood'"),
     (["--task", "gp-l", "--size", "0"], "--size must be at least 1"),
     (["--task", "gp-l", "modality=vision"], "the modality comes from --task"),

@@ -67,7 +67,7 @@ class SFTArmConfig:
     derived from the RL arm's measured compute."""
 
     # the miniature's SFT-vs-RL result depends on this: at 1e-4 SFT ends below RL on rule-OOD (8 seeds), at RL's
-    # 1e-5 above it (docs/miniature.md, "Control")
+    # 1e-5 or 3e-5 above it (docs/miniature.md, "Control")
     lr: float = 1e-4
     batch_size: int = 32
     examples: int = 4096

@@ -33,8 +33,7 @@ def measure(model: str = "small", batch: int = 8, seq: int = 128,
     sharding constraints. `images` full-tile images per row; the vision encoder is frozen unless `train_vision`."""
     for mesh_text in meshes:
         mesh_config = MeshConfig.parse(mesh_text)
-        devices = mesh_config.data * mesh_config.fsdp * mesh_config.tensor
-        devices = 8 if devices < 0 else devices  # an axis of -1 takes the rest of 8
+        devices = mesh_config.fixed_device_count(default=8)  # an axis of -1 takes the rest of 8
         mesh = make_mesh(mesh_config, jax.devices()[:devices])
         for remat in remats:
             config = P.PlanConfig(model=model, mesh=mesh_config, devices=devices, batch_size=batch,

@@ -51,6 +51,11 @@ class MeshConfig:
     def sizes_as_given(self) -> dict[str, int]:
         return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
 
+    def fixed_device_count(self, default: int) -> int:
+        """The device count the sizes fix (their product), or ``default`` when an axis is -1 (the rest)."""
+        sizes = self.sizes_as_given().values()
+        return default if -1 in sizes else math.prod(sizes)
+
     def describe(self) -> str:
         return ",".join(f"{name}={size}" for name, size in self.sizes_as_given().items())
 

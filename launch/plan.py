@@ -311,10 +311,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> PlanConfig:
     mesh = MeshConfig.parse(args.mesh)
-    devices = args.devices
-    if devices is None:
-        sizes = mesh.sizes_as_given().values()
-        devices = math.prod(sizes) if -1 not in sizes else 8
+    devices = args.devices if args.devices is not None else mesh.fixed_device_count(default=8)
     return PlanConfig(model=args.model, mesh=mesh, devices=devices, gpu=args.gpu, freeze=tuple(args.freeze),
                       batch_size=args.batch, seq_len=args.seq, num_images=args.images,
                       grad_accum_steps=args.grad_accum, remat=args.remat, param_dtype=args.param_dtype,

@@ -24,6 +24,9 @@ def test_mesh_config_resolves_the_rest_and_rejects_bad_products():
     with pytest.raises(MeshError, match="at most one"):
         MeshConfig(data=-1, fsdp=-1)
     assert MeshConfig.parse("data=2, tensor=4") == MeshConfig(data=2, fsdp=-1, tensor=4)
+    assert MeshConfig(data=2, fsdp=1, tensor=4).fixed_device_count(default=8) == 8
+    assert MeshConfig(data=1, fsdp=1, tensor=1).fixed_device_count(default=8) == 1
+    assert MeshConfig(data=2, fsdp=-1).fixed_device_count(default=16) == 16
     with pytest.raises(MeshError, match="not AXIS=SIZE"):
         MeshConfig.parse("pipeline=2")
 

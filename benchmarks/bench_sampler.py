@@ -32,6 +32,7 @@ import numpy as np
 
 import model
 from model import sampler
+from model.processor import random_image_inputs
 
 # peak HBM bandwidth (bytes/s) by a substring of jax's device_kind; --hbm-tbps overrides
 PEAK_BANDWIDTH = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100 NVL": 3.9e12, "H100": 3.35e12, "A100": 2.0e12}
@@ -45,16 +46,9 @@ def prompt_batch(config, batch: int, length: int, images: int, seed: int = 0) ->
     ids[:, 0] = text.bos_token_id
     inputs = dict(input_ids=ids, attention_mask=np.ones((batch, length), np.int32))
     if images:
-        v = config.vision
         ids[:, 1:1 + images] = config.image_token_index
-        inputs["pixel_values"] = rng.standard_normal(
-            (batch, images, v.max_num_tiles, 3, v.image_size, v.image_size)).astype(np.float32)
-        inputs["aspect_ratio_ids"] = np.full((batch, images), 6, np.int32)  # (2, 2): all four tiles
-        inputs["aspect_ratio_mask"] = np.ones((batch, images, v.max_num_tiles), np.int32)
-        cross = np.zeros((batch, length, images, v.max_num_tiles), np.int32)
-        for image in range(images):
-            cross[:, 1 + image:, image] = 1  # consecutive image tokens: all spans run to the end
-        inputs["cross_attention_mask"] = cross
+        inputs.update(random_image_inputs(ids, config.image_token_index, images, config.vision.max_num_tiles,
+                                          config.vision.image_size, rng))
     return inputs
 
 

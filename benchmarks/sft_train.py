@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 import model
-from model.processor import cross_attention_mask
+from model.processor import random_image_inputs
 from launch.hugepages import huge_pages_on
 from rl.compute import parameter_count
 from sft.batches import forward_from_batch
@@ -50,17 +50,12 @@ def make_batch(config, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndar
     ids = rng.integers(0, vocab - 16, (batch, seq)).astype(np.int32)
     ids[:, 0] = config.text.bos_token_id
     ids[:, 1] = image_id
-    tiles, size = config.vision.max_num_tiles, config.vision.image_size
-    pixel_values = rng.standard_normal((batch, 1, tiles, 3, size, size)).astype(np.float32)
-    num_tiles = np.full((batch, 1), tiles, np.int32)
     loss_mask = np.zeros((batch, seq), np.int32)
     loss_mask[:, 2:] = 1
     return {"input_ids": ids, "attention_mask": np.ones((batch, seq), np.int32),
             "position_ids": np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy(),
-            "loss_mask": loss_mask, "pixel_values": pixel_values,
-            "aspect_ratio_ids": np.full((batch, 1), len(config.vision.supported_aspect_ratios), np.int32),
-            "aspect_ratio_mask": np.ones((batch, 1, tiles), np.int32),
-            "cross_attention_mask": cross_attention_mask(ids, image_id, num_tiles, tiles)}
+            "loss_mask": loss_mask,
+            **random_image_inputs(ids, image_id, 1, config.vision.max_num_tiles, config.vision.image_size, rng)}
 
 
 def _median_seconds(step, repeats: int) -> tuple[float, float, float]:

@@ -316,12 +316,18 @@ def apply_overrides(config: T, overrides: Iterable[str]) -> T:
         for name in path[:-1]:
             section = section.setdefault(name, {})
         section[path[-1]] = value
+    return _checked(lambda: _replace(config, changes), "the config after the overrides")
+
+
+def _checked(build: Callable[[], T], what: str, advice: str = "") -> T:
+    """``build()``, with a config class's own check failing in it (a ValueError from its ``__post_init__``, e.g.
+    PPO's final learning rate above its learning rate) stopped as one sentence naming ``what`` was invalid."""
     try:
-        return _replace(config, changes)
+        return build()
     except ConfigError:
         raise
     except ValueError as error:
-        raise ConfigError(f"the config after the overrides is invalid: {error}") from None
+        raise ConfigError(f"{what} is invalid: {error}{advice}") from None
 
 
 # --- dict / JSON ---------------------------------------------------------------------------------------------
@@ -387,13 +393,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, _prefix: str = "") -> T:
         raise ConfigError(f"unknown config key '{_prefix}{unknown[0]}' in {cls.__name__}; valid keys are: "
                           f"{', '.join(_prefix + name for name in sorted(names))}")
     values = {name: _coerce(value, hints[name], _prefix + name) for name, value in data.items()}
-    try:
-        return cls(**values)
-    except ConfigError:
-        raise
-    except ValueError as error:  # the class's own checks, e.g. PPO's final learning rate <= its learning rate
-        raise ConfigError(f"config section '{_prefix.rstrip('.') or cls.__name__}' is invalid: {error} Fix the "
-                          "config file.") from None
+    return _checked(lambda: cls(**values), f"config section '{_prefix.rstrip('.') or cls.__name__}'",
+                    " Fix the config file.")
 
 
 def save_config(config: Any, run_dir: str | os.PathLike) -> Path:

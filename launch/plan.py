@@ -376,6 +376,7 @@ def xla_train_step_memory(config: PlanConfig) -> dict[str, Any]:
     import sft
     from launch.mesh import make_mesh
     from model.params import param_shapes
+    from model.processor import image_input_shapes
     from model.sharding import batch_sharding
     from sft.batches import forward_from_batch
 
@@ -395,15 +396,13 @@ def xla_train_step_memory(config: PlanConfig) -> dict[str, Any]:
     state_specs = sft.TrainState(step=PartitionSpec(), trainable=trainable_specs, frozen=frozen_specs,
                                  opt_state=optimizer_state_specs(optimizer, opt_state, trainable_specs),
                                  rng=PartitionSpec())
-    rows, seq, images, tiles, size = (config.batch_size, config.seq_len, config.num_images, cfg.vision.max_num_tiles,
-                                      cfg.vision.image_size)
-    shapes = {"input_ids": (rows, seq), "attention_mask": (rows, seq), "loss_mask": (rows, seq)}
-    if images:  # the processor's layout (model.processor): every tile used
-        shapes.update(pixel_values=(rows, images, tiles, 3, size, size), aspect_ratio_ids=(rows, images),
-                      aspect_ratio_mask=(rows, images, tiles), cross_attention_mask=(rows, seq, images, tiles))
-    batch = {name: jax.ShapeDtypeStruct(shape, jnp.float32 if name == "pixel_values" else jnp.int32)
-             for name, shape in shapes.items()}
-    batch_specs = {name: batch_sharding(mesh, shape).spec for name, shape in shapes.items()}
+    rows, seq = config.batch_size, config.seq_len
+    shapes = {name: ((rows, seq), np.int32) for name in ("input_ids", "attention_mask", "loss_mask")}
+    if config.num_images:
+        shapes.update(image_input_shapes(rows, seq, config.num_images, cfg.vision.max_num_tiles,
+                                         cfg.vision.image_size))
+    batch = {name: jax.ShapeDtypeStruct(shape, dtype) for name, (shape, dtype) in shapes.items()}
+    batch_specs = {name: batch_sharding(mesh, shape).spec for name, (shape, _) in shapes.items()}
     logits_fn = functools.partial(forward_from_batch, config=cfg)
     named = lambda tree: jax.tree.map(lambda spec: NamedSharding(mesh, spec), tree,  # noqa: E731
                                       is_leaf=lambda x: isinstance(x, PartitionSpec))

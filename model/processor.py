@@ -263,3 +263,33 @@ def continuation_cross_attention_mask(mask: np.ndarray, num_new_tokens: int) -> 
     to the end of the sequence, so every appended token attends as the sequence's last position does; this is
     what `cross_attention_mask` of the longer sequence gives for those positions."""
     return np.repeat(mask[:, -1:], num_new_tokens, axis=1)
+
+
+def image_input_shapes(rows: int, seq: int, images: int, max_image_tiles: int,
+                       tile_size: int) -> dict[str, tuple[tuple[int, ...], type]]:
+    """(shape, dtype) of each image array of a batch of `rows` sequences of `seq` tokens with `images` image slots
+    (the layout of the module docstring): what a memory plan compiles against and a benchmark fills with random
+    data (`random_image_inputs`)."""
+    tiles = max_image_tiles
+    return {"pixel_values": ((rows, images, tiles, 3, tile_size, tile_size), np.float32),
+            "aspect_ratio_ids": ((rows, images), np.int32),
+            "aspect_ratio_mask": ((rows, images, tiles), np.int32),
+            "cross_attention_mask": ((rows, seq, images, tiles), np.int32)}
+
+
+def random_image_inputs(token_ids: np.ndarray, image_token_id: int, images: int, max_image_tiles: int,
+                        tile_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Image arrays for `token_ids` (B, S), whose `<|image|>` tokens are already placed: `images` standard-normal
+    images per row, each using every tile in the squarest arrangement that uses them all ((2, 2) of 4 tiles, a
+    large square photo's), and the cross-attention mask `cross_attention_mask` gives. The worst case for compute and memory, for
+    benchmarks."""
+    token_ids = np.asarray(token_ids)
+    rows, seq = token_ids.shape
+    shapes = image_input_shapes(rows, seq, images, max_image_tiles, tile_size)
+    ratios = supported_aspect_ratios(max_image_tiles)
+    full = max((ratio for ratio in ratios if ratio[0] * ratio[1] == max_image_tiles), key=min)
+    num_tiles = np.full((rows, images), max_image_tiles, np.int32)
+    return {"pixel_values": rng.standard_normal(shapes["pixel_values"][0]).astype(np.float32),
+            "aspect_ratio_ids": np.full(shapes["aspect_ratio_ids"][0], ratios.index(full) + 1, np.int32),
+            "aspect_ratio_mask": np.ones(shapes["aspect_ratio_mask"][0], np.int32),
+            "cross_attention_mask": cross_attention_mask(token_ids, image_token_id, num_tiles, max_image_tiles)}

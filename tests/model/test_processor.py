@@ -17,7 +17,9 @@ from model.processor import (
     from_hf_preprocessor_config,
     image_token_spans,
     optimal_canvas,
+    image_input_shapes,
     preprocess_images,
+    random_image_inputs,
     resized_size,
     supported_aspect_ratios,
     to_hf_preprocessor_config,
@@ -168,3 +170,22 @@ def test_cross_attention_mask_equals_transformers(padded_length):
 def test_cross_attention_mask_rejects_more_image_tokens_than_slots():
     with pytest.raises(ValueError, match="image slots"):
         cross_attention_mask(np.array([[IMAGE, IMAGE]]), IMAGE, np.array([[1]]), 4)
+
+
+@pytest.mark.parametrize("max_tiles", [1, 4])
+def test_random_image_inputs_have_the_planned_shapes_and_a_square_photos_full_tiling(max_tiles):
+    """The benchmarks' random images: the shapes the memory plan compiles against, and the tiling and mask the
+    processor gives a large square photo (every tile used)."""
+    tile, rng = 14, np.random.default_rng(0)
+    ids = np.array([[1, 9, 9, 5, 6, 7], [1, 9, 9, 5, 6, 7]])  # consecutive image tokens, as in the benchmarks
+    inputs = random_image_inputs(ids, 9, 2, max_tiles, tile, rng)
+    for name, (shape, dtype) in image_input_shapes(2, 6, 2, max_tiles, tile).items():
+        assert inputs[name].shape == shape and inputs[name].dtype == dtype, name
+    photo = preprocess_images([[np.full((8 * tile, 8 * tile, 3), 128, np.uint8)] * 2] * 2,
+                              ImageProcessorConfig(tile_size=tile, max_image_tiles=max_tiles))
+    np.testing.assert_array_equal(inputs["aspect_ratio_ids"], photo.aspect_ratio_ids)
+    np.testing.assert_array_equal(inputs["aspect_ratio_mask"], photo.aspect_ratio_mask)
+    np.testing.assert_array_equal(inputs["cross_attention_mask"],
+                                  cross_attention_mask(ids, 9, photo.num_tiles, max_tiles))
+    mask = inputs["cross_attention_mask"]  # image i's span runs from its token to the end
+    assert mask[:, 1:, 0].all() and mask[:, 2:, 1].all() and mask[:, :1].sum() + mask[:, 1, 1].sum() == 0

@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from launch.curves import Curve, collect_curves, savgol_window, smooth  # noqa: E402
@@ -72,6 +73,9 @@ def set_compute_axis(ax, gflops: np.ndarray) -> None:
     positive = gflops[gflops > 0]
     ax.set_xlabel("training compute (GFLOPs)")
     if positive.size < 2 or positive.max() / positive.min() < 30:
+        # a run's compute sits far from 0 (the base's GFLOPs come first): six-digit plain labels would overlap
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useMathText=True)
         return
     if np.any(gflops <= 0):
         ax.set_xscale("symlog", linthresh=float(positive.min()))

@@ -79,3 +79,15 @@ def test_budget_points_compare_at_the_compute_all_budgets_reached(tmp_path):
     assert [(p.verify_budget, p.gflops) for p in points] == [(1, 2000.0), (5, 2000.0)]
     assert [p.final for p in points] == pytest.approx([0.14, 0.3])  # budget 1 at step 20, not its step 30
     assert [p.initial for p in points] == pytest.approx([0.1, 0.1])
+
+
+def test_a_linear_compute_axis_far_from_zero_gets_short_tick_labels():
+    """A miniature's x runs from the base's ~9.4e4 GFLOPs to ~1.3e5: plain six-digit labels overlapped."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot([94_000, 130_000], [0, 1])
+    set_compute_axis(ax, np.array([94_000, 105_000, 130_000], dtype=float))
+    fig.canvas.draw()
+    labels = [tick.get_text().replace("\\mathdefault", "").strip("${}") for tick in ax.get_xticklabels()]
+    assert 3 <= len(labels) <= 7 and all(len(label) <= 5 for label in labels), labels
+    assert "10^{5}" in ax.xaxis.get_offset_text().get_text()
+    plt.close(fig)

@@ -67,7 +67,8 @@ class SFTArmConfig:
     derived from the RL arm's measured compute."""
 
     # the miniature's SFT-vs-RL result depends on this: at 1e-4 SFT ends below RL on rule-OOD (8 seeds), at RL's
-    # 1e-5 or 3e-5 above it (docs/miniature.md, "Control")
+    # 1e-5 or 3e-5 above it; with 3x the compute 3e-5 falls below RL too, 1e-5 does not (it never fits the
+    # training rule hard; docs/miniature.md, "Control" and "Three times the compute")
     lr: float = 1e-4
     batch_size: int = 32
     examples: int = 4096

@@ -79,7 +79,8 @@ class RLArmConfig:
     """The RL arm: ``updates`` PPO updates on ``episodes_per_update`` in-distribution episodes sampled at
     ``temperature``; Adam at ``lr`` decaying (cosine) to ``final_lr``; ``epochs`` passes over the buffer in
     minibatches of ``minibatch_size`` transitions; the paper's clip 0.1, value coefficient 0.5, gamma 0.9,
-    lambda 0.95."""
+    lambda 0.95. No KL to the base by default (the paper has none); ``kl_mode`` "k1_reward" or "k3_loss" with
+    ``kl_coef`` > 0 adds one (rl.ppo.PPOConfig), e.g. to hold a larger ``lr`` near the base."""
 
     updates: int = 12
     episodes_per_update: int = 32
@@ -91,6 +92,13 @@ class RLArmConfig:
     minibatch_size: int = 32
     temperature: float = 0.7
     max_grad_norm: float = 1.0
+    kl_mode: Optional[Literal["k1_reward", "k3_loss"]] = None
+    kl_coef: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (self.kl_mode is None) != (self.kl_coef == 0.0) or self.kl_coef < 0:
+            raise ValueError(f"a KL penalty needs both rl.kl_mode (k1_reward or k3_loss) and rl.kl_coef > 0, got "
+                             f"kl_mode={self.kl_mode!r}, kl_coef={self.kl_coef}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,7 +330,8 @@ def rl_arm_config(config: MiniatureConfig, base_dir: Path, seed: int):
 
     rl = config.rl
     ppo = PPOConfig(minibatch_size=rl.minibatch_size, epochs=rl.epochs, learning_rate=rl.lr,
-                    final_learning_rate=rl.final_lr, max_grad_norm=rl.max_grad_norm, gae=GAEConfig(0.9, 0.95))
+                    final_learning_rate=rl.final_lr, max_grad_norm=rl.max_grad_norm, gae=GAEConfig(0.9, 0.95),
+                    kl_mode=rl.kl_mode, kl_coef=rl.kl_coef)
     return RLConfig(init=str(base_dir), seed=seed, updates=rl.updates, episodes_per_update=rl.episodes_per_update,
                     episodes=episode_config(config, temperature=rl.temperature), ppo=ppo,
                     eval_every=max(1, rl.updates // config.eval_points), eval_episodes=config.eval_episodes,

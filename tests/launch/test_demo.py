@@ -9,8 +9,9 @@ import pytest
 
 from launch.cli import main
 from launch.config import get_preset
+from launch.config import ConfigError, apply_overrides
 from launch.miniature import (MiniatureConfig, MiniatureError, base_cells, check_disjoint, rank_multisets,
-                              training_and_evaluation_hands, verdict_sentences)
+                              rl_arm_config, training_and_evaluation_hands, verdict_sentences)
 from launch.report import ChangeRow, paper_pattern_sentences
 from tasks.general_points import Card
 
@@ -87,6 +88,16 @@ def test_a_changed_config_refuses_an_existing_directory(tmp_path, capsys):
     (tmp_path / "miniature.json").write_text(json.dumps({"num_cards": 4}))
     assert main(["demo", "--preset", "miniature-tiny", "--out", str(tmp_path)]) == 2
     assert "another config" in capsys.readouterr().err
+
+
+def test_a_kl_penalty_reaches_the_rl_arms_ppo_and_half_of_one_is_refused(tmp_path):
+    config = apply_overrides(get_preset("miniature", kind=MiniatureConfig), ["rl.kl_mode=k3_loss", "rl.kl_coef=0.05"])
+    ppo = rl_arm_config(config, tmp_path, seed=0).ppo
+    assert (ppo.kl_mode, ppo.kl_coef) == ("k3_loss", 0.05)
+    assert rl_arm_config(get_preset("miniature", kind=MiniatureConfig), tmp_path, seed=0).ppo.kl_mode is None
+    for half in (["rl.kl_coef=0.05"], ["rl.kl_mode=k1_reward"]):
+        with pytest.raises(ConfigError, match="needs both rl.kl_mode"):
+            apply_overrides(get_preset("miniature", kind=MiniatureConfig), half)
 
 
 def test_base_mixture_covers_both_rules_all_targets_and_revisions():

@@ -272,8 +272,7 @@ def image_input_shapes(rows: int, seq: int, images: int, max_image_tiles: int,
     data (`random_image_inputs`)."""
     tiles = max_image_tiles
     return {"pixel_values": ((rows, images, tiles, 3, tile_size, tile_size), np.float32),
-            "aspect_ratio_ids": ((rows, images), np.int32),
-            "aspect_ratio_mask": ((rows, images, tiles), np.int32),
+            "aspect_ratio_ids": ((rows, images), np.int32), "aspect_ratio_mask": ((rows, images, tiles), np.int32),
             "cross_attention_mask": ((rows, seq, images, tiles), np.int32)}
 
 
@@ -281,8 +280,8 @@ def random_image_inputs(token_ids: np.ndarray, image_token_id: int, images: int,
                         tile_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Image arrays for `token_ids` (B, S), whose `<|image|>` tokens are already placed: `images` standard-normal
     images per row, each using every tile in the squarest arrangement that uses them all ((2, 2) of 4 tiles, a
-    large square photo's), and the cross-attention mask `cross_attention_mask` gives. The worst case for compute and memory, for
-    benchmarks."""
+    large square photo's), and the cross-attention mask `cross_attention_mask` gives: the worst case for compute
+    and memory, for benchmarks."""
     token_ids = np.asarray(token_ids)
     rows, seq = token_ids.shape
     shapes = image_input_shapes(rows, seq, images, max_image_tiles, tile_size)

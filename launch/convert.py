@@ -75,20 +75,42 @@ def load_orbax(orbax_dir: str | Path):
     except (json.JSONDecodeError, ConfigError) as error:
         raise ConvertError(f"{config_file} is not a model config ({error}); re-create the directory with "
                            "'memgen convert hf-to-orbax'") from None
+    params = None
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             metadata = checkpointer.metadata(params_dir)
             tree = getattr(metadata, "item_metadata", metadata)
             has_value_head = "value_head" in tree
             expected = model.param_shapes(config, value_head=has_value_head)
-            params = checkpointer.restore(params_dir, expected)
-    except ConvertError:
-        raise
-    except Exception as error:  # orbax raises many types for a damaged or mismatched checkpoint
+            # checked before restoring: a refused restore leaves orbax's read tasks behind, which print tracebacks
+            # ("Event loop is closed") after the one sentence when the process exits
+            message = _shape_mismatch(tree, expected)
+            params = None if message else checkpointer.restore(params_dir, expected)
+    except Exception as error:  # orbax raises many types for a damaged checkpoint
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if params is None:
         raise ConvertError(f"cannot restore the params in {params_dir} for the config in {config_file} "
-                           f"({message}); re-create it with 'memgen convert hf-to-orbax'") from None
+                           f"({message}); re-create it with 'memgen convert hf-to-orbax'")
     return config, params
+
+
+def _shape_mismatch(stored, expected) -> str | None:
+    """Where a checkpoint's stored param tree (orbax metadata leaves) differs from the config's abstract params:
+    a param missing on either side or stored with another shape; None when they agree."""
+    def by_path(tree) -> dict:  # '/'-joined names, as the freeze patterns write them
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {"/".join(str(getattr(key, "key", key)) for key in path): leaf for path, leaf in leaves}
+
+    stored, expected = by_path(stored), by_path(expected)
+    for key in sorted(set(stored) | set(expected)):
+        if key not in stored:
+            return f"{key} is not stored"
+        if key not in expected:
+            return f"{key} is stored but not in the config's model"
+        if tuple(stored[key].shape) != tuple(expected[key].shape):
+            return (f"{key} is stored as {tuple(stored[key].shape)}, the config's model has "
+                    f"{tuple(expected[key].shape)}")
+    return None
 
 
 def _latest_step(checkpoints: Path) -> int | None:

@@ -3,7 +3,10 @@ exported directory loads in transformers with the logits of model.forward, bad d
 sentence."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +90,23 @@ def test_bad_directories_stop_with_one_sentence(round_trip, tmp_path, capsys):
         assert cli.main(["convert", *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (argv, err)
+
+
+def test_a_mismatched_checkpoint_is_one_line_on_stderr_even_at_exit(round_trip, tmp_path):
+    """The shapes are compared before orbax restores: a refused restore left read tasks that printed two
+    "Event loop is closed" tracebacks after the sentence when the process exited (unseen by cli.main in-process)."""
+    root, _ = round_trip
+    damaged = tmp_path / "damaged"
+    shutil.copytree(root / "orbax", damaged)
+    config = json.loads((damaged / "model_config.json").read_text())
+    config["text"]["hidden_size"] *= 2
+    (damaged / "model_config.json").write_text(json.dumps(config))
+    result = subprocess.run([sys.executable, "-m", "launch.cli", "convert", "orbax-to-hf", "--orbax", str(damaged),
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "is stored as" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_sft_run_directory_exports_the_checkpoints_combined_params(tmp_path, capsys):

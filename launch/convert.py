@@ -75,7 +75,6 @@ def load_orbax(orbax_dir: str | Path):
     except (json.JSONDecodeError, ConfigError) as error:
         raise ConvertError(f"{config_file} is not a model config ({error}); re-create the directory with "
                            "'memgen convert hf-to-orbax'") from None
-    params = None
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             metadata = checkpointer.metadata(params_dir)
@@ -84,24 +83,21 @@ def load_orbax(orbax_dir: str | Path):
             expected = model.param_shapes(config, value_head=has_value_head)
             # checked before restoring: a refused restore leaves orbax's read tasks behind, which print tracebacks
             # ("Event loop is closed") after the one sentence when the process exits
-            message = _shape_mismatch(tree, expected)
-            params = None if message else checkpointer.restore(params_dir, expected)
+            problem = _shape_mismatch(tree, expected)
+            if problem is None:
+                return config, checkpointer.restore(params_dir, expected)
     except Exception as error:  # orbax raises many types for a damaged checkpoint
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    if params is None:
-        raise ConvertError(f"cannot restore the params in {params_dir} for the config in {config_file} "
-                           f"({message}); re-create it with 'memgen convert hf-to-orbax'")
-    return config, params
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+    raise ConvertError(f"cannot restore the params in {params_dir} for the config in {config_file} "
+                       f"({problem}); re-create it with 'memgen convert hf-to-orbax'")
 
 
 def _shape_mismatch(stored, expected) -> str | None:
     """Where a checkpoint's stored param tree (orbax metadata leaves) differs from the config's abstract params:
     a param missing on either side or stored with another shape; None when they agree."""
-    def by_path(tree) -> dict:  # '/'-joined names, as the freeze patterns write them
-        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-        return {"/".join(str(getattr(key, "key", key)) for key in path): leaf for path, leaf in leaves}
+    from model.params import leaves_by_path
 
-    stored, expected = by_path(stored), by_path(expected)
+    stored, expected = leaves_by_path(stored), leaves_by_path(expected)
     for key in sorted(set(stored) | set(expected)):
         if key not in stored:
             return f"{key} is not stored"

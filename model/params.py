@@ -103,6 +103,17 @@ def get_path(tree: dict, path: tuple[str, ...]):
     return tree
 
 
+def leaves_by_path(tree: Any) -> dict[str, Any]:
+    """``{'/'-joined key path: leaf}`` of any pytree (params, their abstract shapes, orbax's metadata tree): the
+    names that freeze patterns and parameter counts match."""
+    def name(key: Any) -> str:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(key, attribute):
+                return str(getattr(key, attribute))
+        return str(key)
+    return {"/".join(name(key) for key in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def text_leaves(config: ModelConfig):
     """Every text leaf as (full path in the param tree, shape, logical axes, Leaf, layer indices or None).
     Stacked leaves get the "layers" axis first and the decoder layer indices they hold (in stacking order)."""

@@ -15,7 +15,7 @@ import dataclasses
 import re
 from typing import Any
 
-import jax
+from model.params import leaves_by_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,17 +74,5 @@ def parameter_count(params: Any, *, exclude: str | None = None) -> int:
     """The number of scalars in a params pytree, leaving out leaves whose path (keys joined by '/') matches the
     regex `exclude`, e.g. r"embed_tokens|lm_head" for a non-embedding count."""
     pattern = re.compile(exclude) if exclude is not None else None
-    count = 0
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        name = "/".join(_key_name(key) for key in path)
-        if pattern is not None and pattern.search(name):
-            continue
-        count += int(getattr(leaf, "size", 1))
-    return count
-
-
-def _key_name(key: Any) -> str:
-    for attribute in ("key", "name", "idx"):
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
+    return sum(int(getattr(leaf, "size", 1)) for name, leaf in leaves_by_path(params).items()
+               if pattern is None or not pattern.search(name))

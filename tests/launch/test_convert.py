@@ -72,6 +72,15 @@ def test_bfloat16_round_trip_keeps_dtype_and_bits(tmp_path):
     _assert_same_trees(a, b)
 
 
+def _mismatched_copy(orbax_dir, out):
+    """A copy of an Orbax directory whose model_config.json says twice the hidden size its params have."""
+    shutil.copytree(orbax_dir, out)
+    config = json.loads((out / "model_config.json").read_text())
+    config["text"]["hidden_size"] *= 2
+    (out / "model_config.json").write_text(json.dumps(config))
+    return out
+
+
 def test_bad_directories_stop_with_one_sentence(round_trip, tmp_path, capsys):
     root, _ = round_trip
     cases = [
@@ -80,11 +89,7 @@ def test_bad_directories_stop_with_one_sentence(round_trip, tmp_path, capsys):
         (["hf-to-orbax", "--hf", str(root / "hf_in"), "--out", str(root / "orbax")], "already exists"),
         (["orbax-to-hf", "--orbax", str(root / "hf_in"), "--out", str(tmp_path / "y")], "holds no model_config.json"),
     ]
-    damaged = tmp_path / "damaged"
-    shutil.copytree(root / "orbax", damaged)
-    config = json.loads((damaged / "model_config.json").read_text())
-    config["text"]["hidden_size"] *= 2
-    (damaged / "model_config.json").write_text(json.dumps(config))
+    damaged = _mismatched_copy(root / "orbax", tmp_path / "damaged")
     cases.append((["orbax-to-hf", "--orbax", str(damaged), "--out", str(tmp_path / "z")], "cannot restore the params"))
     for argv, message in cases:
         assert cli.main(["convert", *argv]) == 2
@@ -96,11 +101,7 @@ def test_a_mismatched_checkpoint_is_one_line_on_stderr_even_at_exit(round_trip, 
     """The shapes are compared before orbax restores: a refused restore left read tasks that printed two
     "Event loop is closed" tracebacks after the sentence when the process exited (unseen by cli.main in-process)."""
     root, _ = round_trip
-    damaged = tmp_path / "damaged"
-    shutil.copytree(root / "orbax", damaged)
-    config = json.loads((damaged / "model_config.json").read_text())
-    config["text"]["hidden_size"] *= 2
-    (damaged / "model_config.json").write_text(json.dumps(config))
+    damaged = _mismatched_copy(root / "orbax", tmp_path / "damaged")
     result = subprocess.run([sys.executable, "-m", "launch.cli", "convert", "orbax-to-hf", "--orbax", str(damaged),
                              "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "JAX_PLATFORMS": "cpu"})

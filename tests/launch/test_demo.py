@@ -8,8 +8,7 @@ import re
 import pytest
 
 from launch.cli import main
-from launch.config import get_preset
-from launch.config import ConfigError, apply_overrides
+from launch.config import ConfigError, apply_overrides, get_preset
 from launch.miniature import (MiniatureConfig, MiniatureError, base_cells, check_disjoint, rank_multisets,
                               rl_arm_config, training_and_evaluation_hands, verdict_sentences)
 from launch.report import ChangeRow, paper_pattern_sentences

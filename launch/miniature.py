@@ -8,8 +8,8 @@ that premise, then runs the paper's two arms from it:
   base/        the stand-in for pretraining (`memgen sft` from a random `small` model): GeneralPoints prompts
                that state the face-card rule (J/Q/K = 10, or 11/12/13), several targets, mixed suits, with expert
                answers and a share of multi-turn revision examples (wrong attempt, verifier message, right answer);
-  rl-seedS/    PPO with multi-turn verification (`memgen rl`) from base on in-distribution instances only
-               (J/Q/K = 10, the post-training target, black suits);
+  rl-seedS/    PPO (or GRPO, rl.algorithm) with multi-turn verification (`memgen rl`) from base on
+               in-distribution instances only (J/Q/K = 10, the post-training target, black suits);
   sft-seedS/   SFT (`memgen sft`) from base on in-distribution expert answers only, for as many steps as make its
                training GFLOPs equal the RL arm's (X = 6 N D for trained tokens + 2 N D for rollout tokens, both
                on top of the base's 6 N D_init, rl/compute.py).
@@ -76,11 +76,14 @@ class SFTArmConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RLArmConfig:
-    """The RL arm: ``updates`` PPO updates on ``episodes_per_update`` in-distribution episodes sampled at
+    """The RL arm: ``updates`` updates on ``episodes_per_update`` in-distribution episodes sampled at
     ``temperature``; Adam at ``lr`` decaying (cosine) to ``final_lr``; ``epochs`` passes over the buffer in
-    minibatches of ``minibatch_size`` transitions; the paper's clip 0.1, value coefficient 0.5, gamma 0.9,
-    lambda 0.95. No KL to the base by default (the paper has none); ``kl_mode`` "k1_reward" or "k3_loss" with
-    ``kl_coef`` > 0 adds one (rl.ppo.PPOConfig), e.g. to hold a larger ``lr`` near the base."""
+    minibatches of ``minibatch_size`` transitions; the paper's clip 0.1. ``algorithm`` "ppo" (the paper: a value
+    head, value coefficient 0.5, GAE with gamma 0.9, lambda 0.95) or "grpo" (no critic: ``group_size`` episodes
+    per hand, each episode's return normalised within its group, rl.grpo; the same clip, epochs, minibatches and
+    optimizer, so only the advantage estimate differs). No KL to the base by default (the paper has none);
+    ``kl_mode`` "k1_reward" or "k3_loss" with ``kl_coef`` > 0 adds one (rl.ppo.PPOConfig; GRPO takes k3_loss
+    only), e.g. to hold a larger ``lr`` near the base."""
 
     updates: int = 12
     episodes_per_update: int = 32
@@ -94,11 +97,18 @@ class RLArmConfig:
     max_grad_norm: float = 1.0
     kl_mode: Optional[Literal["k1_reward", "k3_loss"]] = None
     kl_coef: float = 0.0
+    algorithm: Literal["ppo", "grpo"] = "ppo"
+    group_size: int = 8
 
     def __post_init__(self) -> None:
         if (self.kl_mode is None) != (self.kl_coef == 0.0) or self.kl_coef < 0:
             raise ValueError(f"a KL penalty needs both rl.kl_mode (k1_reward or k3_loss) and rl.kl_coef > 0, got "
                              f"kl_mode={self.kl_mode!r}, kl_coef={self.kl_coef}.")
+        if self.algorithm == "grpo" and self.kl_mode == "k1_reward":
+            raise ValueError("GRPO puts its KL in the loss: use rl.kl_mode=k3_loss with rl.algorithm=grpo.")
+        if self.algorithm == "grpo" and (self.group_size < 2 or self.episodes_per_update % self.group_size):
+            raise ValueError(f"rl.episodes_per_update={self.episodes_per_update} must be a multiple of "
+                             f"rl.group_size={self.group_size} (at least 2) for GRPO; change one of them.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,11 +280,12 @@ def check_disjoint(train_hands: dict[str, list], eval_hands: dict[str, list]) ->
 
 def rl_training_hands(config: MiniatureConfig, seed: int) -> list:
     """Every hand the RL arm of ``seed`` trains on (launch.rl_run draws update i's hands from (seed, i))."""
-    from launch.rl_common import new_episodes, task_config as rl_task_config
+    from launch.rl_common import task_config as rl_task_config
+    from launch.rl_run import update_episodes
 
-    gp = rl_task_config(episode_config(config, temperature=config.rl.temperature))
-    return [state.hand for update in range(config.rl.updates)
-            for state in new_episodes(gp, (seed, update), config.rl.episodes_per_update)]
+    arm = rl_arm_config(config, Path("base"), seed)
+    gp = rl_task_config(arm.episodes)
+    return [state.hand for update in range(arm.updates) for state in update_episodes(arm, gp, update)]
 
 
 def evaluation_hands(config: MiniatureConfig, seed: int) -> dict[str, list]:
@@ -326,14 +337,20 @@ def sft_arm_config(config: MiniatureConfig, base_dir: Path, data_path: str, seed
 def rl_arm_config(config: MiniatureConfig, base_dir: Path, seed: int):
     from launch.rl_config import RLConfig
     from rl.gae import GAEConfig
+    from rl.grpo import GRPOConfig
     from rl.ppo import PPOConfig
 
     rl = config.rl
+    grpo = rl.algorithm == "grpo"
+    # under GRPO the PPOConfig still carries the optimizer (launch.rl_config.RLConfig), the KL moves to grpo.kl_coef
     ppo = PPOConfig(minibatch_size=rl.minibatch_size, epochs=rl.epochs, learning_rate=rl.lr,
                     final_learning_rate=rl.final_lr, max_grad_norm=rl.max_grad_norm, gae=GAEConfig(0.9, 0.95),
-                    kl_mode=rl.kl_mode, kl_coef=rl.kl_coef)
+                    kl_mode=None if grpo else rl.kl_mode, kl_coef=0.0 if grpo else rl.kl_coef)
+    grpo_config = GRPOConfig(group_size=rl.group_size, clip_eps=ppo.clip_eps, kl_coef=rl.kl_coef if grpo else 0.0,
+                             epochs=rl.epochs, minibatch_size=rl.minibatch_size)
     return RLConfig(init=str(base_dir), seed=seed, updates=rl.updates, episodes_per_update=rl.episodes_per_update,
-                    episodes=episode_config(config, temperature=rl.temperature), ppo=ppo,
+                    episodes=episode_config(config, temperature=rl.temperature), ppo=ppo, algorithm=rl.algorithm,
+                    grpo=grpo_config,
                     eval_every=max(1, rl.updates // config.eval_points), eval_episodes=config.eval_episodes,
                     eval_temperature=0.0, checkpoint=CheckpointConfig(every_steps=1, keep=1, async_save=False))
 
@@ -418,7 +435,8 @@ def run_miniature(config: MiniatureConfig, out_dir: str | Path, *, log: Callable
     num_params = parameter_count(source.params)
     runs, sft_steps = [], None
     for seed in config.seeds:
-        began = _stage(f"RL arm, seed {seed}: PPO, {config.rl.updates} updates, in-distribution only", log)
+        began = _stage(f"RL arm, seed {seed}: {config.rl.algorithm.upper()}, {config.rl.updates} updates, "
+                       "in-distribution only", log)
         rl_dir = out / f"rl-seed{seed}"
         run_rl(rl_arm_config(config, base_dir, seed), rl_dir, show_progress=progress)
         walls[f"rl-seed{seed}"] = time.monotonic() - began
@@ -506,13 +524,15 @@ def write_outputs(config: MiniatureConfig, out: Path, base_dir: Path, runs: list
                                 final=r.final, final_se=r.final_se, change=r.change, change_se=r.change_se,
                                 initial_gflops=r.initial_gflops, final_gflops=r.final_gflops) for r in rows]}
     (out / SUMMARY_FILENAME).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    arm_name = config.rl.algorithm.upper()
+    groups = f" in groups of {config.rl.group_size} per hand" if config.rl.algorithm == "grpo" else ""
     header = [
         "# memgen miniature: does SFT memorise and RL generalise at 10M parameters?", "",
         f"One base model ({config.model}, {num_params:,} parameters) trained from scratch on GeneralPoints prompts "
         f"that state the face-card rule ({config.num_cards} cards, targets {list(config.base.targets)}, both rules, "
-        f"{config.base.steps} steps x {config.base.batch_size}); then, per seed {list(config.seeds)}, PPO with "
+        f"{config.base.steps} steps x {config.base.batch_size}); then, per seed {list(config.seeds)}, {arm_name} with "
         f"{config.max_verify_steps} verification steps ({config.rl.updates} updates x {config.rl.episodes_per_update} "
-        f"episodes) and SFT on in-distribution expert answers ({sft_steps} steps x {config.sft.batch_size}) at equal "
+        f"episodes{groups}) and SFT on in-distribution expert answers ({sft_steps} steps x {config.sft.batch_size}) at equal "
         f"training GFLOPs, both only on J/Q/K = 10, target {config.target}. Evaluation: greedy, "
         f"{config.max_verify_steps} verification steps, {config.eval_episodes} held-out hands per split and point "
         "(no evaluation hand occurs in any training set: checked). docs/miniature.md explains the design.", "",

@@ -99,6 +99,14 @@ def _check_config(config: RLConfig) -> None:
                           "bonus; leave ppo.kl_mode and ppo.entropy_coef unset")
 
 
+def update_episodes(config: RLConfig, task_settings, index: int) -> list:
+    """The GeneralPoints episodes update ``index`` plays: fresh hands drawn from (seed, index), each repeated
+    grpo.group_size times under GRPO (one group per hand). `launch.miniature` rebuilds its RL arms' training hands
+    with it."""
+    group = config.grpo.group_size if config.algorithm == "grpo" else 1
+    return new_episodes(task_settings, (config.seed, index), config.episodes_per_update // group, group)
+
+
 # Compiled pieces shared by the runs of one process (tests, sweeps): a new jit object would compile again. The
 # rollout depends only on the policy's shapes, the episode settings, the batch and the mesh, so runs that differ in
 # their PPO / GRPO settings (a learning-rate or KL sweep) share it; evaluation runners likewise. Every cache is keyed
@@ -270,9 +278,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                 stats = training_statistics(result)
                 truncated = result.truncated_feedback
             else:
-                group = config.grpo.group_size if config.algorithm == "grpo" else 1
-                states = new_episodes(task_settings, (config.seed, index), config.episodes_per_update // group,
-                                      group)
+                states = update_episodes(config, task_settings, index)
                 trajectory, verifier, images = runner(state.params, states, rollout_key)
                 rollout_seconds = time.perf_counter() - began
                 extra = {}

@@ -10,7 +10,9 @@ import pytest
 from launch.cli import main
 from launch.config import ConfigError, apply_overrides, get_preset
 from launch.miniature import (MiniatureConfig, MiniatureError, base_cells, check_disjoint, rank_multisets,
-                              rl_arm_config, training_and_evaluation_hands, verdict_sentences)
+                              rl_arm_config, rl_training_hands, training_and_evaluation_hands, verdict_sentences)
+from launch.rl_common import task_config
+from launch.rl_run import update_episodes
 from launch.report import ChangeRow, paper_pattern_sentences
 from tasks.general_points import Card
 
@@ -97,6 +99,27 @@ def test_a_kl_penalty_reaches_the_rl_arms_ppo_and_half_of_one_is_refused(tmp_pat
     for half in (["rl.kl_coef=0.05"], ["rl.kl_mode=k1_reward"]):
         with pytest.raises(ConfigError, match="needs both rl.kl_mode"):
             apply_overrides(get_preset("miniature", kind=MiniatureConfig), half)
+
+
+def test_a_grpo_arm_trains_groups_of_one_hand_with_the_ppo_arms_clip_and_optimizer(tmp_path):
+    preset = get_preset("miniature", kind=MiniatureConfig)
+    config = apply_overrides(preset, ["rl.algorithm=grpo", "rl.group_size=4", "rl.kl_mode=k3_loss", "rl.kl_coef=0.1"])
+    arm, ppo_arm = rl_arm_config(config, tmp_path, seed=3), rl_arm_config(preset, tmp_path, seed=3)
+    assert arm.algorithm == "grpo" and arm.grpo.group_size == 4 and arm.grpo.kl_coef == 0.1
+    assert arm.grpo.clip_eps == ppo_arm.ppo.clip_eps == 0.1
+    assert (arm.grpo.epochs, arm.grpo.minibatch_size) == (ppo_arm.ppo.epochs, ppo_arm.ppo.minibatch_size)
+    assert arm.ppo.kl_mode is None and arm.ppo.learning_rate == ppo_arm.ppo.learning_rate
+    # The hands check_disjoint sees are the ones `memgen rl` plays: one hand per group of 4 consecutive episodes.
+    hands = rl_training_hands(config, seed=3)
+    assert len(hands) == config.rl.updates * config.rl.episodes_per_update
+    assert all(len({tuple(h) for h in hands[i:i + 4]}) == 1 for i in range(0, len(hands), 4))
+    gp = task_config(arm.episodes)
+    assert [s.hand for s in update_episodes(arm, gp, 5)] == hands[5 * 32:6 * 32]
+    assert len(rank_multisets(hands)) > len(hands) // 8  # distinct hands across groups
+    for bad, match in ((["rl.algorithm=grpo", "rl.group_size=5"], "multiple of rl.group_size"),
+                       (["rl.algorithm=grpo", "rl.kl_mode=k1_reward", "rl.kl_coef=0.1"], "kl_mode=k3_loss")):
+        with pytest.raises(ConfigError, match=match):
+            apply_overrides(preset, bad)
 
 
 def test_base_mixture_covers_both_rules_all_targets_and_revisions():

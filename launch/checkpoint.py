@@ -11,8 +11,11 @@ get the shardings (and dtypes) of the state passed as the template, so a run res
 
 from __future__ import annotations
 
-import logging
+import atexit
+import gc
 import os
+import sys
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +23,6 @@ from typing import Any, Mapping, Optional
 
 import jax
 import orbax.checkpoint as ocp
-
-log = logging.getLogger(__name__)
 
 STATE_ITEM, RUN_STATE_ITEM = "state", "run_state"
 
@@ -46,6 +47,44 @@ def abstract_like(state: Any) -> Any:
             return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
         return leaf
     return jax.tree.map(describe, state)
+
+
+def _is_abandoned_read(unraisable: Any) -> bool:
+    """Whether an unraisable exception is a leftover of a refused orbax restore: one of its other array reads
+    (an orbax coroutine, collected with its error unretrieved) or a read that finished after the restore's event
+    loop had closed."""
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return True
+    frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+    return any(f"{os.sep}orbax{os.sep}checkpoint{os.sep}" in frame.filename for frame in frames)
+
+
+def ignore_abandoned_reads() -> None:
+    """Call after a refused restore (its error already reported): orbax does not cancel the restore's other array
+    reads, and when they end (at exit or when collected) Python prints each as an unraisable exception, tracebacks
+    after the one sentence the user needs, or not, depending on timing. This installs, once per process, an
+    unraisable hook that drops exactly those and passes everything else to the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_memgen_filters_reads", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _is_abandoned_read(unraisable):
+            previous(unraisable)
+
+    hook._memgen_filters_reads = True
+    sys.unraisablehook = hook
+    # collect the abandoned read coroutines while the hook is still installed (interpreter shutdown goes back to
+    # the default hook)
+    atexit.register(gc.collect)
+
+
+def error_summary(error: Exception) -> str:
+    """The error's type and the first line of its message, without the pointer to TensorStore's details that
+    follows the first sentence of orbax's read errors."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text.split(' See full TensorStore details')[0]}"
 
 
 class CheckpointManager:
@@ -102,15 +141,16 @@ class CheckpointManager:
         rather than silently starting over."""
         steps = self.steps()
         reason = ""
-        for step in reversed(steps):
+        for index in reversed(range(len(steps))):
             try:
-                return self.restore(step, like_state)
+                return self.restore(steps[index], like_state)
             except Exception as error:  # orbax raises many types for damaged files; any of them means skip
-                reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-                message = (f"checkpoint step {step} in {self.directory} cannot be restored ({reason}); "
-                           "falling back to the previous checkpoint")
-                warnings.warn(message, RuntimeWarning, stacklevel=2)
-                log.warning(message)
+                ignore_abandoned_reads()
+                reason = error_summary(error)
+                then = f"falling back to step {steps[index - 1]}" if index else "no earlier checkpoint is left"
+                # one line on stderr (a logging.warning beside it printed the same line twice)
+                warnings.warn(f"checkpoint step {steps[index]} in {self.directory} cannot be restored ({reason}); "
+                              f"{then}", RuntimeWarning, stacklevel=2)
         if steps:
             raise CheckpointError(
                 f"none of the checkpoints {steps} in {self.directory} can be restored onto this run's state (last "

@@ -87,7 +87,10 @@ def load_orbax(orbax_dir: str | Path):
             if problem is None:
                 return config, checkpointer.restore(params_dir, expected)
     except Exception as error:  # orbax raises many types for a damaged checkpoint
-        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+        from launch.checkpoint import error_summary, ignore_abandoned_reads
+
+        ignore_abandoned_reads()
+        problem = error_summary(error)
     raise ConvertError(f"cannot restore the params in {params_dir} for the config in {config_file} "
                        f"({problem}); re-create it with 'memgen convert hf-to-orbax'")
 
@@ -121,16 +124,20 @@ def _restore_params_partitions(state_dir: Path) -> dict:
     import orbax.checkpoint as ocp
 
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        metadata = checkpointer.metadata(state_dir)
-        tree = getattr(metadata, "item_metadata", metadata)
-        tree = getattr(tree, "tree", tree)
+    # the item's handler, not a Checkpointer: a Checkpointer looks for step metadata in the item directory (it is
+    # one level up, written by the CheckpointManager) and logs an absl warning on every conversion
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        metadata = handler.metadata(state_dir)
+        tree = getattr(metadata, "tree", metadata)
         wanted = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree[key])
                   for key in ("trainable", "frozen")}
         restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(dtype=s.dtype, global_shape=s.shape,
                                                                     sharding=device), wanted)
-        return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        return handler.restore(state_dir, args=ocp.args.PyTreeRestore(
             item=wanted, restore_args=restore_args, partial_restore=True))
+    finally:
+        handler.close()
 
 
 def load_run(run_dir: str | Path, step: int | None = None):
@@ -160,8 +167,11 @@ def load_run(run_dir: str | Path, step: int | None = None):
         state = _restore_params_partitions(state_dir)
         params = combine(state["trainable"], state["frozen"])
     except Exception as error:  # orbax raises many types for a damaged checkpoint
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConvertError(f"cannot restore the train state in {state_dir} ({message}); pick another --step") from None
+        from launch.checkpoint import error_summary, ignore_abandoned_reads
+
+        ignore_abandoned_reads()
+        raise ConvertError(f"cannot restore the train state in {state_dir} ({error_summary(error)}); pick another "
+                           "--step") from None
     dtypes = {str(leaf.dtype) for leaf in jax.tree.leaves(params)}
     param_dtype = "bfloat16" if dtypes == {"bfloat16"} else "float32"
     config = config.replace(param_dtype=param_dtype, dtype=param_dtype)

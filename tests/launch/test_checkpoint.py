@@ -104,7 +104,7 @@ def test_a_damaged_latest_checkpoint_is_skipped_with_a_warning(tmp_path):
         if path.is_file() and "manifest" in path.name:
             path.write_bytes(b"garbage")
     with CheckpointManager(tmp_path) as manager:
-        with pytest.warns(RuntimeWarning, match="checkpoint step 2 .* cannot be restored"):
+        with pytest.warns(RuntimeWarning, match="checkpoint step 2 .* cannot be restored .*; falling back to step 1$"):
             restored = manager.restore_latest(state)
     assert restored.step == 1
     np.testing.assert_array_equal(np.asarray(restored.state["w"]), np.arange(64.0))
@@ -158,11 +158,42 @@ def test_an_interrupted_sft_loop_resumes_bit_identically(tmp_path):
     assert step_fn._cache_size() == 1  # resuming does not recompile
 
 
+def test_after_a_refused_restore_only_the_abandoned_reads_are_kept_off_stderr(monkeypatch):
+    """The hook drops the leftovers of a refused orbax restore (late reads on a closed event loop, collected orbax
+    coroutines) and hands every other unraisable exception to the hook it replaced; installing it twice wraps once."""
+    import types
+
+    from launch.checkpoint import ignore_abandoned_reads
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    ignore_abandoned_reads()
+    ignore_abandoned_reads()
+
+    def unraisable(error, filename=None):
+        traceback = None
+        if filename:  # a traceback whose frame runs in `filename`
+            try:
+                exec(compile("raise error", filename, "exec"), {"error": error})
+            except type(error) as raised:
+                traceback = raised.__traceback__
+        return types.SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=traceback, err_msg=None,
+                                     object=None)
+
+    orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "_src", "serialization.py")
+    kept = [unraisable(ValueError("a real problem")), unraisable(RuntimeError("Event loop is closing soon")),
+            unraisable(KeyError("x"), filename=os.path.join(os.sep, "work", "main", "launch", "sft_run.py"))]
+    for args in [unraisable(RuntimeError("Event loop is closed")), unraisable(Exception("read"), orbax_file), *kept]:
+        sys.unraisablehook(args)
+    assert seen == kept
+
+
 def test_checkpoints_that_do_not_fit_the_state_stop_the_run(tmp_path):
     with CheckpointManager(tmp_path, every_steps=1) as manager:
         manager.save(1, {"w": jnp.arange(4.0)}, {})
     with CheckpointManager(tmp_path) as manager:
-        with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match=r"none of the checkpoints \[1\]"):
+        with pytest.warns(RuntimeWarning, match="no earlier checkpoint is left"), \
+                pytest.raises(CheckpointError, match=r"none of the checkpoints \[1\]"):
             manager.restore_latest({"w": jnp.arange(4.0), "extra": jnp.zeros(2)})
 
 

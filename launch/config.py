@@ -51,9 +51,13 @@ class DataConfig:
     and each is padded to the shortest of that many bucket lengths that fits it (one compilation per bucket).
     ``pack_length`` > 0 packs examples: each of a batch's ``batch_size`` rows holds as many consecutive examples
     (in the data order) as fit in ``pack_length`` tokens, each seeing only itself (sft/packing.py); 0: one
-    example per row."""
+    example per row. ``heldout_path``: a JSONL of the same writers holding the held-out examples (the first
+    ``eval_examples`` are used; none may ask a question the training data asks); empty: generated from the task's
+    default config, which matches only training data of that config, so a ``path`` written with other templates
+    or settings (e.g. the miniature's compact prompts) needs one for a meaningful held-out loss."""
 
     path: str = ""
+    heldout_path: str = ""
     length_multiple: int = 64
     length_buckets: int = 1
     pack_length: int = 0

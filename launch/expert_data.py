@@ -144,19 +144,41 @@ def heldout_conversations(task: str, modality: str, seed: int, size: int,
 
 
 def load_expert_data(*, task: str, modality: str, seed: int, train_examples: int, eval_examples: int,
-                     path: str = "", kind: str = "optimal") -> ExpertData:
+                     path: str = "", kind: str = "optimal", heldout_path: str = "") -> ExpertData:
     """The run's training and held-out expert data (see the module docstring): read from ``path``, or
     ``train_examples`` generated examples of ``kind`` ("optimal", or "suboptimal" for the ablation; a JSONL of
-    either comes from ``memgen data --kind expert|suboptimal``). The held-out set is always optimal examples
-    (the held-out loss is the NLL of the ideal answers)."""
+    either comes from ``memgen data --kind expert|suboptimal``). The held-out set is the first ``eval_examples``
+    of ``heldout_path``, or generated optimal examples of the task's default config (the held-out loss is the NLL
+    of the ideal answers), which only match training data of that config: a ``path`` written with other
+    templates or settings needs its own held-out file."""
     if path:
         train = read_expert_jsonl(path, task)
     else:
         if train_examples < 1:
             raise DataError(f"train_examples must be at least 1, got {train_examples}")
         train = _generate(task, modality, seed, train_examples, kind)
-    heldout = heldout_conversations(task, modality, seed + HELDOUT_SEED_OFFSET, eval_examples, train)
+    if heldout_path:
+        heldout = _read_heldout(heldout_path, task, eval_examples, train)
+    else:
+        heldout = heldout_conversations(task, modality, seed + HELDOUT_SEED_OFFSET, eval_examples, train)
     return ExpertData(train=tuple(train), heldout=tuple(heldout))
+
+
+def _read_heldout(path: str, task: str, size: int, train: Sequence[Conversation]) -> list[Conversation]:
+    """The first ``size`` conversations of a held-out JSONL, refused when it holds fewer or when any of them asks
+    a question the training data also asks (the loss would not be held out)."""
+    if size <= 0:
+        return []
+    heldout = read_expert_jsonl(path, task)[:size]
+    if len(heldout) < size:
+        raise DataError(f"the held-out file {path} holds {len(heldout)} conversations, eval_examples asks for "
+                        f"{size}; lower eval_examples or write more")
+    seen = {prompt_key(c) for c in train}
+    shared = [number for number, c in enumerate(heldout, 1) if prompt_key(c) in seen]
+    if shared:
+        raise DataError(f"{len(shared)} of the first {size} conversations in the held-out file {path} ask a "
+                        f"question of the training data (line {shared[0]} first); held-out examples must not")
+    return heldout
 
 
 def greedy_episodes(task: str, modality: str, seed: int, size: int) -> dict[str, list[tuple[Any, Any]]]:

@@ -236,7 +236,7 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
     source = load_model(config.model, seed=config.seed, cache_dir=None, mesh=mesh)
     data = load_expert_data(task=config.task, modality=config.modality, seed=config.seed,
                             train_examples=config.train_examples, eval_examples=config.eval_examples,
-                            path=config.data.path)
+                            path=config.data.path, heldout_path=config.data.heldout_path)
     tokenizer, image_config = source.tokenizer, source.image_config
     length = padded_length(encoded_lengths(tokenizer, data.train + data.heldout), config.data.length_multiple)
     slots = image_slots(data.train + data.heldout)
@@ -402,7 +402,7 @@ def heldout_loss_of_run(run_dir: str | Path) -> dict[str, float]:
     source = load_model(str(run_dir / FINAL_DIR), seed=config.seed)
     data = load_expert_data(task=config.task, modality=config.modality, seed=config.seed,
                             train_examples=config.train_examples, eval_examples=config.eval_examples,
-                            path=config.data.path)
+                            path=config.data.path, heldout_path=config.data.heldout_path)
     length = padded_length(encoded_lengths(source.tokenizer, data.train + data.heldout), config.data.length_multiple)
     batches = heldout_batches(source.tokenizer, data.heldout, source.image_config,
                               batch_size=config.batch_size // config.grad_accum_steps, length=length,

@@ -236,6 +236,34 @@ def test_expert_data_from_a_jsonl_file_and_a_held_out_set_that_shares_no_prompt(
     assert summary["step"] == 1 and summary["train_tokens"] > 0
 
 
+def test_a_held_out_file_replaces_the_generated_held_out_set_and_must_not_repeat_a_training_question(tmp_path):
+    """A data file in another format than the task's default (here 3-card hands with the target 12) gets its
+    held-out set from data.heldout_path: the generated one would measure the loss on the default's prompts."""
+    from launch.expert_data import DataError, load_expert_data, prompt_key
+    from tasks.general_points import GeneralPointsConfig, expert_conversations, write_jsonl
+
+    custom = GeneralPointsConfig(num_cards=3, target=12)
+    train = write_jsonl(expert_conversations(custom, seed=5, size=12), tmp_path / "train.jsonl")
+    heldout_examples = [c for c in expert_conversations(custom, seed=6, size=40)
+                        if prompt_key(c) not in {prompt_key(t) for t in expert_conversations(custom, 5, 12)}]
+    heldout = write_jsonl(heldout_examples, tmp_path / "heldout.jsonl")
+    data = load_expert_data(task="general_points", modality="language", seed=0, train_examples=0, eval_examples=8,
+                            path=str(train), heldout_path=str(heldout))
+    assert [[m.content for m in c] for c in data.heldout] == [[m.content for m in c] for c in heldout_examples[:8]]
+    generated = load_expert_data(task="general_points", modality="language", seed=0, train_examples=0,
+                                 eval_examples=8, path=str(train))
+    assert {prompt_key(c) for c in generated.heldout}.isdisjoint(prompt_key(c) for c in data.heldout)
+    with pytest.raises(DataError, match=f"holds {len(heldout_examples)} conversations, eval_examples asks for 99"):
+        load_expert_data(task="general_points", modality="language", seed=0, train_examples=0, eval_examples=99,
+                         path=str(train), heldout_path=str(heldout))
+    with pytest.raises(DataError, match=r"12 of the first 12 conversations .* \(line 1 first\)"):
+        load_expert_data(task="general_points", modality="language", seed=0, train_examples=0, eval_examples=12,
+                         path=str(train), heldout_path=str(train))
+    with pytest.raises(DataError, match="does not exist"):
+        load_expert_data(task="general_points", modality="language", seed=0, train_examples=0, eval_examples=2,
+                         path=str(train), heldout_path=str(tmp_path / "missing.jsonl"))
+
+
 VIRL_OVERRIDES = ["steps=2", "eval_every=2", "train_examples=8", "eval_examples=4", "greedy_examples=2",
                   "max_new_tokens=8", "checkpoint.every_steps=2"]
 

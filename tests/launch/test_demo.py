@@ -14,7 +14,14 @@ from launch.miniature import (MiniatureConfig, MiniatureError, base_cells, check
 from launch.rl_common import task_config
 from launch.rl_run import update_episodes
 from launch.report import ChangeRow, paper_pattern_sentences
-from tasks.general_points import Card
+from tasks.general_points import Card, read_jsonl
+
+
+def rank_multisets_of(conversations):
+    """The hands of written conversations (their prompts' "Cards: ..." labels) as rank multisets."""
+    labels = {"A": 1, "J": 11, "Q": 12, "K": 13, **{str(r): r for r in range(2, 11)}}
+    return {tuple(sorted(labels[label.strip()] for label in re.search(r"Cards: ([^.]*)\.", c[0].content).group(1)
+                         .split(","))) for c in conversations}
 
 
 def _eval_records(records, arm):
@@ -52,12 +59,8 @@ def test_demo_runs_the_tiny_miniature_end_to_end(tmp_path, capsys):
     # are exactly the rebuilt ones check_disjoint compared with the evaluation hands.
     config = get_preset("miniature-tiny")
     rebuilt, evaluation = training_and_evaluation_hands(config)
-    label_rank = {"A": 1, "J": 11, "Q": 12, "K": 13, **{str(r): r for r in range(2, 11)}}
     for name, key in (("base.jsonl", "base"), ("sft_in_distribution.jsonl", "sft")):
-        lines = (out / "data" / name).read_text().splitlines()
-        prompts = [json.loads(line)["messages"][0]["content"] for line in lines]
-        written = {tuple(sorted(label_rank[label.strip()] for label in
-                                re.search(r"Cards: ([^.]*)\.", prompt).group(1).split(","))) for prompt in prompts}
+        written = rank_multisets_of(read_jsonl(out / "data" / name))
         assert written == rank_multisets(rebuilt[key]), name
         assert not written & set().union(*(rank_multisets(hands) for hands in evaluation.values()))
 
@@ -246,3 +249,27 @@ def test_the_sample_episode_shows_a_wrong_and_a_right_answer_with_their_verdicts
     assert re.fullmatch(r"verifier: +reward -[0-9.]+ \((wrong_value|illegal_numbers|illegal_formula)\)", lines[3])
     assert lines[4].startswith("user:") and len(lines[4]) > len("user:") + 10  # the verifier's feedback turn
     assert re.fullmatch(r"verifier: +reward \+5 \(correct\)", lines[6])
+
+
+def test_the_quagmires_study_checkpoints_measure_their_loss_on_held_out_in_distribution_answers(tmp_path):
+    """experiments/quagmires_miniature.py: every SFT checkpoint is the miniature's SFT arm at its own learning rate
+    and length, with a held-out set of the arm's own prompt format on held-out-pool hands (no training question)."""
+    from experiments.quagmires_miniature import checkpoint_config, heldout_conversations
+    from launch.expert_data import load_expert_data, prompt_key
+    from launch.miniature import cell_data, sft_arm_cells, sft_arm_config
+    from tasks.general_points import write_jsonl
+
+    config = get_preset("miniature", kind=MiniatureConfig)
+    train = cell_data([(gp, kind, 200) for gp, kind, _ in sft_arm_cells(config)], seed=1)
+    data = str(write_jsonl(train, tmp_path / "train.jsonl"))
+    heldout = heldout_conversations(config, 64)
+    heldout_file = str(write_jsonl(heldout, tmp_path / "heldout.jsonl"))
+    assert heldout[0][0].content.split("Cards:")[0] == train[0][0].content.split("Cards:")[0]  # the same prompt
+    assert rank_multisets_of(heldout).isdisjoint(rank_multisets_of(train))
+    run = checkpoint_config(config, tmp_path / "base", data, heldout_file, lr=3e-4, steps=30, heldout_examples=64)
+    arm = sft_arm_config(config, tmp_path / "base", data, seed=0, steps=30)
+    assert run.optimizer.lr == 3e-4 and run.optimizer.schedule == arm.optimizer.schedule
+    assert (run.steps, run.batch_size, run.model, run.eval_every, run.eval_examples) == (30, 32, arm.model, 30, 64)
+    loaded = load_expert_data(task=run.task, modality=run.modality, seed=run.seed, train_examples=0,
+                              eval_examples=run.eval_examples, path=run.data.path, heldout_path=run.data.heldout_path)
+    assert [prompt_key(c) for c in loaded.heldout] == [prompt_key(c) for c in heldout]

@@ -1,0 +1,97 @@
+"""The "Quagmires in SFT-RL Post-Training" predictor study at the CPU miniature's scale: do the held-out loss and
+pass@large-k of an SFT checkpoint predict its success after RL better than its own success does?
+
+From one miniature base (launch/miniature.py: the 10M-parameter `small` model trained from scratch on
+rule-stating GeneralPoints prompts), SFT checkpoints on the miniature's in-distribution expert answers over a grid
+of learning rates x steps (each a `memgen sft` run directory, with a held-out set of in-distribution expert answers
+on held-out-pool hands, `data.heldout_path`); then `memgen predict`'s runner (launch.predict_run.run_predict) with
+the miniature's RL arm as the RL config: per checkpoint the held-out loss, greedy success and pass@k before RL, RL,
+greedy success after RL, and R^2 / Spearman of each predictor against the post-RL success.
+
+    PYTHONPATH=. .venv/bin/python experiments/quagmires_miniature.py --out q --base mini/base \
+        --lrs 1e-5,3e-5,1e-4,3e-4 --steps 30,90 rl.lr=3e-5 rl.final_lr=3e-6
+
+OUT/data/ (the SFT and held-out JSONL), OUT/sft/lr-<lr>_steps-<n>/ (the checkpoints), OUT/predict/ (predict.md,
+predict.json, checkpoints.jsonl, one scatter plot per predictor, runs/<checkpoint>/ with the RL runs). Every stage
+resumes: re-running the same command measures only what is missing. docs/miniature.md records the measured runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from launch.config import DataConfig, apply_overrides, get_preset
+from launch.miniature import (MiniatureConfig, _write_data, base_cells, base_sft_config, cell_data, rl_arm_config,
+                              sft_arm_cells, sft_arm_config, task_config)
+from launch.predict_run import PredictRunSettings, run_predict
+from launch.sft_run import run_sft
+from launch.sweep import lr_name, parse_learning_rates
+
+
+def heldout_conversations(config: MiniatureConfig, size: int, seed: int = 11) -> list:
+    """In-distribution expert answers (the SFT arm's task config) on hands of the held-out pool, which no stage of
+    the miniature trains on."""
+    from tasks.general_points import expert_conversations
+
+    return expert_conversations(task_config(config, hand_pool="heldout"), seed, size)
+
+
+def checkpoint_config(config: MiniatureConfig, base_dir: Path, data: str, heldout: str, *, lr: float, steps: int,
+                      heldout_examples: int):
+    """The SFT arm's run config at ``lr`` for ``steps`` steps, measuring its held-out loss on ``heldout`` at its end
+    (no greedy hook: the predictor runner measures success itself)."""
+    arm = sft_arm_config(config, base_dir, data, seed=0, steps=steps)
+    return dataclasses.replace(arm, eval_examples=heldout_examples, eval_every=steps, greedy_examples=0,
+                               optimizer=dataclasses.replace(arm.optimizer, lr=lr),
+                               data=DataConfig(path=data, heldout_path=heldout, length_multiple=16))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--preset", default="miniature", help="the miniature preset the base, data and RL come from")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="a finished miniature base run directory (default: train one into OUT/base)")
+    parser.add_argument("--lrs", default="1e-5,3e-5,1e-4,3e-4", help="SFT learning rates of the checkpoint grid")
+    parser.add_argument("--steps", default="30,90", help="SFT steps of the checkpoint grid")
+    parser.add_argument("--heldout-examples", type=int, default=256)
+    parser.add_argument("--episodes", type=int, default=64, help="instances per measurement")
+    parser.add_argument("--samples", type=int, default=32, help="samples per instance for pass@k")
+    parser.add_argument("--split", default="in_distribution")
+    parser.add_argument("overrides", nargs="*", help="miniature config overrides, e.g. rl.lr=3e-5")
+    args = parser.parse_args(argv)
+
+    config = apply_overrides(get_preset(args.preset, kind=MiniatureConfig), args.overrides)
+    started = time.monotonic()
+    base_dir = args.base
+    if base_dir is None:
+        base_dir = args.out / "base"
+        base_data = _write_data(args.out / "data" / "base.jsonl", lambda: cell_data(
+            base_cells(config, config.base.steps * config.base.batch_size), seed=0))
+        run_sft(base_sft_config(config, base_data), base_dir)
+    data = _write_data(args.out / "data" / "sft_in_distribution.jsonl",
+                       lambda: cell_data(sft_arm_cells(config), seed=1))
+    heldout = _write_data(args.out / "data" / "heldout_in_distribution.jsonl",
+                          lambda: heldout_conversations(config, args.heldout_examples))
+    checkpoints = []
+    for steps in [int(s) for s in args.steps.split(",")]:
+        for lr in parse_learning_rates(args.lrs):
+            directory = args.out / "sft" / f"{lr_name(lr)}_steps-{steps}"
+            print(f"[quagmires] SFT checkpoint {directory.name}", flush=True)
+            run_sft(checkpoint_config(config, base_dir, data, heldout, lr=lr, steps=steps,
+                                      heldout_examples=args.heldout_examples), directory)
+            checkpoints.append(directory)
+    settings = PredictRunSettings(split=args.split, episodes=args.episodes, samples=args.samples)
+    _, rows = run_predict(checkpoints, args.out / "predict", rl_arm_config(config, base_dir, seed=0), settings)
+    for row in rows:
+        print(row)
+    print(f"[quagmires] done in {time.monotonic() - started:.0f} s: {args.out / 'predict' / 'predict.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from launch.config import DataConfig, apply_overrides, get_preset
-from launch.miniature import (MiniatureConfig, _write_data, base_cells, base_sft_config, cell_data, rl_arm_config,
-                              sft_arm_cells, sft_arm_config, task_config)
+from launch.miniature import (MiniatureConfig, base_sft_config, rl_arm_config, sft_arm_config, task_config,
+                              write_base_data, write_data_once, write_sft_data)
 from launch.predict_run import PredictRunSettings, run_predict
 from launch.sft_run import run_sft
 from launch.sweep import lr_name, parse_learning_rates
@@ -70,13 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     base_dir = args.base
     if base_dir is None:
         base_dir = args.out / "base"
-        base_data = _write_data(args.out / "data" / "base.jsonl", lambda: cell_data(
-            base_cells(config, config.base.steps * config.base.batch_size), seed=0))
-        run_sft(base_sft_config(config, base_data), base_dir)
-    data = _write_data(args.out / "data" / "sft_in_distribution.jsonl",
-                       lambda: cell_data(sft_arm_cells(config), seed=1))
-    heldout = _write_data(args.out / "data" / "heldout_in_distribution.jsonl",
-                          lambda: heldout_conversations(config, args.heldout_examples))
+        run_sft(base_sft_config(config, write_base_data(config, args.out)), base_dir)
+    data = write_sft_data(config, args.out)
+    heldout = write_data_once(args.out / "data" / "heldout_in_distribution.jsonl",
+                              lambda: heldout_conversations(config, args.heldout_examples))
     checkpoints = []
     for steps in [int(s) for s in args.steps.split(",")]:
         for lr in parse_learning_rates(args.lrs):

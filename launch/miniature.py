@@ -300,7 +300,7 @@ def evaluation_hands(config: MiniatureConfig, seed: int) -> dict[str, list]:
 
 # --- the stages -----------------------------------------------------------------------------------------------------
 
-def _write_data(path: Path, make: Callable[[], list]) -> str:
+def write_data_once(path: Path, make: Callable[[], list]) -> str:
     """Write the JSONL once (a resumed run trains on the very file it started with)."""
     from tasks.general_points import write_jsonl
 
@@ -310,6 +310,17 @@ def _write_data(path: Path, make: Callable[[], list]) -> str:
         write_jsonl(make(), temporary)
         temporary.replace(path)
     return str(path)
+
+
+def write_base_data(config: MiniatureConfig, out: Path) -> str:
+    """OUT/data/base.jsonl: the base stage's mixture (written once); returns its path."""
+    return write_data_once(out / "data" / "base.jsonl",
+                       lambda: cell_data(base_cells(config, config.base.steps * config.base.batch_size), seed=0))
+
+
+def write_sft_data(config: MiniatureConfig, out: Path) -> str:
+    """OUT/data/sft_in_distribution.jsonl: the SFT arm's in-distribution expert answers (written once)."""
+    return write_data_once(out / "data" / "sft_in_distribution.jsonl", lambda: cell_data(sft_arm_cells(config), seed=1))
 
 
 def base_sft_config(config: MiniatureConfig, data_path: str) -> SFTConfig:
@@ -420,9 +431,7 @@ def run_miniature(config: MiniatureConfig, out_dir: str | Path, *, log: Callable
 
     began = _stage("data: base mixture, in-distribution SFT data, evaluation hands (held-out pool)", log)
     distinct = check_disjoint(*training_and_evaluation_hands(config))
-    base_data = _write_data(out / "data" / "base.jsonl",
-                            lambda: cell_data(base_cells(config, config.base.steps * config.base.batch_size), seed=0))
-    sft_data = _write_data(out / "data" / "sft_in_distribution.jsonl", lambda: cell_data(sft_arm_cells(config), seed=1))
+    base_data, sft_data = write_base_data(config, out), write_sft_data(config, out)
     walls["data"] = time.monotonic() - began
 
     began = _stage(f"base stage: {config.model} from scratch, {config.base.steps} steps on the rule-stating mixture",

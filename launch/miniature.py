@@ -99,11 +99,15 @@ class RLArmConfig:
     kl_coef: float = 0.0
     algorithm: Literal["ppo", "grpo"] = "ppo"
     group_size: int = 8
+    # False: PPO's value loss trains the value head only, not the shared trunk (rl.ppo.PPOConfig)
+    value_loss_trains_trunk: bool = True
 
     def __post_init__(self) -> None:
         if (self.kl_mode is None) != (self.kl_coef == 0.0) or self.kl_coef < 0:
             raise ValueError(f"a KL penalty needs both rl.kl_mode (k1_reward or k3_loss) and rl.kl_coef > 0, got "
                              f"kl_mode={self.kl_mode!r}, kl_coef={self.kl_coef}.")
+        if self.algorithm == "grpo" and not self.value_loss_trains_trunk:
+            raise ValueError("GRPO has no critic: rl.value_loss_trains_trunk applies to rl.algorithm=ppo only.")
         if self.algorithm == "grpo" and self.kl_mode == "k1_reward":
             raise ValueError("GRPO puts its KL in the loss: use rl.kl_mode=k3_loss with rl.algorithm=grpo.")
         if self.algorithm == "grpo" and (self.group_size < 2 or self.episodes_per_update % self.group_size):
@@ -356,7 +360,8 @@ def rl_arm_config(config: MiniatureConfig, base_dir: Path, seed: int):
     # under GRPO the PPOConfig still carries the optimizer (launch.rl_config.RLConfig), the KL moves to grpo.kl_coef
     ppo = PPOConfig(minibatch_size=rl.minibatch_size, epochs=rl.epochs, learning_rate=rl.lr,
                     final_learning_rate=rl.final_lr, max_grad_norm=rl.max_grad_norm, gae=GAEConfig(0.9, 0.95),
-                    kl_mode=None if grpo else rl.kl_mode, kl_coef=0.0 if grpo else rl.kl_coef)
+                    kl_mode=None if grpo else rl.kl_mode, kl_coef=0.0 if grpo else rl.kl_coef,
+                    value_loss_trains_trunk=rl.value_loss_trains_trunk)
     grpo_config = GRPOConfig(group_size=rl.group_size, clip_eps=ppo.clip_eps, kl_coef=rl.kl_coef if grpo else 0.0,
                              epochs=rl.epochs, minibatch_size=rl.minibatch_size)
     return RLConfig(init=str(base_dir), seed=seed, updates=rl.updates, episodes_per_update=rl.episodes_per_update,

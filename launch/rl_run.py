@@ -156,7 +156,8 @@ def _compiled(policy, config: RLConfig, total_steps: int, mesh):
             steps = rollout_steps(steps)
         runner = shared_runner(policy, episodes, steps, config.episodes_per_update, mesh)
         policy_fn = functools.partial(transition_policy, config=policy.config, temperature=episodes.temperature,
-                                      return_entropy=config.algorithm == "ppo" and config.ppo.entropy_coef != 0)
+                                      return_entropy=config.algorithm == "ppo" and config.ppo.entropy_coef != 0,
+                                      detach_value_input=not config.ppo.value_loss_trains_trunk)
         reference_fn = None
         if uses_reference(config):
             reference_fn = functools.partial(reference_token_logprobs, config=policy.config,

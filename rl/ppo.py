@@ -44,7 +44,11 @@ class PPOConfig:
     answer_key_weight: weight of the tokens before the answer key in the sequence log-prob (reference 0.5, a
     legacy coefficient; 1.0 = the true log-prob); used by `answer_key_token_weights`.
     max_log_ratio: the sequence log-ratio is clamped to +-max_log_ratio before exp (a long response's log-ratio
-    can be large; an unclamped exp overflows to inf and the gradient to NaN).
+    can be large; an unclamped exp overflows to inf and the gradient to NaN). value_loss_trains_trunk: True (the
+    reference) lets the value loss's gradient reach the shared transformer; False stops it at the value head's
+    input (`rl.rollout.transition_policy`'s detach_value_input), so only the policy loss moves the trunk and the
+    critic is a head on the policy's features: the ablation that separates what the critic's regression does to
+    the policy from what the policy gradient does.
     """
 
     clip_eps: float = 0.1
@@ -64,6 +68,7 @@ class PPOConfig:
     answer_key_weight: float = 1.0
     max_log_ratio: float = 20.0
     gae: GAEConfig = GAEConfig()
+    value_loss_trains_trunk: bool = True
 
     def __post_init__(self):
         if self.advantage_normalization not in ("buffer", "minibatch", "none"):

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.config import ModelConfig
-from model.forward import forward, init_cache
+from model.forward import forward_hidden, init_cache
 from model.sampler import SamplerState, SamplingConfig, append, cache_shardings, sample_turn, start, token_logprobs
 from model.value_head import value_head_apply
 
@@ -257,24 +257,33 @@ def token_entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
 
 
 def transition_policy(params: Params, minibatch: dict[str, jax.Array], *, config: ModelConfig,
-                      temperature: float,
-                      return_entropy: bool = False) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+                      temperature: float, return_entropy: bool = False,
+                      detach_value_input: bool = False) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """`rl.ppo_update`'s policy_fn: for n transitions, the forward over context + response (n, C + N), the
     response tokens' log-probs (n, N) under log_softmax(logits / temperature) (`model.sampler.token_logprobs`, the
     sampler's definition), the value (n,) at the last context token, and with `return_entropy` the entropy (n, N)
-    of that distribution at each response position (`token_entropy`; PPO's entropy bonus), else None. Optional
-    minibatch keys "cross_attention_states" (n, V, D) and "cross_attention_mask" (n, C + N, I, T)."""
+    of that distribution at each response position (`token_entropy`; PPO's entropy bonus), else None.
+    `detach_value_input`: the value head reads the trunk's hidden state through a stop-gradient, so the value loss
+    trains the head only (PPOConfig.value_loss_trains_trunk=False); the values are the same. Optional minibatch
+    keys "cross_attention_states" (n, V, D) and "cross_attention_mask" (n, C + N, I, T)."""
+    if "value_head" not in params:
+        raise ValueError("transition_policy needs params['value_head']; create it with "
+                         "model.init_params(rng, config, value_head=True) or model.init_value_head")
     context, response = minibatch["context_ids"], minibatch["response_ids"]
     ids = jnp.concatenate([context, response], axis=1)
     mask = jnp.concatenate([minibatch["context_mask"], minibatch["response_mask"]], axis=1)
     c = context.shape[1]
     # logits only where a response token is predicted (positions C - 1 .. C + N - 2), as the peers do
-    response_logits, values = forward(params, config, ids, attention_mask=mask,
-                                      cross_attention_states=minibatch.get("cross_attention_states"),
-                                      cross_attention_mask=minibatch.get("cross_attention_mask"), return_values=True,
-                                      logits_positions=slice(c - 1, ids.shape[1] - 1))
+    hidden, response_logits = forward_hidden(params, config, ids, attention_mask=mask,
+                                             cross_attention_states=minibatch.get("cross_attention_states"),
+                                             cross_attention_mask=minibatch.get("cross_attention_mask"),
+                                             logits_positions=slice(c - 1, ids.shape[1] - 1))
+    value_input = hidden[:, c - 1]
+    if detach_value_input:
+        value_input = jax.lax.stop_gradient(value_input)
+    values = value_head_apply(params["value_head"], value_input[:, None])[:, 0]
     entropy = token_entropy(response_logits, temperature) if return_entropy else None
-    return token_logprobs(response_logits, response, temperature), values[:, c - 1], entropy
+    return token_logprobs(response_logits, response, temperature), values, entropy
 
 
 def reference_token_logprobs(reference_params: Params, transitions: dict[str, jax.Array], *, config: ModelConfig,

@@ -94,11 +94,17 @@ def test_a_changed_config_refuses_an_existing_directory(tmp_path, capsys):
     assert "another config" in capsys.readouterr().err
 
 
-def test_a_kl_penalty_reaches_the_rl_arms_ppo_and_half_of_one_is_refused(tmp_path):
+def test_a_kl_penalty_and_a_detached_critic_reach_the_rl_arms_ppo_and_half_a_penalty_is_refused(tmp_path):
     config = apply_overrides(get_preset("miniature", kind=MiniatureConfig), ["rl.kl_mode=k3_loss", "rl.kl_coef=0.05"])
     ppo = rl_arm_config(config, tmp_path, seed=0).ppo
     assert (ppo.kl_mode, ppo.kl_coef) == ("k3_loss", 0.05)
     assert rl_arm_config(get_preset("miniature", kind=MiniatureConfig), tmp_path, seed=0).ppo.kl_mode is None
+    detached = apply_overrides(get_preset("miniature", kind=MiniatureConfig), ["rl.value_loss_trains_trunk=false"])
+    assert rl_arm_config(detached, tmp_path, seed=0).ppo.value_loss_trains_trunk is False
+    assert rl_arm_config(config, tmp_path, seed=0).ppo.value_loss_trains_trunk is True
+    with pytest.raises(ConfigError, match="GRPO has no critic"):
+        apply_overrides(get_preset("miniature", kind=MiniatureConfig),
+                        ["rl.algorithm=grpo", "rl.value_loss_trains_trunk=false"])
     for half in (["rl.kl_coef=0.05"], ["rl.kl_mode=k1_reward"]):
         with pytest.raises(ConfigError, match="needs both rl.kl_mode"):
             apply_overrides(get_preset("miniature", kind=MiniatureConfig), half)

@@ -257,3 +257,31 @@ def test_entropy_reference_logprobs_and_k1_shaping(tiny):
                                      ref_token_logprobs=ref)
     np.testing.assert_array_equal(np.asarray(k3["ref_token_logprobs"]), ref.reshape(B * K, N))
     np.testing.assert_allclose(np.asarray(k3["rewards"]).reshape(B, K), traj.rewards, atol=0)
+
+
+def test_a_detached_value_input_keeps_the_values_and_trains_only_the_value_head(tiny):
+    """PPOConfig.value_loss_trains_trunk=False: the value loss's gradient stops at the value head's input, so it
+    reaches the head alone, while the values and the log-probs' gradients are those of the attached critic."""
+    config, params = tiny
+    ids, mask = prompts(config, seed=3)
+    rng = np.random.default_rng(4)
+    minibatch = {"context_ids": jnp.asarray(ids), "context_mask": jnp.asarray(mask),
+                 "response_ids": jnp.asarray(rng.integers(0, config.text.vocab_size - 16, (B, N)), jnp.int32),
+                 "response_mask": jnp.ones((B, N), jnp.int32)}
+
+    def grads(detach, which):
+        def loss(p):
+            logprobs, values, _ = transition_policy(p, minibatch, config=config, temperature=0.7,
+                                                    detach_value_input=detach)
+            return jnp.sum(values ** 2) if which == "value" else jnp.sum(logprobs)
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    (attached, attached_grads), (detached, detached_grads) = grads(False, "value"), grads(True, "value")
+    assert float(attached) == pytest.approx(float(detached), rel=1e-5)  # two programs: rounding only
+    trunk = lambda tree: {k: v for k, v in tree.items() if k != "value_head"}  # noqa: E731
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(trunk(detached_grads))) == 0.0
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(trunk(attached_grads))) > 0.0
+    for got, want in zip(jax.tree.leaves(detached_grads["value_head"]), jax.tree.leaves(attached_grads["value_head"])):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-9)
+    for got, want in zip(jax.tree.leaves(grads(True, "policy")[1]), jax.tree.leaves(grads(False, "policy")[1])):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-7)

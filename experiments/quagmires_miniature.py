@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from launch.config import DataConfig, apply_overrides, get_preset
+from launch.config import apply_overrides, get_preset
 from launch.miniature import (MiniatureConfig, base_sft_config, rl_arm_config, sft_arm_config, task_config,
                               write_base_data, write_data_once, write_sft_data)
 from launch.predict_run import PredictRunSettings, run_predict
@@ -47,7 +47,7 @@ def checkpoint_config(config: MiniatureConfig, base_dir: Path, data: str, heldou
     arm = sft_arm_config(config, base_dir, data, seed=0, steps=steps)
     return dataclasses.replace(arm, eval_examples=heldout_examples, eval_every=steps, greedy_examples=0,
                                optimizer=dataclasses.replace(arm.optimizer, lr=lr),
-                               data=DataConfig(path=data, heldout_path=heldout, length_multiple=16))
+                               data=dataclasses.replace(arm.data, heldout_path=heldout))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,6 +97,13 @@ def aggregate_token_loss(token_loss: jax.Array, token_mask: jax.Array, config: G
     return jnp.sum(token_loss) / (token_loss.shape[0] * norm_length)
 
 
+def _sequence_k3(token_log_ratio: jax.Array, token_mask: jax.Array) -> jax.Array:
+    """Mean over responses with tokens of (rho - 1) - log rho, rho = exp(sum of the response's token log-ratios,
+    clamped to +-20 as PPO's)."""
+    log_ratio = jnp.clip(jnp.sum(jnp.where(token_mask, token_log_ratio, 0.0), axis=-1), -20.0, 20.0)
+    return masked_mean(jnp.exp(log_ratio) - 1.0 - log_ratio, jnp.any(token_mask, axis=-1))
+
+
 def grpo_loss(new_token_logprobs: jax.Array, old_token_logprobs: jax.Array, advantages: jax.Array,
               response_mask: jax.Array, config: GRPOConfig, *,
               ref_token_logprobs: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -124,6 +131,9 @@ def grpo_loss(new_token_logprobs: jax.Array, old_token_logprobs: jax.Array, adva
         "clip_fraction": masked_mean((ratio_sg < 1.0 - config.clip_eps) | (ratio_sg > 1.0 + clip_high),
                                      token_mask),
         "approx_kl": masked_mean((ratio_sg - 1.0) - jax.lax.stop_gradient(log_ratio), token_mask),
+        # PPO's approx_kl (k3 of the whole response's ratio, rl.ppo): a response's log-ratio is the sum of its
+        # tokens', so the token-level number above is ~response-length times smaller for the same change
+        "sequence_approx_kl": _sequence_k3(jax.lax.stop_gradient(log_ratio), token_mask),
         "ratio": masked_mean(ratio_sg, token_mask),
         "response_tokens": masked_count(token_mask),
     }

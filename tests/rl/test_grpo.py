@@ -63,6 +63,8 @@ def test_loss_matches_numpy(cfg):
     ratio = np.exp(new - old)[mask]
     high = cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high
     np.testing.assert_allclose(metrics["clip_fraction"], np.mean((ratio < 1 - cfg.clip_eps) | (ratio > 1 + high)))
+    sequence = np.where(mask, new - old, 0.0).sum(-1)  # every row has a token (mask[:, 0])
+    np.testing.assert_allclose(metrics["sequence_approx_kl"], np.mean(np.exp(sequence) - 1 - sequence), rtol=1e-5)
 
 
 def test_dr_grpo_uses_a_constant_normaliser():

@@ -101,13 +101,17 @@ class RLArmConfig:
     group_size: int = 8
     # False: PPO's value loss trains the value head only, not the shared trunk (rl.ppo.PPOConfig)
     value_loss_trains_trunk: bool = True
+    # the value head's learning rate over the policy's: at 1 the fresh head learns nothing in 12 updates
+    # (explained variance 0, docs/miniature.md)
+    value_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if (self.kl_mode is None) != (self.kl_coef == 0.0) or self.kl_coef < 0:
             raise ValueError(f"a KL penalty needs both rl.kl_mode (k1_reward or k3_loss) and rl.kl_coef > 0, got "
                              f"kl_mode={self.kl_mode!r}, kl_coef={self.kl_coef}.")
-        if self.algorithm == "grpo" and not self.value_loss_trains_trunk:
-            raise ValueError("GRPO has no critic: rl.value_loss_trains_trunk applies to rl.algorithm=ppo only.")
+        if self.algorithm == "grpo" and (not self.value_loss_trains_trunk or self.value_lr_scale != 1.0):
+            raise ValueError("GRPO has no critic: rl.value_loss_trains_trunk and rl.value_lr_scale apply to "
+                             "rl.algorithm=ppo only.")
         if self.algorithm == "grpo" and self.kl_mode == "k1_reward":
             raise ValueError("GRPO puts its KL in the loss: use rl.kl_mode=k3_loss with rl.algorithm=grpo.")
         if self.algorithm == "grpo" and (self.group_size < 2 or self.episodes_per_update % self.group_size):
@@ -361,7 +365,7 @@ def rl_arm_config(config: MiniatureConfig, base_dir: Path, seed: int):
     ppo = PPOConfig(minibatch_size=rl.minibatch_size, epochs=rl.epochs, learning_rate=rl.lr,
                     final_learning_rate=rl.final_lr, max_grad_norm=rl.max_grad_norm, gae=GAEConfig(0.9, 0.95),
                     kl_mode=None if grpo else rl.kl_mode, kl_coef=0.0 if grpo else rl.kl_coef,
-                    value_loss_trains_trunk=rl.value_loss_trains_trunk)
+                    value_loss_trains_trunk=rl.value_loss_trains_trunk, value_lr_scale=rl.value_lr_scale)
     grpo_config = GRPOConfig(group_size=rl.group_size, clip_eps=ppo.clip_eps, kl_coef=rl.kl_coef if grpo else 0.0,
                              epochs=rl.epochs, minibatch_size=rl.minibatch_size)
     return RLConfig(init=str(base_dir), seed=seed, updates=rl.updates, episodes_per_update=rl.episodes_per_update,

@@ -48,7 +48,10 @@ class PPOConfig:
     reference) lets the value loss's gradient reach the shared transformer; False stops it at the value head's
     input (`rl.rollout.transition_policy`'s detach_value_input), so only the policy loss moves the trunk and the
     critic is a head on the policy's features: the ablation that separates what the critic's regression does to
-    the policy from what the policy gradient does.
+    the policy from what the policy gradient does. value_lr_scale: the value head's updates are multiplied by it
+    (its learning rate is value_lr_scale x the policy's, along the same cosine); a head initialised from random
+    learns nothing in a short run at a policy's learning rate (docs/miniature.md), separate critics usually get a
+    larger rate.
     """
 
     clip_eps: float = 0.1
@@ -69,6 +72,7 @@ class PPOConfig:
     max_log_ratio: float = 20.0
     gae: GAEConfig = GAEConfig()
     value_loss_trains_trunk: bool = True
+    value_lr_scale: float = 1.0
 
     def __post_init__(self):
         if self.advantage_normalization not in ("buffer", "minibatch", "none"):
@@ -81,6 +85,8 @@ class PPOConfig:
         if not 0.0 < self.final_learning_rate <= self.learning_rate:
             raise ValueError(f"PPOConfig needs 0 < final_learning_rate <= learning_rate, got "
                              f"{self.final_learning_rate} and {self.learning_rate}.")
+        if self.value_lr_scale <= 0:
+            raise ValueError(f"PPOConfig.value_lr_scale must be positive, got {self.value_lr_scale}.")
         if self.epochs < 1 or self.minibatch_size < 1:
             raise ValueError(f"PPOConfig.epochs and minibatch_size must be at least 1, got {self.epochs}, "
                              f"{self.minibatch_size}.")
@@ -212,11 +218,15 @@ def ppo_optimizer(config: PPOConfig, total_steps: int) -> optax.GradientTransfor
     too (`scale_by_cosine`), so runs of different lengths share one compiled update."""
     if total_steps < 1:
         raise ValueError(f"ppo_optimizer needs total_steps >= 1 optimizer steps, got {total_steps}.")
-    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
-                       optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate, eps=config.adam_eps),
-                       optax.inject_hyperparams(scale_by_cosine)(
-                           total_steps=float(total_steps),
-                           final_fraction=config.final_learning_rate / config.learning_rate))
+    transforms = [optax.clip_by_global_norm(config.max_grad_norm),
+                  optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate, eps=config.adam_eps),
+                  optax.inject_hyperparams(scale_by_cosine)(
+                      total_steps=float(total_steps),
+                      final_fraction=config.final_learning_rate / config.learning_rate)]
+    if config.value_lr_scale != 1.0:  # only then: the default optimizer state keeps its structure (checkpoints)
+        transforms.append(optax.masked(optax.scale(config.value_lr_scale),
+                                       lambda params: {name: name == "value_head" for name in params}))
+    return optax.chain(*transforms)
 
 
 def scale_by_cosine(total_steps: float | jax.Array, final_fraction: float | jax.Array) -> optax.GradientTransformation:

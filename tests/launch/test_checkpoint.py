@@ -207,3 +207,19 @@ def test_a_state_with_nothing_frozen_round_trips(tmp_path):
     with CheckpointManager(tmp_path) as manager:
         restored = manager.restore_latest(state)
     assert_bit_identical(restored.state, state)
+
+
+def test_a_ppo_state_with_a_scaled_value_head_round_trips(tmp_path):
+    """PPOConfig.value_lr_scale adds an optax.masked transform, whose state holds masked-out nodes."""
+    from rl.ppo import PPOConfig, ppo_optimizer
+    from rl.update import init_train_state
+
+    params = {"text_model": {"w": jnp.arange(3.0)}, "value_head": {"w": jnp.ones(2)}}
+    optimizer = ppo_optimizer(PPOConfig(learning_rate=1e-3, final_learning_rate=1e-4, value_lr_scale=100.0), 10)
+    state = init_train_state(params, optimizer)
+    with CheckpointManager(tmp_path, every_steps=1, async_save=False) as manager:
+        manager.save(1, state, {"position": 1})
+    with CheckpointManager(tmp_path) as manager:
+        restored = manager.restore_latest(state)
+    assert restored.step == 1 and jax.tree.structure(restored.state) == jax.tree.structure(state)
+    assert_bit_identical(restored.state, state)

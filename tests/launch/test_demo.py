@@ -99,8 +99,10 @@ def test_a_kl_penalty_and_a_detached_critic_reach_the_rl_arms_ppo_and_half_a_pen
     ppo = rl_arm_config(config, tmp_path, seed=0).ppo
     assert (ppo.kl_mode, ppo.kl_coef) == ("k3_loss", 0.05)
     assert rl_arm_config(get_preset("miniature", kind=MiniatureConfig), tmp_path, seed=0).ppo.kl_mode is None
-    detached = apply_overrides(get_preset("miniature", kind=MiniatureConfig), ["rl.value_loss_trains_trunk=false"])
+    detached = apply_overrides(get_preset("miniature", kind=MiniatureConfig),
+                               ["rl.value_loss_trains_trunk=false", "rl.value_lr_scale=100"])
     assert rl_arm_config(detached, tmp_path, seed=0).ppo.value_loss_trains_trunk is False
+    assert rl_arm_config(detached, tmp_path, seed=0).ppo.value_lr_scale == 100
     assert rl_arm_config(config, tmp_path, seed=0).ppo.value_loss_trains_trunk is True
     with pytest.raises(ConfigError, match="GRPO has no critic"):
         apply_overrides(get_preset("miniature", kind=MiniatureConfig),

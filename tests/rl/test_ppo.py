@@ -180,6 +180,21 @@ def test_optimizer_clips_then_runs_adam_with_cosine_decay():
     assert optimizer_steps_per_update(256, PPOConfig(minibatch_size=64)) == 16
 
 
+def test_the_value_heads_updates_are_scaled_and_the_default_state_keeps_its_structure():
+    params = {"text_model": {"w": jnp.ones(3)}, "value_head": {"w": jnp.ones(2)}}
+    grads = {"text_model": {"w": jnp.asarray([0.3, -0.2, 0.1])}, "value_head": {"w": jnp.asarray([0.5, -0.4])}}
+    plain, scaled = (ppo_optimizer(PPOConfig(learning_rate=1e-3, final_learning_rate=1e-4, value_lr_scale=k), 10)
+                     for k in (1.0, 100.0))
+    base, _ = plain.update(grads, plain.init(params), params)
+    more, state = scaled.update(grads, scaled.init(params), params)
+    np.testing.assert_allclose(more["text_model"]["w"], base["text_model"]["w"], rtol=1e-6)
+    np.testing.assert_allclose(more["value_head"]["w"], 100 * np.asarray(base["value_head"]["w"]), rtol=1e-6)
+    assert float(peak_learning_rate(state)) == pytest.approx(1e-3)
+    assert len(plain.init(params)) == 3  # a checkpoint of the default optimizer restores as before
+    with pytest.raises(ValueError, match="value_lr_scale must be positive"):
+        PPOConfig(value_lr_scale=0.0)
+
+
 # ---- ppo_update on a toy policy: a linear softmax over a few tokens, with a linear value head ----------------
 N, S, F, V = 8, 3, 4, 5
 

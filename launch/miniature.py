@@ -30,7 +30,6 @@ import dataclasses
 import json
 import math
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
@@ -164,7 +163,10 @@ class MiniatureError(ValueError):
 # --- task configs and data ----------------------------------------------------------------------------------------
 
 def _template(name: str) -> str:
-    return str(resources.files("tasks.general_points.templates").joinpath(name))
+    """A packaged template by name (not by path: run directories must resume from any checkout)."""
+    from tasks.general_points.prompts import PACKAGED
+
+    return PACKAGED + name
 
 
 def task_config(config: MiniatureConfig, *, face_cards: str = "ten", target: Optional[int] = None,

@@ -72,7 +72,9 @@ class GeneralPointsConfig:
     modality:          "language" (card labels in the prompt; GP-L) or "vision" (an image of the cards; GP-VL).
     max_verify_steps:  verification budget of a multi-turn episode.
     image_width, image_height: the rendered table in pixels (default: two 560-pixel tiles side by side).
-    prompt_template, feedback_template: paths of text files overriding the packaged templates (None: packaged).
+    prompt_template, feedback_template: paths of text files overriding the packaged templates (None: packaged),
+                       or "packaged:NAME" for another packaged template (e.g. "packaged:compact.txt"; no path, so
+                       configs and run directories that use it do not depend on where the checkout is).
     hand_pool:         "all" hands, or only the "train" / "heldout" pool: a fixed split of the rank multisets
                        (suits and order ignored, so one physical hand is in one pool under every rule and colour)
                        that keeps evaluation hands out of every training set (see `in_heldout_pool`).

@@ -27,8 +27,16 @@ PROMPT_FIELDS = ("target", "num_cards", "rule", "rule_short", "cards", "example_
 FEEDBACK_FIELDS = ("reason",)
 
 
+PACKAGED = "packaged:"
+
+
 @lru_cache(maxsize=32)
 def _load_template(path: str | None, packaged_name: str, allowed: tuple[str, ...]) -> Template:
+    if path is not None and path.startswith(PACKAGED):  # another packaged template, named without a path, so a
+        packaged_name, path = path[len(PACKAGED):], None  # config that uses one does not depend on the checkout
+        if not resources.files("tasks.general_points.templates").joinpath(packaged_name).is_file():
+            raise ValueError(f"there is no packaged template {packaged_name!r}; name a file of "
+                             "tasks/general_points/templates after 'packaged:', or give a file path.")
     if path is None:
         text = resources.files("tasks.general_points.templates").joinpath(packaged_name).read_text("utf-8")
         where = f"packaged template {packaged_name}"

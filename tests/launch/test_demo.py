@@ -281,3 +281,27 @@ def test_the_quagmires_study_checkpoints_measure_their_loss_on_held_out_in_distr
     loaded = load_expert_data(task=run.task, modality=run.modality, seed=run.seed, train_examples=0,
                               eval_examples=run.eval_examples, path=run.data.path, heldout_path=run.data.heldout_path)
     assert [prompt_key(c) for c in loaded.heldout] == [prompt_key(c) for c in heldout]
+
+
+def test_the_miniature_names_its_templates_without_a_path_and_they_give_the_files_prompts(tmp_path):
+    """Run directories store the episode config; a path to the checkout's templates there made them refuse to
+    resume from another checkout ("holds a run with another config: episodes")."""
+    from importlib import resources
+
+    from launch.miniature import task_config
+    from tasks.general_points import prompt_text
+    from tasks.general_points.prompts import feedback_text
+
+    config = get_preset("miniature", kind=MiniatureConfig)
+    episodes = rl_arm_config(config, tmp_path, seed=0).episodes
+    assert episodes.prompt_template == "packaged:compact.txt"
+    assert episodes.feedback_template == "packaged:compact_feedback.txt"
+    gp = task_config(config)
+    files = resources.files("tasks.general_points.templates")
+    by_path = dataclasses.replace(gp, prompt_template=str(files / "compact.txt"),
+                                  feedback_template=str(files / "compact_feedback.txt"))
+    labels = ["A", "7", "K"]
+    assert prompt_text(labels, gp) == prompt_text(labels, by_path) and "Make 24" in prompt_text(labels, gp)
+    assert feedback_text("wrong", gp) == feedback_text("wrong", by_path)
+    with pytest.raises(ValueError, match="no packaged template 'nope.txt'"):
+        prompt_text(labels, dataclasses.replace(gp, prompt_template="packaged:nope.txt"))

@@ -325,12 +325,13 @@ def write_data_once(path: Path, make: Callable[[], list]) -> str:
 def write_base_data(config: MiniatureConfig, out: Path) -> str:
     """OUT/data/base.jsonl: the base stage's mixture (written once); returns its path."""
     return write_data_once(out / "data" / "base.jsonl",
-                       lambda: cell_data(base_cells(config, config.base.steps * config.base.batch_size), seed=0))
+                           lambda: cell_data(base_cells(config, config.base.steps * config.base.batch_size), seed=0))
 
 
 def write_sft_data(config: MiniatureConfig, out: Path) -> str:
     """OUT/data/sft_in_distribution.jsonl: the SFT arm's in-distribution expert answers (written once)."""
-    return write_data_once(out / "data" / "sft_in_distribution.jsonl", lambda: cell_data(sft_arm_cells(config), seed=1))
+    return write_data_once(out / "data" / "sft_in_distribution.jsonl",
+                           lambda: cell_data(sft_arm_cells(config), seed=1))
 
 
 def base_sft_config(config: MiniatureConfig, data_path: str) -> SFTConfig:

@@ -553,8 +553,8 @@ def write_outputs(config: MiniatureConfig, out: Path, base_dir: Path, runs: list
         f"that state the face-card rule ({config.num_cards} cards, targets {list(config.base.targets)}, both rules, "
         f"{config.base.steps} steps x {config.base.batch_size}); then, per seed {list(config.seeds)}, {arm_name} with "
         f"{config.max_verify_steps} verification steps ({config.rl.updates} updates x {config.rl.episodes_per_update} "
-        f"episodes{groups}) and SFT on in-distribution expert answers ({sft_steps} steps x {config.sft.batch_size}) at equal "
-        f"training GFLOPs, both only on J/Q/K = 10, target {config.target}. Evaluation: greedy, "
+        f"episodes{groups}) and SFT on in-distribution expert answers ({sft_steps} steps x {config.sft.batch_size}) "
+        f"at equal training GFLOPs, both only on J/Q/K = 10, target {config.target}. Evaluation: greedy, "
         f"{config.max_verify_steps} verification steps, {config.eval_episodes} held-out hands per split and point "
         "(no evaluation hand occurs in any training set: checked). docs/miniature.md explains the design.", "",
         "## Verdict", "", *[f"- {sentence}" for sentence in verdict], "",

@@ -148,15 +148,15 @@ def test_sft_run_directory_exports_the_checkpoints_combined_params(tmp_path, cap
 def test_a_run_directory_exports_quietly_and_a_damaged_step_is_one_line_on_stderr(tmp_path):
     """Exporting printed an absl warning (the step metadata looked up in the item directory); a checkpoint whose
     array data was cut short stops with one sentence, and the reads orbax abandons with the failed restore do not
-    print tracebacks after it (they did in about one run in five)."""
+    print tracebacks after it (they did in about one run in five, so one run here catches a regression only
+    sometimes; docs/cli.md has the 16-run counts)."""
     run, _ = _sft_run_directory(tmp_path)
     data = max((p for p in (run / "checkpoints" / "4" / "state").rglob("*") if p.is_file() and "ocdbt." in str(p)),
                key=lambda p: p.stat().st_size)
     data.write_bytes(data.read_bytes()[:1000])
     good = _convert_in_a_process("--orbax", run, "--step", 2, "--out", tmp_path / "hf2")
     assert good.returncode == 0 and good.stderr == "", good.stderr
-    for attempt in range(2):
-        bad = _convert_in_a_process("--orbax", run, "--out", tmp_path / "hf4")
-        assert bad.returncode == 2
-        assert bad.stderr.count("\n") == 1 and "pick another --step" in bad.stderr, bad.stderr
-        assert "See full TensorStore details" not in bad.stderr
+    bad = _convert_in_a_process("--orbax", run, "--out", tmp_path / "hf4")
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and "pick another --step" in bad.stderr, bad.stderr
+    assert "See full TensorStore details" not in bad.stderr

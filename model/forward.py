@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from model import text as T
 from model.config import ModelConfig
-from model.value_head import value_head_apply
+from model.value_head import policy_values
 
 Params = dict[str, Any]
 
@@ -103,10 +103,7 @@ def forward(params: Params, config: ModelConfig, input_ids: jax.Array, *, attent
         cross_attention_states=cross_attention_states, logits_positions=logits_positions)
     if not return_values:
         return logits
-    if "value_head" not in params:
-        raise ValueError("return_values=True needs params['value_head']; create it with "
-                         "model.init_params(rng, config, value_head=True) or model.init_value_head")
-    return logits, value_head_apply(params["value_head"], hidden)
+    return logits, policy_values(params, hidden, "return_values=True")
 
 
 # ------------------------------------------------------------------------------------------------- KV cache

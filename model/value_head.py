@@ -32,6 +32,15 @@ def init_value_head(rng: jax.Array, config: ModelConfig) -> dict[str, Any]:
     return params
 
 
+def policy_values(policy_params: dict[str, Any], hidden: jax.Array, what: str) -> jax.Array:
+    """`value_head_apply` of a whole policy's params (the "value_head" entry) at hidden (..., D) -> (...);
+    without that entry, one sentence naming ``what`` needed it."""
+    if "value_head" not in policy_params:
+        raise ValueError(f"{what} needs params['value_head']; create it with "
+                         "model.init_params(rng, config, value_head=True) or model.init_value_head")
+    return value_head_apply(policy_params["value_head"], hidden)
+
+
 def value_head_apply(params: dict[str, Any], hidden: jax.Array) -> jax.Array:
     """values (B, S) float32 from hidden (B, S, D)."""
     x = hidden.astype(jnp.float32)

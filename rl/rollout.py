@@ -38,7 +38,7 @@ import numpy as np
 from model.config import ModelConfig
 from model.forward import forward_hidden, init_cache
 from model.sampler import SamplerState, SamplingConfig, append, cache_shardings, sample_turn, start, token_logprobs
-from model.value_head import value_head_apply
+from model.value_head import policy_values
 
 Params = dict[str, Any]
 
@@ -89,7 +89,7 @@ class Trajectory:
 
 def _value(params: Params, hidden: jax.Array) -> jax.Array:
     """The value head at hidden states (B, D) -> (B,)."""
-    return value_head_apply(params["value_head"], hidden[:, None])[:, 0]
+    return policy_values(params, hidden[:, None], "an RL policy")[:, 0]
 
 
 def call_verifier(verifier: VerifierFn, tokens: jax.Array, lengths: jax.Array, active: jax.Array, step: jax.Array,
@@ -266,9 +266,6 @@ def transition_policy(params: Params, minibatch: dict[str, jax.Array], *, config
     `detach_value_input`: the value head reads the trunk's hidden state through a stop-gradient, so the value loss
     trains the head only (PPOConfig.value_loss_trains_trunk=False); the values are the same. Optional minibatch
     keys "cross_attention_states" (n, V, D) and "cross_attention_mask" (n, C + N, I, T)."""
-    if "value_head" not in params:
-        raise ValueError("transition_policy needs params['value_head']; create it with "
-                         "model.init_params(rng, config, value_head=True) or model.init_value_head")
     context, response = minibatch["context_ids"], minibatch["response_ids"]
     ids = jnp.concatenate([context, response], axis=1)
     mask = jnp.concatenate([minibatch["context_mask"], minibatch["response_mask"]], axis=1)
@@ -281,7 +278,7 @@ def transition_policy(params: Params, minibatch: dict[str, jax.Array], *, config
     value_input = hidden[:, c - 1]
     if detach_value_input:
         value_input = jax.lax.stop_gradient(value_input)
-    values = value_head_apply(params["value_head"], value_input[:, None])[:, 0]
+    values = _value(params, value_input)
     entropy = token_entropy(response_logits, temperature) if return_entropy else None
     return token_logprobs(response_logits, response, temperature), values, entropy
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from rl.masked import masked_count, masked_mean
-from rl.ppo import k3_kl
+from rl.ppo import k3_kl, sequence_logprob
 from rl.update import TrainState, minibatch_update
 
 Aggregation = Literal["token_mean", "sequence_mean", "token_sum_norm"]
@@ -100,7 +100,7 @@ def aggregate_token_loss(token_loss: jax.Array, token_mask: jax.Array, config: G
 def _sequence_k3(token_log_ratio: jax.Array, token_mask: jax.Array) -> jax.Array:
     """Mean over responses with tokens of (rho - 1) - log rho, rho = exp(sum of the response's token log-ratios,
     clamped to +-20 as PPO's)."""
-    log_ratio = jnp.clip(jnp.sum(jnp.where(token_mask, token_log_ratio, 0.0), axis=-1), -20.0, 20.0)
+    log_ratio = jnp.clip(sequence_logprob(token_log_ratio, token_mask), -20.0, 20.0)
     return masked_mean(jnp.exp(log_ratio) - 1.0 - log_ratio, jnp.any(token_mask, axis=-1))
 
 

@@ -80,9 +80,11 @@ def ignore_abandoned_reads() -> None:
     atexit.register(gc.collect)
 
 
-def error_summary(error: Exception) -> str:
-    """The error's type and the first line of its message, without the pointer to TensorStore's details that
-    follows the first sentence of orbax's read errors."""
+def refused_restore(error: Exception) -> str:
+    """What every caller does with an orbax restore that raised: keep its abandoned reads quiet
+    (`ignore_abandoned_reads`) and return the error's type and the first line of its message, without the
+    pointer to TensorStore's details that follows the first sentence of orbax's read errors."""
+    ignore_abandoned_reads()
     text = str(error).splitlines()[0] if str(error) else ""
     return f"{type(error).__name__}: {text.split(' See full TensorStore details')[0]}"
 
@@ -145,8 +147,7 @@ class CheckpointManager:
             try:
                 return self.restore(steps[index], like_state)
             except Exception as error:  # orbax raises many types for damaged files; any of them means skip
-                ignore_abandoned_reads()
-                reason = error_summary(error)
+                reason = refused_restore(error)
                 then = f"falling back to step {steps[index - 1]}" if index else "no earlier checkpoint is left"
                 # one line on stderr (a logging.warning beside it printed the same line twice)
                 warnings.warn(f"checkpoint step {steps[index]} in {self.directory} cannot be restored ({reason}); "

@@ -87,10 +87,9 @@ def load_orbax(orbax_dir: str | Path):
             if problem is None:
                 return config, checkpointer.restore(params_dir, expected)
     except Exception as error:  # orbax raises many types for a damaged checkpoint
-        from launch.checkpoint import error_summary, ignore_abandoned_reads
+        from launch.checkpoint import refused_restore
 
-        ignore_abandoned_reads()
-        problem = error_summary(error)
+        problem = refused_restore(error)
     raise ConvertError(f"cannot restore the params in {params_dir} for the config in {config_file} "
                        f"({problem}); re-create it with 'memgen convert hf-to-orbax'")
 
@@ -167,11 +166,10 @@ def load_run(run_dir: str | Path, step: int | None = None):
         state = _restore_params_partitions(state_dir)
         params = combine(state["trainable"], state["frozen"])
     except Exception as error:  # orbax raises many types for a damaged checkpoint
-        from launch.checkpoint import error_summary, ignore_abandoned_reads
+        from launch.checkpoint import refused_restore
 
-        ignore_abandoned_reads()
-        raise ConvertError(f"cannot restore the train state in {state_dir} ({error_summary(error)}); pick another "
-                           "--step") from None
+        raise ConvertError(f"cannot restore the train state in {state_dir} ({refused_restore(error)}); pick "
+                           "another --step") from None
     dtypes = {str(leaf.dtype) for leaf in jax.tree.leaves(params)}
     param_dtype = "bfloat16" if dtypes == {"bfloat16"} else "float32"
     config = config.replace(param_dtype=param_dtype, dtype=param_dtype)

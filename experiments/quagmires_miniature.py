@@ -29,7 +29,7 @@ from launch.miniature import (MiniatureConfig, base_sft_config, rl_arm_config, s
                               write_base_data, write_data_once, write_sft_data)
 from launch.predict_run import PredictRunSettings, run_predict
 from launch.sft_run import run_sft
-from launch.sweep import lr_name, parse_learning_rates
+from launch.sweep import lr_name, parse_budgets, parse_learning_rates
 
 
 def heldout_conversations(config: MiniatureConfig, size: int, seed: int = 11) -> list:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     heldout = write_data_once(args.out / "data" / "heldout_in_distribution.jsonl",
                               lambda: heldout_conversations(config, args.heldout_examples))
     checkpoints = []
-    for steps in [int(s) for s in args.steps.split(",")]:
+    for steps in parse_budgets(args.steps, "--steps"):
         for lr in parse_learning_rates(args.lrs):
             directory = args.out / "sft" / f"{lr_name(lr)}_steps-{steps}"
             print(f"[quagmires] SFT checkpoint {directory.name}", flush=True)

@@ -94,14 +94,14 @@ def parse_freeze_sets(text: str) -> tuple[tuple[str, ...], ...]:
     return tuple(sets)
 
 
-def parse_budgets(text: str) -> tuple[int, ...]:
-    """"1,3,5" -> (1, 3, 5); each a distinct positive integer."""
+def parse_budgets(text: str, option: str = "--budgets") -> tuple[int, ...]:
+    """"1,3,5" -> (1, 3, 5); each a distinct positive integer (``option`` names the flag in the error)."""
     try:
         budgets = tuple(int(item) for item in text.split(",") if item.strip())
     except ValueError:
-        raise ConfigError(f"--budgets {text!r} must be positive integers, e.g. --budgets 1,3,5") from None
+        raise ConfigError(f"{option} {text!r} must be positive integers, e.g. {option} 1,3,5") from None
     if not budgets or min(budgets) < 1 or len(set(budgets)) != len(budgets):
-        raise ConfigError(f"--budgets {text!r} must be distinct positive integers, e.g. --budgets 1,3,5")
+        raise ConfigError(f"{option} {text!r} must be distinct positive integers, e.g. {option} 1,3,5")
     return budgets
 
 

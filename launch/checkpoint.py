@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import logging
 import os
 import sys
 import traceback
@@ -49,28 +50,39 @@ def abstract_like(state: Any) -> Any:
     return jax.tree.map(describe, state)
 
 
-def _is_abandoned_read(unraisable: Any) -> bool:
-    """Whether an unraisable exception is a leftover of a refused orbax restore: one of its other array reads
-    (an orbax coroutine, collected with its error unretrieved) or a read that finished after the restore's event
-    loop had closed."""
-    error = unraisable.exc_value
+def _is_abandoned_read(error: Optional[BaseException], error_traceback: Any) -> bool:
+    """Whether an exception nobody will see raised is a leftover of a refused orbax restore: one of its other
+    array reads (raised in orbax, collected with its error unretrieved) or a read that finished after the
+    restore's event loop had closed."""
     if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
         return True
-    frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+    frames = traceback.extract_tb(error_traceback) if error_traceback else []
     return any(f"{os.sep}orbax{os.sep}checkpoint{os.sep}" in frame.filename for frame in frames)
 
 
-def ignore_abandoned_reads() -> None:
-    """Call after a refused restore (its error already reported): orbax does not cancel the restore's other array
-    reads, and when they end (at exit or when collected) Python prints each as an unraisable exception, tracebacks
-    after the one sentence the user needs, or not, depending on timing. This installs, once per process, an
-    unraisable hook that drops exactly those and passes everything else to the previous hook."""
+def _keep_asyncio_record(record: logging.LogRecord) -> bool:
+    """asyncio logs a collected future whose error was never retrieved; for an abandoned orbax read that is noise."""
+    if "exception was never retrieved" in record.getMessage() and record.exc_info:
+        return not _is_abandoned_read(record.exc_info[1], record.exc_info[2])
+    return True
+
+
+def quiet_abandoned_reads() -> None:
+    """Call before an orbax restore that may be refused: orbax does not cancel a refused restore's other array
+    reads, and as they end (within milliseconds, at exit, or when collected) Python prints each as an unraisable
+    exception or asyncio logs it as an error never retrieved: tracebacks around the one sentence the user needs.
+    This installs, once per process, an unraisable hook and an asyncio log filter that drop exactly those and let
+    everything else through. Installed before the restore, not after it fails: the first late reads race the
+    error's propagation (under load they won, and printed)."""
+    asyncio_logger = logging.getLogger("asyncio")
+    if _keep_asyncio_record not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_keep_asyncio_record)
     previous = sys.unraisablehook
     if getattr(previous, "_memgen_filters_reads", False):
         return
 
     def hook(unraisable: Any) -> None:
-        if not _is_abandoned_read(unraisable):
+        if not _is_abandoned_read(unraisable.exc_value, unraisable.exc_traceback):
             previous(unraisable)
 
     hook._memgen_filters_reads = True
@@ -81,10 +93,8 @@ def ignore_abandoned_reads() -> None:
 
 
 def refused_restore(error: Exception) -> str:
-    """What every caller does with an orbax restore that raised: keep its abandoned reads quiet
-    (`ignore_abandoned_reads`) and return the error's type and the first line of its message, without the
-    pointer to TensorStore's details that follows the first sentence of orbax's read errors."""
-    ignore_abandoned_reads()
+    """An orbax restore's error in one line: its type and the first line of its message, without the pointer to
+    TensorStore's details that follows the first sentence of orbax's read errors."""
     text = str(error).splitlines()[0] if str(error) else ""
     return f"{type(error).__name__}: {text.split(' See full TensorStore details')[0]}"
 
@@ -130,6 +140,7 @@ class CheckpointManager:
 
     def restore(self, step: int, like_state: Any) -> Restored:
         """Restore ``step`` onto the shapes, dtypes and shardings of ``like_state`` (a state or abstract one)."""
+        quiet_abandoned_reads()
         restored = self._manager.restore(int(step), args=ocp.args.Composite(**{
             STATE_ITEM: ocp.args.StandardRestore(abstract_like(like_state)),
             RUN_STATE_ITEM: ocp.args.JsonRestore(),

@@ -60,6 +60,7 @@ def load_orbax(orbax_dir: str | Path):
     import orbax.checkpoint as ocp
 
     import model
+    from launch.checkpoint import quiet_abandoned_reads, refused_restore
     from launch.config import ConfigError, from_dict
 
     orbax_dir = Path(orbax_dir).absolute()
@@ -85,10 +86,9 @@ def load_orbax(orbax_dir: str | Path):
             # ("Event loop is closed") after the one sentence when the process exits
             problem = _shape_mismatch(tree, expected)
             if problem is None:
+                quiet_abandoned_reads()
                 return config, checkpointer.restore(params_dir, expected)
     except Exception as error:  # orbax raises many types for a damaged checkpoint
-        from launch.checkpoint import refused_restore
-
         problem = refused_restore(error)
     raise ConvertError(f"cannot restore the params in {params_dir} for the config in {config_file} "
                        f"({problem}); re-create it with 'memgen convert hf-to-orbax'")
@@ -122,10 +122,13 @@ def _restore_params_partitions(state_dir: Path) -> dict:
     stay on disk), onto this process's first device, with their stored dtypes."""
     import orbax.checkpoint as ocp
 
+    from launch.checkpoint import quiet_abandoned_reads
+
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     # the item's handler, not a Checkpointer: a Checkpointer looks for step metadata in the item directory (it is
     # one level up, written by the CheckpointManager) and logs an absl warning on every conversion
     handler = ocp.PyTreeCheckpointHandler()
+    quiet_abandoned_reads()
     try:
         metadata = handler.metadata(state_dir)
         tree = getattr(metadata, "tree", metadata)
@@ -142,6 +145,7 @@ def _restore_params_partitions(state_dir: Path) -> dict:
 def load_run(run_dir: str | Path, step: int | None = None):
     """(config, params, step) of a `memgen sft` run directory's checkpoint (the latest when step is None)."""
     import model
+    from launch.checkpoint import refused_restore
     from sft.optim import combine
 
     run_dir = Path(run_dir).absolute()
@@ -166,8 +170,6 @@ def load_run(run_dir: str | Path, step: int | None = None):
         state = _restore_params_partitions(state_dir)
         params = combine(state["trainable"], state["frozen"])
     except Exception as error:  # orbax raises many types for a damaged checkpoint
-        from launch.checkpoint import refused_restore
-
         raise ConvertError(f"cannot restore the train state in {state_dir} ({refused_restore(error)}); pick "
                            "another --step") from None
     dtypes = {str(leaf.dtype) for leaf in jax.tree.leaves(params)}

@@ -158,17 +158,20 @@ def test_an_interrupted_sft_loop_resumes_bit_identically(tmp_path):
     assert step_fn._cache_size() == 1  # resuming does not recompile
 
 
-def test_after_a_refused_restore_only_the_abandoned_reads_are_kept_off_stderr(monkeypatch):
+def test_after_a_refused_restore_only_the_abandoned_reads_are_kept_off_stderr(monkeypatch, caplog):
     """The hook drops the leftovers of a refused orbax restore (late reads on a closed event loop, collected orbax
-    coroutines) and hands every other unraisable exception to the hook it replaced; installing it twice wraps once."""
+    coroutines) and hands every other unraisable exception to the hook it replaced; installing it twice wraps once.
+    asyncio's "exception was never retrieved" errors are dropped for orbax reads only (seen once in 64 loaded runs
+    of a damaged checkpoint's export)."""
+    import logging
     import types
 
-    from launch.checkpoint import ignore_abandoned_reads
+    from launch.checkpoint import quiet_abandoned_reads
 
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
-    ignore_abandoned_reads()
-    ignore_abandoned_reads()
+    quiet_abandoned_reads()
+    quiet_abandoned_reads()
 
     def unraisable(error, filename=None):
         traceback = None
@@ -186,6 +189,42 @@ def test_after_a_refused_restore_only_the_abandoned_reads_are_kept_off_stderr(mo
     for args in [unraisable(RuntimeError("Event loop is closed")), unraisable(Exception("read"), orbax_file), *kept]:
         sys.unraisablehook(args)
     assert seen == kept
+
+    def log(message, error):
+        logging.getLogger("asyncio").error(message, exc_info=(type(error), error, error.__traceback__))
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        log("_GatheringFuture exception was never retrieved", unraisable(Exception("read"), orbax_file).exc_value)
+        log("Task exception was never retrieved", unraisable(ValueError("mine"), "/work/main/rl/rollout.py").exc_value)
+        log("Exception in callback", unraisable(Exception("read"), orbax_file).exc_value)
+    assert [record.getMessage() for record in caplog.records] == ["Task exception was never retrieved",
+                                                                 "Exception in callback"]
+
+
+def test_the_read_filter_is_installed_before_orbax_starts_reading(tmp_path, monkeypatch):
+    """The first late reads of a refused restore arrive within a millisecond of the error, before it reaches the
+    caller (a CI run printed tracebacks around the sentence that way): the filter must already be in place when
+    orbax starts, not installed by the error handler."""
+    import orbax.checkpoint as ocp
+
+    from launch import checkpoint
+
+    with CheckpointManager(tmp_path, every_steps=1, async_save=False) as manager:
+        manager.save(1, {"w": jnp.arange(4.0)})
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+    filtered_when_reading = []
+    real_restore = ocp.CheckpointManager.restore
+
+    def restore(self, *args, **kwargs):
+        filtered_when_reading.append(getattr(sys.unraisablehook, "_memgen_filters_reads", False))
+        return real_restore(self, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", restore)
+    with CheckpointManager(tmp_path) as manager:
+        assert manager.restore_latest({"w": jnp.zeros(4)}).step == 1
+    assert filtered_when_reading == [True]
+    assert checkpoint.refused_restore(ValueError("bad read. See full TensorStore details: x\nmore")) == \
+        "ValueError: bad read."
 
 
 def test_checkpoints_that_do_not_fit_the_state_stop_the_run(tmp_path):

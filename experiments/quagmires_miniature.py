@@ -24,12 +24,15 @@ import sys
 import time
 from pathlib import Path
 
-from launch.config import apply_overrides, get_preset
+from experiments.common import miniature_config
+from launch.config import ConfigError
 from launch.miniature import (MiniatureConfig, base_sft_config, rl_arm_config, sft_arm_config, task_config,
                               write_base_data, write_data_once, write_sft_data)
 from launch.predict_run import PredictRunSettings, run_predict
 from launch.sft_run import run_sft
 from launch.sweep import lr_name, parse_budgets, parse_learning_rates
+
+PROG = "quagmires_miniature"
 
 
 def heldout_conversations(config: MiniatureConfig, size: int, seed: int = 11) -> list:
@@ -50,8 +53,30 @@ def checkpoint_config(config: MiniatureConfig, base_dir: Path, data: str, heldou
                                data=dataclasses.replace(arm.data, heldout_path=heldout))
 
 
+def _study(config: MiniatureConfig, args: argparse.Namespace, steps_grid, lrs) -> list:
+    """The base (unless --base), the SFT checkpoint grid, then the predictor runs; the predict table's rows."""
+    base_dir = args.base
+    if base_dir is None:
+        base_dir = args.out / "base"
+        run_sft(base_sft_config(config, write_base_data(config, args.out)), base_dir)
+    data = write_sft_data(config, args.out)
+    heldout = write_data_once(args.out / "data" / "heldout_in_distribution.jsonl",
+                              lambda: heldout_conversations(config, args.heldout_examples))
+    checkpoints = []
+    for steps in steps_grid:
+        for lr in lrs:
+            directory = args.out / "sft" / f"{lr_name(lr)}_steps-{steps}"
+            print(f"[quagmires] SFT checkpoint {directory.name}", flush=True)
+            run_sft(checkpoint_config(config, base_dir, data, heldout, lr=lr, steps=steps,
+                                      heldout_examples=args.heldout_examples), directory)
+            checkpoints.append(directory)
+    settings = PredictRunSettings(split=args.split, episodes=args.episodes, samples=args.samples)
+    _, rows = run_predict(checkpoints, args.out / "predict", rl_arm_config(config, base_dir, seed=0), settings)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--preset", default="miniature", help="the miniature preset the base, data and RL come from")
     parser.add_argument("--base", type=Path, default=None,
@@ -65,25 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="miniature config overrides, e.g. rl.lr=3e-5")
     args = parser.parse_args(argv)
 
-    config = apply_overrides(get_preset(args.preset, kind=MiniatureConfig), args.overrides)
+    config = miniature_config(PROG, args.preset, args.overrides)
+    if config is None:
+        return 2
     started = time.monotonic()
-    base_dir = args.base
-    if base_dir is None:
-        base_dir = args.out / "base"
-        run_sft(base_sft_config(config, write_base_data(config, args.out)), base_dir)
-    data = write_sft_data(config, args.out)
-    heldout = write_data_once(args.out / "data" / "heldout_in_distribution.jsonl",
-                              lambda: heldout_conversations(config, args.heldout_examples))
-    checkpoints = []
-    for steps in parse_budgets(args.steps, "--steps"):
-        for lr in parse_learning_rates(args.lrs):
-            directory = args.out / "sft" / f"{lr_name(lr)}_steps-{steps}"
-            print(f"[quagmires] SFT checkpoint {directory.name}", flush=True)
-            run_sft(checkpoint_config(config, base_dir, data, heldout, lr=lr, steps=steps,
-                                      heldout_examples=args.heldout_examples), directory)
-            checkpoints.append(directory)
-    settings = PredictRunSettings(split=args.split, episodes=args.episodes, samples=args.samples)
-    _, rows = run_predict(checkpoints, args.out / "predict", rl_arm_config(config, base_dir, seed=0), settings)
+    try:
+        steps_grid, lrs = parse_budgets(args.steps, "--steps"), parse_learning_rates(args.lrs)
+        rows = _study(config, args, steps_grid, lrs)
+    except ConfigError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 2
     for row in rows:
         print(row)
     print(f"[quagmires] done in {time.monotonic() - started:.0f} s: {args.out / 'predict' / 'predict.md'}")

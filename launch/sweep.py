@@ -65,19 +65,20 @@ def lr_name(lr: float) -> str:
     return f"lr-{lr:g}"
 
 
-def parse_learning_rates(text: str) -> tuple[float, ...]:
-    """"1e-4,3e-4" -> (1e-4, 3e-4); each must be a positive finite number."""
+def parse_learning_rates(text: str, option: str = "--lrs") -> tuple[float, ...]:
+    """"1e-4,3e-4" -> (1e-4, 3e-4); each a distinct positive finite number (``option`` names the flag in the
+    error)."""
     rates = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         try:
             rate = float(item)
         except ValueError:
-            raise ConfigError(f"--lrs item {item!r} is not a number; write e.g. --lrs 1e-4,3e-4") from None
+            raise ConfigError(f"{option} item {item!r} is not a number; write e.g. {option} 1e-4,3e-4") from None
         if not (math.isfinite(rate) and rate > 0):
-            raise ConfigError(f"--lrs item {item!r} must be a positive learning rate")
+            raise ConfigError(f"{option} item {item!r} must be a positive number")
         rates.append(rate)
     if not rates or len(set(rates)) != len(rates):
-        raise ConfigError(f"--lrs {text!r} must list distinct learning rates, e.g. --lrs 1e-4,3e-4")
+        raise ConfigError(f"{option} {text!r} must list distinct positive numbers, e.g. {option} 1e-4,3e-4")
     return tuple(rates)
 
 

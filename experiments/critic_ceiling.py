@@ -41,6 +41,7 @@ from rl.baselines import baseline_noise, linear_probe_explained_variance
 from rl.gae import GAEConfig, gae
 
 PROG = "critic_ceiling"
+BOOTSTRAP_DRAWS = 200
 
 
 def first_state_returns(rewards, dones, valid, gamma: float) -> np.ndarray:
@@ -85,14 +86,19 @@ def play_hands(policy, rl_config, *, hands: int, plays: int, batch: int, seed: i
 
 
 def measure(returns: np.ndarray, features: np.ndarray, *, group_sizes, ridges) -> dict:
-    """The variance components, each baseline's share of the batch-mean noise and the linear probe's held-out
-    explained variance at each ridge penalty."""
+    """The variance components, the critic's ceiling (with a bootstrap standard error over hands), each baseline's
+    share of the batch-mean noise and the linear probe's held-out explained variance at each ridge penalty."""
     hands, plays = returns.shape
     noise = baseline_noise(returns, group_size=group_sizes[0])
     ids = np.repeat(np.arange(hands), plays)
+    # the ceiling's standard error: the spread of its estimate over hands resampled with replacement
+    rng = np.random.default_rng(0)
+    resampled = [baseline_noise(returns[rng.integers(0, hands, hands)], group_size=group_sizes[0]).critic_ceiling
+                 for _ in range(BOOTSTRAP_DRAWS)]
     return {
         "hands": hands, "plays": plays, "mean_return": noise.mean, "between": noise.between,
         "within": noise.within, "critic_ceiling": noise.critic_ceiling,
+        "critic_ceiling_se": float(np.std(resampled, ddof=1)),
         "group_share": {str(g): baseline_noise(returns, group_size=g).group_share for g in group_sizes},
         "linear_probe": {f"{r:g}": linear_probe_explained_variance(features[ids], returns.reshape(-1), ids, ridge=r)
                          for r in ridges},
@@ -113,7 +119,7 @@ def table(rows: list[dict]) -> str:
     for row in rows:
         cells = [row["policy"], f"{row['hands']} x {row['plays']}", f"{row['success']:.3f}",
                  f"{row['mean_return']:.3f}", f"{row['between']:.3f}", f"{row['within']:.3f}",
-                 f"{row['critic_ceiling']:.3f}"]
+                 f"{row['critic_ceiling']:.3f} ± {row['critic_ceiling_se']:.3f}"]
         cells += [_signed(row["group_share"].get(g)) for g in groups]
         cells += [_signed(row["linear_probe"].get(r)) for r in ridges]
         lines.append("| " + " | ".join(cells) + " |")

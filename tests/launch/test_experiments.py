@@ -28,7 +28,7 @@ def test_the_script_measures_a_policy_and_adds_a_row_per_policy(tmp_path, capsys
     row = rows[0]
     assert (row["hands"], row["plays"], set(row["group_share"]), set(row["linear_probe"])) == (4, 2, {"2", "4"},
                                                                                                 {"10"})
-    assert 0.0 <= row["success"] <= 1.0 and 0.0 <= row["critic_ceiling"] <= 1.0
+    assert 0.0 <= row["success"] <= 1.0 and 0.0 <= row["critic_ceiling"] <= 1.0 and row["critic_ceiling_se"] >= 0
     table = (tmp_path / "critic.md").read_text().splitlines()
     assert len(table) == 3 and "GRPO g=4" in table[0] and table[2].startswith("| tiny | 4 x 2 |")
 

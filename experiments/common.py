@@ -1,19 +1,22 @@
-"""What the experiment scripts share: the miniature config a command line asks for."""
+"""What the experiment scripts share: their miniature config and their one-sentence refusals."""
 
 from __future__ import annotations
 
+import argparse
 import sys
-from typing import Optional, Sequence
+from typing import Callable
 
 from launch.config import ConfigError, resolve
 from launch.miniature import MiniatureConfig
 
 
-def miniature_config(prog: str, preset: str, overrides: Sequence[str]) -> Optional[MiniatureConfig]:
-    """The miniature preset with the command line's ``key=value`` overrides; None after one sentence on stderr
-    (``prog: ...``) for an unknown preset or a bad override."""
+def run_with_miniature_config(prog: str, args: argparse.Namespace,
+                              body: Callable[[MiniatureConfig], int]) -> int:
+    """``body(config)``'s exit code, the config being the miniature preset ``args.preset`` with the command line's
+    ``args.overrides``; an unknown preset, a bad override or a ConfigError from the body (a bad option) is one
+    sentence on stderr (``prog: ...``) and exit code 2."""
     try:
-        return resolve(preset, overrides, kind=MiniatureConfig)
+        return body(resolve(args.preset, args.overrides, kind=MiniatureConfig))
     except ConfigError as error:
         print(f"{prog}: {error}", file=sys.stderr)
-        return None
+        return 2

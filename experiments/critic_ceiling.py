@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import miniature_config
+from experiments.common import run_with_miniature_config
 from launch.config import ConfigError
-from launch.miniature import rl_arm_config
+from launch.miniature import MiniatureConfig, rl_arm_config
 from launch.rl_common import load_policy, new_episodes, task_config
 from launch.rl_run import shared_runner
 from launch.sweep import parse_budgets, parse_learning_rates
@@ -141,22 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="miniature config overrides, e.g. rl.temperature=1.0")
     args = parser.parse_args(argv)
 
-    config = miniature_config(PROG, args.preset, args.overrides)
-    if config is None:
-        return 2
+    return run_with_miniature_config(PROG, args, lambda config: _measure_policy(config, args))
+
+
+def _measure_policy(config: MiniatureConfig, args: argparse.Namespace) -> int:
+    """Play, measure, and add the policy's row to OUT/critic.json and OUT/critic.md."""
     started = time.monotonic()
-    try:
-        group_sizes = parse_budgets(args.groups, "--groups")
-        ridges = parse_learning_rates(args.ridges, "--ridges")
-        rl_config = rl_arm_config(config, Path(args.policy), seed=args.seed)
-        policy = load_policy(rl_config.init, seed=args.seed)
-        returns, successes, features = play_hands(policy, rl_config, hands=args.hands, plays=args.plays,
-                                                  batch=args.batch, seed=args.seed)
-        row = {"policy": str(args.policy), "success": float(successes.mean()),
-               **measure(returns, features, group_sizes=group_sizes, ridges=ridges)}
-    except ConfigError as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
-        return 2
+    group_sizes = parse_budgets(args.groups, "--groups")
+    ridges = parse_learning_rates(args.ridges, "--ridges")
+    rl_config = rl_arm_config(config, Path(args.policy), seed=args.seed)
+    policy = load_policy(rl_config.init, seed=args.seed)
+    returns, successes, features = play_hands(policy, rl_config, hands=args.hands, plays=args.plays,
+                                              batch=args.batch, seed=args.seed)
+    row = {"policy": str(args.policy), "success": float(successes.mean()),
+           **measure(returns, features, group_sizes=group_sizes, ridges=ridges)}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "critic.json"
     rows = [r for r in (json.loads(path.read_text()) if path.exists() else []) if r["policy"] != row["policy"]]

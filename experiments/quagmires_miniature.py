@@ -24,8 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.common import miniature_config
-from launch.config import ConfigError
+from experiments.common import run_with_miniature_config
 from launch.miniature import (MiniatureConfig, base_sft_config, rl_arm_config, sft_arm_config, task_config,
                               write_base_data, write_data_once, write_sft_data)
 from launch.predict_run import PredictRunSettings, run_predict
@@ -53,8 +52,10 @@ def checkpoint_config(config: MiniatureConfig, base_dir: Path, data: str, heldou
                                data=dataclasses.replace(arm.data, heldout_path=heldout))
 
 
-def _study(config: MiniatureConfig, args: argparse.Namespace, steps_grid, lrs) -> list:
-    """The base (unless --base), the SFT checkpoint grid, then the predictor runs; the predict table's rows."""
+def _study(config: MiniatureConfig, args: argparse.Namespace) -> int:
+    """The base (unless --base), the SFT checkpoint grid, then the predictor runs (the options checked first)."""
+    started = time.monotonic()
+    steps_grid, lrs = parse_budgets(args.steps, "--steps"), parse_learning_rates(args.lrs)
     base_dir = args.base
     if base_dir is None:
         base_dir = args.out / "base"
@@ -72,7 +73,10 @@ def _study(config: MiniatureConfig, args: argparse.Namespace, steps_grid, lrs) -
             checkpoints.append(directory)
     settings = PredictRunSettings(split=args.split, episodes=args.episodes, samples=args.samples)
     _, rows = run_predict(checkpoints, args.out / "predict", rl_arm_config(config, base_dir, seed=0), settings)
-    return rows
+    for row in rows:
+        print(row)
+    print(f"[quagmires] done in {time.monotonic() - started:.0f} s: {args.out / 'predict' / 'predict.md'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,20 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="miniature config overrides, e.g. rl.lr=3e-5")
     args = parser.parse_args(argv)
 
-    config = miniature_config(PROG, args.preset, args.overrides)
-    if config is None:
-        return 2
-    started = time.monotonic()
-    try:
-        steps_grid, lrs = parse_budgets(args.steps, "--steps"), parse_learning_rates(args.lrs)
-        rows = _study(config, args, steps_grid, lrs)
-    except ConfigError as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
-        return 2
-    for row in rows:
-        print(row)
-    print(f"[quagmires] done in {time.monotonic() - started:.0f} s: {args.out / 'predict' / 'predict.md'}")
-    return 0
+    return run_with_miniature_config(PROG, args, lambda config: _study(config, args))
 
 
 if __name__ == "__main__":

@@ -103,14 +103,21 @@ class RLArmConfig:
     # the value head's learning rate over the policy's: at 1 the fresh head learns nothing in 12 updates
     # (explained variance 0, docs/miniature.md)
     value_lr_scale: float = 1.0
+    # the first critic_warmup of the updates train the value head alone (launch.rl_config.RLConfig.critic_warmup);
+    # their compute counts toward the arm's GFLOPs, so the SFT arm's equal budget includes it
+    critic_warmup: int = 0
 
     def __post_init__(self) -> None:
         if (self.kl_mode is None) != (self.kl_coef == 0.0) or self.kl_coef < 0:
             raise ValueError(f"a KL penalty needs both rl.kl_mode (k1_reward or k3_loss) and rl.kl_coef > 0, got "
                              f"kl_mode={self.kl_mode!r}, kl_coef={self.kl_coef}.")
-        if self.algorithm == "grpo" and (not self.value_loss_trains_trunk or self.value_lr_scale != 1.0):
-            raise ValueError("GRPO has no critic: rl.value_loss_trains_trunk and rl.value_lr_scale apply to "
-                             "rl.algorithm=ppo only.")
+        if self.algorithm == "grpo" and (not self.value_loss_trains_trunk or self.value_lr_scale != 1.0
+                                         or self.critic_warmup):
+            raise ValueError("GRPO has no critic: rl.value_loss_trains_trunk, rl.value_lr_scale and "
+                             "rl.critic_warmup apply to rl.algorithm=ppo only.")
+        if not 0 <= self.critic_warmup <= self.updates:
+            raise ValueError(f"rl.critic_warmup={self.critic_warmup} must be between 0 and rl.updates="
+                             f"{self.updates}.")
         if self.algorithm == "grpo" and self.kl_mode == "k1_reward":
             raise ValueError("GRPO puts its KL in the loss: use rl.kl_mode=k3_loss with rl.algorithm=grpo.")
         if self.algorithm == "grpo" and (self.group_size < 2 or self.episodes_per_update % self.group_size):
@@ -371,7 +378,8 @@ def rl_arm_config(config: MiniatureConfig, base_dir: Path, seed: int):
                     value_loss_trains_trunk=rl.value_loss_trains_trunk, value_lr_scale=rl.value_lr_scale)
     grpo_config = GRPOConfig(group_size=rl.group_size, clip_eps=ppo.clip_eps, kl_coef=rl.kl_coef if grpo else 0.0,
                              epochs=rl.epochs, minibatch_size=rl.minibatch_size)
-    return RLConfig(init=str(base_dir), seed=seed, updates=rl.updates, episodes_per_update=rl.episodes_per_update,
+    return RLConfig(init=str(base_dir), seed=seed, updates=rl.updates, critic_warmup=rl.critic_warmup,
+                    episodes_per_update=rl.episodes_per_update,
                     episodes=episode_config(config, temperature=rl.temperature), ppo=ppo, algorithm=rl.algorithm,
                     grpo=grpo_config,
                     eval_every=max(1, rl.updates // config.eval_points), eval_episodes=config.eval_episodes,

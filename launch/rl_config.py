@@ -76,6 +76,11 @@ class RLConfig:
     episode return is normalised within its group and given to each of its transitions; grpo.epochs and
     grpo.minibatch_size apply, and the optimizer is ppo_optimizer with the ppo.* learning-rate, eps and grad-norm
     fields).
+    ``critic_warmup`` (PPO only, at most ``updates``): the first that many of the updates train the value head
+    alone on the policy's rollouts (`rl.ppo_update(critic_only=True)` with the value head's input detached; the
+    policy does not change, its tokens and FLOPs count as training compute), so that PPO starts with a critic
+    that has learned something (verl's critic warm-up; OpenRLHF's freezing_actor_steps). The optimizer, its
+    cosine and its step count run through them as through the others.
     ``eval_every`` updates (0: only at the end; otherwise also before the first update) it evaluates
     ``eval_episodes`` episodes per split, sampled at ``eval_temperature`` (0: greedy).
     ``mesh``: the device mesh's (data, fsdp, tensor) sizes, as SFTConfig.mesh (-1: every remaining device; sizes
@@ -90,6 +95,7 @@ class RLConfig:
     episodes_per_update: int = 64
     episodes: EpisodeConfig = EpisodeConfig()
     algorithm: Literal["ppo", "grpo"] = "ppo"
+    critic_warmup: int = 0
     ppo: PPOConfig = PPOConfig()
     grpo: GRPOConfig = GRPOConfig()
     eval_every: int = 0

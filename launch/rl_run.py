@@ -94,6 +94,9 @@ def _check_config(config: RLConfig) -> None:
                           f"grpo.group_size={config.grpo.group_size}; change one of them")
     if config.ppo.kl_coef and config.ppo.kl_mode is None and config.algorithm == "ppo":
         raise ConfigError("ppo.kl_coef > 0 needs ppo.kl_mode=k1_reward (KL in the reward) or k3_loss (in the loss)")
+    if not 0 <= config.critic_warmup <= config.updates or (config.critic_warmup and config.algorithm != "ppo"):
+        raise ConfigError(f"critic_warmup={config.critic_warmup} must be between 0 and updates={config.updates} "
+                          "and needs algorithm=ppo (GRPO has no critic)")
     if config.algorithm == "grpo" and (config.ppo.kl_mode is not None or config.ppo.entropy_coef):
         raise ConfigError("with algorithm=grpo the KL is grpo.kl_coef (k3 in the loss) and there is no entropy "
                           "bonus; leave ppo.kl_mode and ppo.entropy_coef unset")
@@ -140,9 +143,9 @@ def evaluation_split_names(episodes) -> list[str]:
 
 
 def _compiled(policy, config: RLConfig, total_steps: int, mesh):
-    """The rollout runner, the jitted PPO update and buffer builder, and the evaluation runners of a run on `mesh`,
-    shared by runs of the same shapes and mesh in one process (tests, sweeps): a new jit object would compile
-    again. The update keeps the train state's placement (`train_state_shardings`) from update to update and runs
+    """The rollout runner, the jitted PPO update (and its critic-only warm-up; None under GRPO) and buffer builder,
+    and the evaluation runners of a run on `mesh`, shared by runs of the same shapes and mesh in one process
+    (tests, sweeps): a new jit object would compile again. The update keeps the train state's placement (`train_state_shardings`) from update to update and runs
     under the mesh (the model's activation constraints)."""
     # total_steps is not part of the key: the cosine's horizon is optimizer state (rl.ppo.scale_by_cosine), and the
     # learning rates too, so runs that differ only in their length or learning rate share the compiled update.
@@ -164,8 +167,13 @@ def _compiled(policy, config: RLConfig, total_steps: int, mesh):
                                              temperature=episodes.temperature,
                                              chunk_size=_epochs_and_minibatch(config)[1])
         optimizer = ppo_optimizer(config.ppo, total_steps)
+        # the critic warm-up's update: the value loss alone, its gradient stopped at the value head's input
+        warmup_update = None
         if config.algorithm == "ppo":
             update = functools.partial(ppo_update, policy_fn=policy_fn, optimizer=optimizer, config=config.ppo)
+            warmup_update = functools.partial(
+                ppo_update, policy_fn=functools.partial(policy_fn, detach_value_input=True), optimizer=optimizer,
+                config=config.ppo, critic_only=True)
             make_buffer = functools.partial(ppo_buffer, config=config.ppo, reference_fn=reference_fn)
             if episodes.task == "virl":
                 from launch.rl_virl import make_buffer_fn
@@ -178,11 +186,14 @@ def _compiled(policy, config: RLConfig, total_steps: int, mesh):
             make_buffer = jax.jit(make_buffer)
         abstract_state = jax.eval_shape(lambda params: init_train_state(params, optimizer), policy.params)
         state_shardings = train_state_shardings(abstract_state, policy.config, mesh, optimizer)
-        jitted_update = jax.jit(update, donate_argnums=0, out_shardings=(state_shardings, None))
+        jitted_update, jitted_warmup = (
+            None if fn is None else _under_mesh(jax.jit(fn, donate_argnums=0, out_shardings=(state_shardings, None)),
+                                                mesh)
+            for fn in (update, warmup_update))
         # The fresh state built straight onto its placement by one program (eager, the optimizer's init and the
         # placement would compile a program per leaf shape); its buffers are new, never the params passed in.
         initialise = jax.jit(lambda params: init_train_state(params, optimizer), out_shardings=state_shardings)
-        _COMPILED[key] = (runner, _under_mesh(jitted_update, mesh), _under_mesh(make_buffer, mesh),
+        _COMPILED[key] = (runner, jitted_update, jitted_warmup, _under_mesh(make_buffer, mesh),
                           shared_eval_runners(policy, dataclasses.replace(episodes, temperature=0.0), mesh),
                           state_shardings, initialise)
     return _COMPILED[key]
@@ -229,8 +240,8 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     total_steps = max(1, config.updates * epochs * (transitions // minibatch))
     decay = optax.cosine_decay_schedule(1.0, total_steps, config.ppo.final_learning_rate / config.ppo.learning_rate)
     num_params = parameter_count(policy.params)
-    runner, update, make_buffer, eval_runners, state_shardings, initialise = _compiled(policy, config, total_steps,
-                                                                                      mesh)
+    runner, update, warmup_update, make_buffer, eval_runners, state_shardings, initialise = _compiled(
+        policy, config, total_steps, mesh)
     # Committed to the mesh (params by the rules, moments like their params): the checkpoint's restore template,
     # so a resumed state has the same placement as a fresh one and the compiled update serves both.
     state = initialise(policy.params)
@@ -291,7 +302,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                 stats = jax.device_get(rollout_statistics(trajectory))
                 truncated = verifier.truncated_feedback
             lr = float(peak_learning_rate(state.opt_state)) * float(decay(state.step))
-            state, metrics = update(state, buffer, update_key)
+            state, metrics = (warmup_update if index < config.critic_warmup else update)(state, buffer, update_key)
             metrics = jax.device_get(metrics)
             if "kl_k1" in buffer:  # the k1 KL of the rollout to the reference (its reward shaping)
                 valid = buffer["valid"]  # device arrays (spread over the processes in a multi-host run)

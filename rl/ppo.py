@@ -280,8 +280,8 @@ REQUIRED_BUFFER_KEYS = ("old_logprob", "advantages", "returns", "old_values", "r
 
 
 def ppo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array, *, policy_fn: PolicyFn,
-               optimizer: optax.GradientTransformation,
-               config: PPOConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+               optimizer: optax.GradientTransformation, config: PPOConfig,
+               critic_only: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
     """One PPO update: `config.epochs` passes of shuffled minibatches of `config.minibatch_size` transitions.
 
     buffer: a dict of arrays with leading axis N: "old_logprob" (N,) sequence log-probs at rollout time,
@@ -289,7 +289,11 @@ def ppo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array, 
     "response_mask" (N, S), "valid" (N,) bool, optionally "token_weights" (N, S) and "ref_token_logprobs" (N, S),
     plus whatever `policy_fn` reads (token ids, attention masks, pixel values ...).
     policy_fn(params, minibatch) -> (token_logprobs (n, S), values (n,), entropy (n, S) or None) for a minibatch
-    of n = minibatch_size transitions. Jit with policy_fn, optimizer and config static.
+    of n = minibatch_size transitions. Jit with policy_fn, optimizer, config and critic_only static.
+    critic_only: the loss is vf_coef x the value loss alone (a critic warm-up: the value head learns on the
+    policy's rollouts while the policy stays as it is); give it a policy_fn whose value head reads its input
+    through a stop-gradient (`transition_policy(detach_value_input=True)`), so that every other param gets a zero
+    gradient and, under Adam, a zero update. The metrics are the full loss's (policy_loss etc. as if trained).
     """
     missing = [key for key in REQUIRED_BUFFER_KEYS if key not in buffer]
     if missing:
@@ -299,10 +303,13 @@ def ppo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array, 
 
     def loss_fn(params, minibatch):
         token_logprobs, values, entropy = policy_fn(params, minibatch)
-        return ppo_loss(token_logprobs, minibatch["old_logprob"], minibatch["advantages"], values,
-                        minibatch["old_values"], minibatch["returns"], minibatch["response_mask"],
-                        minibatch["valid"], config, token_weights=minibatch.get("token_weights"),
-                        entropy=entropy, ref_token_logprobs=minibatch.get("ref_token_logprobs"))
+        loss, metrics = ppo_loss(token_logprobs, minibatch["old_logprob"], minibatch["advantages"], values,
+                                 minibatch["old_values"], minibatch["returns"], minibatch["response_mask"],
+                                 minibatch["valid"], config, token_weights=minibatch.get("token_weights"),
+                                 entropy=entropy, ref_token_logprobs=minibatch.get("ref_token_logprobs"))
+        if critic_only:
+            loss = config.vf_coef * metrics["value_loss"]
+        return loss, metrics
 
     return minibatch_update(train_state, buffer, rng, loss_fn=loss_fn, optimizer=optimizer, epochs=config.epochs,
                             minibatch_size=config.minibatch_size)

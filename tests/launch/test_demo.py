@@ -94,19 +94,22 @@ def test_a_changed_config_refuses_an_existing_directory(tmp_path, capsys):
     assert "another config" in capsys.readouterr().err
 
 
-def test_a_kl_penalty_and_a_detached_critic_reach_the_rl_arms_ppo_and_half_a_penalty_is_refused(tmp_path):
+def test_a_kl_penalty_and_the_critic_settings_reach_the_rl_arms_ppo_and_half_a_penalty_is_refused(tmp_path):
     config = apply_overrides(get_preset("miniature", kind=MiniatureConfig), ["rl.kl_mode=k3_loss", "rl.kl_coef=0.05"])
     ppo = rl_arm_config(config, tmp_path, seed=0).ppo
     assert (ppo.kl_mode, ppo.kl_coef) == ("k3_loss", 0.05)
     assert rl_arm_config(get_preset("miniature", kind=MiniatureConfig), tmp_path, seed=0).ppo.kl_mode is None
     detached = apply_overrides(get_preset("miniature", kind=MiniatureConfig),
-                               ["rl.value_loss_trains_trunk=false", "rl.value_lr_scale=100"])
+                               ["rl.value_loss_trains_trunk=false", "rl.value_lr_scale=100", "rl.critic_warmup=4"])
     assert rl_arm_config(detached, tmp_path, seed=0).ppo.value_loss_trains_trunk is False
     assert rl_arm_config(detached, tmp_path, seed=0).ppo.value_lr_scale == 100
+    assert rl_arm_config(detached, tmp_path, seed=0).critic_warmup == 4
     assert rl_arm_config(config, tmp_path, seed=0).ppo.value_loss_trains_trunk is True
-    with pytest.raises(ConfigError, match="GRPO has no critic"):
-        apply_overrides(get_preset("miniature", kind=MiniatureConfig),
-                        ["rl.algorithm=grpo", "rl.value_loss_trains_trunk=false"])
+    for critic in ("rl.value_loss_trains_trunk=false", "rl.critic_warmup=2"):
+        with pytest.raises(ConfigError, match="GRPO has no critic"):
+            apply_overrides(get_preset("miniature", kind=MiniatureConfig), ["rl.algorithm=grpo", critic])
+    with pytest.raises(ConfigError, match="rl.critic_warmup=13 must be between 0 and rl.updates=12"):
+        apply_overrides(get_preset("miniature", kind=MiniatureConfig), ["rl.critic_warmup=13"])
     for half in (["rl.kl_coef=0.05"], ["rl.kl_mode=k1_reward"]):
         with pytest.raises(ConfigError, match="needs both rl.kl_mode"):
             apply_overrides(get_preset("miniature", kind=MiniatureConfig), half)

@@ -101,6 +101,29 @@ def test_grpo_runs_and_raises_the_mean_reward(tmp_path, templates):
     assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.05, rewards  # measured 0.027 -> 0.11
 
 
+def test_critic_warmup_updates_train_the_value_head_alone_and_grpo_refuses_them(tmp_path, templates):
+    """critic_warmup: the run's first updates leave every policy param as loaded (bit for bit) and move the value
+    head; then PPO updates the policy as usual."""
+    import jax
+
+    from launch.config import ConfigError
+    from launch.rl_common import load_policy
+
+    config = resolve("rl-tiny", templates + ["updates=2", "critic_warmup=1"])
+    initial = load_policy(config.init, seed=config.seed).params
+    trunk = lambda params: {k: v for k, v in params.items() if k != "value_head"}  # noqa: E731
+    changed = lambda a, b: any(not np.array_equal(np.asarray(x), np.asarray(y))  # noqa: E731
+                               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    warmed = run_rl(config, tmp_path / "run", stop_after=1, show_progress=False)["params"]
+    assert not changed(trunk(warmed), trunk(initial)) and changed(warmed["value_head"], initial["value_head"])
+    trained = run_rl(config, tmp_path / "run", show_progress=False)["params"]  # resumes for the PPO update
+    assert changed(trunk(trained), trunk(initial))
+    for bad in (["critic_warmup=3"], ["critic_warmup=1", "algorithm=grpo", "grpo.group_size=4",
+                                      "grpo.minibatch_size=8"]):
+        with pytest.raises(ConfigError, match="critic_warmup=.* must be between 0 and updates=2"):
+            run_rl(resolve("rl-tiny", templates + ["updates=2", *bad]), tmp_path / "bad", show_progress=False)
+
+
 def test_eval_vision_reports_recognition_and_visual_ood(tmp_path, templates):
     overrides = [o.replace("episodes.", "sampling.") for o in templates]
     assert main(["eval", "--preset", "eval-tiny", "--out", str(tmp_path / "vl"), *overrides, "episodes=2",

@@ -288,6 +288,31 @@ def test_ppo_update_matches_python_loop_and_reduces_the_loss():
         np.testing.assert_allclose(sharded_state.params[name], state.params[name], rtol=1e-5, atol=1e-7)
 
 
+def test_a_critic_only_update_is_the_update_without_a_policy_gradient():
+    """critic_only (a critic warm-up): the update a zero advantage would give, i.e. the value loss alone; the
+    policy's params keep their bits under Adam (zero gradients, zero moments), and the metrics are the full loss's."""
+    cfg = PPOConfig(epochs=3, minibatch_size=4, max_grad_norm=1.0)
+    optimizer = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(0.05, eps=cfg.adam_eps))
+    params, buffer = toy_buffer_and_params()
+    rng = jax.random.key(5)
+
+    def update(critic_only, data):
+        step = jax.jit(functools.partial(ppo_update, policy_fn=toy_policy, optimizer=optimizer, config=cfg,
+                                         critic_only=critic_only))
+        return step(init_train_state(params, optimizer), data, rng)
+
+    warm, metrics = update(True, buffer)
+    no_advantage, _ = update(False, dict(buffer, advantages=jnp.zeros_like(buffer["advantages"])))
+    np.testing.assert_array_equal(np.asarray(warm.params["policy"]), np.asarray(params["policy"]))
+    np.testing.assert_allclose(warm.params["value"], no_advantage.params["value"], rtol=1e-6, atol=1e-8)
+    assert not np.allclose(warm.params["value"], params["value"])
+    value_loss = lambda p: float(0.5 * np.mean(((buffer["features"][:, 0] @ p["value"]) - buffer["returns"])[  # noqa: E731
+        np.asarray(buffer["valid"])] ** 2))
+    assert value_loss(warm.params) < value_loss(params)
+    assert float(metrics["policy_loss"]) != 0.0 and float(metrics["loss"]) == pytest.approx(
+        cfg.vf_coef * float(metrics["value_loss"]), rel=1e-6)
+
+
 def test_ppo_update_rejects_an_incomplete_buffer_or_an_uneven_minibatch():
     params, buffer = toy_buffer_and_params()
     optimizer = optax.sgd(0.1)

@@ -106,15 +106,18 @@ class RLArmConfig:
     # the first critic_warmup of the updates train the value head alone (launch.rl_config.RLConfig.critic_warmup);
     # their compute counts toward the arm's GFLOPs, so the SFT arm's equal budget includes it
     critic_warmup: int = 0
+    # PPO's value clip (the paper's 0.1; None: unclipped): with returns of -1..5 it lets the value head's
+    # predictions move ~0.1 per update whatever its learning rate (docs/miniature.md)
+    value_clip_eps: Optional[float] = 0.1
 
     def __post_init__(self) -> None:
         if (self.kl_mode is None) != (self.kl_coef == 0.0) or self.kl_coef < 0:
             raise ValueError(f"a KL penalty needs both rl.kl_mode (k1_reward or k3_loss) and rl.kl_coef > 0, got "
                              f"kl_mode={self.kl_mode!r}, kl_coef={self.kl_coef}.")
         if self.algorithm == "grpo" and (not self.value_loss_trains_trunk or self.value_lr_scale != 1.0
-                                         or self.critic_warmup):
-            raise ValueError("GRPO has no critic: rl.value_loss_trains_trunk, rl.value_lr_scale and "
-                             "rl.critic_warmup apply to rl.algorithm=ppo only.")
+                                         or self.critic_warmup or self.value_clip_eps != 0.1):
+            raise ValueError("GRPO has no critic: rl.value_loss_trains_trunk, rl.value_lr_scale, rl.critic_warmup "
+                             "and rl.value_clip_eps apply to rl.algorithm=ppo only.")
         if not 0 <= self.critic_warmup <= self.updates:
             raise ValueError(f"rl.critic_warmup={self.critic_warmup} must be between 0 and rl.updates="
                              f"{self.updates}.")
@@ -375,7 +378,8 @@ def rl_arm_config(config: MiniatureConfig, base_dir: Path, seed: int):
     ppo = PPOConfig(minibatch_size=rl.minibatch_size, epochs=rl.epochs, learning_rate=rl.lr,
                     final_learning_rate=rl.final_lr, max_grad_norm=rl.max_grad_norm, gae=GAEConfig(0.9, 0.95),
                     kl_mode=None if grpo else rl.kl_mode, kl_coef=0.0 if grpo else rl.kl_coef,
-                    value_loss_trains_trunk=rl.value_loss_trains_trunk, value_lr_scale=rl.value_lr_scale)
+                    value_loss_trains_trunk=rl.value_loss_trains_trunk, value_lr_scale=rl.value_lr_scale,
+                    value_clip_eps=rl.value_clip_eps)
     grpo_config = GRPOConfig(group_size=rl.group_size, clip_eps=ppo.clip_eps, kl_coef=rl.kl_coef if grpo else 0.0,
                              epochs=rl.epochs, minibatch_size=rl.minibatch_size)
     return RLConfig(init=str(base_dir), seed=seed, updates=rl.updates, critic_warmup=rl.critic_warmup,

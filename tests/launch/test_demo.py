@@ -100,10 +100,13 @@ def test_a_kl_penalty_and_the_critic_settings_reach_the_rl_arms_ppo_and_half_a_p
     assert (ppo.kl_mode, ppo.kl_coef) == ("k3_loss", 0.05)
     assert rl_arm_config(get_preset("miniature", kind=MiniatureConfig), tmp_path, seed=0).ppo.kl_mode is None
     detached = apply_overrides(get_preset("miniature", kind=MiniatureConfig),
-                               ["rl.value_loss_trains_trunk=false", "rl.value_lr_scale=100", "rl.critic_warmup=4"])
+                               ["rl.value_loss_trains_trunk=false", "rl.value_lr_scale=100", "rl.critic_warmup=4",
+                                "rl.value_clip_eps=null"])
     assert rl_arm_config(detached, tmp_path, seed=0).ppo.value_loss_trains_trunk is False
     assert rl_arm_config(detached, tmp_path, seed=0).ppo.value_lr_scale == 100
     assert rl_arm_config(detached, tmp_path, seed=0).critic_warmup == 4
+    assert rl_arm_config(detached, tmp_path, seed=0).ppo.value_clip_eps is None
+    assert rl_arm_config(config, tmp_path, seed=0).ppo.value_clip_eps == 0.1
     assert rl_arm_config(config, tmp_path, seed=0).ppo.value_loss_trains_trunk is True
     for critic in ("rl.value_loss_trains_trunk=false", "rl.critic_warmup=2"):
         with pytest.raises(ConfigError, match="GRPO has no critic"):

@@ -145,8 +145,9 @@ def evaluation_split_names(episodes) -> list[str]:
 def _compiled(policy, config: RLConfig, total_steps: int, mesh):
     """The rollout runner, the jitted PPO update (and its critic-only warm-up; None under GRPO) and buffer builder,
     and the evaluation runners of a run on `mesh`, shared by runs of the same shapes and mesh in one process
-    (tests, sweeps): a new jit object would compile again. The update keeps the train state's placement (`train_state_shardings`) from update to update and runs
-    under the mesh (the model's activation constraints)."""
+    (tests, sweeps): a new jit object would compile again. The update keeps the train state's placement
+    (`train_state_shardings`) from update to update and runs under the mesh (the model's activation
+    constraints)."""
     # total_steps is not part of the key: the cosine's horizon is optimizer state (rl.ppo.scale_by_cosine), and the
     # learning rates too, so runs that differ only in their length or learning rate share the compiled update.
     key = (policy.config, tokenizer_fingerprint(policy), config.episodes, config.episodes_per_update, config.algorithm,
@@ -302,7 +303,8 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                 stats = jax.device_get(rollout_statistics(trajectory))
                 truncated = verifier.truncated_feedback
             lr = float(peak_learning_rate(state.opt_state)) * float(decay(state.step))
-            state, metrics = (warmup_update if index < config.critic_warmup else update)(state, buffer, update_key)
+            warming = index < config.critic_warmup
+            state, metrics = (warmup_update if warming else update)(state, buffer, update_key)
             metrics = jax.device_get(metrics)
             if "kl_k1" in buffer:  # the k1 KL of the rollout to the reference (its reward shaping)
                 valid = buffer["valid"]  # device arrays (spread over the processes in a multi-host run)
@@ -319,6 +321,8 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                     truncated_feedback=truncated, inference_tokens=int(stats["inference_tokens"]),
                     # the run's cumulative D_init, D_RL, D_buffer: X_RL of any record, whatever log_every skipped
                     compute_tokens=dataclasses.asdict(counter),
+                    # a warm-up record's loss is vf_coef x value_loss (the policy's terms are logged, not trained)
+                    **({"critic_warmup": True} if warming else {}),
                     **{k: v for k, v in last.items() if k not in ("loss", "inference_tokens")}))
             if (config.eval_every and step % config.eval_every == 0) or step == config.updates:
                 write_evaluation(step, gflops)

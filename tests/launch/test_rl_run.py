@@ -118,6 +118,9 @@ def test_critic_warmup_updates_train_the_value_head_alone_and_grpo_refuses_them(
     assert not changed(trunk(warmed), trunk(initial)) and changed(warmed["value_head"], initial["value_head"])
     trained = run_rl(config, tmp_path / "run", show_progress=False)["params"]  # resumes for the PPO update
     assert changed(trunk(trained), trunk(initial))
+    records = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert [r.get("critic_warmup", False) for r in records] == [True, False]
+    assert records[0]["loss"] == pytest.approx(0.5 * records[0]["value_loss"], rel=1e-5)
     for bad in (["critic_warmup=3"], ["critic_warmup=1", "algorithm=grpo", "grpo.group_size=4",
                                       "grpo.minibatch_size=8"]):
         with pytest.raises(ConfigError, match="critic_warmup=.* must be between 0 and updates=2"):

@@ -20,7 +20,6 @@ docs/miniature.md records the measured runs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time

@@ -126,6 +126,21 @@ class RLArmConfig:
         if self.algorithm == "grpo" and (self.group_size < 2 or self.episodes_per_update % self.group_size):
             raise ValueError(f"rl.episodes_per_update={self.episodes_per_update} must be a multiple of "
                              f"rl.group_size={self.group_size} (at least 2) for GRPO; change one of them.")
+        self.ppo_config()  # PPOConfig's own checks (positive clips and scales, final_lr <= lr) when configured
+
+    def ppo_config(self):
+        """The arm's rl.ppo.PPOConfig: the paper's clip and GAE (0.9, 0.95) with this arm's fields. Under GRPO it
+        still carries the optimizer (launch.rl_config.RLConfig) and the KL moves to grpo.kl_coef."""
+        from rl.gae import GAEConfig
+        from rl.ppo import PPOConfig
+
+        grpo = self.algorithm == "grpo"
+        return PPOConfig(minibatch_size=self.minibatch_size, epochs=self.epochs, learning_rate=self.lr,
+                         final_learning_rate=self.final_lr, max_grad_norm=self.max_grad_norm,
+                         gae=GAEConfig(0.9, 0.95), kl_mode=None if grpo else self.kl_mode,
+                         kl_coef=0.0 if grpo else self.kl_coef,
+                         value_loss_trains_trunk=self.value_loss_trains_trunk, value_lr_scale=self.value_lr_scale,
+                         value_clip_eps=self.value_clip_eps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,18 +383,11 @@ def sft_arm_config(config: MiniatureConfig, base_dir: Path, data_path: str, seed
 
 def rl_arm_config(config: MiniatureConfig, base_dir: Path, seed: int):
     from launch.rl_config import RLConfig
-    from rl.gae import GAEConfig
     from rl.grpo import GRPOConfig
-    from rl.ppo import PPOConfig
 
     rl = config.rl
     grpo = rl.algorithm == "grpo"
-    # under GRPO the PPOConfig still carries the optimizer (launch.rl_config.RLConfig), the KL moves to grpo.kl_coef
-    ppo = PPOConfig(minibatch_size=rl.minibatch_size, epochs=rl.epochs, learning_rate=rl.lr,
-                    final_learning_rate=rl.final_lr, max_grad_norm=rl.max_grad_norm, gae=GAEConfig(0.9, 0.95),
-                    kl_mode=None if grpo else rl.kl_mode, kl_coef=0.0 if grpo else rl.kl_coef,
-                    value_loss_trains_trunk=rl.value_loss_trains_trunk, value_lr_scale=rl.value_lr_scale,
-                    value_clip_eps=rl.value_clip_eps)
+    ppo = rl.ppo_config()
     grpo_config = GRPOConfig(group_size=rl.group_size, clip_eps=ppo.clip_eps, kl_coef=rl.kl_coef if grpo else 0.0,
                              epochs=rl.epochs, minibatch_size=rl.minibatch_size)
     return RLConfig(init=str(base_dir), seed=seed, updates=rl.updates, critic_warmup=rl.critic_warmup,

@@ -20,6 +20,7 @@ docs/miniature.md records the measured runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -35,9 +36,9 @@ from launch.miniature import MiniatureConfig, rl_arm_config
 from launch.rl_common import load_policy, new_episodes, task_config
 from launch.rl_run import shared_runner
 from launch.sweep import parse_budgets, parse_learning_rates
-from model.forward import forward_hidden
 from rl.baselines import baseline_noise, linear_probe_explained_variance
 from rl.gae import GAEConfig, gae
+from rl.rollout import prompt_hidden
 
 PROG = "critic_ceiling"
 BOOTSTRAP_DRAWS = 200
@@ -62,12 +63,7 @@ def play_hands(policy, rl_config, *, hands: int, plays: int, batch: int, seed: i
     episodes = rl_config.episodes
     runner = shared_runner(policy, episodes, episodes.max_verify_steps, batch)
     settings = task_config(episodes)
-
-    @jax.jit
-    def last_hidden(params, ids, mask):  # what the value head reads for the first state (rl.rollout.prompt_value)
-        hidden, _ = forward_hidden(params, policy.config, ids, attention_mask=mask,
-                                   logits_positions=slice(ids.shape[1] - 1, ids.shape[1]))
-        return hidden[:, -1]
+    last_hidden = jax.jit(functools.partial(prompt_hidden, config=policy.config))  # the value head's input
 
     returns, successes, features = [], [], []
     per_batch = batch // plays
@@ -78,8 +74,8 @@ def play_hands(policy, rl_config, *, hands: int, plays: int, batch: int, seed: i
                                            rl_config.ppo.gae.gamma).reshape(per_batch, plays))
         successes.append(np.asarray(trajectory.success).any(axis=1).reshape(per_batch, plays))
         prompts = runner.prompts(states[::plays])  # the hand's first prompt (every play starts from it)
-        features.append(np.asarray(last_hidden(policy.params, jnp.asarray(prompts.input_ids),
-                                               jnp.asarray(prompts.attention_mask))))
+        features.append(np.asarray(last_hidden(policy.params, prompt_ids=jnp.asarray(prompts.input_ids),
+                                               prompt_mask=jnp.asarray(prompts.attention_mask))))
     return np.concatenate(returns).astype(np.float64), np.concatenate(successes), np.concatenate(features)
 
 

@@ -193,19 +193,30 @@ def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_m
                       **per_row)
 
 
-def prompt_value(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_mask: jax.Array, *,
-                 cross_attention_states: jax.Array | None = None,
-                 cross_attention_mask: jax.Array | None = None, mesh: jax.sharding.Mesh | None = None) -> jax.Array:
-    """The value head (B,) at each left-padded prompt's (B, P) last token, as `rollout` computes it for its
-    first transition: GAE's bootstrap value of an episode that goes on with this prompt (V-IRL's next decision
-    point after the last rollout of an update). Images and `mesh` as in `rollout`."""
+def prompt_hidden(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_mask: jax.Array, *,
+                  cross_attention_states: jax.Array | None = None,
+                  cross_attention_mask: jax.Array | None = None, mesh: jax.sharding.Mesh | None = None) -> jax.Array:
+    """The trunk's final hidden state (B, D) at each left-padded prompt's (B, P) last token: what the value head
+    reads for the prompt's state (`prompt_value`; a probe of the critic's features). Images and `mesh` as in
+    `rollout`."""
     num_images = 0
     if cross_attention_states is not None:
         num_images = cross_attention_states.shape[1] // (config.vision.max_num_tiles * config.vision.num_patches)
     cache = _place_cache(init_cache(config, prompt_ids.shape[0], prompt_ids.shape[1], num_images=num_images), mesh)
     _, hidden = start(params, config, prompt_ids, prompt_mask, cache, cross_attention_states=cross_attention_states,
                       cross_attention_mask=cross_attention_mask, return_hidden=True)
-    return _value(params, hidden)
+    return hidden
+
+
+def prompt_value(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_mask: jax.Array, *,
+                 cross_attention_states: jax.Array | None = None,
+                 cross_attention_mask: jax.Array | None = None, mesh: jax.sharding.Mesh | None = None) -> jax.Array:
+    """The value head (B,) at each left-padded prompt's (B, P) last token, as `rollout` computes it for its
+    first transition: GAE's bootstrap value of an episode that goes on with this prompt (V-IRL's next decision
+    point after the last rollout of an update). Images and `mesh` as in `rollout`."""
+    return _value(params, prompt_hidden(params, config, prompt_ids, prompt_mask,
+                                        cross_attention_states=cross_attention_states,
+                                        cross_attention_mask=cross_attention_mask, mesh=mesh))
 
 
 # --------------------------------------------------------------------------------------- training sequences

@@ -73,6 +73,10 @@ class SFTArmConfig:
     examples: int = 4096
 
 
+# RLArmConfig's fields that only PPO's critic reads; GRPO refuses any of them away from its default
+CRITIC_FIELDS = ("value_loss_trains_trunk", "value_lr_scale", "critic_warmup", "value_clip_eps")
+
+
 @dataclasses.dataclass(frozen=True)
 class RLArmConfig:
     """The RL arm: ``updates`` updates on ``episodes_per_update`` in-distribution episodes sampled at
@@ -114,10 +118,10 @@ class RLArmConfig:
         if (self.kl_mode is None) != (self.kl_coef == 0.0) or self.kl_coef < 0:
             raise ValueError(f"a KL penalty needs both rl.kl_mode (k1_reward or k3_loss) and rl.kl_coef > 0, got "
                              f"kl_mode={self.kl_mode!r}, kl_coef={self.kl_coef}.")
-        if self.algorithm == "grpo" and (not self.value_loss_trains_trunk or self.value_lr_scale != 1.0
-                                         or self.critic_warmup or self.value_clip_eps != 0.1):
-            raise ValueError("GRPO has no critic: rl.value_loss_trains_trunk, rl.value_lr_scale, rl.critic_warmup "
-                             "and rl.value_clip_eps apply to rl.algorithm=ppo only.")
+        critic_fields = [f for f in dataclasses.fields(self) if f.name in CRITIC_FIELDS]
+        if self.algorithm == "grpo" and any(getattr(self, f.name) != f.default for f in critic_fields):
+            raise ValueError(f"GRPO has no critic: {', '.join('rl.' + name for name in CRITIC_FIELDS)} apply to "
+                             "rl.algorithm=ppo only.")
         if not 0 <= self.critic_warmup <= self.updates:
             raise ValueError(f"rl.critic_warmup={self.critic_warmup} must be between 0 and rl.updates="
                              f"{self.updates}.")

@@ -79,8 +79,9 @@ class RLConfig:
     ``critic_warmup`` (PPO only, at most ``updates``): the first that many of the updates train the value head
     alone on the policy's rollouts (`rl.ppo_update(critic_only=True)` with the value head's input detached; the
     policy does not change, its tokens and FLOPs count as training compute), so that PPO starts with a critic
-    that has learned something (verl's critic warm-up; OpenRLHF's freezing_actor_steps). The optimizer, its
-    cosine and its step count run through them as through the others.
+    that has learned something (verl's critic warm-up; OpenRLHF's freezing_actor_steps). They run at the constant
+    peak rate; PPO then starts a fresh optimizer state (Adam's moments and count at zero, the cosine from its peak
+    over the remaining updates), so the policy's first steps are ordinary first Adam steps.
     ``eval_every`` updates (0: only at the end; otherwise also before the first update) it evaluates
     ``eval_episodes`` episodes per split, sampled at ``eval_temperature`` (0: greedy).
     ``mesh``: the device mesh's (data, fsdp, tensor) sizes, as SFTConfig.mesh (-1: every remaining device; sizes

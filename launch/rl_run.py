@@ -29,7 +29,6 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from launch.checkpoint import CheckpointManager
 from launch.config import ConfigError, check_run_directory, resolve, save_config
@@ -46,7 +45,7 @@ from launch.rl_config import RLConfig
 from rl.buffer import grpo_buffer, ppo_buffer, rollout_statistics, train_token_count
 from rl.compute import ComputeCounter, add, parameter_count, total_gflops
 from rl.grpo import grpo_update
-from rl.ppo import peak_learning_rate, ppo_optimizer, ppo_update
+from rl.ppo import learning_rate, ppo_optimizer, ppo_update, with_schedule
 from rl.rollout import reference_token_logprobs, transition_policy
 from rl.update import init_train_state
 
@@ -142,14 +141,15 @@ def evaluation_split_names(episodes) -> list[str]:
     return list(evaluation_splits(task_config(episodes)))
 
 
-def _compiled(policy, config: RLConfig, total_steps: int, mesh):
+def _compiled(policy, config: RLConfig, mesh):
     """The rollout runner, the jitted PPO update (and its critic-only warm-up; None under GRPO) and buffer builder,
     and the evaluation runners of a run on `mesh`, shared by runs of the same shapes and mesh in one process
     (tests, sweeps): a new jit object would compile again. The update keeps the train state's placement
     (`train_state_shardings`) from update to update and runs under the mesh (the model's activation
     constraints)."""
-    # total_steps is not part of the key: the cosine's horizon is optimizer state (rl.ppo.scale_by_cosine), and the
-    # learning rates too, so runs that differ only in their length or learning rate share the compiled update.
+    # The learning rates and the cosine's horizon are not part of the key: they are optimizer state
+    # (rl.ppo.scale_by_cosine under inject_hyperparams), which `initialise` sets from its arguments, so runs that
+    # differ only in their length or learning rate share the compiled update and each follows its own schedule.
     key = (policy.config, tokenizer_fingerprint(policy), config.episodes, config.episodes_per_update, config.algorithm,
            dataclasses.replace(config.ppo, learning_rate=1.0, final_learning_rate=1.0), config.grpo, mesh)
     if key not in _COMPILED:
@@ -167,7 +167,7 @@ def _compiled(policy, config: RLConfig, total_steps: int, mesh):
             reference_fn = functools.partial(reference_token_logprobs, config=policy.config,
                                              temperature=episodes.temperature,
                                              chunk_size=_epochs_and_minibatch(config)[1])
-        optimizer = ppo_optimizer(config.ppo, total_steps)
+        optimizer = ppo_optimizer(config.ppo, 1)  # its rates and horizon: placeholders, `initialise` sets them
         # the critic warm-up's update: the value loss alone, its gradient stopped at the value head's input
         warmup_update = None
         if config.algorithm == "ppo":
@@ -192,8 +192,14 @@ def _compiled(policy, config: RLConfig, total_steps: int, mesh):
                                                 mesh)
             for fn in (update, warmup_update))
         # The fresh state built straight onto its placement by one program (eager, the optimizer's init and the
-        # placement would compile a program per leaf shape); its buffers are new, never the params passed in.
-        initialise = jax.jit(lambda params: init_train_state(params, optimizer), out_shardings=state_shardings)
+        # placement would compile a program per leaf shape); its buffers are new, never the params passed in. The
+        # schedule's numbers are arguments (host scalars every process passes alike), not constants of the program.
+        def fresh_state(params, learning_rate, total_steps, final_fraction):
+            state = init_train_state(params, optimizer)
+            return state._replace(opt_state=with_schedule(state.opt_state, learning_rate=learning_rate,
+                                                          total_steps=total_steps, final_fraction=final_fraction))
+
+        initialise = jax.jit(fresh_state, out_shardings=state_shardings)
         _COMPILED[key] = (runner, jitted_update, jitted_warmup, _under_mesh(make_buffer, mesh),
                           shared_eval_runners(policy, dataclasses.replace(episodes, temperature=0.0), mesh),
                           state_shardings, initialise)
@@ -238,14 +244,24 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
         from launch.rl_virl import TrainingRoutes
         virl_routes = TrainingRoutes(episodes, config.seed)
     epochs, minibatch = _epochs_and_minibatch(config)
-    total_steps = max(1, config.updates * epochs * (transitions // minibatch))
-    decay = optax.cosine_decay_schedule(1.0, total_steps, config.ppo.final_learning_rate / config.ppo.learning_rate)
+    # A critic warm-up is a phase of its own: its updates run at the constant peak rate (the value head's, times
+    # value_lr_scale), and PPO then starts from a fresh optimizer state (Adam's moments and step count zero, the
+    # cosine from its peak over the PPO updates alone), so that the policy's first steps are ordinary first Adam
+    # steps; continuing the warm-up's Adam count instead would mis-correct the bias of the policy's moments, which
+    # stayed zero (up to ~1.5x larger steps for its first ~100 steps).
+    steps_per_update = epochs * (transitions // minibatch)
+    total_steps = max(1, (config.updates - config.critic_warmup) * steps_per_update)
+
+    def fresh_state(params, warmup: bool):
+        final_fraction = 1.0 if warmup else config.ppo.final_learning_rate / config.ppo.learning_rate
+        return initialise(params, config.ppo.learning_rate, total_steps, final_fraction)
+
     num_params = parameter_count(policy.params)
     runner, update, warmup_update, make_buffer, eval_runners, state_shardings, initialise = _compiled(
-        policy, config, total_steps, mesh)
+        policy, config, mesh)
     # Committed to the mesh (params by the rules, moments like their params): the checkpoint's restore template,
     # so a resumed state has the same placement as a fresh one and the compiled update serves both.
-    state = initialise(policy.params)
+    state = fresh_state(policy.params, warmup=config.critic_warmup > 0)
     # The KL reference: the initial policy, frozen (the train state, whose buffers the update donates, holds a
     # copy of it).
     reference_params = policy.params if uses_reference(config) else None
@@ -302,8 +318,10 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                                                       **extra), mesh)
                 stats = jax.device_get(rollout_statistics(trajectory))
                 truncated = verifier.truncated_feedback
-            lr = float(peak_learning_rate(state.opt_state)) * float(decay(state.step))
             warming = index < config.critic_warmup
+            if index == config.critic_warmup > 0:  # PPO begins (also when a run resumes right here)
+                state = fresh_state(state.params, warmup=False)
+            lr = float(learning_rate(state.opt_state))
             state, metrics = (warmup_update if warming else update)(state, buffer, update_key)
             metrics = jax.device_get(metrics)
             if "kl_k1" in buffer:  # the k1 KL of the rollout to the reference (its reward shaping)

@@ -215,7 +215,8 @@ def ppo_optimizer(config: PPOConfig, total_steps: int) -> optax.GradientTransfor
     The peak learning rate is `inject_hyperparams` state, not a constant of the compiled program: read it with
     `peak_learning_rate(opt_state)` and change it with `with_peak_learning_rate(opt_state, lr)` (a sweep can
     even vmap an update over learning rates) without retracing. The cosine's horizon and final fraction are state
-    too (`scale_by_cosine`), so runs of different lengths share one compiled update."""
+    too (`scale_by_cosine`; `with_schedule` sets all three), so runs of different lengths share one compiled
+    update; `learning_rate(opt_state)` is the rate the next step applies."""
     if total_steps < 1:
         raise ValueError(f"ppo_optimizer needs total_steps >= 1 optimizer steps, got {total_steps}.")
     transforms = [optax.clip_by_global_norm(config.max_grad_norm),
@@ -241,16 +242,21 @@ def scale_by_cosine(total_steps: float | jax.Array, final_fraction: float | jax.
 
     def update_fn(updates, state, params=None):
         del params
-        horizon = jnp.asarray(total_steps, jnp.float32)
-        fraction = jnp.minimum(state.count.astype(jnp.float32), horizon) / horizon
-        factor = final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + jnp.cos(jnp.pi * fraction))
+        factor = cosine_factor(state.count, total_steps, final_fraction)
         updates = jax.tree.map(lambda u: (factor * u).astype(u.dtype), updates)
         return updates, optax.ScaleByScheduleState(count=optax.safe_int32_increment(state.count))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-_ADAM_INDEX = 1  # position of the injected Adam in ppo_optimizer's chain
+def cosine_factor(count: jax.Array, total_steps: float | jax.Array, final_fraction: float | jax.Array) -> jax.Array:
+    """optax.cosine_decay_schedule(1, total_steps, final_fraction) at step `count`, with both numbers traceable."""
+    horizon = jnp.asarray(total_steps, jnp.float32)
+    fraction = jnp.minimum(jnp.asarray(count).astype(jnp.float32), horizon) / horizon
+    return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + jnp.cos(jnp.pi * fraction))
+
+
+_ADAM_INDEX, _COSINE_INDEX = 1, 2  # positions of the injected Adam and cosine in ppo_optimizer's chain
 
 
 def peak_learning_rate(opt_state: Any) -> jax.Array:
@@ -258,15 +264,36 @@ def peak_learning_rate(opt_state: Any) -> jax.Array:
     return opt_state[_ADAM_INDEX].hyperparams["learning_rate"]
 
 
+def learning_rate(opt_state: Any) -> jax.Array:
+    """The learning rate the next step of a `ppo_optimizer` state applies to the policy: its peak learning rate
+    times its cosine factor at its step count (read from the state, so it is what the optimizer does)."""
+    cosine = opt_state[_COSINE_INDEX]
+    return peak_learning_rate(opt_state) * cosine_factor(cosine.inner_state.count, cosine.hyperparams["total_steps"],
+                                                         cosine.hyperparams["final_fraction"])
+
+
+def with_schedule(opt_state: Any, *, learning_rate: float | jax.Array | None = None,
+                  total_steps: float | jax.Array | None = None,
+                  final_fraction: float | jax.Array | None = None) -> Any:
+    """A copy of a `ppo_optimizer` state with the given peak learning rate, cosine horizon (optimizer steps) and
+    final fraction of the peak; None keeps a value, and the Adam moments and step counts are kept. The state's
+    hyperparams are arrays, so a compiled update serves every schedule (a fresh state's come from the config its
+    optimizer was built with: runs that share a compiled program set their own here)."""
+    def replaced(state, **values):
+        values = {name: jnp.asarray(value, state.hyperparams[name].dtype)
+                  for name, value in values.items() if value is not None}
+        return state._replace(hyperparams=dict(state.hyperparams, **values))
+
+    states = list(opt_state)  # optax.chain's state is a plain tuple
+    states[_ADAM_INDEX] = replaced(states[_ADAM_INDEX], learning_rate=learning_rate)
+    states[_COSINE_INDEX] = replaced(states[_COSINE_INDEX], total_steps=total_steps, final_fraction=final_fraction)
+    return tuple(states)
+
+
 def with_peak_learning_rate(opt_state: Any, learning_rate: float | jax.Array) -> Any:
     """A copy of a `ppo_optimizer` state whose peak learning rate is `learning_rate` (the cosine factor and the
     Adam moments are kept)."""
-    adam_state = opt_state[_ADAM_INDEX]
-    current = adam_state.hyperparams["learning_rate"]
-    hyperparams = dict(adam_state.hyperparams, learning_rate=jnp.asarray(learning_rate, current.dtype))
-    states = list(opt_state)
-    states[_ADAM_INDEX] = adam_state._replace(hyperparams=hyperparams)
-    return tuple(states)  # optax.chain's state is a plain tuple
+    return with_schedule(opt_state, learning_rate=learning_rate)
 
 
 def optimizer_steps_per_update(num_transitions: int, config: PPOConfig) -> int:

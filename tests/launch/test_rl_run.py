@@ -101,15 +101,31 @@ def test_grpo_runs_and_raises_the_mean_reward(tmp_path, templates):
     assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.05, rewards  # measured 0.027 -> 0.11
 
 
+def test_runs_of_one_process_follow_their_own_learning_rate_schedules(tmp_path, templates):
+    """Runs that share the compiled update (they differ only in their rates and lengths) each get their own peak
+    learning rate and cosine horizon: the optimizer state's, which the train records' lr reads."""
+    for lr, updates in ((1e-2, 8), (3e-3, 2)):
+        config = resolve("rl-tiny", templates + [f"updates={updates}", f"ppo.learning_rate={lr}",
+                                                 f"ppo.final_learning_rate={lr / 10}", "eval_every=0"])
+        run_rl(config, tmp_path / str(updates), stop_after=2, show_progress=False)
+        horizon = updates * 8  # optimizer steps: 8 episodes x 2 verification steps / minibatches of 8 x 4 epochs
+        expected = [lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / horizon))) for step in (0, 8)]
+        records = [r for r in read_metrics(tmp_path / str(updates)) if r["kind"] == "train"]
+        np.testing.assert_allclose([r["lr"] for r in records], expected, rtol=1e-5)
+
+
 def test_critic_warmup_updates_train_the_value_head_alone_and_grpo_refuses_them(tmp_path, templates):
     """critic_warmup: the run's first updates leave every policy param as loaded (bit for bit) and move the value
-    head; then PPO updates the policy as usual."""
+    head at the constant peak rate; then PPO starts from a fresh optimizer state, so the policy's first step is an
+    ordinary first Adam step (every param moves by at most the peak rate, those with a gradient well above eps by
+    it; a continued Adam count would shrink that step to ~0.74x and the cosine to its middle)."""
     import jax
 
     from launch.config import ConfigError
     from launch.rl_common import load_policy
 
-    config = resolve("rl-tiny", templates + ["updates=2", "critic_warmup=1"])
+    # one optimizer step per update (16 transitions, one minibatch, one epoch)
+    config = resolve("rl-tiny", templates + ["updates=2", "critic_warmup=1", "ppo.epochs=1", "ppo.minibatch_size=16"])
     initial = load_policy(config.init, seed=config.seed).params
     trunk = lambda params: {k: v for k, v in params.items() if k != "value_head"}  # noqa: E731
     changed = lambda a, b: any(not np.array_equal(np.asarray(x), np.asarray(y))  # noqa: E731
@@ -117,9 +133,12 @@ def test_critic_warmup_updates_train_the_value_head_alone_and_grpo_refuses_them(
     warmed = run_rl(config, tmp_path / "run", stop_after=1, show_progress=False)["params"]
     assert not changed(trunk(warmed), trunk(initial)) and changed(warmed["value_head"], initial["value_head"])
     trained = run_rl(config, tmp_path / "run", show_progress=False)["params"]  # resumes for the PPO update
-    assert changed(trunk(trained), trunk(initial))
+    steps = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel()
+                            for a, b in zip(jax.tree.leaves(trunk(trained)), jax.tree.leaves(trunk(warmed)))])
+    assert steps.max() == pytest.approx(1e-2, rel=1e-3) and steps.max() <= 1e-2 * (1 + 1e-4)
     records = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
     assert [r.get("critic_warmup", False) for r in records] == [True, False]
+    assert [r["lr"] for r in records] == pytest.approx([1e-2, 1e-2])
     assert records[0]["loss"] == pytest.approx(0.5 * records[0]["value_loss"], rel=1e-5)
     for bad in (["critic_warmup=3"], ["critic_warmup=1", "algorithm=grpo", "grpo.group_size=4",
                                       "grpo.minibatch_size=8"]):

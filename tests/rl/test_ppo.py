@@ -10,8 +10,8 @@ import optax
 import pytest
 
 from rl.ppo import (PPOConfig, answer_key_token_weights, kl_penalized_rewards, optimizer_steps_per_update,
-                    peak_learning_rate, ppo_loss, ppo_optimizer, ppo_update, sequence_logprob,
-                    with_peak_learning_rate)
+                    learning_rate, peak_learning_rate, ppo_loss, ppo_optimizer, ppo_update, sequence_logprob,
+                    with_peak_learning_rate, with_schedule)
 from rl.update import init_train_state
 
 ppo_loss_jit = jax.jit(ppo_loss, static_argnames="config")
@@ -178,6 +178,22 @@ def test_optimizer_clips_then_runs_adam_with_cosine_decay():
     np.testing.assert_allclose(double, 2 * np.asarray(single), rtol=1e-6)
     assert float(peak_learning_rate(doubled_state)) == pytest.approx(2e-6)
     assert optimizer_steps_per_update(256, PPOConfig(minibatch_size=64)) == 16
+
+
+def test_the_schedule_is_optimizer_state_and_learning_rate_reads_it():
+    """with_schedule sets the peak rate, horizon and final fraction of a state built for other numbers; the steps
+    follow them (the first Adam step of each param is -lr x sign(g)) and learning_rate(state) names each step's."""
+    optimizer = ppo_optimizer(PPOConfig(learning_rate=1.0, final_learning_rate=1.0, max_grad_norm=1e9), 1)
+    state = with_schedule(optimizer.init(jnp.zeros(2)), learning_rate=1e-3, total_steps=4, final_fraction=0.1)
+    cosine = [1e-3 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(step, 4) / 4))) for step in range(6)]
+    rates = []
+    for step in range(6):
+        rates.append(float(learning_rate(state)))
+        updates, state = optimizer.update(jnp.asarray([0.5, -2.0]), state)
+        if step == 0:
+            np.testing.assert_allclose(updates, [-1e-3, 1e-3], rtol=1e-5)
+    np.testing.assert_allclose(rates, cosine, rtol=1e-5)
+    assert float(learning_rate(with_schedule(state, final_fraction=1.0))) == pytest.approx(1e-3)
 
 
 def test_the_value_heads_updates_are_scaled_and_the_default_state_keeps_its_structure():

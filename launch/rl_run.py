@@ -142,9 +142,9 @@ def evaluation_split_names(episodes) -> list[str]:
 
 
 def _compiled(policy, config: RLConfig, mesh):
-    """The rollout runner, the jitted PPO update (and its critic-only warm-up; None under GRPO) and buffer builder,
-    and the evaluation runners of a run on `mesh`, shared by runs of the same shapes and mesh in one process
-    (tests, sweeps): a new jit object would compile again. The update keeps the train state's placement
+    """The rollout runner, the jitted PPO update (and its critic-only warm-up; None under GRPO), buffer builder,
+    the train state's placement and its jitted initialiser of a run on `mesh`, shared by runs of the same shapes
+    and mesh in one process (tests, sweeps): a new jit object would compile again. The update keeps the train state's placement
     (`train_state_shardings`) from update to update and runs under the mesh (the model's activation
     constraints)."""
     # The learning rates and the cosine's horizon are not part of the key: they are optimizer state
@@ -200,9 +200,8 @@ def _compiled(policy, config: RLConfig, mesh):
                                                           total_steps=total_steps, final_fraction=final_fraction))
 
         initialise = jax.jit(fresh_state, out_shardings=state_shardings)
-        _COMPILED[key] = (runner, jitted_update, jitted_warmup, _under_mesh(make_buffer, mesh),
-                          shared_eval_runners(policy, dataclasses.replace(episodes, temperature=0.0), mesh),
-                          state_shardings, initialise)
+        _COMPILED[key] = (runner, jitted_update, jitted_warmup, _under_mesh(make_buffer, mesh), state_shardings,
+                          initialise)
     return _COMPILED[key]
 
 
@@ -257,8 +256,10 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
         return initialise(params, config.ppo.learning_rate, total_steps, final_fraction)
 
     num_params = parameter_count(policy.params)
-    runner, update, warmup_update, make_buffer, eval_runners, state_shardings, initialise = _compiled(
-        policy, config, mesh)
+    runner, update, warmup_update, make_buffer, state_shardings, initialise = _compiled(policy, config, mesh)
+    # the evaluation's runners sample at eval_temperature: they are keyed on it (not on the training temperature)
+    evaluation = dataclasses.replace(episodes, temperature=config.eval_temperature)
+    eval_runners = shared_eval_runners(policy, evaluation, mesh)
     # Committed to the mesh (params by the rules, moments like their params): the checkpoint's restore template,
     # so a resumed state has the same placement as a fresh one and the compiled update serves both.
     state = fresh_state(policy.params, warmup=config.critic_warmup > 0)
@@ -281,8 +282,6 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     last: dict[str, Any] = {}
     with checkpoints, MetricsWriter(out, resume_step=start if restored is not None else None) as writer, \
             ProgressBar(config.updates, description="rl", initial=start, enabled=show_progress) as bar:
-        evaluation = dataclasses.replace(episodes, temperature=config.eval_temperature)
-
         def write_evaluation(step: int, gflops: float) -> None:
             for split in evaluation_split_names(episodes):
                 fields = evaluate(policy, state.params, evaluation, split=split, budget=episodes.max_verify_steps,

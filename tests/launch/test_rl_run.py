@@ -114,6 +114,27 @@ def test_runs_of_one_process_follow_their_own_learning_rate_schedules(tmp_path, 
         np.testing.assert_allclose([r["lr"] for r in records], expected, rtol=1e-5)
 
 
+def test_runs_of_one_process_evaluate_at_their_own_eval_temperature(tmp_path, templates, monkeypatch):
+    """The evaluation runners a run reuses from an earlier run in the process sample at its eval_temperature (they
+    were shared by the training settings alone, so a sampled evaluation after a greedy one was greedy)."""
+    import launch.rl_run
+
+    seen = []
+    evaluate = launch.rl_run.evaluate
+
+    def recording(policy, params, episodes, **kwargs):
+        fields = evaluate(policy, params, episodes, **kwargs)
+        seen.append((episodes.temperature, {r.episodes.temperature for r in kwargs["runners"].values()}))
+        return fields
+
+    monkeypatch.setattr(launch.rl_run, "evaluate", recording)
+    for index, temperature in enumerate((0.0, 1.0, 0.0)):
+        config = resolve("rl-tiny", templates + [f"eval_temperature={temperature}", "eval_episodes=2", "eval_every=1"])
+        run_rl(config, tmp_path / str(index), stop_after=0, show_progress=False)  # the step-0 evaluation only
+    assert [temperature for temperature, _ in seen] == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]  # two splits each
+    assert all(runners == {temperature} for temperature, runners in seen), seen
+
+
 def test_critic_warmup_updates_train_the_value_head_alone_and_grpo_refuses_them(tmp_path, templates):
     """critic_warmup: the run's first updates leave every policy param as loaded (bit for bit) and move the value
     head at the constant peak rate; then PPO starts from a fresh optimizer state, so the policy's first step is an

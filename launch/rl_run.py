@@ -144,9 +144,9 @@ def evaluation_split_names(episodes) -> list[str]:
 def _compiled(policy, config: RLConfig, mesh):
     """The rollout runner, the jitted PPO update (and its critic-only warm-up; None under GRPO), buffer builder,
     the train state's placement and its jitted initialiser of a run on `mesh`, shared by runs of the same shapes
-    and mesh in one process (tests, sweeps): a new jit object would compile again. The update keeps the train state's placement
-    (`train_state_shardings`) from update to update and runs under the mesh (the model's activation
-    constraints)."""
+    and mesh in one process (tests, sweeps): a new jit object would compile again. The update keeps the train
+    state's placement (`train_state_shardings`) from update to update and runs under the mesh (the model's
+    activation constraints)."""
     # The learning rates and the cosine's horizon are not part of the key: they are optimizer state
     # (rl.ppo.scale_by_cosine under inject_hyperparams), which `initialise` sets from its arguments, so runs that
     # differ only in their length or learning rate share the compiled update and each follows its own schedule.

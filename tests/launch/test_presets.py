@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from launch.config import SFTConfig, get_preset, preset_names, resolve
+from launch.config import SFTConfig, get_preset, resolve
 from launch.presets import MATRIX, SIZES, TASKS
 from launch.rl_config import EvalConfig, RLConfig
 

@@ -12,7 +12,7 @@ from launch.config import resolve
 from launch.metrics import read_metrics
 from launch.metrics_schema import load_run
 from launch.rl_run import run_rl
-from tests.launch.resume_check import assert_resume_is_exact
+from tests.launch.resume_check import assert_resume_is_exact, without_wall_times
 
 
 # The k1 KL to the frozen initial policy in the reward and an entropy bonus (both small). The same PPO settings in
@@ -160,6 +160,10 @@ def test_critic_warmup_updates_train_the_value_head_alone_and_grpo_refuses_them(
     records = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
     assert [r.get("critic_warmup", False) for r in records] == [True, False]
     assert [r["lr"] for r in records] == pytest.approx([1e-2, 1e-2])
+    # uninterrupted, the run passes from warm-up to PPO inside its loop: the same params and records
+    whole = run_rl(config, tmp_path / "whole", show_progress=False)["params"]
+    assert not changed(whole, trained)
+    assert without_wall_times(read_metrics(tmp_path / "whole")) == without_wall_times(read_metrics(tmp_path / "run"))
     assert records[0]["loss"] == pytest.approx(0.5 * records[0]["value_loss"], rel=1e-5)
     for bad in (["critic_warmup=3"], ["critic_warmup=1", "algorithm=grpo", "grpo.group_size=4",
                                       "grpo.minibatch_size=8"]):

@@ -1,8 +1,10 @@
 """`memgen predict`: how well pre-RL measurements of SFT checkpoints predict their post-RL success ("Quagmires in
 SFT-RL Post-Training"): for each predictor (post-SFT success, held-out generalisation loss, pass@k for each k, and
-any custom predictor) the R^2 of a least-squares line and the Spearman rank correlation (two-sided p-value) against
-post-RL success across checkpoints, as a table (DIR/predict.md, DIR/predict.json) and one scatter plot with the
-fit line per predictor (DIR/predict_<predictor>.png).
+any custom predictor) the R^2 of a least-squares line and the Spearman rank correlation (two-sided p-value, 95%
+interval) against post-RL success across checkpoints, as a table (DIR/predict.md, DIR/predict.json) and one
+scatter plot with the fit line per predictor (DIR/predict_<predictor>.png). When the checkpoints say how many
+instances their post-RL success was measured on, also how much of its spread is measurement noise
+(`target_noise`): the R^2 a perfect predictor could reach.
 
 `predictor_table(checkpoints) -> rows` is the pure statistics a sweep runner calls; the CLI reads checkpoints from
 JSON/JSONL files or run directories (docs/report.md, "memgen predict"), or, with --rl-preset, measures them
@@ -11,6 +13,7 @@ itself from SFT run directories and runs the RL (launch/predict_run.py).
 A checkpoint is a mapping (rates in [0, 1]):
     {"name": "sft-lr1e-6-ep2",            # optional
      "post_rl_success": 0.41,             # required: success after RL from this checkpoint
+     "post_rl_n": 256,                    # optional: the instances that rate is over (for target_noise)
      "sft_success": 0.30,                 # optional predictors ...
      "heldout_loss": 1.23,
      "pass_at_k": {"1": 0.30, "64": 0.81},
@@ -35,6 +38,7 @@ from scipy import stats
 from launch.metrics_schema import METRICS_FILENAME, MetricsFileError, load_run
 
 TARGET = "post_rl_success"
+TARGET_N = "post_rl_n"
 MIN_CHECKPOINTS = 3
 
 
@@ -46,8 +50,8 @@ class PredictError(ValueError):
 class PredictorRow:
     """One predictor's fit against post-RL success over the n checkpoints that carry it. r2 = 1 - SS_res / SS_tot
     of the least-squares line post_rl = intercept + slope * predictor (= Pearson r^2); spearman_rho and its
-    two-sided p-value (t distribution with n - 2 degrees of freedom, as scipy.stats.spearmanr). NaN where
-    undefined, with `note` saying why."""
+    two-sided p-value (t distribution with n - 2 degrees of freedom, as scipy.stats.spearmanr) and 95% interval
+    (`spearman_interval`). NaN where undefined, with `note` saying why."""
 
     predictor: str
     n: int
@@ -57,6 +61,26 @@ class PredictorRow:
     spearman_rho: float
     spearman_p: float
     note: str = ""
+    rho_low: float = math.nan
+    rho_high: float = math.nan
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetNoise:
+    """How much of post-RL success's spread over `checkpoints` checkpoints is the binomial noise of measuring each
+    on its instances. spread: the standard deviation of the measured rates across checkpoints (ddof 1);
+    noise_se: the root-mean-square standard error of one measurement, sqrt(mean(p (1 - p) / (n - 1))) (each
+    term an unbiased estimate of its rate's sampling variance); between_variance: spread^2 - noise_se^2, an
+    unbiased estimate of the variance of the checkpoints' true rates (may come out negative); reliability: its
+    share of spread^2, clipped to [0, 1]. The expected R^2 of even a perfect predictor of the true rates is about
+    the reliability: the rest of the spread is noise no predictor can follow (and the true rates include RL's own
+    run-to-run randomness, which lowers what a pre-RL measurement can reach further)."""
+
+    checkpoints: int
+    spread: float
+    noise_se: float
+    between_variance: float
+    reliability: float
 
 
 def _number(value: Any, what: str) -> float:
@@ -118,6 +142,35 @@ def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return rho, float(2.0 * stats.t.sf(abs(t), n - 2))
 
 
+def spearman_interval(rho: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """A `level` confidence interval for a Spearman correlation rho over n pairs: Fisher's z = atanh(rho) with
+    Bonett and Wright's (2000) standard error sqrt((1 + rho^2 / 2) / (n - 3)), transformed back. NaN for n <= 3
+    or an undefined rho; (rho, rho) at |rho| = 1."""
+    if n <= 3 or math.isnan(rho):
+        return math.nan, math.nan
+    if abs(rho) == 1.0:
+        return rho, rho
+    half = stats.norm.ppf(0.5 + level / 2) * math.sqrt((1.0 + rho * rho / 2.0) / (n - 3))
+    z = math.atanh(rho)
+    return math.tanh(z - half), math.tanh(z + half)
+
+
+def target_noise(checkpoints: Sequence[Mapping[str, Any]]) -> Optional[TargetNoise]:
+    """`TargetNoise` of the checkpoints' post-RL success, or None unless at least 3 checkpoints all carry
+    `post_rl_n` (the instances each rate is over, at least 2)."""
+    if len(checkpoints) < MIN_CHECKPOINTS or any(c.get(TARGET_N) is None for c in checkpoints):
+        return None
+    rates = np.array([_number(c[TARGET], TARGET) for c in checkpoints])
+    counts = np.array([_number(c[TARGET_N], TARGET_N) for c in checkpoints])
+    if np.any(counts < 2):
+        raise PredictError(f"{TARGET_N} must be at least 2 instances for every checkpoint, got {counts.min():g}.")
+    observed = float(rates.var(ddof=1))
+    noise = float(np.mean(rates * (1.0 - rates) / (counts - 1.0)))
+    between = observed - noise
+    reliability = float(np.clip(between / observed, 0.0, 1.0)) if observed > 0 else math.nan
+    return TargetNoise(len(rates), math.sqrt(observed), math.sqrt(noise), between, reliability)
+
+
 def _predictor_order(name: str) -> tuple:
     if name == "sft_success":
         return (0, 0, name)
@@ -159,7 +212,8 @@ def predictor_table(checkpoints: Sequence[Mapping[str, Any]]) -> list[PredictorR
             note = "the predictor is the same for every checkpoint"
         elif np.all(y == y[0]):
             note = "post-RL success is the same for every checkpoint"
-        rows.append(PredictorRow(name, len(keep), r2, slope, intercept, rho, p, note))
+        rows.append(PredictorRow(name, len(keep), r2, slope, intercept, rho, p, note,
+                                 *spearman_interval(rho, len(keep))))
     return rows
 
 
@@ -216,6 +270,8 @@ def checkpoint_from_run_dir(directory: Path, split: str, task: Optional[str]) ->
     if rl is None:
         raise PredictError(f"{directory} has no RL-arm evaluation of {task} on {split}; post-RL success is needed.")
     checkpoint: dict[str, Any] = {"name": directory.name, TARGET: rl["success"]}
+    if rl.get("n") is not None:
+        checkpoint[TARGET_N] = rl["n"]
     if sft is not None:
         checkpoint["sft_success"] = sft["success"]
     loss = _latest(records, "heldout_loss", arm="sft")
@@ -252,12 +308,26 @@ def _p_text(p: float) -> str:
 
 
 def table_markdown(rows: Sequence[PredictorRow]) -> list[str]:
-    lines = ["| predictor | checkpoints | R^2 (linear fit) | Spearman rho | p-value | slope | note |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| predictor | checkpoints | R^2 (linear fit) | Spearman rho | rho 95% interval | p-value | slope | note |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row.predictor} | {row.n} | {_fmt(row.r2)} | {_fmt(row.spearman_rho)} | "
+        interval = "-" if math.isnan(row.rho_low) else f"{row.rho_low:.2f} .. {row.rho_high:.2f}"
+        lines.append(f"| {row.predictor} | {row.n} | {_fmt(row.r2)} | {_fmt(row.spearman_rho)} | {interval} | "
                      f"{_p_text(row.spearman_p)} | {_fmt(row.slope, 4)} | {row.note} |")
     return lines
+
+
+def noise_markdown(noise: Optional[TargetNoise], counts: Sequence[float]) -> list[str]:
+    """The sentence on post-RL success's measurement noise (none without `post_rl_n`)."""
+    if noise is None:
+        return []
+    instances = (f"{min(counts):g}" if min(counts) == max(counts) else f"{min(counts):g}-{max(counts):g}")
+    return [f"Post-RL success spreads over the checkpoints with a standard deviation of {100 * noise.spread:.1f} "
+            f"points; measuring each on {instances} instances has a standard error of ~{100 * noise.noise_se:.1f} "
+            f"points, so ~{100 * noise.reliability:.0f}% of the spread's variance is differences between the "
+            "checkpoints: about the R^2 a perfect predictor of their true post-RL success could reach (RL's own "
+            "run-to-run randomness is part of those differences and lowers what a pre-RL measurement can reach "
+            "further).", ""]
 
 
 def _file_name(predictor: str) -> str:
@@ -297,22 +367,26 @@ def plot_predictor(checkpoints: Sequence[Mapping[str, Any]], row: PredictorRow, 
 def write_predict(checkpoints: Sequence[Mapping[str, Any]], out_dir: str | Path) -> list[PredictorRow]:
     """predict.md, predict.json and one scatter PNG per predictor into out_dir; returns the rows."""
     rows = predictor_table(checkpoints)
+    noise = target_noise(checkpoints)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = [(row, plot_predictor(checkpoints, row, out_dir)) for row in rows]
     lines = ["# memgen predict: pre-RL predictors of post-RL success", "",
              f"{len(checkpoints)} checkpoints. For each predictor: R^2 of the least-squares line post-RL success ~ "
-             "predictor, and Spearman's rank correlation with its two-sided p-value. A loss predicts well with a "
-             "negative rho (lower loss, higher post-RL success).", ""]
+             "predictor, and Spearman's rank correlation with its 95% interval and two-sided p-value. A loss "
+             "predicts well with a negative rho (lower loss, higher post-RL success).", ""]
+    lines += noise_markdown(noise, [c[TARGET_N] for c in checkpoints] if noise else [])
     lines += table_markdown(rows)
     lines.append("")
     for row, file in figures:
         if file:
             lines += [f"![{row.predictor}]({file})", ""]
     (out_dir / "predict.md").write_text("\n".join(lines), encoding="utf-8")
-    payload = {"checkpoints": list(checkpoints),
-               "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
-                         for k, v in dataclasses.asdict(row).items()} for row in rows]}
+    def plain(item) -> dict:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in dataclasses.asdict(item).items()}
+
+    payload = {"checkpoints": list(checkpoints), "rows": [plain(row) for row in rows],
+               "post_rl_noise": plain(noise) if noise is not None else None}
     (out_dir / "predict.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
     return rows
 

@@ -113,7 +113,8 @@ def measure_checkpoint(sft_dir: Path, run_dir: Path, rl_config: Any, settings: P
         saved = json.loads(cached.read_text())
         if saved.get("spec") == spec:
             log(f"memgen predict: skipped {run_dir.name} (measured)")
-            return saved["checkpoint"]
+            # measured before post_rl_n was recorded: the post-RL success is over the same n instances
+            return {"post_rl_n": saved["checkpoint"]["n"], **saved["checkpoint"]}
     sft_config = load_config(SFTConfig, sft_dir)
     task = TASK_NAMES[(sft_config.task, sft_config.modality)]
     if (rl_config.episodes.task, rl_config.episodes.modality) != (sft_config.task, sft_config.modality):
@@ -137,6 +138,7 @@ def measure_checkpoint(sft_dir: Path, run_dir: Path, rl_config: Any, settings: P
                                     heldout_loss=heldout["loss"], pass_at_k=pass_at_k or None, **greedy))
         writer.write(1, eval_record(step=1, gflops=0.0, task=task, arm="rl", seed=settings.seed, **post))
     checkpoint = {"name": run_dir.name, "sft_dir": str(sft_dir), "post_rl_success": post["success"],
+                  "post_rl_n": post["n"],
                   "sft_success": greedy["success"], "heldout_loss": heldout["loss"], "pass_at_k": pass_at_k,
                   "n": greedy["n"], "samples": settings.samples, "budget": budget, "split": settings.split}
     cached.write_text(json.dumps({"spec": spec, "checkpoint": checkpoint}, indent=1) + "\n")

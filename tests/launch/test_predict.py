@@ -4,6 +4,7 @@ too few checkpoints, the input formats, and the command."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 
@@ -14,7 +15,8 @@ from scipy import stats
 
 from launch import predict
 from launch.metrics_schema import eval_record
-from launch.predict import PredictError, linear_fit, load_checkpoints, predictor_table, spearman
+from launch.predict import (PredictError, linear_fit, load_checkpoints, predictor_table, spearman,
+                            spearman_interval, target_noise)
 from tests.launch.synthetic_runs import write_run
 
 
@@ -70,6 +72,46 @@ def test_linear_fit_and_spearman_on_hand_examples():
     assert p == pytest.approx(stats.spearmanr([1, 1, 2], [5, 6, 7]).pvalue)
 
 
+def test_the_spearman_interval_covers_the_population_rho_95_percent_of_the_time():
+    """Bonett and Wright's interval over 12 checkpoints drawn from a bivariate normal of correlation 0.6, whose
+    population Spearman correlation is (6 / pi) asin(0.3); also its edge cases."""
+    rng = np.random.default_rng(0)
+    population = 6 / np.pi * np.arcsin(0.3)
+    covered = []
+    for _ in range(3000):
+        x, y = rng.multivariate_normal([0, 0], [[1, 0.6], [0.6, 1]], size=12).T
+        low, high = spearman_interval(spearman(x, y)[0], 12)
+        covered.append(low <= population <= high)
+    assert 0.93 <= np.mean(covered) <= 0.97, np.mean(covered)
+    assert all(math.isnan(v) for v in spearman_interval(0.5, 3) + spearman_interval(math.nan, 10))
+    assert spearman_interval(-1.0, 8) == (-1.0, -1.0)
+    low, high = spearman_interval(0.0, 28)  # symmetric, half-width 1.96 / 5 on the z scale
+    assert low == pytest.approx(-high) and high == pytest.approx(math.tanh(1.959964 / 5), rel=1e-5)
+
+
+def test_target_noise_separates_measurement_noise_from_the_checkpoints_spread():
+    """Post-RL success measured on n instances per checkpoint (binomial draws of known true rates): the
+    between-checkpoint variance estimate is unbiased for the true rates' variance, and ~0 when the rates are
+    equal; the reliability is about the R^2 of a line through the true rates."""
+    rng = np.random.default_rng(1)
+    true = np.linspace(0.2, 0.5, 12)
+    between, reliabilities, r2 = [], [], []
+    for _ in range(2000):
+        measured = rng.binomial(256, true) / 256
+        noise = target_noise([{"post_rl_success": m, "post_rl_n": 256} for m in measured])
+        between.append(noise.between_variance)
+        reliabilities.append(noise.reliability)
+        r2.append(linear_fit(true, measured)[2])
+    assert np.mean(between) == pytest.approx(true.var(ddof=1), rel=0.03)
+    assert np.mean(reliabilities) == pytest.approx(np.mean(r2), abs=0.03)
+    equal = [target_noise([{"post_rl_success": m, "post_rl_n": 64} for m in rng.binomial(64, 0.3, 12) / 64])
+             for _ in range(2000)]
+    assert abs(np.mean([n.between_variance for n in equal])) < 0.1 * 0.3 * 0.7 / 64
+    assert target_noise(_synthetic(0, count=4)) is None  # no post_rl_n
+    with pytest.raises(PredictError, match="post_rl_n must be at least 2"):
+        target_noise([{"post_rl_success": 0.5, "post_rl_n": 1}] * 3)
+
+
 def test_fewer_than_three_checkpoints_is_a_clear_message():
     with pytest.raises(PredictError, match="needs at least 3 checkpoints, got 2"):
         predictor_table(_synthetic(0, count=2))
@@ -113,6 +155,7 @@ def test_json_jsonl_and_run_directory_inputs_agree(tmp_path):
     write_run(tmp_path / "ck3" / "rl", [ev(0, "rl", 0.0), ev(9, "rl", c["post_rl_success"])], None)
     loaded = load_checkpoints([tmp_path / "a.json", tmp_path / "b.jsonl", tmp_path / "ck3"])
     assert [x["name"] for x in loaded] == ["ck0", "ck1", "ck2", "ck3"]
+    assert loaded[3]["post_rl_n"] == 64 and "post_rl_n" not in loaded[0]  # the RL record's instances
     assert predictor_table(loaded) == predictor_table(checkpoints)
 
 
@@ -142,9 +185,18 @@ def test_command_writes_table_json_and_one_scatter_per_predictor(tmp_path, capsy
             assert image.format == "PNG"
             image.verify()
         assert f"]({name})" in (out / "predict.md").read_text()
-    rows = json.loads((out / "predict.json").read_text())["rows"]
-    assert [r["predictor"] for r in rows] == ["sft_success", "heldout_loss", "pass@1", "pass@64"]
+    payload = json.loads((out / "predict.json").read_text())
+    assert [r["predictor"] for r in payload["rows"]] == ["sft_success", "heldout_loss", "pass@1", "pass@64"]
+    assert all(r["rho_low"] <= r["spearman_rho"] <= r["rho_high"] for r in payload["rows"])
+    assert payload["post_rl_noise"] is None and "spreads over the checkpoints" not in (out / "predict.md").read_text()
     assert "| pass@64 | 8 |" in capsys.readouterr().out
+    # with the instances each post-RL success is over: the noise sentence and its numbers
+    counted = [dict(c, post_rl_n=100) for c in _synthetic(0, count=8)]
+    (tmp_path / "counted.json").write_text(json.dumps(counted))
+    assert predict.run(_parse([str(tmp_path / "counted.json"), "--out", str(tmp_path / "counted")])) == 0
+    noise = json.loads((tmp_path / "counted" / "predict.json").read_text())["post_rl_noise"]
+    assert noise == pytest.approx(dataclasses.asdict(target_noise(counted)))
+    assert f"~{100 * noise['reliability']:.0f}% of the spread" in (tmp_path / "counted" / "predict.md").read_text()
 
 
 def test_command_with_two_checkpoints_fails_with_one_sentence(tmp_path, capsys):

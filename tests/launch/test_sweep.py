@@ -175,6 +175,7 @@ def test_predict_runner_measures_runs_rl_and_reports(grid, tmp_path, capsys):
         pre, post = read_metrics(run_dir)
         assert (pre["arm"], post["arm"]) == ("sft", "rl") and pre["n"] == post["n"] == 2
         assert pre["success"] == checkpoint["sft_success"] and post["success"] == checkpoint["post_rl_success"]
+        assert checkpoint["post_rl_n"] == post["n"]
         assert pre["verify_budget"] == 2 and pre["pass_at_k"] == checkpoint["pass_at_k"]
         rl_config = json.loads((run_dir / "rl" / "config.json").read_text())
         assert rl_config["init"] == str(sft_dir) and (run_dir / "rl" / "final").is_dir()

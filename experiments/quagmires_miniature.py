@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from experiments.common import run_with_miniature_config
+from launch.config import ConfigError
 from launch.miniature import (MiniatureConfig, base_sft_config, rl_arm_config, sft_arm_config, task_config,
                               write_base_data, write_data_once, write_sft_data)
 from launch.predict_run import PredictRunSettings, run_predict
@@ -56,6 +57,8 @@ def _study(config: MiniatureConfig, args: argparse.Namespace) -> int:
     """The base (unless --base), the SFT checkpoint grid, then the predictor runs (the options checked first)."""
     started = time.monotonic()
     steps_grid, lrs = parse_budgets(args.steps, "--steps"), parse_learning_rates(args.lrs)
+    if args.rl_runs < 1:
+        raise ConfigError(f"--rl-runs must be at least 1, got {args.rl_runs}")
     base_dir = args.base
     if base_dir is None:
         base_dir = args.out / "base"
@@ -71,7 +74,8 @@ def _study(config: MiniatureConfig, args: argparse.Namespace) -> int:
             run_sft(checkpoint_config(config, base_dir, data, heldout, lr=lr, steps=steps,
                                       heldout_examples=args.heldout_examples), directory)
             checkpoints.append(directory)
-    settings = PredictRunSettings(split=args.split, episodes=args.episodes, samples=args.samples)
+    settings = PredictRunSettings(split=args.split, episodes=args.episodes, samples=args.samples,
+                                  rl_runs=args.rl_runs)
     _, rows = run_predict(checkpoints, args.out / "predict", rl_arm_config(config, base_dir, seed=0), settings)
     for row in rows:
         print(row)
@@ -90,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heldout-examples", type=int, default=256)
     parser.add_argument("--episodes", type=int, default=64, help="instances per measurement")
     parser.add_argument("--samples", type=int, default=32, help="samples per instance for pass@k")
+    parser.add_argument("--rl-runs", type=int, default=1,
+                        help="RL runs per checkpoint (seeds 0, 1, ...): post-RL success is their mean, and their "
+                             "spread tells how much of the checkpoints' differences is RL's own randomness")
     parser.add_argument("--split", default="in_distribution")
     parser.add_argument("overrides", nargs="*", help="miniature config overrides, e.g. rl.lr=3e-5")
     args = parser.parse_args(argv)

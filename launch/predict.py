@@ -14,6 +14,7 @@ A checkpoint is a mapping (rates in [0, 1]):
     {"name": "sft-lr1e-6-ep2",            # optional
      "post_rl_success": 0.41,             # required: success after RL from this checkpoint
      "post_rl_n": 256,                    # optional: the instances that rate is over (for target_noise)
+     "post_rl_runs": [0.38, 0.44],        # optional: successes of RL runs with different seeds (their mean above)
      "sft_success": 0.30,                 # optional predictors ...
      "heldout_loss": 1.23,
      "pass_at_k": {"1": 0.30, "64": 0.81},
@@ -39,6 +40,7 @@ from launch.metrics_schema import METRICS_FILENAME, MetricsFileError, load_run
 
 TARGET = "post_rl_success"
 TARGET_N = "post_rl_n"
+TARGET_RUNS = "post_rl_runs"
 MIN_CHECKPOINTS = 3
 
 
@@ -67,20 +69,26 @@ class PredictorRow:
 
 @dataclasses.dataclass(frozen=True)
 class TargetNoise:
-    """How much of post-RL success's spread over `checkpoints` checkpoints is the binomial noise of measuring each
-    on its instances. spread: the standard deviation of the measured rates across checkpoints (ddof 1);
-    noise_se: the root-mean-square standard error of one measurement, sqrt(mean(p (1 - p) / (n - 1))) (each
-    term an unbiased estimate of its rate's sampling variance); between_variance: spread^2 - noise_se^2, an
-    unbiased estimate of the variance of the checkpoints' true rates (may come out negative); reliability: its
-    share of spread^2, clipped to [0, 1]. The expected R^2 of even a perfect predictor of the true rates is about
-    the reliability: the rest of the spread is noise no predictor can follow (and the true rates include RL's own
-    run-to-run randomness, which lowers what a pre-RL measurement can reach further)."""
+    """How much of post-RL success's spread over `checkpoints` checkpoints is noise no predictor can follow.
+    spread: the standard deviation of the checkpoints' post-RL success (ddof 1); noise_se: the root-mean-square
+    standard error of one checkpoint's value; between_variance: spread^2 - noise_se^2, an unbiased estimate of
+    the variance of the checkpoints' true values (may come out negative); reliability: its share of spread^2,
+    clipped to [0, 1]: about the R^2 a perfect predictor of the true values could reach.
+    source "runs" (every checkpoint has post_rl_runs, the successes of >= 2 RL runs with different seeds, whose
+    mean is post_rl_success): noise_se^2 = mean(var(runs, ddof 1) / runs), the whole run-to-run spread, RL's
+    randomness and the evaluation's binomial noise alike; the true value is a checkpoint's expected post-RL
+    success over RL seeds. Source "binomial" (post_rl_n only): noise_se^2 = mean(p (1 - p) / (n - 1)), each term
+    an unbiased estimate of a rate's sampling variance over n instances; the evaluation's noise only, so RL's
+    randomness counts as "true" difference and the reliability is an upper bound. `runs`: the fewest RL runs of
+    a checkpoint (1 for "binomial")."""
 
     checkpoints: int
     spread: float
     noise_se: float
     between_variance: float
     reliability: float
+    source: str = "binomial"
+    runs: int = 1
 
 
 def _number(value: Any, what: str) -> float:
@@ -155,20 +163,41 @@ def spearman_interval(rho: float, n: int, level: float = 0.95) -> tuple[float, f
     return math.tanh(z - half), math.tanh(z + half)
 
 
-def target_noise(checkpoints: Sequence[Mapping[str, Any]]) -> Optional[TargetNoise]:
-    """`TargetNoise` of the checkpoints' post-RL success, or None unless at least 3 checkpoints all carry
-    `post_rl_n` (the instances each rate is over, at least 2)."""
-    if len(checkpoints) < MIN_CHECKPOINTS or any(c.get(TARGET_N) is None for c in checkpoints):
+def _run_successes(checkpoint: Mapping[str, Any]) -> Optional[np.ndarray]:
+    """The checkpoint's post_rl_runs (None unless it has >= 2), checked against its post_rl_success (their mean)."""
+    runs = checkpoint.get(TARGET_RUNS)
+    if runs is None or len(runs) < 2:
         return None
-    rates = np.array([_number(c[TARGET], TARGET) for c in checkpoints])
-    counts = np.array([_number(c[TARGET_N], TARGET_N) for c in checkpoints])
-    if np.any(counts < 2):
-        raise PredictError(f"{TARGET_N} must be at least 2 instances for every checkpoint, got {counts.min():g}.")
-    observed = float(rates.var(ddof=1))
-    noise = float(np.mean(rates * (1.0 - rates) / (counts - 1.0)))
+    where = f"checkpoint {checkpoint.get('name', '?')!r}'s {TARGET_RUNS!r}"
+    values = np.array([_number(value, where) for value in runs])
+    if abs(values.mean() - _number(checkpoint[TARGET], TARGET)) > 1e-6:
+        raise PredictError(f"{where} average {values.mean():.6f}, not its {TARGET} {checkpoint[TARGET]}; the "
+                           f"{TARGET} of several RL runs is their mean.")
+    return values
+
+
+def target_noise(checkpoints: Sequence[Mapping[str, Any]]) -> Optional[TargetNoise]:
+    """`TargetNoise` of the checkpoints' post-RL success: from the RL runs when at least 3 checkpoints all carry
+    >= 2 `post_rl_runs`, else from the instance counts when they all carry `post_rl_n` (at least 2); else None."""
+    if len(checkpoints) < MIN_CHECKPOINTS:
+        return None
+    means = np.array([_number(c[TARGET], TARGET) for c in checkpoints])
+    observed = float(means.var(ddof=1))
+    runs = [_run_successes(c) for c in checkpoints]
+    if all(r is not None for r in runs):
+        noise = float(np.mean([r.var(ddof=1) / len(r) for r in runs]))
+        source, fewest = "runs", min(len(r) for r in runs)
+    elif all(c.get(TARGET_N) is not None for c in checkpoints):
+        counts = np.array([_number(c[TARGET_N], TARGET_N) for c in checkpoints])
+        if np.any(counts < 2):
+            raise PredictError(f"{TARGET_N} must be at least 2 instances for every checkpoint, got {counts.min():g}.")
+        noise = float(np.mean(means * (1.0 - means) / (counts - 1.0)))
+        source, fewest = "binomial", 1
+    else:
+        return None
     between = observed - noise
     reliability = float(np.clip(between / observed, 0.0, 1.0)) if observed > 0 else math.nan
-    return TargetNoise(len(rates), math.sqrt(observed), math.sqrt(noise), between, reliability)
+    return TargetNoise(len(means), math.sqrt(observed), math.sqrt(noise), between, reliability, source, fewest)
 
 
 def _predictor_order(name: str) -> tuple:
@@ -317,17 +346,24 @@ def table_markdown(rows: Sequence[PredictorRow]) -> list[str]:
     return lines
 
 
-def noise_markdown(noise: Optional[TargetNoise], counts: Sequence[float]) -> list[str]:
-    """The sentence on post-RL success's measurement noise (none without `post_rl_n`)."""
+def noise_markdown(noise: Optional[TargetNoise], checkpoints: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The sentence on the noise in post-RL success (none when `target_noise` has nothing to go on)."""
     if noise is None:
         return []
-    instances = (f"{min(counts):g}" if min(counts) == max(counts) else f"{min(counts):g}-{max(counts):g}")
-    return [f"Post-RL success spreads over the checkpoints with a standard deviation of {100 * noise.spread:.1f} "
-            f"points; measuring each on {instances} instances has a standard error of ~{100 * noise.noise_se:.1f} "
-            f"points, so ~{100 * noise.reliability:.0f}% of the spread's variance is differences between the "
-            "checkpoints: about the R^2 a perfect predictor of their true post-RL success could reach (RL's own "
-            "run-to-run randomness is part of those differences and lowers what a pre-RL measurement can reach "
-            "further).", ""]
+    share = (f"so ~{100 * noise.reliability:.0f}% of the spread's variance is differences between the "
+             "checkpoints: about the R^2 a perfect predictor of their true post-RL success could reach")
+    head = (f"Post-RL success spreads over the checkpoints with a standard deviation of {100 * noise.spread:.1f} "
+            "points; ")
+    if noise.source == "runs":
+        return [head + f"their RL runs (at least {noise.runs} each, different seeds) leave each checkpoint's mean "
+                f"a standard error of ~{100 * noise.noise_se:.1f} points (RL's randomness and the evaluation's), "
+                + share + ".", ""]
+    counts = [c[TARGET_N] for c in checkpoints]
+    instances = f"{min(counts):g}" if min(counts) == max(counts) else f"{min(counts):g}-{max(counts):g}"
+    return [head + f"measuring each on {instances} instances has a standard error of ~{100 * noise.noise_se:.1f} "
+            f"points, " + share + " (an upper bound: one RL run per checkpoint cannot tell RL's run-to-run "
+            "randomness from the checkpoints' differences; several RL seeds per checkpoint, `post_rl_runs`, "
+            "can).", ""]
 
 
 def _file_name(predictor: str) -> str:
@@ -375,7 +411,7 @@ def write_predict(checkpoints: Sequence[Mapping[str, Any]], out_dir: str | Path)
              f"{len(checkpoints)} checkpoints. For each predictor: R^2 of the least-squares line post-RL success ~ "
              "predictor, and Spearman's rank correlation with its 95% interval and two-sided p-value. A loss "
              "predicts well with a negative rho (lower loss, higher post-RL success).", ""]
-    lines += noise_markdown(noise, [c[TARGET_N] for c in checkpoints] if noise else [])
+    lines += noise_markdown(noise, checkpoints)
     lines += table_markdown(rows)
     lines.append("")
     for row, file in figures:
@@ -419,6 +455,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="verification budget of every evaluation (default: the RL preset's max_verify_steps)")
     runner.add_argument("--seed", type=int, default=defaults.seed,
                         help=f"seed of the evaluation instances (default {defaults.seed})")
+    runner.add_argument("--rl-runs", type=int, default=defaults.rl_runs,
+                        help="RL runs per checkpoint, seeds the RL config's seed + 0, 1, ...; post-RL success is "
+                             "their mean, and their spread measures the noise no predictor can follow (default "
+                             f"{defaults.rl_runs})")
 
 
 def _runner_defaults():
@@ -439,7 +479,8 @@ def _run_runner(args: argparse.Namespace) -> list[PredictorRow]:
     directories = [item for item in args.inputs if not _RL_OVERRIDE.match(item)]
     rl_config = resolve(args.rl_preset, overrides, kind=RLConfig)
     settings = PredictRunSettings(split=args.split, episodes=args.episodes, samples=args.samples,
-                                  temperature=args.temperature, budget=args.budget, seed=args.seed)
+                                  temperature=args.temperature, budget=args.budget, seed=args.seed,
+                                  rl_runs=args.rl_runs)
     _, rows = run_predict(directories, args.out, rl_config, settings)
     return rows
 

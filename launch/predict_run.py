@@ -10,10 +10,12 @@ Per checkpoint c, in DIR/runs/<name>/:
   checkpoint and the post-RL evaluation see the same ones).
 - pass_at_k: the same instances sampled ``samples`` times each at ``temperature``; pass@k for k = 1, 2, 4, ...
   <= samples (the unbiased estimator, rl.pass_at_k, with n = samples >= k).
-- RL: ``launch.rl_run.run_rl`` of the RL config with ``init=c`` into DIR/runs/<name>/rl (resumable).
-- post_rl_success: greedy success of the RL policy on the same instances at the same budget.
+- RL: ``launch.rl_run.run_rl`` of the RL config with ``init=c`` into DIR/runs/<name>/rl (resumable); with
+  ``rl_runs`` > 1 also runs with seeds seed + 1, ... into DIR/runs/<name>/rl-seed<seed>.
+- post_rl_success: greedy success of the RL policy on the same instances at the same budget (the mean over the RL
+  runs, each listed in post_rl_runs when there are several; post_rl_n the instances).
 The measurements are written as eval records (arm "sft" before RL, with heldout_loss and pass_at_k; arm "rl"
-after) to DIR/runs/<name>/metrics.jsonl and as one checkpoint line (launch.predict's input format) to
+after, one per RL run) to DIR/runs/<name>/metrics.jsonl and as one checkpoint line (launch.predict's input format) to
 DIR/checkpoints.jsonl; a re-run skips checkpoints whose measurements are complete and resumes unfinished RL.
 
 Python API: ``run_predict(checkpoint_dirs, out_dir, rl_config, settings) -> (checkpoints, rows)``.
@@ -28,6 +30,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
+
 from launch.config import ConfigError, load_config, to_dict
 
 MEASUREMENTS = "measurements.json"
@@ -37,7 +41,8 @@ MEASUREMENTS = "measurements.json"
 class PredictRunSettings:
     """How the predictors are measured. ``episodes`` instances of ``split`` (seeded by ``seed``) at ``budget``
     verification steps (None: the RL config's episodes.max_verify_steps); ``samples`` samples per instance at
-    ``temperature`` for pass@k (k = 1, 2, 4, ... <= samples; the paper's k goes to 256, so samples=256)."""
+    ``temperature`` for pass@k (k = 1, 2, 4, ... <= samples; the paper's k goes to 256, so samples=256);
+    ``rl_runs`` RL runs per checkpoint (seeds: the RL config's seed + 0, 1, ...), post-RL success their mean."""
 
     split: str = "in_distribution"
     episodes: int = 64
@@ -45,6 +50,7 @@ class PredictRunSettings:
     temperature: float = 1.0
     budget: Optional[int] = None
     seed: int = 1234
+    rl_runs: int = 1
 
 
 def checkpoint_names(directories: Sequence[Path]) -> list[str]:
@@ -65,9 +71,10 @@ def _sampling(rl_config: Any, temperature: float):
 def _check(checkpoint_dirs: Sequence[Path], rl_config: Any, settings: PredictRunSettings) -> int:
     from launch.sft_run import FINAL_DIR
 
-    if settings.episodes < 1 or settings.samples < 1 or settings.temperature <= 0:
-        raise ConfigError(f"episodes ({settings.episodes}) and samples ({settings.samples}) must be at least 1 and "
-                          f"temperature ({settings.temperature}) positive (pass@k needs sampled answers)")
+    if settings.episodes < 1 or settings.samples < 1 or settings.temperature <= 0 or settings.rl_runs < 1:
+        raise ConfigError(f"episodes ({settings.episodes}), samples ({settings.samples}) and RL runs "
+                          f"({settings.rl_runs}) must be at least 1 and temperature ({settings.temperature}) positive "
+                          "(pass@k needs sampled answers)")
     for directory in checkpoint_dirs:
         if not (Path(directory) / FINAL_DIR / "config.json").is_file():
             raise ConfigError(f"{directory} is not a finished `memgen sft` run directory (no final/ policy); pass "
@@ -96,6 +103,11 @@ class _Evaluator:
                         runners=runners)
 
 
+def rl_run_name(index: int, seed: int) -> str:
+    """The directory of a checkpoint's index-th RL run: rl/ for the first, rl-seed<seed>/ for the others."""
+    return "rl" if index == 0 else f"rl-seed{seed}"
+
+
 def measure_checkpoint(sft_dir: Path, run_dir: Path, rl_config: Any, settings: PredictRunSettings, budget: int,
                        evaluator: _Evaluator, log: Callable[[str], None] = print) -> dict:
     """The checkpoint dict of one SFT run (launch.predict's format), measuring and running RL as needed."""
@@ -106,8 +118,10 @@ def measure_checkpoint(sft_dir: Path, run_dir: Path, rl_config: Any, settings: P
     from launch.sft_run import TASK_NAMES, heldout_loss_of_run
     from launch.config import SFTConfig
 
-    spec = {"sft_dir": str(sft_dir), "rl": to_dict(rl_config), "settings": dataclasses.asdict(settings),
-            "budget": budget}
+    settings_spec = dataclasses.asdict(settings)
+    if settings.rl_runs == 1:  # as measured before rl_runs existed, so those measurements still count
+        del settings_spec["rl_runs"]
+    spec = {"sft_dir": str(sft_dir), "rl": to_dict(rl_config), "settings": settings_spec, "budget": budget}
     cached = run_dir / MEASUREMENTS
     if cached.is_file():
         saved = json.loads(cached.read_text())
@@ -127,18 +141,25 @@ def measure_checkpoint(sft_dir: Path, run_dir: Path, rl_config: Any, settings: P
     greedy = evaluator(policy, _sampling(rl_config, 0.0), 1)
     sampled = evaluator(policy, _sampling(rl_config, settings.temperature), settings.samples)
     del policy
-    log(f"memgen predict: RL from {run_dir.name}")
-    rl_dir = run_dir / "rl"
-    run_rl(dataclasses.replace(rl_config, init=str(sft_dir)), rl_dir)
-    post = evaluator(load_policy(str(rl_dir), seed=rl_config.seed), _sampling(rl_config, 0.0), 1)
+    posts = []
+    for index in range(settings.rl_runs):
+        seed = rl_config.seed + index
+        log(f"memgen predict: RL from {run_dir.name}"
+            + (f" (run {index + 1} of {settings.rl_runs}, seed {seed})" if settings.rl_runs > 1 else ""))
+        rl_dir = run_dir / rl_run_name(index, seed)
+        run_rl(dataclasses.replace(rl_config, init=str(sft_dir), seed=seed), rl_dir)
+        posts.append(evaluator(load_policy(str(rl_dir), seed=seed), _sampling(rl_config, 0.0), 1))
 
     pass_at_k = {str(k): v for k, v in sampled["pass_at_k"].items()} if "pass_at_k" in sampled else {}
     with MetricsWriter(run_dir, tensorboard=False) as writer:
         writer.write(0, eval_record(step=0, gflops=0.0, task=task, arm="sft", seed=settings.seed,
                                     heldout_loss=heldout["loss"], pass_at_k=pass_at_k or None, **greedy))
-        writer.write(1, eval_record(step=1, gflops=0.0, task=task, arm="rl", seed=settings.seed, **post))
-    checkpoint = {"name": run_dir.name, "sft_dir": str(sft_dir), "post_rl_success": post["success"],
-                  "post_rl_n": post["n"],
+        for index, post in enumerate(posts):  # one record per RL run, steps 1, 2, ...
+            writer.write(index + 1, eval_record(step=index + 1, gflops=0.0, task=task, arm="rl", seed=settings.seed,
+                                                **post))
+    successes = [post["success"] for post in posts]
+    checkpoint = {"name": run_dir.name, "sft_dir": str(sft_dir), "post_rl_success": float(np.mean(successes)),
+                  "post_rl_n": posts[0]["n"], **({"post_rl_runs": successes} if len(posts) > 1 else {}),
                   "sft_success": greedy["success"], "heldout_loss": heldout["loss"], "pass_at_k": pass_at_k,
                   "n": greedy["n"], "samples": settings.samples, "budget": budget, "split": settings.split}
     cached.write_text(json.dumps({"spec": spec, "checkpoint": checkpoint}, indent=1) + "\n")

@@ -112,6 +112,29 @@ def test_target_noise_separates_measurement_noise_from_the_checkpoints_spread():
         target_noise([{"post_rl_success": 0.5, "post_rl_n": 1}] * 3)
 
 
+def test_target_noise_from_several_rl_runs_counts_rls_randomness():
+    """Each RL run of a checkpoint lands at its true rate plus run-to-run noise (sd 5 points), then is measured on
+    256 instances: with 3 runs per checkpoint the between-checkpoint variance is unbiased for the true rates'
+    variance, while the binomial estimate from post_rl_n alone counts RL's randomness as signal."""
+    rng = np.random.default_rng(2)
+    true = np.linspace(0.2, 0.4, 12)
+    from_runs, from_counts = [], []
+    for _ in range(1000):
+        runs = rng.binomial(256, np.clip(true[:, None] + rng.normal(0, 0.05, (12, 3)), 0, 1)) / 256
+        checkpoints = [{"post_rl_success": float(r.mean()), "post_rl_runs": r.tolist(), "post_rl_n": 256}
+                       for r in runs]
+        noise = target_noise(checkpoints)
+        assert noise.source == "runs" and noise.runs == 3
+        from_runs.append(noise.between_variance)
+        # one RL run per checkpoint, measured on 256 instances: only the binomial noise is known
+        from_counts.append(target_noise([{"post_rl_success": r[0], "post_rl_n": 256} for r in runs]).between_variance)
+    assert np.mean(from_runs) == pytest.approx(true.var(ddof=1), rel=0.05)
+    assert np.mean(from_counts) == pytest.approx(true.var(ddof=1) + 0.05 ** 2, rel=0.05)  # RL's variance as signal
+    bad = [{"name": "a", "post_rl_success": 0.5, "post_rl_runs": [0.2, 0.4]}] * 3
+    with pytest.raises(PredictError, match="'a''s 'post_rl_runs' average 0.300000, not its post_rl_success 0.5"):
+        target_noise(bad)
+
+
 def test_fewer_than_three_checkpoints_is_a_clear_message():
     with pytest.raises(PredictError, match="needs at least 3 checkpoints, got 2"):
         predictor_table(_synthetic(0, count=2))

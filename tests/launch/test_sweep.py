@@ -160,7 +160,8 @@ def test_predict_runner_measures_runs_rl_and_reports(grid, tmp_path, capsys):
     sft_dirs = [out / "sft" / freeze / sweep.lr_name(lr) for freeze, lr in (("none", 1e-3), ("none", 3e-3),
                                                                              ("vision_encoder", 1e-3))]
     argv = ["predict", *map(str, sft_dirs), "rl.updates=1", "rl.eval_episodes=2", "rl.checkpoint.every_steps=1",
-            "--out", str(tmp_path), "--rl-preset", "rl-tiny", "--episodes", "2", "--samples", "4", "--budget", "2"]
+            "--out", str(tmp_path), "--rl-preset", "rl-tiny", "--episodes", "2", "--samples", "4", "--budget", "2",
+            "--rl-runs", "2"]
     assert main(argv) == 0
     checkpoints = load_checkpoints([tmp_path / "checkpoints.jsonl"])
     assert [c["name"] for c in checkpoints] == [f"{d.parent.name}_{d.name}" for d in sft_dirs]
@@ -172,14 +173,18 @@ def test_predict_runner_measures_runs_rl_and_reports(grid, tmp_path, capsys):
         curve = [checkpoint["pass_at_k"][k] for k in ("1", "2", "4")]
         assert all(0 <= a <= b <= 1 for a, b in zip(curve, curve[1:]))
         run_dir = tmp_path / "runs" / checkpoint["name"]
-        pre, post = read_metrics(run_dir)
-        assert (pre["arm"], post["arm"]) == ("sft", "rl") and pre["n"] == post["n"] == 2
-        assert pre["success"] == checkpoint["sft_success"] and post["success"] == checkpoint["post_rl_success"]
-        assert checkpoint["post_rl_n"] == post["n"]
+        pre, *posts = read_metrics(run_dir)  # two RL runs (seeds 0 and 1), one record each
+        assert [r["arm"] for r in (pre, *posts)] == ["sft", "rl", "rl"] and pre["n"] == posts[0]["n"] == 2
+        assert pre["success"] == checkpoint["sft_success"]
+        assert checkpoint["post_rl_runs"] == [r["success"] for r in posts] and checkpoint["post_rl_n"] == 2
+        assert checkpoint["post_rl_success"] == pytest.approx(np.mean(checkpoint["post_rl_runs"]))
+        assert json.loads((run_dir / "rl-seed1" / "config.json").read_text())["seed"] == 1
         assert pre["verify_budget"] == 2 and pre["pass_at_k"] == checkpoint["pass_at_k"]
         rl_config = json.loads((run_dir / "rl" / "config.json").read_text())
         assert rl_config["init"] == str(sft_dir) and (run_dir / "rl" / "final").is_dir()
-    rows = json.loads((tmp_path / "predict.json").read_text())["rows"]
+    payload = json.loads((tmp_path / "predict.json").read_text())
+    assert payload["post_rl_noise"]["source"] == "runs" and payload["post_rl_noise"]["runs"] == 2
+    rows = payload["rows"]
     assert [r["predictor"] for r in rows] == [r.predictor for r in predictor_table(checkpoints)] == [
         "sft_success", "heldout_loss", "pass@1", "pass@2", "pass@4"]
     assert (tmp_path / "predict_heldout_loss.png").is_file()

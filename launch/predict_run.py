@@ -16,7 +16,8 @@ Per checkpoint c, in DIR/runs/<name>/:
   runs, each listed in post_rl_runs when there are several; post_rl_n the instances).
 The measurements are written as eval records (arm "sft" before RL, with heldout_loss and pass_at_k; arm "rl"
 after, one per RL run) to DIR/runs/<name>/metrics.jsonl and as one checkpoint line (launch.predict's input format) to
-DIR/checkpoints.jsonl; a re-run skips checkpoints whose measurements are complete and resumes unfinished RL.
+DIR/checkpoints.jsonl; a re-run skips what is measured (cached per checkpoint in measurements.json: the pre-RL
+record and each RL seed's record) and resumes unfinished RL, so raising ``rl_runs`` runs only the new seeds.
 
 Python API: ``run_predict(checkpoint_dirs, out_dir, rl_config, settings) -> (checkpoints, rows)``.
 Arrays: episodes x samples success matrices (M, N) bool, host side.
@@ -110,7 +111,9 @@ def rl_run_name(index: int, seed: int) -> str:
 
 def measure_checkpoint(sft_dir: Path, run_dir: Path, rl_config: Any, settings: PredictRunSettings, budget: int,
                        evaluator: _Evaluator, log: Callable[[str], None] = print) -> dict:
-    """The checkpoint dict of one SFT run (launch.predict's format), measuring and running RL as needed."""
+    """The checkpoint dict of one SFT run (launch.predict's format), measuring and running RL as needed: the
+    pre-RL measurements and each RL run's evaluation are cached in DIR/runs/<name>/measurements.json as eval
+    records, so a re-run (or one with more ``rl_runs``) measures only what is missing."""
     from launch.metrics import MetricsWriter
     from launch.metrics_schema import eval_record
     from launch.rl_common import load_policy
@@ -118,52 +121,76 @@ def measure_checkpoint(sft_dir: Path, run_dir: Path, rl_config: Any, settings: P
     from launch.sft_run import TASK_NAMES, heldout_loss_of_run
     from launch.config import SFTConfig
 
-    settings_spec = dataclasses.asdict(settings)
-    if settings.rl_runs == 1:  # as measured before rl_runs existed, so those measurements still count
-        del settings_spec["rl_runs"]
+    settings_spec = {k: v for k, v in dataclasses.asdict(settings).items() if k != "rl_runs"}
     spec = {"sft_dir": str(sft_dir), "rl": to_dict(rl_config), "settings": settings_spec, "budget": budget}
-    cached = run_dir / MEASUREMENTS
-    if cached.is_file():
-        saved = json.loads(cached.read_text())
-        if saved.get("spec") == spec:
-            log(f"memgen predict: skipped {run_dir.name} (measured)")
-            # measured before post_rl_n was recorded: the post-RL success is over the same n instances
-            return {"post_rl_n": saved["checkpoint"]["n"], **saved["checkpoint"]}
-    sft_config = load_config(SFTConfig, sft_dir)
-    task = TASK_NAMES[(sft_config.task, sft_config.modality)]
-    if (rl_config.episodes.task, rl_config.episodes.modality) != (sft_config.task, sft_config.modality):
-        raise ConfigError(f"{sft_dir} trained {task} but the RL config samples {rl_config.episodes.task}/"
-                          f"{rl_config.episodes.modality}; choose the RL preset of the same task")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log(f"memgen predict: measuring {run_dir.name} before RL")
-    heldout = heldout_loss_of_run(sft_dir)
-    policy = load_policy(str(sft_dir), seed=rl_config.seed)
-    greedy = evaluator(policy, _sampling(rl_config, 0.0), 1)
-    sampled = evaluator(policy, _sampling(rl_config, settings.temperature), settings.samples)
-    del policy
-    posts = []
-    for index in range(settings.rl_runs):
-        seed = rl_config.seed + index
-        log(f"memgen predict: RL from {run_dir.name}"
-            + (f" (run {index + 1} of {settings.rl_runs}, seed {seed})" if settings.rl_runs > 1 else ""))
-        rl_dir = run_dir / rl_run_name(index, seed)
-        run_rl(dataclasses.replace(rl_config, init=str(sft_dir), seed=seed), rl_dir)
-        posts.append(evaluator(load_policy(str(rl_dir), seed=seed), _sampling(rl_config, 0.0), 1))
+    cache = _read_cache(run_dir, spec, rl_config.seed)
+    seeds = [rl_config.seed + index for index in range(settings.rl_runs)]
+    if cache["sft"] is not None and all(str(seed) in cache["rl"] for seed in seeds):
+        log(f"memgen predict: skipped {run_dir.name} (measured)")
+    else:
+        sft_config = load_config(SFTConfig, sft_dir)
+        task = TASK_NAMES[(sft_config.task, sft_config.modality)]
+        if (rl_config.episodes.task, rl_config.episodes.modality) != (sft_config.task, sft_config.modality):
+            raise ConfigError(f"{sft_dir} trained {task} but the RL config samples {rl_config.episodes.task}/"
+                              f"{rl_config.episodes.modality}; choose the RL preset of the same task")
+        run_dir.mkdir(parents=True, exist_ok=True)
 
-    pass_at_k = {str(k): v for k, v in sampled["pass_at_k"].items()} if "pass_at_k" in sampled else {}
-    with MetricsWriter(run_dir, tensorboard=False) as writer:
-        writer.write(0, eval_record(step=0, gflops=0.0, task=task, arm="sft", seed=settings.seed,
-                                    heldout_loss=heldout["loss"], pass_at_k=pass_at_k or None, **greedy))
-        for index, post in enumerate(posts):  # one record per RL run, steps 1, 2, ...
-            writer.write(index + 1, eval_record(step=index + 1, gflops=0.0, task=task, arm="rl", seed=settings.seed,
-                                                **post))
-    successes = [post["success"] for post in posts]
-    checkpoint = {"name": run_dir.name, "sft_dir": str(sft_dir), "post_rl_success": float(np.mean(successes)),
-                  "post_rl_n": posts[0]["n"], **({"post_rl_runs": successes} if len(posts) > 1 else {}),
-                  "sft_success": greedy["success"], "heldout_loss": heldout["loss"], "pass_at_k": pass_at_k,
-                  "n": greedy["n"], "samples": settings.samples, "budget": budget, "split": settings.split}
-    cached.write_text(json.dumps({"spec": spec, "checkpoint": checkpoint}, indent=1) + "\n")
-    return checkpoint
+        def save() -> None:
+            (run_dir / MEASUREMENTS).write_text(json.dumps(cache, indent=1) + "\n")
+
+        if cache["sft"] is None:
+            log(f"memgen predict: measuring {run_dir.name} before RL")
+            heldout = heldout_loss_of_run(sft_dir)
+            policy = load_policy(str(sft_dir), seed=rl_config.seed)
+            greedy = evaluator(policy, _sampling(rl_config, 0.0), 1)
+            sampled = evaluator(policy, _sampling(rl_config, settings.temperature), settings.samples)
+            del policy
+            cache["sft"] = eval_record(step=0, gflops=0.0, task=task, arm="sft", seed=settings.seed,
+                                       heldout_loss=heldout["loss"], pass_at_k=sampled.get("pass_at_k"), **greedy)
+            save()
+        for index, seed in enumerate(seeds):
+            if str(seed) in cache["rl"]:
+                continue
+            log(f"memgen predict: RL from {run_dir.name}"
+                + (f" (run {index + 1} of {settings.rl_runs}, seed {seed})" if settings.rl_runs > 1 else ""))
+            rl_dir = run_dir / rl_run_name(index, seed)
+            run_rl(dataclasses.replace(rl_config, init=str(sft_dir), seed=seed), rl_dir)
+            post = evaluator(load_policy(str(rl_dir), seed=seed), _sampling(rl_config, 0.0), 1)
+            cache["rl"][str(seed)] = eval_record(step=1, gflops=0.0, task=task, arm="rl", seed=settings.seed, **post)
+            save()
+    records = [cache["sft"]] + [dict(cache["rl"][str(seed)], step=index + 1) for index, seed in enumerate(seeds)]
+    with MetricsWriter(run_dir, tensorboard=False) as writer:  # one record per RL run, steps 1, 2, ...
+        for record in records:
+            writer.write(record["step"], record)
+    sft, successes = cache["sft"], [record["success"] for record in records[1:]]
+    return {"name": run_dir.name, "sft_dir": str(sft_dir), "post_rl_success": float(np.mean(successes)),
+            "post_rl_n": records[1]["n"], **({"post_rl_runs": successes} if len(successes) > 1 else {}),
+            "sft_success": sft["success"], "heldout_loss": sft["heldout_loss"], "pass_at_k": sft.get("pass_at_k") or {},
+            "n": sft["n"], "samples": settings.samples, "budget": budget, "split": settings.split}
+
+
+def _read_cache(run_dir: Path, spec: dict, first_seed: int) -> dict:
+    """The checkpoint's cached measurements for `spec`: {"spec", "sft": the pre-RL eval record or None, "rl":
+    {seed: the post-RL eval record}}; empty when there are none or they were measured under another spec. A cache
+    written before 2026-12-07 ({"spec", "checkpoint"}, one RL run with the config's seed) is read back from the
+    run's metrics.jsonl, which holds those two records."""
+    from launch.metrics import read_metrics
+
+    empty = {"spec": spec, "sft": None, "rl": {}}
+    path = run_dir / MEASUREMENTS
+    if not path.is_file():
+        return empty
+    saved = json.loads(path.read_text())
+    if saved.get("spec") != spec:
+        return empty
+    if "checkpoint" not in saved:
+        return saved
+    records = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
+    sft = [r for r in records if r.get("arm") == "sft"]
+    rl = [r for r in records if r.get("arm") == "rl"]
+    if not sft or not rl:
+        return empty
+    return {"spec": spec, "sft": sft[0], "rl": {str(first_seed): rl[0]}}
 
 
 def run_predict(checkpoint_dirs: Sequence[str | Path], out_dir: str | Path, rl_config: Any,

@@ -192,6 +192,28 @@ def test_predict_runner_measures_runs_rl_and_reports(grid, tmp_path, capsys):
     assert main(argv) == 0  # measured: nothing runs again
     assert capsys.readouterr().out.count("(measured)") == len(sft_dirs)
 
+    # one RL run: the first of the two above (seed 0), measured already
+    assert main(argv[:-2] + ["--rl-runs", "1"]) == 0
+    assert capsys.readouterr().out.count("(measured)") == len(sft_dirs)
+    single = load_checkpoints([tmp_path / "checkpoints.jsonl"])
+    assert [c["post_rl_success"] for c in single] == [c["post_rl_runs"][0] for c in checkpoints]
+    assert all("post_rl_runs" not in c for c in single)
+    # a cache as written before the RL runs were cached one by one ({"spec", "checkpoint"}) reads back from the
+    # run's metrics.jsonl; then a third RL run is the only thing that runs
+    run_dir = tmp_path / "runs" / checkpoints[0]["name"]
+    cache = json.loads((run_dir / "measurements.json").read_text())
+    (run_dir / "measurements.json").write_text(json.dumps({"spec": cache["spec"], "checkpoint": single[0]}))
+    assert main(argv[:-2] + ["--rl-runs", "1"]) == 0
+    assert capsys.readouterr().out.count("(measured)") == len(sft_dirs)
+    assert load_checkpoints([tmp_path / "checkpoints.jsonl"]) == single
+    assert main(argv[:-2] + ["--rl-runs", "3"]) == 0
+    log = capsys.readouterr().out
+    assert log.count("(run 3 of 3, seed 2)") == len(sft_dirs) and "before RL" not in log
+    # the downgraded cache forgot seed 1's evaluation: its finished RL run is evaluated again, to the same result
+    assert log.count("(run 2 of 3, seed 1)") == 1
+    three = load_checkpoints([tmp_path / "checkpoints.jsonl"])
+    assert [c["post_rl_runs"][:2] for c in three] == [c["post_rl_runs"] for c in checkpoints]
+
 
 def test_predict_runner_refuses_unfinished_checkpoints(tmp_path, capsys):
     assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o"), "--rl-preset", "rl-tiny"]) == 2

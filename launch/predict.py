@@ -455,6 +455,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="verification budget of every evaluation (default: the RL preset's max_verify_steps)")
     runner.add_argument("--seed", type=int, default=defaults.seed,
                         help=f"seed of the evaluation instances (default {defaults.seed})")
+    runner.add_argument("--max-rows", type=int, default=1024,
+                        help="rows (instances x samples) per rollout batch of an evaluation: bounds its memory "
+                             "(default 1024; 0: all in one batch)")
     runner.add_argument("--rl-runs", type=int, default=defaults.rl_runs,
                         help="RL runs per checkpoint, seeds the RL config's seed + 0, 1, ...; post-RL success is "
                              "their mean, and their spread measures the noise no predictor can follow (default "
@@ -480,7 +483,7 @@ def _run_runner(args: argparse.Namespace) -> list[PredictorRow]:
     rl_config = resolve(args.rl_preset, overrides, kind=RLConfig)
     settings = PredictRunSettings(split=args.split, episodes=args.episodes, samples=args.samples,
                                   temperature=args.temperature, budget=args.budget, seed=args.seed,
-                                  rl_runs=args.rl_runs)
+                                  rl_runs=args.rl_runs, max_rows=args.max_rows or None)
     _, rows = run_predict(directories, args.out, rl_config, settings)
     return rows
 

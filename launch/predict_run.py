@@ -43,7 +43,9 @@ class PredictRunSettings:
     """How the predictors are measured. ``episodes`` instances of ``split`` (seeded by ``seed``) at ``budget``
     verification steps (None: the RL config's episodes.max_verify_steps); ``samples`` samples per instance at
     ``temperature`` for pass@k (k = 1, 2, 4, ... <= samples; the paper's k goes to 256, so samples=256);
-    ``rl_runs`` RL runs per checkpoint (seeds: the RL config's seed + 0, 1, ...), post-RL success their mean."""
+    ``rl_runs`` RL runs per checkpoint (seeds: the RL config's seed + 0, 1, ...), post-RL success their mean;
+    ``max_rows``: play at most that many rows (instances x samples) per rollout batch (``rl_common.evaluate``;
+    None: all in one batch), which bounds the memory of a large pass@k."""
 
     split: str = "in_distribution"
     episodes: int = 64
@@ -52,6 +54,7 @@ class PredictRunSettings:
     budget: Optional[int] = None
     seed: int = 1234
     rl_runs: int = 1
+    max_rows: Optional[int] = None
 
 
 def checkpoint_names(directories: Sequence[Path]) -> list[str]:
@@ -72,10 +75,11 @@ def _sampling(rl_config: Any, temperature: float):
 def _check(checkpoint_dirs: Sequence[Path], rl_config: Any, settings: PredictRunSettings) -> int:
     from launch.sft_run import FINAL_DIR
 
-    if settings.episodes < 1 or settings.samples < 1 or settings.temperature <= 0 or settings.rl_runs < 1:
-        raise ConfigError(f"episodes ({settings.episodes}), samples ({settings.samples}) and RL runs "
-                          f"({settings.rl_runs}) must be at least 1 and temperature ({settings.temperature}) positive "
-                          "(pass@k needs sampled answers)")
+    if (settings.episodes < 1 or settings.samples < 1 or settings.temperature <= 0 or settings.rl_runs < 1
+            or (settings.max_rows is not None and settings.max_rows < 1)):
+        raise ConfigError(f"episodes ({settings.episodes}), samples ({settings.samples}), RL runs "
+                          f"({settings.rl_runs}) and max rows ({settings.max_rows}) must be at least 1 and temperature "
+                          f"({settings.temperature}) positive (pass@k needs sampled answers)")
     for directory in checkpoint_dirs:
         if not (Path(directory) / FINAL_DIR / "config.json").is_file():
             raise ConfigError(f"{directory} is not a finished `memgen sft` run directory (no final/ policy); pass "
@@ -101,7 +105,7 @@ class _Evaluator:
         runners = self._runners.setdefault((policy.config, tokenizer_fingerprint(policy), sampling), {})
         return evaluate(policy, policy.params, sampling, split=self.settings.split, budget=self.budget,
                         num_episodes=self.settings.episodes, n_samples=n_samples, seed=self.settings.seed,
-                        runners=runners)
+                        runners=runners, max_rows=self.settings.max_rows)
 
 
 def rl_run_name(index: int, seed: int) -> str:
@@ -121,7 +125,13 @@ def measure_checkpoint(sft_dir: Path, run_dir: Path, rl_config: Any, settings: P
     from launch.sft_run import TASK_NAMES, heldout_loss_of_run
     from launch.config import SFTConfig
 
-    settings_spec = {k: v for k, v in dataclasses.asdict(settings).items() if k != "rl_runs"}
+    from launch.rl_common import evaluation_chunk
+
+    # rl_runs is not a property of a measurement (each RL seed is cached apart), and max_rows only where it splits
+    # a batch (chunked draws differ from one batch's), so caches from before either existed still count
+    settings_spec = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("rl_runs", "max_rows")}
+    if evaluation_chunk(settings.episodes, settings.samples, settings.max_rows) < settings.episodes:
+        settings_spec["max_rows"] = settings.max_rows
     spec = {"sft_dir": str(sft_dir), "rl": to_dict(rl_config), "settings": settings_spec, "budget": budget}
     cache = _read_cache(run_dir, spec, rl_config.seed)
     seeds = [rl_config.seed + index for index in range(settings.rl_runs)]

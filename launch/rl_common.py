@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -316,13 +317,25 @@ def evaluation_episodes(episodes: EpisodeConfig, *, split: str, budget: int, num
     return new_episodes(splits[split], (seed, budget, sorted(splits).index(split)), num_episodes, n_samples)
 
 
+def evaluation_chunk(num_episodes: int, n_samples: int, max_rows: Optional[int]) -> int:
+    """Instances per rollout batch when `evaluate` plays at most `max_rows` rows at once (all of them when
+    max_rows is None or they fit; at least one instance, with all its samples)."""
+    if max_rows is None or num_episodes * n_samples <= max_rows:
+        return num_episodes
+    return max(1, max_rows // n_samples)
+
+
 def evaluate(policy: Policy, params, episodes: EpisodeConfig, *, split: str, budget: int, num_episodes: int,
-             n_samples: int, seed: int, runners: dict, mesh: jax.sharding.Mesh | None = None) -> dict:
+             n_samples: int, seed: int, runners: dict, mesh: jax.sharding.Mesh | None = None,
+             max_rows: Optional[int] = None) -> dict:
     """Success of `num_episodes` instances of `split` within `budget` verification steps (each instance sampled
     `n_samples` times; pass@k when > 1). Returns eval_record fields: split, n, success, success_se, verify_budget,
     pass_at_k; also the mean episode length. V-IRL: `launch.rl_virl.evaluate_virl` (route success and per-step
     accuracy). `mesh`: the rollouts run on it (`RolloutRunner`; `params` placed on it), and `runners` must be a
-    cache of that mesh's runners."""
+    cache of that mesh's runners. `max_rows` (GeneralPoints): play at most that many rows (instances x samples)
+    per rollout batch, in chunks of whole instances (`evaluation_chunk`; the last chunk padded with repeats whose
+    results are dropped), so memory stays bounded for many samples; chunk c samples with fold_in(key(seed), c),
+    so chunked results are other draws from the same distribution than one batch's."""
     from rl.metrics import binomial_standard_error
 
     if episodes.task == "virl":
@@ -333,20 +346,27 @@ def evaluate(policy: Policy, params, episodes: EpisodeConfig, *, split: str, bud
     states = evaluation_episodes(episodes, split=split, budget=budget, num_episodes=num_episodes,
                                  n_samples=n_samples, seed=seed)
     splits = evaluation_splits_of(episodes, budget)
-    batch = num_episodes * n_samples
-    key = (budget, batch)
+    chunk = evaluation_chunk(num_episodes, n_samples, max_rows) * n_samples  # rows per rollout batch
+    key = (budget, chunk)
     if key not in runners:
-        runners[key] = RolloutRunner(policy, episodes, budget, batch, mesh=mesh)
-    trajectory, verifier, _ = runners[key](params, states, jax.random.key(seed))
-    solved = np.asarray(trajectory.success).any(axis=1).reshape(num_episodes, n_samples)
+        runners[key] = RolloutRunner(policy, episodes, budget, chunk, mesh=mesh)
+    success, lengths, responses = [], [], []
+    for index, start in enumerate(range(0, len(states), chunk)):
+        part = states[start:start + chunk]
+        rng = jax.random.key(seed) if chunk == len(states) else jax.random.fold_in(jax.random.key(seed), index)
+        trajectory, verifier, _ = runners[key](params, part + part[:1] * (chunk - len(part)), rng)
+        success.append(np.asarray(trajectory.success).any(axis=1)[:len(part)])
+        lengths.append(np.asarray(trajectory.valid).sum(axis=1)[:len(part)])
+        responses += verifier.responses[:len(part)]
+    solved = np.concatenate(success).reshape(num_episodes, n_samples)
     rate = float(solved.mean())
     fields = dict(split=split, n=int(solved.size), success=rate,
                   success_se=float(binomial_standard_error(rate, solved.size)), verify_budget=budget,
-                  episode_length=float(np.asarray(trajectory.valid).sum(axis=1).mean()))
+                  episode_length=float(np.concatenate(lengths).mean()))
     from tasks.general_points import rule_followed
 
     # the first answer of each episode: did its "number" field apply the split's face-card rule?
-    followed = [rule_followed(texts[0], state.hand, splits[split]) for state, texts in zip(states, verifier.responses)
+    followed = [rule_followed(texts[0], state.hand, splits[split]) for state, texts in zip(states, responses)
                 if texts]
     if followed:
         followed_rate = float(np.mean(followed))
@@ -358,7 +378,7 @@ def evaluate(policy: Policy, params, episodes: EpisodeConfig, *, split: str, bud
 
         # every verified response of every episode: did it name the hand's cards (GP-VL's recognition)?
         cards_ok = [recognition_correct(text, state.hand, splits[split])
-                    for state, texts in zip(states, verifier.responses) for text in texts]
+                    for state, texts in zip(states, responses) for text in texts]
         accuracy, se = recognition_accuracy(jnp.asarray(cards_ok, bool))
         fields.update(recognition_accuracy=float(accuracy), recognition_accuracy_se=float(se))
     if n_samples > 1:

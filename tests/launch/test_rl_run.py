@@ -204,3 +204,37 @@ def test_eval_resumes_the_cells_it_has_not_written(tmp_path, templates, monkeypa
     assert read_metrics(tmp_path / "parts") == read_metrics(tmp_path / "whole")
     with pytest.raises(ConfigError, match="another config"):
         run_eval(resolve("eval-tiny", overrides + ["episodes=3"]), tmp_path / "parts", show_progress=False)
+
+
+def test_evaluate_in_chunks_of_whole_instances_equals_one_batch_when_greedy(tmp_path, templates):
+    """max_rows splits an evaluation into rollout batches of whole instances (the last padded with repeats that are
+    dropped). With a scripted answer that solves some instances and not others (which rows are which shows up in
+    every field), greedy chunks give the one batch's fields exactly. Sampled, a max_rows that holds every row
+    keeps the one batch and its draws."""
+    import dataclasses
+
+    from launch.rl_common import RolloutRunner, evaluate, evaluation_chunk, load_policy
+    from tasks.general_points import expert_response, step as gp_step
+
+    config = resolve("rl-tiny", templates + ["episodes.reward=task"])
+    policy = load_policy(config.init, seed=0)
+
+    def scripted(state, text):  # right on hands whose ranks sum to an even number, else the model's text
+        solve = sum(card.rank for card in state.hand) % 2 == 0
+        return gp_step(state, expert_response(state.hand, state.config) if solve else text)
+
+    def runners(episodes):
+        return {(2, rows): RolloutRunner(policy, episodes, 2, rows, step_fn=scripted) for rows in (4, 6)}
+
+    common = dict(split="in_distribution", budget=2, num_episodes=3, n_samples=2, seed=5)
+    greedy = dataclasses.replace(config.episodes, temperature=0.0)
+    cache = runners(greedy)
+    whole = evaluate(policy, policy.params, greedy, runners=cache, **common)
+    assert 0 < whole["success"] < 1, whole  # some instances solved, some not
+    assert evaluate(policy, policy.params, greedy, runners=cache, max_rows=4, **common) == whole  # 2 + 1 instances
+    sampled = dataclasses.replace(config.episodes, temperature=1.0)
+    cache = runners(sampled)
+    one = evaluate(policy, policy.params, sampled, runners=cache, **common)
+    assert evaluate(policy, policy.params, sampled, runners=cache, max_rows=6, **common) == one
+    assert evaluate(policy, policy.params, sampled, runners=cache, max_rows=5, **common)["n"] == 6
+    assert [evaluation_chunk(10, 4, m) for m in (None, 40, 39, 8, 3)] == [10, 10, 9, 2, 1]

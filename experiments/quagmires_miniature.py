@@ -57,8 +57,9 @@ def _study(config: MiniatureConfig, args: argparse.Namespace) -> int:
     """The base (unless --base), the SFT checkpoint grid, then the predictor runs (the options checked first)."""
     started = time.monotonic()
     steps_grid, lrs = parse_budgets(args.steps, "--steps"), parse_learning_rates(args.lrs)
-    if args.rl_runs < 1:
-        raise ConfigError(f"--rl-runs must be at least 1, got {args.rl_runs}")
+    if args.rl_runs < 1 or args.max_rows < 0:
+        raise ConfigError(f"--rl-runs must be at least 1 and --max-rows at least 0, got {args.rl_runs} and "
+                          f"{args.max_rows}")
     base_dir = args.base
     if base_dir is None:
         base_dir = args.out / "base"
@@ -75,7 +76,7 @@ def _study(config: MiniatureConfig, args: argparse.Namespace) -> int:
                                       heldout_examples=args.heldout_examples), directory)
             checkpoints.append(directory)
     settings = PredictRunSettings(split=args.split, episodes=args.episodes, samples=args.samples,
-                                  rl_runs=args.rl_runs)
+                                  rl_runs=args.rl_runs, max_rows=args.max_rows or None)
     _, rows = run_predict(checkpoints, args.out / "predict", rl_arm_config(config, base_dir, seed=0), settings)
     for row in rows:
         print(row)
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rl-runs", type=int, default=1,
                         help="RL runs per checkpoint (seeds 0, 1, ...): post-RL success is their mean, and their "
                              "spread tells how much of the checkpoints' differences is RL's own randomness")
+    parser.add_argument("--max-rows", type=int, default=0,
+                        help="rows (instances x samples) per evaluation batch (0: one batch, as the documented "
+                             "runs; 256 x 16 rows of the small model hold ~15 GB)")
     parser.add_argument("--split", default="in_distribution")
     parser.add_argument("overrides", nargs="*", help="miniature config overrides, e.g. rl.lr=3e-5")
     args = parser.parse_args(argv)

@@ -40,7 +40,7 @@ def test_the_script_measures_a_policy_and_adds_a_row_per_policy(tmp_path, capsys
     (quagmires_miniature, ["rl.no_such_knob=1"], "no_such_knob"),
     (quagmires_miniature, ["--steps", "30,30"], "--steps '30,30' must be distinct positive integers"),
     (quagmires_miniature, ["--lrs", "1e-4,fast"], "--lrs item 'fast' is not a number"),
-    (quagmires_miniature, ["--rl-runs", "0"], "--rl-runs must be at least 1, got 0"),
+    (quagmires_miniature, ["--rl-runs", "0"], "--rl-runs must be at least 1 and --max-rows at least 0, got 0"),
 ])
 def test_bad_settings_stop_with_one_sentence(tmp_path, capsys, script, argv, message):
     assert script.main(["--out", str(tmp_path / "out"), "--preset", "miniature-tiny", *argv]) == 2

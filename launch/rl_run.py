@@ -119,17 +119,17 @@ _EVAL_RUNNERS: dict = {}
 
 
 def shared_runner(policy, episodes, steps: int, batch: int, mesh=None) -> RolloutRunner:
-    """The process's RolloutRunner for (model, tokenizer, episode settings, K, batch, mesh)."""
-    key = (policy.config, str(policy.tokenizer_dir), episodes, steps, batch, mesh)
+    """The process's RolloutRunner for (model, tokenizer by content, episode settings, K, batch, mesh)."""
+    key = (policy.config, tokenizer_fingerprint(policy), episodes, steps, batch, mesh)
     if key not in _RUNNERS:
         _RUNNERS[key] = RolloutRunner(policy, episodes, steps, batch, mesh=mesh)
     return _RUNNERS[key]
 
 
 def shared_eval_runners(policy, episodes, mesh=None) -> dict:
-    """The process's evaluation runners (`rl_common.evaluate`'s cache) for (model, tokenizer, episode settings,
-    mesh)."""
-    return _EVAL_RUNNERS.setdefault((policy.config, str(policy.tokenizer_dir), episodes, mesh), {})
+    """The process's evaluation runners (`rl_common.evaluate`'s cache) for (model, tokenizer by content, episode
+    settings, mesh)."""
+    return _EVAL_RUNNERS.setdefault((policy.config, tokenizer_fingerprint(policy), episodes, mesh), {})
 
 
 def evaluation_split_names(episodes) -> list[str]:

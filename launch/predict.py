@@ -2,9 +2,9 @@
 SFT-RL Post-Training"): for each predictor (post-SFT success, held-out generalisation loss, pass@k for each k, and
 any custom predictor) the R^2 of a least-squares line and the Spearman rank correlation (two-sided p-value, 95%
 interval) against post-RL success across checkpoints, as a table (DIR/predict.md, DIR/predict.json) and one
-scatter plot with the fit line per predictor (DIR/predict_<predictor>.png). When the checkpoints say how many
-instances their post-RL success was measured on, also how much of its spread is measurement noise
-(`target_noise`): the R^2 a perfect predictor could reach.
+scatter plot with the fit line per predictor (DIR/predict_<predictor>.png). When the checkpoints carry the
+successes of several RL runs each, or the number of instances their post-RL success was measured on, also how much
+of its spread is noise (`target_noise`): the R^2 a perfect predictor could reach.
 
 `predictor_table(checkpoints) -> rows` is the pure statistics a sweep runner calls; the CLI reads checkpoints from
 JSON/JSONL files or run directories (docs/report.md, "memgen predict"), or, with --rl-preset, measures them
@@ -166,9 +166,11 @@ def spearman_interval(rho: float, n: int, level: float = 0.95) -> tuple[float, f
 def _run_successes(checkpoint: Mapping[str, Any]) -> Optional[np.ndarray]:
     """The checkpoint's post_rl_runs (None unless it has >= 2), checked against its post_rl_success (their mean)."""
     runs = checkpoint.get(TARGET_RUNS)
+    where = f"checkpoint {checkpoint.get('name', '?')!r}'s {TARGET_RUNS!r}"
+    if runs is not None and not isinstance(runs, (list, tuple)):
+        raise PredictError(f"{where} must be a list of the RL runs' successes, got {runs!r}.")
     if runs is None or len(runs) < 2:
         return None
-    where = f"checkpoint {checkpoint.get('name', '?')!r}'s {TARGET_RUNS!r}"
     values = np.array([_number(value, where) for value in runs])
     if abs(values.mean() - _number(checkpoint[TARGET], TARGET)) > 1e-6:
         raise PredictError(f"{where} average {values.mean():.6f}, not its {TARGET} {checkpoint[TARGET]}; the "
@@ -347,8 +349,9 @@ def table_markdown(rows: Sequence[PredictorRow]) -> list[str]:
 
 
 def noise_markdown(noise: Optional[TargetNoise], checkpoints: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The sentence on the noise in post-RL success (none when `target_noise` has nothing to go on)."""
-    if noise is None:
+    """The sentence on the noise in post-RL success (none when `target_noise` has nothing to go on, or post-RL
+    success is the same for every checkpoint: the table's notes say so)."""
+    if noise is None or math.isnan(noise.reliability):
         return []
     share = (f"so ~{100 * noise.reliability:.0f}% of the spread's variance is differences between the "
              "checkpoints: about the R^2 a perfect predictor of their true post-RL success could reach")

@@ -133,6 +133,10 @@ def test_target_noise_from_several_rl_runs_counts_rls_randomness():
     bad = [{"name": "a", "post_rl_success": 0.5, "post_rl_runs": [0.2, 0.4]}] * 3
     with pytest.raises(PredictError, match="'a''s 'post_rl_runs' average 0.300000, not its post_rl_success 0.5"):
         target_noise(bad)
+    with pytest.raises(PredictError, match="'post_rl_runs' must be a list of the RL runs' successes, got 0.5"):
+        target_noise([{"name": "a", "post_rl_success": 0.5, "post_rl_runs": 0.5}] * 3)
+    same = [{"post_rl_success": 0.25, "post_rl_n": 64}] * 3  # nothing spreads: no noise sentence
+    assert math.isnan(target_noise(same).reliability) and predict.noise_markdown(target_noise(same), same) == []
 
 
 def test_fewer_than_three_checkpoints_is_a_clear_message():

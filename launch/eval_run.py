@@ -97,6 +97,8 @@ def run_eval(config: EvalConfig, out_dir: str | Path, *, show_progress: bool | N
         raise ConfigError("memgen eval needs episodes >= 1, n_samples >= 1 and at least one verify budget")
     if config.n_samples > 1 and config.sampling.temperature == 0.0:
         raise ConfigError("n_samples > 1 needs sampling.temperature > 0 (greedy samples are all the same)")
+    if config.max_rows is not None and config.max_rows < 1:
+        raise ConfigError(f"max_rows={config.max_rows} must be at least 1 (or unset: every row in one batch)")
     if config.heldout_examples < 0 or config.heldout_batch_size < 1:
         raise ConfigError("memgen eval needs heldout_examples >= 0 (0: no held-out loss) and heldout_batch_size >= 1")
     out = Path(out_dir)
@@ -123,7 +125,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path, *, show_progress: bool | N
             for budget, split in todo:
                 fields = evaluate(policy, policy.params, config.sampling, split=split, budget=budget,
                                   num_episodes=config.episodes, n_samples=config.n_samples, seed=config.seed,
-                                  runners=runners, mesh=mesh)
+                                  runners=runners, mesh=mesh, max_rows=config.max_rows)
                 extra = {}
                 if split in heldout:
                     extra = dict(heldout_loss=heldout[split]["loss"], heldout_accuracy=heldout[split]["accuracy"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -325,6 +325,18 @@ def evaluation_chunk(num_episodes: int, n_samples: int, max_rows: Optional[int])
     return max(1, max_rows // n_samples)
 
 
+def in_chunks(states: list, chunk: int, seed: int, play_chunk: Callable) -> list:
+    """`play_chunk(rows, rng, n)` over `states` in rollout batches of `chunk` rows (the last padded with repeats of
+    its first row, so one compiled batch shape serves all; `play_chunk` keeps the first n results). One batch samples
+    with key(seed), several with fold_in(key(seed), c) for chunk c. Returns the chunks' results in order."""
+    results = []
+    for index, start in enumerate(range(0, len(states), chunk)):
+        part = states[start:start + chunk]
+        rng = jax.random.key(seed) if chunk >= len(states) else jax.random.fold_in(jax.random.key(seed), index)
+        results.append(play_chunk(part + part[:1] * (chunk - len(part)), rng, len(part)))
+    return results
+
+
 def evaluate(policy: Policy, params, episodes: EpisodeConfig, *, split: str, budget: int, num_episodes: int,
              n_samples: int, seed: int, runners: dict, mesh: jax.sharding.Mesh | None = None,
              max_rows: Optional[int] = None) -> dict:
@@ -332,17 +344,18 @@ def evaluate(policy: Policy, params, episodes: EpisodeConfig, *, split: str, bud
     `n_samples` times; pass@k when > 1). Returns eval_record fields: split, n, success, success_se, verify_budget,
     pass_at_k; also the mean episode length. V-IRL: `launch.rl_virl.evaluate_virl` (route success and per-step
     accuracy). `mesh`: the rollouts run on it (`RolloutRunner`; `params` placed on it), and `runners` must be a
-    cache of that mesh's runners. `max_rows` (GeneralPoints): play at most that many rows (instances x samples)
-    per rollout batch, in chunks of whole instances (`evaluation_chunk`; the last chunk padded with repeats whose
-    results are dropped), so memory stays bounded for many samples; chunk c samples with fold_in(key(seed), c),
-    so chunked results are other draws from the same distribution than one batch's."""
+    cache of that mesh's runners. `max_rows`: play at most that many rows (instances x samples) per rollout
+    batch, in chunks of whole instances (`evaluation_chunk`, `in_chunks`), so memory stays bounded for many
+    samples; chunk c samples with fold_in(key(seed), c), so chunked results are other draws from the same
+    distribution than one batch's (greedy results are the same)."""
     from rl.metrics import binomial_standard_error
 
     if episodes.task == "virl":
         from launch.rl_virl import evaluate_virl
         return evaluate_virl(policy, params, episodes, split=split, budget=budget, num_episodes=num_episodes,
                              n_samples=n_samples, seed=seed, runners=runners,
-                             make_runner=functools.partial(RolloutRunner, policy, episodes, mesh=mesh))
+                             make_runner=functools.partial(RolloutRunner, policy, episodes, mesh=mesh),
+                             max_rows=max_rows)
     states = evaluation_episodes(episodes, split=split, budget=budget, num_episodes=num_episodes,
                                  n_samples=n_samples, seed=seed)
     splits = evaluation_splits_of(episodes, budget)
@@ -350,14 +363,14 @@ def evaluate(policy: Policy, params, episodes: EpisodeConfig, *, split: str, bud
     key = (budget, chunk)
     if key not in runners:
         runners[key] = RolloutRunner(policy, episodes, budget, chunk, mesh=mesh)
-    success, lengths, responses = [], [], []
-    for index, start in enumerate(range(0, len(states), chunk)):
-        part = states[start:start + chunk]
-        rng = jax.random.key(seed) if chunk == len(states) else jax.random.fold_in(jax.random.key(seed), index)
-        trajectory, verifier, _ = runners[key](params, part + part[:1] * (chunk - len(part)), rng)
-        success.append(np.asarray(trajectory.success).any(axis=1)[:len(part)])
-        lengths.append(np.asarray(trajectory.valid).sum(axis=1)[:len(part)])
-        responses += verifier.responses[:len(part)]
+
+    def play_chunk(rows, rng, n):
+        trajectory, verifier, _ = runners[key](params, rows, rng)
+        return (np.asarray(trajectory.success).any(axis=1)[:n], np.asarray(trajectory.valid).sum(axis=1)[:n],
+                verifier.responses[:n])
+
+    success, lengths, responses = zip(*in_chunks(states, chunk, seed, play_chunk))
+    responses = [texts for part in responses for texts in part]
     solved = np.concatenate(success).reshape(num_episodes, n_samples)
     rate = float(solved.mean())
     fields = dict(split=split, n=int(solved.size), success=rate,

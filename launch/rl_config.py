@@ -14,7 +14,7 @@ reference's 0.5 weight before the answer key and the eval presets add the held-o
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, Optional
 
 from launch.config import CheckpointConfig, register_preset
 from rl.gae import GAEConfig
@@ -115,7 +115,9 @@ class EvalConfig:
     ``heldout_examples`` > 0 adds the held-out generalisation loss (token-mean NLL of that many expert responses per
     split, in batches of ``heldout_batch_size``) to each split's records. ``arm``: the records' arm (sft, rl,
     base); empty = the arm of the init run directory, else base. ``mesh``: as RLConfig.mesh (the policy, the
-    rollouts and the held-out batches on it)."""
+    rollouts and the held-out batches on it). ``max_rows``: play at most that many rows (instances x n_samples)
+    per rollout batch, in chunks of whole instances (None: all in one batch; memory grows with the rows, e.g.
+    pass@k over many samples); chunked sampling draws other samples of the same distribution (greedy: the same)."""
 
     init: str = "tiny"
     seed: int = 1234
@@ -128,6 +130,7 @@ class EvalConfig:
     heldout_batch_size: int = 8
     arm: str = ""
     mesh: tuple[int, int, int] = (1, 1, 1)
+    max_rows: Optional[int] = None
 
 
 # answer_key_weight 0.5: the reference's weight on the tokens before the answer key ("formula" / "action").

@@ -194,12 +194,12 @@ def _compiled(policy, config: RLConfig, mesh):
         # The fresh state built straight onto its placement by one program (eager, the optimizer's init and the
         # placement would compile a program per leaf shape); its buffers are new, never the params passed in. The
         # schedule's numbers are arguments (host scalars every process passes alike), not constants of the program.
-        def fresh_state(params, learning_rate, total_steps, final_fraction):
+        def state_with_schedule(params, learning_rate, total_steps, final_fraction):
             state = init_train_state(params, optimizer)
             return state._replace(opt_state=with_schedule(state.opt_state, learning_rate=learning_rate,
                                                           total_steps=total_steps, final_fraction=final_fraction))
 
-        initialise = jax.jit(fresh_state, out_shardings=state_shardings)
+        initialise = jax.jit(state_with_schedule, out_shardings=state_shardings)
         _COMPILED[key] = (runner, jitted_update, jitted_warmup, _under_mesh(make_buffer, mesh), state_shardings,
                           initialise)
     return _COMPILED[key]

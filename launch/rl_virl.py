@@ -277,10 +277,13 @@ def update_buffer(build, runner, params, result: Play, reference_params=None, an
 
 
 def evaluate_virl(policy, params, episodes: EpisodeConfig, *, split: str, budget: int, num_episodes: int,
-                  n_samples: int, seed: int, runners: dict, make_runner: Callable) -> dict:
+                  n_samples: int, seed: int, runners: dict, make_runner: Callable,
+                  max_rows: int | None = None) -> dict:
     """Route success of `num_episodes` routes of `split` within `budget` answers per decision (each route played
     `n_samples` times; pass@k over route success when > 1), and per-step accuracy over every answer, each with its
-    binomial standard error. Returns eval_record fields (plus episode_length: answers per route)."""
+    binomial standard error. Returns eval_record fields (plus episode_length: answers per route). `max_rows`: at
+    most that many rows per rollout batch, in chunks of whole routes (as `launch.rl_common.evaluate`)."""
+    from launch.rl_common import evaluation_chunk, in_chunks
     from rl.metrics import binomial_standard_error
     from tasks.virl import per_step_accuracy, route_success
 
@@ -289,10 +292,13 @@ def evaluate_virl(policy, params, episodes: EpisodeConfig, *, split: str, budget
         raise ConfigError(f"split {split!r} does not exist for V-IRL {episodes.modality}; choose from "
                           f"{', '.join(splits)}")
     rows = evaluation_episodes(episodes, split, splits[split], seed, num_episodes, n_samples)
-    key = ("virl", budget, len(rows))
+    chunk = evaluation_chunk(num_episodes, n_samples, max_rows) * n_samples
+    key = ("virl", budget, chunk)
     if key not in runners:
-        runners[key] = make_runner(rollout_steps(budget), len(rows))
-    rows = play(runners[key], params, rows, jax.random.key(seed)).rows
+        runners[key] = make_runner(rollout_steps(budget), chunk)
+    rows = [row for part in in_chunks(rows, chunk, seed, lambda part, rng, n: play(runners[key], params, part,
+                                                                                    rng).rows[:n])
+            for row in part]
     solved = np.array([route_success(e.verdicts) for e in rows]).reshape(-1, n_samples)
     answers = [v for e in rows for v in e.verdicts]
     rate, accuracy = float(solved.mean()), per_step_accuracy(answers)

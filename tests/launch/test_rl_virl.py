@@ -133,6 +133,28 @@ def test_buffer_carries_value_across_decision_points(scripted_setup):
     np.testing.assert_allclose(returns, expected, rtol=1e-5)
 
 
+def test_evaluation_in_chunks_of_whole_routes_equals_one_batch(scripted_setup):
+    """max_rows splits a V-IRL evaluation into rollout batches of whole routes (the last padded with a repeat that
+    is dropped): with a script that walks only the first route right (which route is which shows in every field),
+    two chunks of 2 rows give the one batch of 3's fields exactly."""
+    from launch.rl_common import evaluate
+    from launch.rl_virl import evaluation_episodes, evaluation_splits
+
+    config, policy, _, runners = scripted_setup
+    budget = config.episodes.max_verify_steps
+    common = dict(split="in_distribution", budget=budget, num_episodes=3, n_samples=1, seed=5)
+    split = evaluation_splits(config.episodes, budget)["in_distribution"]
+    first = evaluation_episodes(config.episodes, "in_distribution", split, 5, 1)[0].route.dest.name
+    scripted(lambda state: RIGHT(state) if state.route.dest.name == first else WRONG(state))
+    cache = {("virl", budget, 2): runners["right"],
+             ("virl", budget, 3): RolloutRunner(policy, config.episodes, rollout_steps(budget), 3,
+                                                step_fn=lambda state, text: decision_step(state, SCRIPT["answer"](state)))}
+    whole = evaluate(policy, policy.params, config.episodes, runners=cache, **common)
+    assert whole["success"] == pytest.approx(1 / 3) and whole["n"] == 3, whole
+    two_rows = {("virl", budget, 2): runners["right"]}  # one batch of 3 rows would build an unscripted runner
+    assert evaluate(policy, policy.params, config.episodes, runners=two_rows, max_rows=2, **common) == whole
+
+
 def test_memgen_rl_virl_runs_and_resumes(tmp_path, template):
     config = resolve("rl-virl-tiny", template)
     _, records = assert_resume_is_exact(config, tmp_path)

@@ -14,8 +14,9 @@ Categories (details and the activation formula in docs/plan.md):
   activations a training step's saved activations per layer (remat "none" / "dots" / "full") x layers, plus one
               layer's working set and the logits/loss tensors, for one microbatch.
   kv_cache    the sampler's cache (self K/V (L_self, B, S, KV, Dh), cross K/V (L_cross, B, V, KV, Dh)).
-Totals: train = params + gradients + optimizer + activations(remat); rollout = params + optimizer + kv_cache
-(the optimizer state stays resident between updates). The verdict uses the larger.
+  reference   with `kl_reference`: RL's frozen KL reference policy (the initial params, placed as the params).
+Totals: train = params + gradients + optimizer + activations(remat) + reference; rollout = params + optimizer +
+kv_cache + reference (the optimizer state and the reference stay resident all run). The verdict uses the larger.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ class PlanConfig:
     (e.g. a preset with fewer layers, as the GPU benchmarks use). `batch_size` global rows per optimizer step
     (split into `grad_accum_steps` microbatches for activations), `seq_len` tokens per row, `num_images` images
     per row (0: text only), also the sampler's cache size. `freeze`: group names or whole-path regexes (as the SFT
-    config). `param_dtype` / `compute_dtype`: None = the model config's."""
+    config). `param_dtype` / `compute_dtype`: None = the model config's. `value_head`: PPO's value head (a
+    trainable group). `kl_reference`: an RL run with a KL penalty (PPO's kl_mode, GRPO's kl_coef) keeps the initial
+    params as its frozen reference all run (`launch.rl_run`): one more copy of the params."""
 
     model: str | ModelConfig = "11b"
     mesh: MeshConfig = MeshConfig()
@@ -74,6 +77,7 @@ class PlanConfig:
     param_dtype: str | None = None
     compute_dtype: str | None = None
     value_head: bool = False
+    kl_reference: bool = False
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -268,8 +272,9 @@ def plan(config: PlanConfig) -> dict[str, Any]:
                                               num_images=config.num_images))
     kv_b = tree_device_bytes(cache, cache_partition_specs(cache, mesh), mesh_shape)
 
-    train_total = param_b + grads_b + opt_b + activations[config.remat]
-    rollout_total = param_b + opt_b + kv_b
+    reference_b = param_b if config.kl_reference else 0
+    train_total = param_b + grads_b + opt_b + activations[config.remat] + reference_b
+    rollout_total = param_b + opt_b + kv_b + reference_b
     usable = int(GPUS[config.gpu]["usable_bytes"])
     peak = max(train_total, rollout_total)
     verdict = "fits" if peak <= TIGHT_FRACTION * usable else "tight" if peak <= usable else "does not fit"
@@ -282,7 +287,8 @@ def plan(config: PlanConfig) -> dict[str, Any]:
         "batch_size": config.batch_size, "seq_len": config.seq_len, "num_images": config.num_images,
         "grad_accum_steps": config.grad_accum_steps, "remat": config.remat,
         "bytes_per_device": {"params": param_b, "gradients": grads_b, "optimizer": opt_b,
-                             "activations": activations[config.remat], "kv_cache": kv_b},
+                             "activations": activations[config.remat], "kv_cache": kv_b,
+                             "reference": reference_b},
         "activations_by_remat": activations,
         "train_total": train_total, "rollout_total": rollout_total,
         "usable_bytes": usable, "headroom_bytes": usable - peak, "verdict": verdict,
@@ -306,6 +312,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--param-dtype", choices=("float32", "bfloat16"), default=None)
     parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="bfloat16")
     parser.add_argument("--value-head", action="store_true", help="include PPO's value head")
+    parser.add_argument("--kl-reference", action="store_true",
+                        help="an RL run with a KL penalty: count its frozen reference policy (a copy of the params)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
@@ -315,7 +323,8 @@ def config_from_args(args: argparse.Namespace) -> PlanConfig:
     return PlanConfig(model=args.model, mesh=mesh, devices=devices, gpu=args.gpu, freeze=tuple(args.freeze),
                       batch_size=args.batch, seq_len=args.seq, num_images=args.images,
                       grad_accum_steps=args.grad_accum, remat=args.remat, param_dtype=args.param_dtype,
-                      compute_dtype=args.compute_dtype, value_head=args.value_head)
+                      compute_dtype=args.compute_dtype, value_head=args.value_head,
+                      kl_reference=args.kl_reference)
 
 
 def _gib(value: int) -> str:
@@ -332,7 +341,10 @@ def render(result: dict[str, Any]) -> None:
     table.add_column("what")
     table.add_column("bytes per device", justify="right")
     for name, value in result["bytes_per_device"].items():
-        label = f"activations (remat {result['remat']})" if name == "activations" else name.replace("_", " ")
+        if name == "reference" and not value:
+            continue
+        label = (f"activations (remat {result['remat']})" if name == "activations"
+                 else "KL reference params" if name == "reference" else name.replace("_", " "))
         table.add_row(label, _gib(value))
     for remat, value in result["activations_by_remat"].items():
         if remat != result["remat"]:

@@ -132,6 +132,17 @@ def test_cli_json_hf_directory_and_errors(tmp_path, capsys):
     assert out["bytes_per_device"]["params"] == P.plan(P.PlanConfig(
         model="tiny", mesh=MeshConfig(fsdp=2, tensor=4), freeze=("vision_encoder",), num_images=0,
         compute_dtype="bfloat16"))["bytes_per_device"]["params"]
+    assert out["bytes_per_device"]["reference"] == 0
+    # an RL run with a KL penalty keeps its initial params as the reference: one more params row in both totals
+    rl_args = ["--model", str(tmp_path), "--mesh", "fsdp=2,tensor=4", "--json", "--images", "0", "--value-head"]
+    plain, kl = [json.loads((P.run(parser.parse_args(rl_args + extra)), capsys.readouterr().out)[1])
+                 for extra in ([], ["--kl-reference"])]
+    assert plain["bytes_per_device"]["reference"] == 0
+    assert kl["bytes_per_device"]["reference"] == kl["bytes_per_device"]["params"] > 0
+    for total in ("train_total", "rollout_total"):
+        assert kl[total] - plain[total] == kl["bytes_per_device"]["params"]
+    P.run(parser.parse_args(["--model", "tiny", "--kl-reference", "--mesh", "fsdp=8"]))
+    assert "KL reference params" in capsys.readouterr().out
     assert P.run(parser.parse_args(["--model", "tiny", "--mesh", "fsdp=3", "--devices", "8"])) == 2
     assert "has 3 devices but 8 are available" in capsys.readouterr().err
     assert P.run(parser.parse_args(["--model", "90b", "--mesh", "fsdp=8"])) == 1  # does not fit

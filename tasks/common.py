@@ -10,6 +10,7 @@ or starts a new one (V-IRL after a correct action).
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -166,3 +167,16 @@ def parse_json_object(response: str) -> dict[str, Any] | None:
         if parsed is not None:
             return parsed
     return None
+
+
+def file_stamp(path: str | os.PathLike | None) -> tuple[int, int] | None:
+    """(modification time in ns, size) of a file, or None when `path` is None or names no readable file: part of
+    the cache key of what is read from a user's file (a prompt template), so that an edited file is read again in
+    the same process (a notebook) instead of served stale from the cache."""
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return stat.st_mtime_ns, stat.st_size

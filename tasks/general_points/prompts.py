@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+from tasks.common import file_stamp
 from tasks.general_points.config import GeneralPointsConfig
 
 RULE_SENTENCES = {
@@ -30,8 +31,14 @@ FEEDBACK_FIELDS = ("reason",)
 PACKAGED = "packaged:"
 
 
-@lru_cache(maxsize=32)
 def _load_template(path: str | None, packaged_name: str, allowed: tuple[str, ...]) -> Template:
+    """The template of `path` (a file, "packaged:NAME", or None: the packaged `packaged_name`), checked against
+    the `allowed` placeholders; cached while the file is unchanged."""
+    return _parse_template(path, packaged_name, allowed, file_stamp(path))
+
+
+@lru_cache(maxsize=32)
+def _parse_template(path: str | None, packaged_name: str, allowed: tuple[str, ...], stamp) -> Template:
     if path is not None and path.startswith(PACKAGED):  # another packaged template, named without a path, so a
         packaged_name, path = path[len(PACKAGED):], None  # config that uses one does not depend on the checkout
         if not resources.files("tasks.general_points.templates").joinpath(packaged_name).is_file():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.common import Conversation, Message
+from tasks.common import Conversation, Message, file_stamp
 from tasks.virl.config import VirlConfig
 from tasks.virl.directions import ABSOLUTE_DIRECTIONS, absolute_direction
 from tasks.virl.route import Route
@@ -78,9 +78,15 @@ def history_text(past: list[tuple[str, str]], current_observation: str) -> str:
     return "\n".join(lines)
 
 
-@lru_cache(maxsize=16)
 def load_template(modality: str, prompt_path: str | None) -> str:
+    """The prompt template of `prompt_path` (None: the packaged one of `modality`), its placeholders checked;
+    cached while the file is unchanged."""
     path = Path(prompt_path) if prompt_path else TEMPLATE_DIR / f"{modality}.txt"
+    return _parse_template(path, file_stamp(path))
+
+
+@lru_cache(maxsize=16)
+def _parse_template(path: Path, stamp) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:

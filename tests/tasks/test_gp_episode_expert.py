@@ -39,6 +39,8 @@ def test_template_overrides(tmp_path):
     assert state.conversation[0].content.startswith("Make 24 from J, 3, 8, A ($5 prize).")
     _, transition = step(state, WRONG)
     assert transition.feedback.content == "Nope: the formula evaluates to 22, not 24."
+    prompt.write_text("Edited: ${cards}")  # an edited file is read again in the same process (a notebook)
+    assert reset(config, hand=HAND).conversation[0].content == "Edited: J, 3, 8, A"
     bad = tmp_path / "bad.txt"
     bad.write_text("${target} ${hand}")
     with pytest.raises(ValueError, match="unknown placeholders"):

@@ -182,6 +182,8 @@ def test_prompt_template_override(tmp_path, city_route):
     state = reset(routes[0], VirlConfig(prompt_path=str(custom)))
     assert state.conversation[0].content.startswith("Go: You start facing")
     assert state.conversation[0].content.endswith("{json}")
+    custom.write_text("Edited: {instruction}\n{action_space}\n{history}")  # read again once edited
+    assert reset(routes[0], VirlConfig(prompt_path=str(custom))).conversation[0].content.startswith("Edited: You")
     bad = tmp_path / "bad.txt"
     bad.write_text("{instruction} {oops}")
     with pytest.raises(ValueError, match="placeholders"):

@@ -164,8 +164,13 @@ class RolloutRunner:
         """`step_fn(state, text) -> (state, Transition)` replaces the task's step (`step_function`), e.g. a
         scripted policy in tests. `mesh`: the prompts (and images) are placed with the batch over data x fsdp,
         the KV cache is constrained to the sampler's placement and the model's activation constraints apply
-        (`rl.rollout.rollout`'s mesh); pass params placed on the same mesh (`place_params`). None: one device."""
-        self.policy, self.episodes, self.batch_size, self.mesh = policy, episodes, batch_size, mesh
+        (`rl.rollout.rollout`'s mesh); pass params placed on the same mesh (`place_params`). None: one device.
+        The runner keeps the policy's config, tokenizer and image config, never its params (each call takes
+        them): runners live in process-wide caches (`launch.rl_run`), where params would stay in device memory
+        after their run (a whole extra copy of an 11B policy per device during `memgen rl`, which drops its
+        loaded params once the train state holds them)."""
+        self.policy = dataclasses.replace(policy, params=None)
+        self.episodes, self.batch_size, self.mesh = episodes, batch_size, mesh
         tokenizer = policy.tokenizer
         sampling = SamplingConfig(episodes.max_new_tokens, episodes.temperature, stop_tokens=tokenizer.stop_ids)
         self.rollout_config = RolloutConfig(sampling, max_verify_steps, episodes.feedback_len)

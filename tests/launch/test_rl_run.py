@@ -43,6 +43,10 @@ def test_resume_equals_uninterrupted(tmp_path, templates):
     _, records = assert_resume_is_exact(config, tmp_path)
     train = [r for r in records if r["kind"] == "train"]
     assert abs(train[0]["kl_k1"]) < 1e-4 and train[1]["kl_k1"] != 0  # sampled by the reference itself at first
+    # the process-wide runner caches keep no params (they would stay in device memory after the run)
+    from launch import rl_run
+    runners = [*rl_run._RUNNERS.values(), *(r for cache in rl_run._EVAL_RUNNERS.values() for r in cache.values())]
+    assert runners and all(runner.policy.params is None for runner in runners)
 
 
 def test_eval_sweeps_the_verification_budget(tmp_path, templates):

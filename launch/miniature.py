@@ -407,12 +407,14 @@ def sft_arm_evaluator(config: MiniatureConfig, base_dir: Path, seed: int) -> Cal
     from launch.metrics_schema import eval_record
     from launch.rl_common import evaluate, load_policy
 
-    policy = load_policy(str(base_dir), seed=seed)  # its value head only feeds the rollout's (unused) values
+    policy = load_policy(str(base_dir), seed=seed)
+    value_head = policy.params["value_head"]  # it only feeds the rollout's (unused) values
+    policy = dataclasses.replace(policy, params=None)  # the rest would stay in memory all through the SFT arm
     episodes = episode_config(config, temperature=0.0)
     runners: dict = {}
 
     def evaluate_params(params: Any, step: int, gflops: float) -> list[dict]:
-        params = {**params, "value_head": policy.params["value_head"]}
+        params = {**params, "value_head": value_head}
         return [eval_record(step=step, gflops=gflops, task=task_name(config), arm="sft", seed=seed, **evaluate(
             policy, params, episodes, split=split, budget=config.max_verify_steps,
             num_episodes=config.eval_episodes, n_samples=1, seed=seed + 1, runners=runners))

@@ -59,7 +59,10 @@ class PlanConfig:
     """One plan. `model`: a preset (tiny, small, 11b, 90b), a Hugging Face model directory, or a ModelConfig
     (e.g. a preset with fewer layers, as the GPU benchmarks use). `batch_size` global rows per optimizer step
     (split into `grad_accum_steps` microbatches for activations), `seq_len` tokens per row, `num_images` images
-    per row (0: text only), also the sampler's cache size. `freeze`: group names or whole-path regexes (as the SFT
+    per row (0: text only); `logit_positions` the positions per row the head scores (None: all; an RL update:
+    the response slots); `rollout_batch` / `rollout_seq` the sampler's cache (rows, slots), None = the same as
+    the step's (an RL run samples all of an update's episodes at once, each cache `rl.rollout.cache_length`
+    slots long, but trains on minibatches of transitions). `freeze`: group names or whole-path regexes (as the SFT
     config). `param_dtype` / `compute_dtype`: None = the model config's. `value_head`: PPO's value head (a
     trainable group). `kl_reference`: an RL run with a KL penalty (PPO's kl_mode, GRPO's kl_coef) keeps the initial
     params as its frozen reference all run (`launch.rl_run`): one more copy of the params."""
@@ -71,6 +74,9 @@ class PlanConfig:
     freeze: tuple[str, ...] = ()
     batch_size: int = 8
     seq_len: int = 2048
+    rollout_batch: int | None = None
+    rollout_seq: int | None = None
+    logit_positions: int | None = None
     num_images: int = 1
     grad_accum_steps: int = 1
     remat: Literal["none", "dots", "full"] = "full"
@@ -167,10 +173,13 @@ def saved_tensors(remat: str, rows: int, tokens: int, hidden: int, heads: int, k
     raise PlanError(f"remat {remat!r} is not one of {', '.join(REMATS)}")
 
 
-def activation_tensors(model: ModelConfig, remat: str, rows: int, seq: int, images: int, trainable_groups: set[str]):
+def activation_tensors(model: ModelConfig, remat: str, rows: int, seq: int, images: int, trainable_groups: set[str],
+                       logit_positions: int | None = None):
     """(per-layer saved tensors x layer count) + one layer's working set + logits/loss, as a list of
     (shape, logical axes, bytes per element, multiplicity). The vision encoder's saved tensors count only when it
-    trains; one vision layer at work (recomputed, or a frozen tower's forward) counts whenever there are images."""
+    trains; one vision layer at work (recomputed, or a frozen tower's forward) counts whenever there are images.
+    `logit_positions`: the positions per row the head scores (None: all `seq`, the SFT loss; PPO / GRPO score the
+    response slots only, `rl.rollout.transition_policy`)."""
     t, v = model.text, model.vision
     itemsize = np.dtype(model.dtype).itemsize
     vision_tokens = images * v.max_num_tiles * v.num_patches
@@ -210,8 +219,9 @@ def activation_tensors(model: ModelConfig, remat: str, rows: int, seq: int, imag
             # layer. Its (B x images, heads, T x P, T x P) attention probabilities over all tiles are the largest
             # tensors of an 11B step with an image (4 x 1608 tokens a side).
             add(layer_tensors(keys=vision_args["tokens"], **vision_args), 1)
-    # logits (B, S, vocab) in the compute dtype, their float32 copy and log-softmax (sft.loss)
-    logits = ((rows, seq, t.vocab_size), ("batch", None, "vocab"))
+    # logits (B, S, vocab) in the compute dtype, their float32 copy and log-softmax (sft.loss; the RL losses alike
+    # over the response positions)
+    logits = ((rows, logit_positions or seq, t.vocab_size), ("batch", None, "vocab"))
     add([_tensor(*logits, itemsize), _tensor(*logits, 4), _tensor(*logits, 4)], 1)
     return out
 
@@ -238,6 +248,10 @@ def plan(config: PlanConfig) -> dict[str, Any]:
         raise PlanError(f"remat {config.remat!r} is not one of {', '.join(REMATS)}")
     if config.batch_size < 1 or config.seq_len < 1 or config.num_images < 0 or config.grad_accum_steps < 1:
         raise PlanError("batch size, sequence length and grad_accum_steps must be positive and images >= 0")
+    if any(n is not None and n < 1 for n in (config.rollout_batch, config.rollout_seq, config.logit_positions)):
+        raise PlanError("the rollout's batch and sequence length and the logit positions must be positive")
+    if (config.logit_positions or 0) > config.seq_len:
+        raise PlanError(f"{config.logit_positions} logit positions do not fit rows of {config.seq_len} tokens")
     if config.batch_size % config.grad_accum_steps:
         raise PlanError(f"batch size {config.batch_size} is not a multiple of grad_accum_steps "
                         f"{config.grad_accum_steps}")
@@ -265,10 +279,12 @@ def plan(config: PlanConfig) -> dict[str, Any]:
     rows = config.batch_size // config.grad_accum_steps
     groups = {path for path in trainable}
     activations = {remat: activation_bytes(
-        activation_tensors(model, remat, rows, config.seq_len, config.num_images, groups), mesh, mesh_shape)
+        activation_tensors(model, remat, rows, config.seq_len, config.num_images, groups, config.logit_positions),
+        mesh, mesh_shape)
         for remat in REMATS}
 
-    cache = jax.eval_shape(lambda: init_cache(model, config.batch_size, config.seq_len,
+    rollout_rows, rollout_len = config.rollout_batch or config.batch_size, config.rollout_seq or config.seq_len
+    cache = jax.eval_shape(lambda: init_cache(model, rollout_rows, rollout_len,
                                               num_images=config.num_images))
     kv_b = tree_device_bytes(cache, cache_partition_specs(cache, mesh), mesh_shape)
 
@@ -285,6 +301,8 @@ def plan(config: PlanConfig) -> dict[str, Any]:
         "freeze": list(config.freeze), "trainable_groups": sorted(groups),
         "param_counts": counts, "param_dtype": model.param_dtype, "compute_dtype": model.dtype,
         "batch_size": config.batch_size, "seq_len": config.seq_len, "num_images": config.num_images,
+        "rollout_batch": rollout_rows, "rollout_seq": rollout_len,
+        "logit_positions": config.logit_positions or config.seq_len,
         "grad_accum_steps": config.grad_accum_steps, "remat": config.remat,
         "bytes_per_device": {"params": param_b, "gradients": grads_b, "optimizer": opt_b,
                              "activations": activations[config.remat], "kv_cache": kv_b,
@@ -307,6 +325,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8, help="global batch (rows per optimizer step)")
     parser.add_argument("--seq", type=int, default=2048, help="tokens per row (also the KV cache length)")
     parser.add_argument("--images", type=int, default=1, help="images per row (0: text only)")
+    parser.add_argument("--logits", type=int, default=None,
+                        help="positions per row the head scores (RL: the response slots); default --seq")
+    parser.add_argument("--rollout-batch", type=int, default=None,
+                        help="rows sampled at once (RL: episodes per update); default --batch")
+    parser.add_argument("--rollout-seq", type=int, default=None,
+                        help="KV cache slots per row (RL: prompt + K x (new tokens + feedback)); default --seq")
     parser.add_argument("--grad-accum", type=int, default=1, help="microbatches per step")
     parser.add_argument("--remat", choices=REMATS, default="full")
     parser.add_argument("--param-dtype", choices=("float32", "bfloat16"), default=None)
@@ -322,6 +346,7 @@ def config_from_args(args: argparse.Namespace) -> PlanConfig:
     devices = args.devices if args.devices is not None else mesh.fixed_device_count(default=8)
     return PlanConfig(model=args.model, mesh=mesh, devices=devices, gpu=args.gpu, freeze=tuple(args.freeze),
                       batch_size=args.batch, seq_len=args.seq, num_images=args.images,
+                      rollout_batch=args.rollout_batch, rollout_seq=args.rollout_seq, logit_positions=args.logits,
                       grad_accum_steps=args.grad_accum, remat=args.remat, param_dtype=args.param_dtype,
                       compute_dtype=args.compute_dtype, value_head=args.value_head,
                       kl_reference=args.kl_reference)
@@ -343,8 +368,9 @@ def render(result: dict[str, Any]) -> None:
     for name, value in result["bytes_per_device"].items():
         if name == "reference" and not value:
             continue
-        label = (f"activations (remat {result['remat']})" if name == "activations"
-                 else "KL reference params" if name == "reference" else name.replace("_", " "))
+        label = {"activations": f"activations (remat {result['remat']})", "reference": "KL reference params",
+                 "kv_cache": f"kv cache ({result['rollout_batch']} rows x {result['rollout_seq']} slots)"
+                 }.get(name, name)
         table.add_row(label, _gib(value))
     for remat, value in result["activations_by_remat"].items():
         if remat != result["remat"]:

@@ -89,6 +89,19 @@ def batch_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(*spec, *([None] * (len(shape) - 1))))
 
 
+def split_microbatches(batch: Any, count: int) -> Any:
+    """Every leaf (B, ...) -> (count, B / count, ...), microbatch k = rows k, k + n, k + 2n, ... (n = count).
+    Strided, not contiguous: with B sharded over data-parallel devices in contiguous blocks, every microbatch
+    then has rows on every device, so no device idles and nothing is moved (gradient accumulation: the SFT step's
+    and the RL updates' losses are sums over rows, so which rows share a microbatch does not change the result)."""
+    def split(x: jax.Array) -> jax.Array:
+        if x.shape[0] % count:
+            raise ValueError(f"a batch of {x.shape[0]} rows is not divisible into {count} microbatches; make the "
+                             "batch a multiple of the microbatch count")
+        return jax.numpy.swapaxes(x.reshape(x.shape[0] // count, count, *x.shape[1:]), 0, 1)
+    return jax.tree.map(split, batch)
+
+
 def constrain_batch(x: jax.Array) -> jax.Array:
     """x (B, ...) constrained to batch over the context mesh's ("data", "fsdp") axes (those that divide B), other
     axes replicated: the activation constraint the model applies to its layer inputs. A no-op unless a mesh is set

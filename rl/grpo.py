@@ -12,15 +12,15 @@ response j of group g is row g * n + j), S response tokens (padded; `response_ma
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from rl.masked import masked_count, masked_mean
+from rl.masked import masked_count, masked_share
 from rl.ppo import k3_kl, sequence_logprob
-from rl.update import TrainState, minibatch_update
+from rl.update import TrainState, check_microbatches, minibatch_update
 
 Aggregation = Literal["token_mean", "sequence_mean", "token_sum_norm"]
 
@@ -38,7 +38,8 @@ class GRPOConfig:
     = the padded response length S. clip_eps / clip_eps_high: the ratio clip range [1 - clip_eps,
     1 + clip_eps_high] (clip_eps_high None = clip_eps; DAPO raises it). kl_coef: weight of the per-token k3 KL
     to a reference policy (needs reference log-probs; 0 = off, as verl/TRL). epochs / minibatch_size: passes and
-    responses per gradient step of `grpo_update`.
+    responses per gradient step of `grpo_update`; microbatches: each minibatch's gradient accumulated over that
+    many microbatches (the same gradient, `rl.update.minibatch_update`).
     """
 
     group_size: int = 8
@@ -51,6 +52,7 @@ class GRPOConfig:
     kl_coef: float = 0.0
     epochs: int = 1
     minibatch_size: int = 64
+    microbatches: int = 1
 
     def __post_init__(self):
         if self.aggregation not in (None, "token_mean", "sequence_mean", "token_sum_norm"):
@@ -59,6 +61,7 @@ class GRPOConfig:
         if self.dr_grpo and self.aggregation == "sequence_mean":
             raise ValueError("GRPOConfig: dr_grpo removes the per-sequence length normalisation, so it cannot use "
                              "aggregation='sequence_mean'; leave aggregation None or pick another.")
+        check_microbatches("GRPOConfig", self.minibatch_size, self.microbatches)
         if self.group_size < 2 and not self.dr_grpo:
             raise ValueError(f"GRPOConfig.group_size must be at least 2 for a group std, got {self.group_size}.")
 
@@ -82,66 +85,81 @@ def group_advantages(rewards: jax.Array, config: GRPOConfig) -> jax.Array:
     return centred / (jnp.std(rewards, axis=1, ddof=1, keepdims=True) + config.eps)
 
 
-def aggregate_token_loss(token_loss: jax.Array, token_mask: jax.Array, config: GRPOConfig) -> jax.Array:
-    """One scalar from (N, S) per-token losses under the (N, S) mask, per config.loss_aggregation."""
+def grpo_totals(minibatch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """The counts `grpo_loss`'s means divide by: response tokens, responses with tokens, responses (rows)."""
+    token_mask = jnp.asarray(minibatch["response_mask"], bool)
+    return {"tokens": masked_count(token_mask), "sequences": masked_count(jnp.any(token_mask, axis=-1)),
+            "rows": jnp.asarray(token_mask.shape[0], jnp.float32)}
+
+
+def aggregate_token_loss(token_loss: jax.Array, token_mask: jax.Array, config: GRPOConfig,
+                         totals: Mapping[str, jax.Array] | None = None) -> jax.Array:
+    """One scalar from (N, S) per-token losses under the (N, S) mask, per config.loss_aggregation; with `totals`
+    (`grpo_totals` of the minibatch these rows are part of) this part's share of the minibatch's."""
+    totals = grpo_totals({"response_mask": token_mask}) if totals is None else totals
     token_loss = jnp.where(token_mask, token_loss, 0.0)
     mode = config.loss_aggregation
     if mode == "token_mean":
-        return jnp.sum(token_loss) / jnp.maximum(masked_count(token_mask), 1.0)
+        return jnp.sum(token_loss) / jnp.maximum(totals["tokens"], 1.0)
     if mode == "sequence_mean":
         lengths = jnp.sum(jnp.asarray(token_mask, jnp.float32), axis=-1)
-        has_tokens = lengths > 0
         per_sequence = jnp.sum(token_loss, axis=-1) / jnp.maximum(lengths, 1.0)
-        return masked_mean(per_sequence, has_tokens)
+        return masked_share(per_sequence, lengths > 0, totals["sequences"])
     norm_length = token_loss.shape[-1] if config.norm_length is None else config.norm_length
-    return jnp.sum(token_loss) / (token_loss.shape[0] * norm_length)
+    return jnp.sum(token_loss) / (totals["rows"] * norm_length)
 
 
-def _sequence_k3(token_log_ratio: jax.Array, token_mask: jax.Array) -> jax.Array:
-    """Mean over responses with tokens of (rho - 1) - log rho, rho = exp(sum of the response's token log-ratios,
-    clamped to +-20 as PPO's)."""
+def _sequence_k3(token_log_ratio: jax.Array, token_mask: jax.Array, sequences: jax.Array) -> jax.Array:
+    """Mean over responses with tokens (`sequences` of them) of (rho - 1) - log rho, rho = exp(sum of the
+    response's token log-ratios, clamped to +-20 as PPO's)."""
     log_ratio = jnp.clip(sequence_logprob(token_log_ratio, token_mask), -20.0, 20.0)
-    return masked_mean(jnp.exp(log_ratio) - 1.0 - log_ratio, jnp.any(token_mask, axis=-1))
+    return masked_share(jnp.exp(log_ratio) - 1.0 - log_ratio, jnp.any(token_mask, axis=-1), sequences)
 
 
 def grpo_loss(new_token_logprobs: jax.Array, old_token_logprobs: jax.Array, advantages: jax.Array,
-              response_mask: jax.Array, config: GRPOConfig, *,
-              ref_token_logprobs: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+              response_mask: jax.Array, config: GRPOConfig, *, ref_token_logprobs: jax.Array | None = None,
+              totals: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The GRPO loss of N responses and its metrics.
 
     new_token_logprobs, old_token_logprobs (N, S): current and sampling-time token log-probs; advantages (N,)
     (from `group_advantages`, flattened); response_mask (N, S); ref_token_logprobs (N, S), needed when kl_coef > 0.
+    totals (`grpo_totals` of a larger minibatch these N responses are a microbatch of): the loss and metrics are
+    this part's shares of the minibatch's, which add up over its parts.
     """
     if config.kl_coef != 0.0 and ref_token_logprobs is None:
         raise ValueError("GRPOConfig.kl_coef is non-zero but no reference token log-probs were given "
                          "(buffer key 'ref_token_logprobs', shape (N, S)).")
     token_mask = jnp.asarray(response_mask, bool)
+    totals = grpo_totals({"response_mask": token_mask}) if totals is None else totals
+
+    def over_tokens(x):
+        return masked_share(x, token_mask, totals["tokens"])
+
     advantages = jax.lax.stop_gradient(advantages)[:, None]
     log_ratio = jnp.clip(new_token_logprobs - old_token_logprobs, -20.0, 20.0)
     ratio = jnp.exp(log_ratio)
     clip_high = config.clip_eps if config.clip_eps_high is None else config.clip_eps_high
     clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + clip_high)
     policy_token_loss = -jnp.minimum(ratio * advantages, clipped_ratio * advantages)
-    policy_loss = aggregate_token_loss(policy_token_loss, token_mask, config)
+    policy_loss = aggregate_token_loss(policy_token_loss, token_mask, config, totals)
     loss = policy_loss
 
     ratio_sg = jax.lax.stop_gradient(ratio)
     metrics = {
         "policy_loss": policy_loss,
-        "clip_fraction": masked_mean((ratio_sg < 1.0 - config.clip_eps) | (ratio_sg > 1.0 + clip_high),
-                                     token_mask),
-        "approx_kl": masked_mean((ratio_sg - 1.0) - jax.lax.stop_gradient(log_ratio), token_mask),
+        "clip_fraction": over_tokens((ratio_sg < 1.0 - config.clip_eps) | (ratio_sg > 1.0 + clip_high)),
+        "approx_kl": over_tokens((ratio_sg - 1.0) - jax.lax.stop_gradient(log_ratio)),
         # PPO's approx_kl (k3 of the whole response's ratio, rl.ppo): a response's log-ratio is the sum of its
         # tokens', so the token-level number above is ~response-length times smaller for the same change
-        "sequence_approx_kl": _sequence_k3(jax.lax.stop_gradient(log_ratio), token_mask),
-        "ratio": masked_mean(ratio_sg, token_mask),
+        "sequence_approx_kl": _sequence_k3(jax.lax.stop_gradient(log_ratio), token_mask, totals["sequences"]),
+        "ratio": over_tokens(ratio_sg),
         "response_tokens": masked_count(token_mask),
     }
     if config.kl_coef != 0.0:
         kl_tokens = k3_kl(new_token_logprobs, ref_token_logprobs)
-        kl_loss = aggregate_token_loss(kl_tokens, token_mask, config)
+        kl_loss = aggregate_token_loss(kl_tokens, token_mask, config, totals)
         loss = loss + config.kl_coef * kl_loss
-        metrics["kl_k3"] = jax.lax.stop_gradient(masked_mean(kl_tokens, token_mask))
+        metrics["kl_k3"] = jax.lax.stop_gradient(over_tokens(kl_tokens))
     return loss, metrics
 
 
@@ -163,9 +181,11 @@ def grpo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array,
     if missing:
         raise ValueError(f"the GRPO buffer lacks {missing}; build it with these keys: {list(REQUIRED_BUFFER_KEYS)}.")
 
-    def loss_fn(params, minibatch):
+    def loss_fn(params, minibatch, totals):
         return grpo_loss(logprob_fn(params, minibatch), minibatch["old_token_logprobs"], minibatch["advantages"],
-                         minibatch["response_mask"], config, ref_token_logprobs=minibatch.get("ref_token_logprobs"))
+                         minibatch["response_mask"], config, ref_token_logprobs=minibatch.get("ref_token_logprobs"),
+                         totals=totals)
 
     return minibatch_update(train_state, buffer, rng, loss_fn=loss_fn, optimizer=optimizer, epochs=config.epochs,
-                            minibatch_size=config.minibatch_size)
+                            minibatch_size=config.minibatch_size, microbatches=config.microbatches,
+                            totals_fn=grpo_totals)

@@ -19,7 +19,14 @@ def masked_count(mask: jax.Array) -> jax.Array:
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    return masked_sum(x, mask) / jnp.maximum(masked_count(mask), 1.0)
+    return masked_share(x, mask)
+
+
+def masked_share(x: jax.Array, mask: jax.Array, total: jax.Array | None = None) -> jax.Array:
+    """masked_sum(x, mask) / max(total, 1). total None: this batch's own count (`masked_mean`); the count of a
+    larger batch that this one is part of: this part's share of that batch's mean, so the shares of its parts add
+    up to it exactly (a minibatch's loss accumulated over microbatches)."""
+    return masked_sum(x, mask) / jnp.maximum(masked_count(mask) if total is None else total, 1.0)
 
 
 def masked_var(x: jax.Array, mask: jax.Array, *, ddof: int = 0) -> jax.Array:

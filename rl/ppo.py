@@ -13,15 +13,15 @@ Axes: N transitions (flattened B x T rollout transitions, or one minibatch of th
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from rl.gae import GAEConfig
-from rl.masked import masked_count, masked_mean, masked_normalize, masked_var
-from rl.update import TrainState, buffer_size, minibatch_update
+from rl.masked import masked_count, masked_mean, masked_normalize, masked_share, masked_var
+from rl.update import TrainState, buffer_size, check_microbatches, minibatch_update
 
 KLMode = Literal["k1_reward", "k3_loss"]
 AdvantageNormalization = Literal["buffer", "minibatch", "none"]
@@ -39,7 +39,10 @@ class PPOConfig:
     kl_mode / kl_coef: no KL (paper), "k1_reward" (subtract kl_coef * (log pi - log pi_ref) from each transition's
     reward, see `kl_penalized_rewards`) or "k3_loss" (add kl_coef * k3 per token to the loss; needs
     `ref_token_logprobs` in the buffer). max_grad_norm: global-norm clipping in the optimizer (0.01).
-    epochs / minibatch_size: passes over the buffer and transitions per gradient step. learning_rate,
+    epochs / minibatch_size: passes over the buffer and transitions per gradient step; microbatches: each
+    minibatch's gradient accumulated over that many microbatches (activations of minibatch_size / microbatches
+    transitions at a time; the same gradient, `rl.update.minibatch_update`; not with advantage_normalization
+    "minibatch", whose statistics span the minibatch). learning_rate,
     final_learning_rate, adam_eps: Adam with cosine decay from 1e-6 to 1e-9 over the run, eps 1e-7.
     answer_key_weight: weight of the tokens before the answer key in the sequence log-prob (reference 0.5, a
     legacy coefficient; 1.0 = the true log-prob); used by `answer_key_token_weights`.
@@ -65,6 +68,7 @@ class PPOConfig:
     max_grad_norm: float = 0.01
     epochs: int = 4
     minibatch_size: int = 64
+    microbatches: int = 1
     learning_rate: float = 1e-6
     final_learning_rate: float = 1e-9
     adam_eps: float = 1e-7
@@ -90,6 +94,10 @@ class PPOConfig:
         if self.epochs < 1 or self.minibatch_size < 1:
             raise ValueError(f"PPOConfig.epochs and minibatch_size must be at least 1, got {self.epochs}, "
                              f"{self.minibatch_size}.")
+        check_microbatches("PPOConfig", self.minibatch_size, self.microbatches)
+        if self.microbatches > 1 and self.advantage_normalization == "minibatch":
+            raise ValueError("PPOConfig: advantage_normalization='minibatch' needs the whole minibatch at once; use "
+                             "'buffer' (the reference) or microbatches=1.")
 
 
 def sequence_logprob(token_logprobs: jax.Array, response_mask: jax.Array,
@@ -135,8 +143,8 @@ def explained_variance(predictions: jax.Array, targets: jax.Array, mask: jax.Arr
 def ppo_loss(new_token_logprobs: jax.Array, old_seq_logprob: jax.Array, advantages: jax.Array,
              new_values: jax.Array, old_values: jax.Array, returns: jax.Array, response_mask: jax.Array,
              valid: jax.Array, config: PPOConfig, *, token_weights: jax.Array | None = None,
-             entropy: jax.Array | None = None,
-             ref_token_logprobs: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+             entropy: jax.Array | None = None, ref_token_logprobs: jax.Array | None = None,
+             totals: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The PPO loss of one minibatch of N transitions, and its metrics.
 
     new_token_logprobs (N, S): the current policy's token log-probs of the sampled responses; old_seq_logprob
@@ -147,6 +155,9 @@ def ppo_loss(new_token_logprobs: jax.Array, old_seq_logprob: jax.Array, advantag
     loss = policy_loss + vf_coef * value_loss - entropy_coef * entropy + [kl_coef * k3]
     policy_loss = -mean(min(rho * A, clip(rho, 1 - eps, 1 + eps) * A)), rho = exp(log pi - log pi_old) per
     sequence; value_loss = 0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)).
+    totals (`ppo_totals` of a larger minibatch these N transitions are a microbatch of): every mean divides by
+    the minibatch's counts, so the loss and metrics are this part's shares of the minibatch's and add up over its
+    parts (explained_variance: the part's own, weighted by its share of the valid transitions).
     """
     if entropy is None and config.entropy_coef != 0.0:
         raise ValueError("PPOConfig.entropy_coef is non-zero but no per-token entropy was given; make policy_fn "
@@ -156,6 +167,13 @@ def ppo_loss(new_token_logprobs: jax.Array, old_seq_logprob: jax.Array, advantag
                          "(buffer key 'ref_token_logprobs', shape (N, S)).")
     valid = jnp.asarray(valid, bool)
     token_mask = jnp.logical_and(response_mask, valid[:, None])
+    totals = ppo_totals({"valid": valid, "response_mask": response_mask}) if totals is None else totals
+
+    def over_transitions(x):
+        return masked_share(x, valid, totals["transitions"])
+
+    def over_tokens(x):
+        return masked_share(x, token_mask, totals["tokens"])
     advantages = jax.lax.stop_gradient(advantages)
     if config.advantage_normalization == "minibatch":
         advantages = masked_normalize(advantages, valid, eps=config.advantage_eps)
@@ -165,14 +183,14 @@ def ppo_loss(new_token_logprobs: jax.Array, old_seq_logprob: jax.Array, advantag
     ratio = jnp.exp(log_ratio)
     clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
     surrogate = jnp.minimum(ratio * advantages, clipped_ratio * advantages)
-    policy_loss = -masked_mean(surrogate, valid)
+    policy_loss = -over_transitions(surrogate)
 
     value_error = jnp.square(new_values - returns)
     if config.value_clip_eps is not None:
         clipped_values = old_values + jnp.clip(new_values - old_values, -config.value_clip_eps,
                                                config.value_clip_eps)
         value_error = jnp.maximum(value_error, jnp.square(clipped_values - returns))
-    value_loss = 0.5 * masked_mean(value_error, valid)
+    value_loss = 0.5 * over_transitions(value_error)
 
     loss = policy_loss + config.vf_coef * value_loss
     ratio_sg = jax.lax.stop_gradient(ratio)
@@ -180,24 +198,32 @@ def ppo_loss(new_token_logprobs: jax.Array, old_seq_logprob: jax.Array, advantag
     metrics = {
         "policy_loss": policy_loss,
         "value_loss": value_loss,
-        "clip_fraction": masked_mean(jnp.abs(ratio_sg - 1.0) > config.clip_eps, valid),
+        "clip_fraction": over_transitions(jnp.abs(ratio_sg - 1.0) > config.clip_eps),
         # Schulman's k3 estimate of KL(pi_old || pi) on the sequence ratio: E[(rho - 1) - log rho].
-        "approx_kl": masked_mean((ratio_sg - 1.0) - log_ratio_sg, valid),
-        "ratio": masked_mean(ratio_sg, valid),
-        "explained_variance": explained_variance(jax.lax.stop_gradient(new_values), returns, valid),
-        "value_mean": masked_mean(jax.lax.stop_gradient(new_values), valid),
+        "approx_kl": over_transitions((ratio_sg - 1.0) - log_ratio_sg),
+        "ratio": over_transitions(ratio_sg),
+        "explained_variance": explained_variance(jax.lax.stop_gradient(new_values), returns, valid)
+        * (masked_count(valid) / jnp.maximum(totals["transitions"], 1.0)),
+        "value_mean": over_transitions(jax.lax.stop_gradient(new_values)),
         "transitions": masked_count(valid),
     }
     if entropy is not None:
-        mean_entropy = masked_mean(entropy, token_mask)
+        mean_entropy = over_tokens(entropy)
         loss = loss - config.entropy_coef * mean_entropy
         metrics["entropy"] = jax.lax.stop_gradient(mean_entropy)
 
     if config.kl_mode == "k3_loss":
-        kl = masked_mean(k3_kl(new_token_logprobs, ref_token_logprobs), token_mask)
+        kl = over_tokens(k3_kl(new_token_logprobs, ref_token_logprobs))
         loss = loss + config.kl_coef * kl
         metrics["kl_k3"] = jax.lax.stop_gradient(kl)
     return loss, metrics
+
+
+def ppo_totals(minibatch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """The counts `ppo_loss`'s means divide by: valid transitions and their response tokens."""
+    valid = jnp.asarray(minibatch["valid"], bool)
+    return {"transitions": masked_count(valid),
+            "tokens": masked_count(jnp.logical_and(minibatch["response_mask"], valid[:, None]))}
 
 
 def normalize_buffer_advantages(advantages: jax.Array, valid: jax.Array, config: PPOConfig) -> jax.Array:
@@ -328,15 +354,17 @@ def ppo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array, 
     buffer_size(buffer)
     buffer = dict(buffer, advantages=normalize_buffer_advantages(buffer["advantages"], buffer["valid"], config))
 
-    def loss_fn(params, minibatch):
+    def loss_fn(params, minibatch, totals):
         token_logprobs, values, entropy = policy_fn(params, minibatch)
         loss, metrics = ppo_loss(token_logprobs, minibatch["old_logprob"], minibatch["advantages"], values,
                                  minibatch["old_values"], minibatch["returns"], minibatch["response_mask"],
                                  minibatch["valid"], config, token_weights=minibatch.get("token_weights"),
-                                 entropy=entropy, ref_token_logprobs=minibatch.get("ref_token_logprobs"))
+                                 entropy=entropy, ref_token_logprobs=minibatch.get("ref_token_logprobs"),
+                                 totals=totals)
         if critic_only:
             loss = config.vf_coef * metrics["value_loss"]
         return loss, metrics
 
     return minibatch_update(train_state, buffer, rng, loss_fn=loss_fn, optimizer=optimizer, epochs=config.epochs,
-                            minibatch_size=config.minibatch_size)
+                            minibatch_size=config.minibatch_size, microbatches=config.microbatches,
+                            totals_fn=ppo_totals)

@@ -6,6 +6,13 @@ sampled responses); a minibatch is the same pytree with leading axis `minibatch_
 permutation of N from its own key and cuts it into N // minibatch_size minibatches (N must be a multiple of
 `minibatch_size`, so no transition is silently dropped and shapes stay static).
 
+Gradient accumulation: with `microbatches` m > 1 each minibatch's gradient is the sum of m microbatches' (rows
+k, k + m, ... of the minibatch: `model.sharding.split_microbatches`), taken one after another, so a step holds one
+microbatch's activations. The losses are means over the minibatch (over its valid transitions, its tokens, its
+responses), so each microbatch's loss is computed as its share of the minibatch's mean: `totals_fn(minibatch)`
+counts the minibatch once (`rl.masked.masked_share`) and `loss_fn(params, microbatch, totals)` divides by those
+counts; the shares, and their gradients, add up to the whole minibatch's exactly.
+
 The update differentiates exactly the pytree `state.params` it is given and knows nothing about param groups. To
 freeze part of a model, `jax.lax.stop_gradient` that part inside the loss (or policy_fn) and give it no optimizer
 state (a freezing-aware optimizer, e.g. `optax.multi_transform` with `optax.set_to_zero()` for frozen groups);
@@ -19,6 +26,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
+from model.sharding import split_microbatches
 
 
 class TrainState(NamedTuple):
@@ -55,23 +64,54 @@ def minibatch_indices(rng: jax.Array, num_items: int, *, epochs: int, minibatch_
     return permutations.reshape(epochs, num_items // minibatch_size, minibatch_size).astype(jnp.int32)
 
 
-LossFn = Callable[[Any, Any], tuple[jax.Array, dict[str, jax.Array]]]
+def check_microbatches(owner: str, minibatch_size: int, microbatches: int) -> None:
+    """A config's microbatch count: at least 1 and a divisor of its minibatch size (one clear sentence if not)."""
+    if microbatches < 1 or minibatch_size % microbatches:
+        raise ValueError(f"{owner}.microbatches={microbatches} must be at least 1 and divide minibatch_size="
+                         f"{minibatch_size}.")
+
+
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
 def minibatch_update(state: TrainState, buffer: Any, rng: jax.Array, *, loss_fn: LossFn,
-                     optimizer: optax.GradientTransformation, epochs: int,
-                     minibatch_size: int) -> tuple[TrainState, dict[str, jax.Array]]:
-    """Run `epochs` passes of shuffled minibatch gradient steps of `loss_fn(params, minibatch) -> (loss, metrics)`.
+                     optimizer: optax.GradientTransformation, epochs: int, minibatch_size: int,
+                     microbatches: int = 1,
+                     totals_fn: Callable[[Any], Any] | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Run `epochs` passes of shuffled minibatch gradient steps of `loss_fn(params, minibatch) -> (loss, metrics)`,
+    or, with `totals_fn`, of `loss_fn(params, batch, totals_fn(minibatch))`, where `batch` is the minibatch or,
+    with `microbatches` > 1, each of its microbatches in turn, gradients and metrics summed (module docstring: the
+    loss and its metrics must then be shares of the minibatch's means, so that they add up).
 
     Returns the new state and the metrics averaged over all epochs x minibatches, plus `loss` and `grad_norm`
     (the global norm before the optimizer's clipping).
     """
+    check_microbatches("minibatch_update", minibatch_size, microbatches)
+    if microbatches > 1 and totals_fn is None:
+        raise ValueError("microbatches > 1 needs totals_fn: each microbatch's loss must be its share of the "
+                         "minibatch's mean for the accumulated gradient to be the minibatch's.")
     indices = minibatch_indices(rng, buffer_size(buffer), epochs=epochs, minibatch_size=minibatch_size)
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
+    def loss_and_grads(params: Any, minibatch: Any):
+        if totals_fn is None:
+            return value_and_grad(params, minibatch)
+        totals = totals_fn(minibatch)
+        if microbatches == 1:
+            return value_and_grad(params, minibatch, totals)
+
+        def accumulate(carry, microbatch):
+            return jax.tree.map(jnp.add, carry, value_and_grad(params, microbatch, totals)), None
+
+        parts = split_microbatches(minibatch, microbatches)
+        first = jax.tree.map(lambda leaf: leaf[0], parts)
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                             jax.eval_shape(value_and_grad, params, first, totals))
+        return jax.lax.scan(accumulate, zeros, parts)[0]
+
     def gradient_step(state: TrainState, minibatch_index: jax.Array):
         minibatch = jax.tree_util.tree_map(lambda leaf: leaf[minibatch_index], buffer)
-        (loss, metrics), grads = value_and_grad(state.params, minibatch)
+        (loss, metrics), grads = loss_and_grads(state.params, minibatch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
@@ -82,4 +122,3 @@ def minibatch_update(state: TrainState, buffer: Any, rng: jax.Array, *, loss_fn:
 
     state, metrics = jax.lax.scan(epoch, state, indices)
     return state, jax.tree_util.tree_map(jnp.mean, metrics)
-

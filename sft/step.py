@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from model.sharding import split_microbatches
 from sft.loss import metrics_from_sums, sft_loss_sums
 from sft.optim import (combine, learning_rate, partition, trainable_mask, with_peak_learning_rate)
 
@@ -70,19 +71,6 @@ def _cast_floats(tree: Any, dtype: Optional[Union[jnp.dtype, str]]) -> Any:
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def _split_microbatches(batch: Batch, grad_accum_steps: int) -> dict[str, jax.Array]:
-    """(B, ...) -> (grad_accum_steps, B / grad_accum_steps, ...), microbatch k = examples k, k + n, k + 2n, ...
-    Strided, not contiguous: with B sharded over data-parallel devices in contiguous blocks, every microbatch
-    then has examples on every device, so no device idles and nothing is moved (the loss is a sum over
-    examples, so which examples share a microbatch does not change the result)."""
-    def split(x: jax.Array) -> jax.Array:
-        if x.shape[0] % grad_accum_steps:
-            raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={grad_accum_steps}; "
-                             "make the global batch a multiple of it")
-        return jnp.swapaxes(x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:]), 0, 1)
-    return jax.tree.map(split, dict(batch))
-
-
 def _tree_where(condition: jax.Array, on_true: Any, on_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
 
@@ -102,7 +90,10 @@ def train_step(state: TrainState, batch: Batch, *, logits_fn: LogitsFn, optimize
     Metrics (fp32 scalars): ``loss``, ``accuracy``, ``tokens``, ``lr`` (of this update), ``grad_norm`` (global
     norm before clipping), ``skipped`` (1 when the update was skipped as non-finite).
     """
-    microbatches = _split_microbatches(batch, grad_accum_steps)
+    try:
+        microbatches = split_microbatches(dict(batch), grad_accum_steps)
+    except ValueError as error:
+        raise ValueError(f"{error} (grad_accum_steps={grad_accum_steps})") from None
     frozen = _cast_floats(state.frozen, compute_dtype)
 
     def summed_nll(trainable: Any, microbatch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -78,6 +78,28 @@ def test_kv_cache_is_the_samplers_cache_split_by_batch_and_kv_heads():
     assert four["bytes_per_device"]["kv_cache"] == expected
 
 
+def test_an_rl_plan_samples_and_trains_at_their_own_shapes():
+    """An RL update trains minibatches of transitions whose head scores the response slots only, and samples all
+    of an update's episodes at once with caches of prompt + K turns: the cache follows rollout_batch x
+    rollout_seq, the activations the step's rows and seq, the logits `logit_positions`."""
+    config = model.preset("tiny")
+    base = dict(model="tiny", mesh=MeshConfig(fsdp=1), devices=1, batch_size=4, seq_len=64, num_images=0,
+                compute_dtype="float32", value_head=True)
+    step = P.plan(P.PlanConfig(**base))
+    rl = P.plan(P.PlanConfig(**base, rollout_batch=12, rollout_seq=96, logit_positions=16))
+    sampled = P.plan(P.PlanConfig(**{**base, "batch_size": 12, "seq_len": 96}))
+    assert rl["bytes_per_device"]["kv_cache"] == sampled["bytes_per_device"]["kv_cache"] > \
+        step["bytes_per_device"]["kv_cache"]
+    # the logits (rows, positions, vocab) in the compute dtype, their float32 copy and log-softmax
+    shrunk = 4 * (64 - 16) * config.text.vocab_size * (4 + 4 + 4)
+    assert {r: step["activations_by_remat"][r] - rl["activations_by_remat"][r] for r in P.REMATS} == \
+        dict.fromkeys(P.REMATS, shrunk)
+    assert (rl["rollout_batch"], rl["rollout_seq"], rl["logit_positions"]) == (12, 96, 16)
+    assert (step["rollout_batch"], step["rollout_seq"], step["logit_positions"]) == (4, 64, 64)
+    with pytest.raises(P.PlanError, match="logit positions do not fit"):
+        P.plan(P.PlanConfig(**base, logit_positions=65))
+
+
 def test_activations_order_and_batch_split():
     def acts(**kw):
         cfg = {"model": "tiny", "mesh": MeshConfig(fsdp=1), "devices": 1, "batch_size": 4, "seq_len": 64, **kw}

@@ -3,6 +3,7 @@ digit characters in a response, EpisodeConfig.reward), a run stopped and resumed
 one, and `memgen eval` writes one eval record per split and verification budget (with pass@k when sampling)."""
 
 
+import jax
 import numpy as np
 import pytest
 
@@ -103,6 +104,27 @@ def test_grpo_runs_and_raises_the_mean_reward(tmp_path, templates):
     assert "response_tokens" in records[0] and "value_loss" not in records[0]  # the GRPO update ran
     assert records[-1]["kl_k3"] > 0  # the k3 term against the frozen reference
     assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.05, rewards  # measured 0.027 -> 0.11
+
+
+def test_a_microbatched_ppo_update_trains_as_the_whole_minibatch(tmp_path, templates, monkeypatch):
+    """`ppo.microbatches=2` (gradient accumulation over the real policy, prompts and padding of `memgen rl`) ends
+    an update with the params and losses of whole minibatches."""
+    import rl.update
+
+    splits = []
+    split = rl.update.split_microbatches
+    monkeypatch.setattr(rl.update, "split_microbatches", lambda batch, count: splits.append(count) or split(batch,
+                                                                                                         count))
+    results = {}
+    for microbatches in (1, 2):
+        config = resolve("rl-tiny", templates + ["updates=1", "eval_every=0", f"ppo.microbatches={microbatches}"])
+        results[microbatches] = run_rl(config, tmp_path / str(microbatches), show_progress=False)["params"]
+        train = [r for r in read_metrics(tmp_path / str(microbatches)) if r["kind"] == "train"]
+        results[microbatches, "loss"] = train[0]["loss"]
+    for whole, parts in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[2])):
+        np.testing.assert_allclose(np.asarray(parts), np.asarray(whole), rtol=1e-4, atol=1e-6)
+    assert results[2, "loss"] == pytest.approx(results[1, "loss"], rel=1e-5)
+    assert splits == [2]  # traced once: the run with microbatches splits its minibatches in two
 
 
 def test_runs_of_one_process_follow_their_own_learning_rate_schedules(tmp_path, templates):

@@ -111,3 +111,33 @@ def test_grpo_update_takes_the_steps_and_reduces_the_loss():
     assert np.isfinite(metrics["policy_loss"]) and np.isfinite(metrics["grad_norm"])
     assert float(loss_at(state.params)) < float(loss_at(params)) - 1e-3
     np.testing.assert_allclose(state.params["value"], params["value"])  # not in the GRPO loss: untouched
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean", "token_sum_norm"])
+def test_microbatched_update_equals_the_whole_minibatch(aggregation):
+    """Each minibatch of 4 responses in 2 microbatches (uneven response lengths, so their token counts differ) gives
+    the whole minibatch's params and metrics under every loss aggregation, with the k3 KL; SGD, so that a
+    gradient off by any factor would show."""
+    params, ppo_buffer = toy_buffer_and_params(seed=2)
+    token_logprobs, _, _ = toy_policy(params, ppo_buffer)
+    rewards = np.array([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]], np.float32)
+    mask = np.asarray(ppo_buffer["response_mask"]).copy()
+    mask[1, 1:] = False  # a one-token response
+    buffer = {"features": ppo_buffer["features"], "tokens": ppo_buffer["tokens"], "response_mask": mask,
+              "old_token_logprobs": token_logprobs + 0.1, "ref_token_logprobs": token_logprobs - 0.2,
+              "advantages": group_advantages(rewards, GRPOConfig(group_size=4)).reshape(-1)}
+    optimizer = optax.sgd(0.3)
+
+    def update(microbatches):
+        cfg = GRPOConfig(group_size=4, epochs=2, minibatch_size=4, aggregation=aggregation, kl_coef=0.05,
+                         microbatches=microbatches)
+        step = jax.jit(functools.partial(grpo_update, logprob_fn=lambda p, mb: toy_policy(p, mb)[0],
+                                         optimizer=optimizer, config=cfg))
+        return step(init_train_state(params, optimizer), buffer, jax.random.key(1))
+
+    (whole, whole_metrics), (parts, parts_metrics) = update(1), update(2)
+    np.testing.assert_allclose(parts.params["policy"], whole.params["policy"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(whole.params["policy"], params["policy"])
+    for key, value in whole_metrics.items():
+        np.testing.assert_allclose(parts_metrics[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+

@@ -329,6 +329,38 @@ def test_a_critic_only_update_is_the_update_without_a_policy_gradient():
         cfg.vf_coef * float(metrics["value_loss"]), rel=1e-6)
 
 
+@pytest.mark.parametrize("microbatches", [2, 4])
+def test_microbatched_update_equals_the_whole_minibatch(microbatches):
+    """Gradient accumulation: each minibatch of 4 in microbatches of 2 or 1 gives the same params and metrics as
+    the whole minibatch, with a masked-out transition and uneven response lengths (the microbatches' counts
+    differ, so a mean of their means would not be the minibatch's mean), the entropy bonus, the k3 KL and token
+    weights in the loss. SGD without clipping, so that a gradient off by any factor would show (Adam would
+    hide a constant one)."""
+    params, buffer = toy_buffer_and_params()
+    rng = np.random.default_rng(7)
+    buffer = dict(buffer, ref_token_logprobs=jnp.asarray(rng.normal(size=(N, S)) - 2.0, jnp.float32),
+                  token_weights=jnp.asarray(rng.choice([0.5, 1.0], size=(N, S)), jnp.float32))
+    optimizer = optax.sgd(0.3)
+
+    def update(**changes):
+        cfg = PPOConfig(epochs=2, minibatch_size=4, entropy_coef=0.01, kl_mode="k3_loss", kl_coef=0.05, **changes)
+        step = jax.jit(functools.partial(ppo_update, policy_fn=toy_policy, optimizer=optimizer, config=cfg))
+        return step(init_train_state(params, optimizer), buffer, jax.random.key(4))
+
+    whole, whole_metrics = update()
+    parts, parts_metrics = update(microbatches=microbatches)
+    for name in params:
+        np.testing.assert_allclose(parts.params[name], whole.params[name], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(whole.params["policy"], params["policy"])
+    for key, value in whole_metrics.items():
+        if key != "explained_variance":  # the microbatches' own, weighted by their valid transitions
+            np.testing.assert_allclose(parts_metrics[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+    with pytest.raises(ValueError, match="microbatches=3 must be at least 1 and divide minibatch_size=4"):
+        PPOConfig(minibatch_size=4, microbatches=3)
+    with pytest.raises(ValueError, match="'minibatch' needs the whole minibatch"):
+        PPOConfig(minibatch_size=4, microbatches=2, advantage_normalization="minibatch")
+
+
 def test_ppo_update_rejects_an_incomplete_buffer_or_an_uneven_minibatch():
     params, buffer = toy_buffer_and_params()
     optimizer = optax.sgd(0.1)

@@ -30,7 +30,8 @@ memgen's own choices where the reference gives no number (documented in docs/cli
 step counts (sft-init 100 steps = one epoch of 12,800 examples; sft-scale 500 steps = one epoch of 64,000
 examples, evaluated every 50 steps for the compute curve); the RL buffer: the reference collects 2,048 transitions
 per update (256 per process x 8); memgen's buffer has episodes x budget transition slots, so rl-scale uses 400
-episodes x 5 = 2,000 slots in minibatches of 80 (16 episodes); RL evaluates every 2 updates on 234 episodes.
+episodes x 5 = 2,000 slots in minibatches of 80 (16 episodes), each accumulated over 10 microbatches of 8 (the
+same gradient; what fits an 8-GPU H100 host, docs/plan.md); RL evaluates every 2 updates on 234 episodes.
 The tiny/small CPU variants keep the structure and the PPO constants (clip, epochs, gamma, lambda, value
 coefficient) and scale sizes, learning rates and gradient clipping to models trained from random init on a CPU.
 
@@ -119,7 +120,7 @@ def rl_config(task: str, size: str) -> RLConfig:
     init = _init_run(task, size)
     if size == "reference":
         return RLConfig(init=init, updates=20, episodes_per_update=400, episodes=episodes, eval_every=2,
-                        eval_episodes=234, ppo=dataclasses.replace(PAPER_PPO, minibatch_size=80))
+                        eval_episodes=234, ppo=dataclasses.replace(PAPER_PPO, minibatch_size=80, microbatches=10))
     if size == "tiny":
         return RLConfig(init=init, updates=12, episodes_per_update=8, episodes=episodes, eval_every=4,
                         eval_episodes=8, ppo=PPOConfig(minibatch_size=8, learning_rate=1e-2, final_learning_rate=1e-3,

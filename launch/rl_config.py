@@ -155,11 +155,14 @@ register_preset("eval-tiny", EvalConfig(init="tiny", episodes=4, verify_budgets=
 _VIRL_EPISODES = EpisodeConfig(task="virl", max_verify_steps=2, max_new_tokens=512, temperature=0.2,
                                prompt_len=1024, decision_points=16)
 _VIRL_EVAL = dataclasses.replace(_VIRL_EPISODES, max_new_tokens=256, temperature=0.0)
+# Minibatches of 64 accumulated over 8 microbatches (the same gradient; one transition per GPU of an 8-GPU fsdp
+# mesh): a whole minibatch of ~2.8k-token transitions with an image does not fit an H100 (docs/plan.md, "RL plans").
+_VIRL_PPO = dataclasses.replace(PAPER_PPO, microbatches=8)
 register_preset("rl-virl-l", RLConfig(init="", updates=15, episodes_per_update=128, episodes=_VIRL_EPISODES,
-                                      ppo=PAPER_PPO, eval_episodes=48))
+                                      ppo=_VIRL_PPO, eval_episodes=48))
 register_preset("rl-virl-vl", RLConfig(init="", updates=15, episodes_per_update=128,
                                        episodes=dataclasses.replace(_VIRL_EPISODES, modality="vision"),
-                                       ppo=dataclasses.replace(PAPER_PPO, learning_rate=1e-7), eval_episodes=48))
+                                       ppo=dataclasses.replace(_VIRL_PPO, learning_rate=1e-7), eval_episodes=48))
 # The paper evaluates 48 routes in distribution and rule-OOD (18 for visual OOD: the 9-city set has 18 routes).
 register_preset("eval-virl-l", EvalConfig(init="", episodes=48, verify_budgets=(2,), sampling=_VIRL_EVAL,
                                           heldout_examples=256))

@@ -81,7 +81,11 @@ def sft_config(task: str, stage: str, size: str) -> SFTConfig:
     name, modality = TASKS[task]
     scale = stage == "sft-scale"
     if size == "reference":
+        # with an image, 128 examples accumulated 16 at a time (the same gradient): 16 per GPU of an 8-GPU host
+        # would hold the vision layer's attention over 4 tiles, (16, 16, 6432, 6432) in bf16 + fp32, ~59 GiB, on
+        # top of the rest (memgen plan: 119 GiB per device, 37 with 8 microbatches; docs/plan.md)
         base = SFTConfig(model=REFERENCE_MODEL_DIR, batch_size=128, compute_dtype="bfloat16", remat="full",
+                         grad_accum_steps=8 if modality == "vision" else 1,
                          steps=500 if scale else 100, train_examples=64_000 if scale else 12_800,
                          eval_examples=256, eval_every=50, max_new_tokens=256,
                          greedy_examples=48 if name == "virl" else 234,  # the paper: 48 routes, 234 hands

@@ -136,13 +136,13 @@ def cpu_benchmark(args) -> dict:
 GPU_SHAPE = {"layers": 5, "batch": 2, "seq": 2048}
 
 
-def gpu_config(shape_preset: str, layers: int, remat: str):
+def gpu_config(shape_preset: str, layers: int, remat: str, attention_block: int = 0):
     """`shape_preset`'s widths with `layers` decoder layers (every 5th from 3 a cross-attention layer, as in the
-    11B), bf16 compute, fp32 params."""
+    11B), bf16 compute, fp32 params, attention over blocks of `attention_block` queries (0: all at once)."""
     base = model.preset(shape_preset)
     cross = tuple(i for i in range(layers) if i % 5 == 3)
     return base.replace(text=dataclasses.replace(base.text, num_hidden_layers=layers, cross_attention_layers=cross),
-                        dtype="bfloat16", remat=remat)
+                        dtype="bfloat16", remat=remat, attention_block=attention_block)
 
 
 def gpu_benchmark(args) -> dict:
@@ -150,7 +150,7 @@ def gpu_benchmark(args) -> dict:
     from launch.plan import PlanConfig, plan
 
     device = jax.devices()[0]
-    config = gpu_config(args.shape_preset, args.layers, args.remat)
+    config = gpu_config(args.shape_preset, args.layers, args.remat, args.attention_block)
     freeze = ("vision_encoder",) if args.freeze_vision else ()
     planned = plan(PlanConfig(model=config, mesh=MeshConfig.parse("data=1,fsdp=1,tensor=1"), devices=1,
                               freeze=freeze, batch_size=args.batch, seq_len=args.seq, remat=args.remat))["train_total"]
@@ -169,7 +169,7 @@ def gpu_benchmark(args) -> dict:
     used = (device.memory_stats() or {}).get("peak_bytes_in_use")
     return {"mode": "gpu", "shape_preset": args.shape_preset, "device": device.device_kind, "layers": args.layers,
             "cross_attention_layers": config.text.cross_attention_layers, "batch": args.batch, "seq": args.seq,
-            "remat": args.remat, "freeze": list(freeze), "num_params": num_params, "compile_s": round(warmup, 1),
+            "remat": args.remat, "attention_block": args.attention_block, "freeze": list(freeze), "num_params": num_params, "compile_s": round(warmup, 1),
             "step_s": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
             "achieved_tflops": round(achieved / 1e12, 1),
             "mfu": None if peak is None else round(achieved / (peak * 1e12), 4), "peak_tflops": peak,
@@ -189,6 +189,8 @@ def main() -> None:
     parser.add_argument("--shape-preset", default="11b",
                         help="GPU mode: the model whose widths are used (tiny: a CPU smoke test of this path)")
     parser.add_argument("--remat", default="full", choices=["none", "full", "dots"])
+    parser.add_argument("--attention-block", type=int, default=0,
+                        help="GPU mode: queries per attention block (ModelConfig.attention_block; 0: all at once)")
     parser.add_argument("--freeze-vision", action="store_true", help="GPU mode: freeze the vision encoder")
     parser.add_argument("--peak-tflops", type=float, default=None)
     args = parser.parse_args()

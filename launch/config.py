@@ -69,7 +69,9 @@ class SFTConfig:
     microbatches); ``freeze`` lists param groups (vision_encoder, projector, language_model, cross_attention,
     value_head) or whole-path regexes; ``compute_dtype`` is the dtype params are cast to inside the loss (the
     master weights stay float32); ``remat`` is the model's gradient-checkpointing policy in the train step
-    ("none"; "full": recompute each layer in the backward pass; "dots": keep its matmul outputs); the run stops
+    ("none"; "full": recompute each layer in the backward pass; "dots": keep its matmul outputs);
+    ``attention_block`` the queries per attention block (model.config.ModelConfig.attention_block; 0: all at
+    once, the (B, H, S, K) probabilities of a layer materialised); the run stops
     after ``max_consecutive_skips`` non-finite steps in a row; ``eval_every`` steps it measures the held-out loss
     on ``eval_examples`` examples and the greedy success on
     ``greedy_examples`` hands per evaluation split, answering with at most ``max_new_tokens`` tokens (0: never).
@@ -86,6 +88,7 @@ class SFTConfig:
     grad_accum_steps: int = 1
     compute_dtype: Literal["float32", "bfloat16"] = "bfloat16"
     remat: Literal["none", "full", "dots"] = "none"
+    attention_block: int = 0
     freeze: tuple[str, ...] = ()
     train_examples: int = 1000
     eval_examples: int = 128

@@ -65,7 +65,8 @@ class PlanConfig:
     slots long, but trains on minibatches of transitions). `freeze`: group names or whole-path regexes (as the SFT
     config). `param_dtype` / `compute_dtype`: None = the model config's. `value_head`: PPO's value head (a
     trainable group). `kl_reference`: an RL run with a KL penalty (PPO's kl_mode, GRPO's kl_coef) keeps the initial
-    params as its frozen reference all run (`launch.rl_run`): one more copy of the params."""
+    params as its frozen reference all run (`launch.rl_run`): one more copy of the params. `attention_block`: the
+    model's ModelConfig.attention_block (None: the model config's; 0: all queries at once)."""
 
     model: str | ModelConfig = "11b"
     mesh: MeshConfig = MeshConfig()
@@ -84,6 +85,7 @@ class PlanConfig:
     compute_dtype: str | None = None
     value_head: bool = False
     kl_reference: bool = False
+    attention_block: int | None = None
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -99,6 +101,8 @@ def model_config(config: PlanConfig) -> ModelConfig:
         changes["param_dtype"] = config.param_dtype
     if config.compute_dtype:
         changes["dtype"] = config.compute_dtype
+    if config.attention_block is not None:
+        changes["attention_block"] = config.attention_block
     return model.replace(**changes)
 
 
@@ -135,12 +139,16 @@ def _tensor(shape, axes, dtype_bytes):
 
 
 def layer_tensors(rows: int, tokens: int, keys: int, hidden: int, heads: int, kv_heads: int, head_dim: int,
-                  mlp: int, dtype_bytes: int, *, mlp_tensors: int = 3, kv_from_input: bool = True):
+                  mlp: int, dtype_bytes: int, *, mlp_tensors: int = 3, kv_from_input: bool = True,
+                  query_block: int = 0):
     """The activations one transformer layer keeps for its backward pass without remat, as (shape, logical axes,
     bytes per element): the layer input and both normed inputs (B, S, D), q (B, S, H*Dh), k and v (B, S, KV*Dh)
     when they come from this layer's input (self-attention), the attention probabilities (B, H, S, K) in the
     compute dtype and in float32 (the softmax runs in float32), the attention output (B, S, H*Dh), the residual
-    after attention (B, S, D) and `mlp_tensors` MLP intermediates (B, S, F) (gate, up, their product for SwiGLU)."""
+    after attention (B, S, D) and `mlp_tensors` MLP intermediates (B, S, F) (gate, up, their product for SwiGLU).
+    `query_block` > 0 (ModelConfig.attention_block): the probabilities of one block of queries, (B, H, block, K).
+    (Under remat none a blocked layer keeps no probabilities at all, one block's at a time being recomputed in the
+    backward pass, so counting a block per layer overcounts there.)"""
     b, s = rows, tokens
     x = ("batch", None, None)
     out = [_tensor((b, s, hidden), x, dtype_bytes) for _ in range(4)]           # input, normed, residual, normed
@@ -148,8 +156,9 @@ def layer_tensors(rows: int, tokens: int, keys: int, hidden: int, heads: int, kv
     out.append(_tensor((b, s, heads * head_dim), ("batch", None, "heads"), dtype_bytes))        # attention out
     if kv_from_input:
         out += [_tensor((b, s, kv_heads * head_dim), ("batch", None, "kv_heads"), dtype_bytes)] * 2
-    out.append(_tensor((b, heads, s, keys), ("batch", "heads", None, None), dtype_bytes))      # probs
-    out.append(_tensor((b, heads, s, keys), ("batch", "heads", None, None), 4))                # fp32 softmax
+    queries = min(s, query_block) if query_block > 0 else s
+    out.append(_tensor((b, heads, queries, keys), ("batch", "heads", None, None), dtype_bytes))  # probs
+    out.append(_tensor((b, heads, queries, keys), ("batch", "heads", None, None), 4))           # fp32 softmax
     out += [_tensor((b, s, mlp), ("batch", None, "mlp"), dtype_bytes)] * mlp_tensors
     return out
 
@@ -186,6 +195,7 @@ def activation_tensors(model: ModelConfig, remat: str, rows: int, seq: int, imag
     text_args = dict(rows=rows, tokens=seq, hidden=t.hidden_size, heads=t.num_attention_heads,
                      kv_heads=t.num_key_value_heads, head_dim=t.head_dim, mlp=t.intermediate_size,
                      dtype_bytes=itemsize)
+    block = dict(query_block=model.attention_block)
     out = []
 
     def add(tensors, count):
@@ -193,14 +203,14 @@ def activation_tensors(model: ModelConfig, remat: str, rows: int, seq: int, imag
 
     num_self, num_cross = len(t.self_attention_layers), len(t.cross_attention_layers) if images else 0
     if remat == "none":
-        add(layer_tensors(keys=seq, **text_args), num_self)
+        add(layer_tensors(keys=seq, **text_args, **block), num_self)
         if num_cross:
-            add(layer_tensors(keys=vision_tokens, kv_from_input=False, **text_args), num_cross)
+            add(layer_tensors(keys=vision_tokens, kv_from_input=False, **text_args, **block), num_cross)
     else:
         add(saved_tensors(remat, **text_args), num_self)
         if num_cross:
             add(saved_tensors(remat, kv_from_input=False, **text_args), num_cross)
-        add(layer_tensors(keys=max(seq, vision_tokens if num_cross else 0), **text_args), 1)  # recomputed layer
+        add(layer_tensors(keys=max(seq, vision_tokens if num_cross else 0), **text_args, **block), 1)  # recomputed
     if num_cross:
         # vision states (B, V, D) and the stacked cross-attention K/V (L_cross, B, V, KV, Dh) x 2
         add([_tensor((rows, vision_tokens, t.hidden_size), ("batch", None, None), itemsize)], 1)
@@ -211,14 +221,14 @@ def activation_tensors(model: ModelConfig, remat: str, rows: int, seq: int, imag
                            mlp=v.intermediate_size, dtype_bytes=itemsize, mlp_tensors=2)
         layers = v.num_hidden_layers + v.num_global_layers
         if "vision_encoder" in trainable_groups and remat == "none":
-            add(layer_tensors(keys=vision_args["tokens"], **vision_args), layers)
+            add(layer_tensors(keys=vision_args["tokens"], **vision_args, **block), layers)
         else:
             if "vision_encoder" in trainable_groups:
                 add(saved_tensors(remat, **vision_args), layers)
             # one vision layer at work: the one being recomputed under remat, or, frozen, the forward's current
             # layer. Its (B x images, heads, T x P, T x P) attention probabilities over all tiles are the largest
             # tensors of an 11B step with an image (4 x 1608 tokens a side).
-            add(layer_tensors(keys=vision_args["tokens"], **vision_args), 1)
+            add(layer_tensors(keys=vision_args["tokens"], **vision_args, **block), 1)
     # logits (B, S, vocab) in the compute dtype, their float32 copy and log-softmax (sft.loss; the RL losses alike
     # over the response positions)
     logits = ((rows, logit_positions or seq, t.vocab_size), ("batch", None, "vocab"))
@@ -303,7 +313,7 @@ def plan(config: PlanConfig) -> dict[str, Any]:
         "batch_size": config.batch_size, "seq_len": config.seq_len, "num_images": config.num_images,
         "rollout_batch": rollout_rows, "rollout_seq": rollout_len,
         "logit_positions": config.logit_positions or config.seq_len,
-        "grad_accum_steps": config.grad_accum_steps, "remat": config.remat,
+        "grad_accum_steps": config.grad_accum_steps, "remat": config.remat, "attention_block": model.attention_block,
         "bytes_per_device": {"params": param_b, "gradients": grads_b, "optimizer": opt_b,
                              "activations": activations[config.remat], "kv_cache": kv_b,
                              "reference": reference_b},
@@ -325,6 +335,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8, help="global batch (rows per optimizer step)")
     parser.add_argument("--seq", type=int, default=2048, help="tokens per row (also the KV cache length)")
     parser.add_argument("--images", type=int, default=1, help="images per row (0: text only)")
+    parser.add_argument("--attention-block", type=int, default=None,
+                        help="queries per attention block (ModelConfig.attention_block; 0: all at once)")
     parser.add_argument("--logits", type=int, default=None,
                         help="positions per row the head scores (RL: the response slots); default --seq")
     parser.add_argument("--rollout-batch", type=int, default=None,
@@ -349,7 +361,7 @@ def config_from_args(args: argparse.Namespace) -> PlanConfig:
                       rollout_batch=args.rollout_batch, rollout_seq=args.rollout_seq, logit_positions=args.logits,
                       grad_accum_steps=args.grad_accum, remat=args.remat, param_dtype=args.param_dtype,
                       compute_dtype=args.compute_dtype, value_head=args.value_head,
-                      kl_reference=args.kl_reference)
+                      kl_reference=args.kl_reference, attention_block=args.attention_block)
 
 
 def _gib(value: int) -> str:

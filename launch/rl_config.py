@@ -88,7 +88,11 @@ class RLConfig:
     that multiply to fewer than the visible devices use the first that many). Policy params, the train state
     (optimizer moments like their params), the rollout's prompts and KV cache and the PPO / GRPO buffer are placed
     on it by `model.sharding`'s rules. The default (1, 1, 1) is one device; e.g. mesh=1,-1,1 for FSDP over all
-    the devices of one host (one process only, docs/rl.md)."""
+    the devices of one host (one process only, docs/rl.md).
+    ``compute_dtype``, ``remat``, ``attention_block``: the policy's compute dtype (its params stay float32 master
+    weights, Adam's moments too), gradient-checkpointing policy in the update ("full": recompute each layer in the
+    backward pass) and queries per attention block (model.config.ModelConfig; 0: all at once), for the rollouts,
+    the update and the run's evaluations alike."""
 
     init: str = "tiny"
     seed: int = 0
@@ -105,6 +109,9 @@ class RLConfig:
     log_every: int = 1
     checkpoint: CheckpointConfig = CheckpointConfig(every_steps=5)
     mesh: tuple[int, int, int] = (1, 1, 1)
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    remat: Literal["none", "full", "dots"] = "none"
+    attention_block: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,14 +162,16 @@ register_preset("eval-tiny", EvalConfig(init="tiny", episodes=4, verify_budgets=
 _VIRL_EPISODES = EpisodeConfig(task="virl", max_verify_steps=2, max_new_tokens=512, temperature=0.2,
                                prompt_len=1024, decision_points=16)
 _VIRL_EVAL = dataclasses.replace(_VIRL_EPISODES, max_new_tokens=256, temperature=0.0)
-# Minibatches of 64 accumulated over 8 microbatches (the same gradient; one transition per GPU of an 8-GPU fsdp
-# mesh): a whole minibatch of ~2.8k-token transitions with an image does not fit an H100 (docs/plan.md, "RL plans").
+# bf16 compute (float32 master weights) and remat full, as the SFT presets; minibatches of 64 accumulated over 8
+# microbatches (the same gradient; one transition per GPU of an 8-GPU fsdp mesh): a whole minibatch of ~2.8k-token
+# transitions with an image does not fit an H100 (docs/plan.md, "RL plans").
 _VIRL_PPO = dataclasses.replace(PAPER_PPO, microbatches=8)
 register_preset("rl-virl-l", RLConfig(init="", updates=15, episodes_per_update=128, episodes=_VIRL_EPISODES,
-                                      ppo=_VIRL_PPO, eval_episodes=48))
+                                      ppo=_VIRL_PPO, eval_episodes=48, compute_dtype="bfloat16", remat="full"))
 register_preset("rl-virl-vl", RLConfig(init="", updates=15, episodes_per_update=128,
                                        episodes=dataclasses.replace(_VIRL_EPISODES, modality="vision"),
-                                       ppo=dataclasses.replace(_VIRL_PPO, learning_rate=1e-7), eval_episodes=48))
+                                       ppo=dataclasses.replace(_VIRL_PPO, learning_rate=1e-7), eval_episodes=48,
+                                       compute_dtype="bfloat16", remat="full"))
 # The paper evaluates 48 routes in distribution and rule-OOD (18 for visual OOD: the 9-city set has 18 routes).
 register_preset("eval-virl-l", EvalConfig(init="", episodes=48, verify_budgets=(2,), sampling=_VIRL_EVAL,
                                           heldout_examples=256))

@@ -93,6 +93,8 @@ def _check_config(config: RLConfig) -> None:
                           f"grpo.group_size={config.grpo.group_size}; change one of them")
     if config.ppo.kl_coef and config.ppo.kl_mode is None and config.algorithm == "ppo":
         raise ConfigError("ppo.kl_coef > 0 needs ppo.kl_mode=k1_reward (KL in the reward) or k3_loss (in the loss)")
+    if config.attention_block < 0:
+        raise ConfigError(f"attention_block={config.attention_block} must be 0 (all queries at once) or positive")
     if not 0 <= config.critic_warmup <= config.updates or (config.critic_warmup and config.algorithm != "ppo"):
         raise ConfigError(f"critic_warmup={config.critic_warmup} must be between 0 and updates={config.updates} "
                           "and needs algorithm=ppo (GRPO has no critic)")
@@ -233,7 +235,9 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     mesh = make_rl_mesh(config.mesh)
     save_config(config, out)
     policy = load_policy(config.init, seed=config.seed, mesh=mesh)
-    policy = dataclasses.replace(policy, params=place_params(policy.params, policy.config, mesh))
+    policy = dataclasses.replace(policy, params=place_params(policy.params, policy.config, mesh),
+                                 config=policy.config.replace(dtype=config.compute_dtype, remat=config.remat,
+                                                              attention_block=config.attention_block))
     episodes = config.episodes
     task_settings = task_config(episodes)
     task = TASK_NAMES[(episodes.task, episodes.modality)]

@@ -224,6 +224,8 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
     if config.steps < 1 or config.batch_size < 1 or config.batch_size % config.grad_accum_steps:
         raise ConfigError(f"steps ({config.steps}) and batch_size ({config.batch_size}) must be positive and "
                           f"batch_size a multiple of grad_accum_steps ({config.grad_accum_steps})")
+    if config.attention_block < 0:
+        raise ConfigError(f"attention_block={config.attention_block} must be 0 (all queries at once) or positive")
     if not out_dirs or len(out_dirs) != len(learning_rates) or len(set(out_dirs)) != len(out_dirs):
         raise ConfigError(f"a learning-rate sweep needs one distinct run directory per learning rate, got "
                           f"{len(learning_rates)} rates and directories {[str(d) for d in out_dirs]}")
@@ -240,7 +242,8 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
     tokenizer, image_config = source.tokenizer, source.image_config
     length = padded_length(encoded_lengths(tokenizer, data.train + data.heldout), config.data.length_multiple)
     slots = image_slots(data.train + data.heldout)
-    model_config = source.config.replace(dtype=config.compute_dtype, remat=config.remat)  # remat: train step
+    model_config = source.config.replace(dtype=config.compute_dtype, remat=config.remat,  # remat: train step
+                                         attention_block=config.attention_block)
     num_params = parameter_count(source.params)  # N of 6ND: every parameter, frozen ones included (docs/sft.md)
 
     from model.sharding import param_shardings

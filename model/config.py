@@ -111,6 +111,11 @@ class ModelConfig:
     # with at least SCAN_MIN_LAYERS such layers (11B / 90B: text 32 / 80, vision 40), unroll below (the test and
     # CPU presets).
     scan_layers: bool | None = None
+    # Queries per block of the cacheless forward's attention (text self- and cross-attention, the vision encoder):
+    # 0 = all at once, the (B, H, S, K) probabilities of a layer materialised (transformers' eager attention); > 0
+    # computes them block by block, rematerialized in the backward pass (model.text.in_query_blocks), the same
+    # values in (B, H, block, K) of memory: an 11B step's vision layer over 4 tiles is (rows, 16, 6432, 6432).
+    attention_block: int = 0
 
     def scans_layers(self) -> bool:
         """Whether the cacheless forward scans the text self-attention layers (`scan_layers`, resolved)."""

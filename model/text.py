@@ -89,13 +89,44 @@ def swiglu_mlp(p: Params, x: jax.Array) -> jax.Array:
 DECODE_QUERIES = 4  # attend() uses the cache-layout formulation (_attend_few) for at most this many queries
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None) -> jax.Array:
+def in_query_blocks(fn, block: int, queries: tuple[tuple[jax.Array, int], ...], out_axis: int) -> jax.Array:
+    """`fn(*arrays)` of per-query `queries` ((array, its query axis) pairs; keys and values are closed over by
+    `fn`) computed `block` queries at a time, the last block padded, each block rematerialized in the backward pass
+    (`jax.checkpoint` inside `jax.lax.map`): the attention probabilities, (..., S, K) at once, exist only as
+    (..., block, K) in the forward pass and in the backward pass, and nothing of a block but its inputs is saved.
+    The same values as `fn` on all queries (each query's softmax spans all keys either way). block <= 0 or
+    >= S: `fn` itself. The output's query axis is `out_axis`."""
+    first, axis = queries[0]
+    n = first.shape[axis]
+    if block <= 0 or block >= n:
+        return fn(*(array for array, _ in queries))
+    blocks = -(-n // block)
+
+    def split(array: jax.Array, axis: int) -> jax.Array:
+        array = jnp.moveaxis(array, axis, 0)
+        array = jnp.pad(array, [(0, blocks * block - n)] + [(0, 0)] * (array.ndim - 1))
+        return array.reshape(blocks, block, *array.shape[1:])
+
+    def one_block(parts):
+        return jnp.moveaxis(fn(*(jnp.moveaxis(part, 0, axis) for part, (_, axis) in zip(parts, queries))),
+                            out_axis, 0)
+
+    out = jax.lax.map(jax.checkpoint(one_block), tuple(split(array, axis) for array, axis in queries))
+    return jnp.moveaxis(out.reshape(blocks * block, *out.shape[2:])[:n], 0, out_axis)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, query_block: int = 0) -> jax.Array:
     """Grouped-query attention. q (B, S, H, Dh); k, v (B, K, KV, Dh); bias (B, S, K) additive or None.
-    Query head h uses key/value head h // G (transformers' repeat_kv). Returns (B, S, H * Dh)."""
+    Query head h uses key/value head h // G (transformers' repeat_kv). Returns (B, S, H * Dh). `query_block` > 0:
+    that many queries at a time (`in_query_blocks`; ModelConfig.attention_block)."""
     b, s, h, dh = q.shape
     kv = k.shape[2]
     if s <= DECODE_QUERIES and kv > 1:
         return _attend_few(q, k.reshape(b, -1, dh), v.reshape(b, k.shape[1], kv * dh), bias, kv)
+    if 0 < query_block < s:
+        if bias is None:
+            return in_query_blocks(lambda q: attend(q, k, v, None), query_block, ((q, 1),), 1)
+        return in_query_blocks(lambda q, bias: attend(q, k, v, bias), query_block, ((q, 1), (bias, 1)), 1)
     q = q.reshape(b, s, kv, h // kv, dh)
     scores = jnp.einsum("bskgd,btkd->bkgst", q, k) * jnp.asarray(dh ** -0.5, q.dtype)
     if bias is not None:
@@ -145,12 +176,13 @@ class SelfAttentionInputs(NamedTuple):
 
 def self_attention_layer(p: Params, x: jax.Array, inputs: SelfAttentionInputs, text: TextConfig,
                          kv_buffers: tuple[jax.Array, jax.Array] | None = None,
-                         write_index: jax.Array | None = None, layer: int = 0):
+                         write_index: jax.Array | None = None, layer: int = 0, query_block: int = 0):
     """One Llama decoder layer. x (B, S, D). Without a cache the keys are this call's tokens; with `kv_buffers`
     (k, v: the stacked buffers (L, B, S_max, KV, Dh) of all self-attention layers, or this layer's own buffers
     k (B, S_max * KV, Dh), v (B, S_max, KV * Dh) from `model.forward.unstack_cache`) this layer's new keys/values are written at [layer, :, write_index] (only the new slots:
     no whole-buffer copies in a decode loop) and attention runs over all S_max slots (the bias masks the empty
-    ones). Returns (x, updated kv_buffers or None)."""
+    ones). `query_block`: attention over that many queries at a time (`attend`). Returns (x, updated kv_buffers
+    or None)."""
     b, s, _ = x.shape
     h, kv, dh = text.num_attention_heads, text.num_key_value_heads, text.head_dim
     attn = p["self_attn"]
@@ -184,7 +216,7 @@ def self_attention_layer(p: Params, x: jax.Array, inputs: SelfAttentionInputs, t
         v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), start)
         kv_buffers = (k_all, v_all)
         k, v = k_all[layer].astype(x.dtype), v_all[layer].astype(x.dtype)
-    x = x + linear(attend(q, k, v, inputs.bias), attn["o_proj"]["kernel"])
+    x = x + linear(attend(q, k, v, inputs.bias, query_block), attn["o_proj"]["kernel"])
     x = x + swiglu_mlp(p["mlp"], rms_norm(x, p["post_attention_layernorm"]["scale"], text.rms_norm_eps))
     return x, kv_buffers
 
@@ -209,15 +241,16 @@ class CrossAttentionInputs(NamedTuple):
 
 
 def cross_attention_layer(p: Params, x: jax.Array, k: jax.Array, v: jax.Array, inputs: CrossAttentionInputs,
-                          text: TextConfig) -> jax.Array:
+                          text: TextConfig, query_block: int = 0) -> jax.Array:
     """One tanh-gated cross-attention decoder layer; k, v (B, V, KV, Dh) from `cross_attention_kv`.
-    The full-text-row mask multiplies the MLP output only, as in transformers."""
+    The full-text-row mask multiplies the MLP output only, as in transformers. `query_block`: as `attend`'s."""
     b, s, _ = x.shape
     attn = p["cross_attn"]
     normed = rms_norm(x, p["input_layernorm"]["scale"], text.rms_norm_eps)
     q = linear(normed, attn["q_proj"]["kernel"]).reshape(b, s, text.num_attention_heads, text.head_dim)
     q = rms_norm(q, attn["q_norm"]["scale"], text.rms_norm_eps)
-    out = linear(attend(q, k.astype(x.dtype), v.astype(x.dtype), inputs.bias), attn["o_proj"]["kernel"])
+    out = linear(attend(q, k.astype(x.dtype), v.astype(x.dtype), inputs.bias, query_block),
+                 attn["o_proj"]["kernel"])
     x = x + jnp.tanh(p["cross_attn_attn_gate"].astype(x.dtype)) * out
     mlp = swiglu_mlp(p["mlp"], rms_norm(x, p["post_attention_layernorm"]["scale"], text.rms_norm_eps))
     return x + jnp.tanh(p["cross_attn_mlp_gate"].astype(x.dtype)) * (inputs.row_mask * mlp)
@@ -323,11 +356,15 @@ def decoder(params: Params, config: ModelConfig, x: jax.Array, self_inputs: Self
     self_params = params["language_model"]["layers"]
     num_self = len(text.self_attention_layers)
 
+    # blocked attention in the cacheless forward only (training, scoring): a cached call's queries are few or a
+    # prefill's, which keeps no activations for a backward pass
+    block = config.attention_block if self_cache is None else 0
+
     def self_layer(p, x, kv_buffers):
-        return self_attention_layer(p, x, self_inputs, text, kv_buffers, write_index)
+        return self_attention_layer(p, x, self_inputs, text, kv_buffers, write_index, query_block=block)
 
     self_layer = _remat(self_layer, config)
-    cross_layer = _remat(lambda p, x, k, v: cross_attention_layer(p, x, k, v, cross_inputs, text), config)
+    cross_layer = _remat(lambda p, x, k, v: cross_attention_layer(p, x, k, v, cross_inputs, text, block), config)
     x = constrain_batch(x)
 
     for kind, start, stop in layer_plan(text):

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from model.config import ModelConfig, VisionConfig
 from model.sharding import constrain_batch
-from model.text import layer_params, linear
+from model.text import in_query_blocks, layer_params, linear
 
 Params = dict[str, Any]
 
@@ -61,7 +61,7 @@ def layer_norm(x: jax.Array, norm: Params, eps: float) -> jax.Array:
     return y.astype(x.dtype)
 
 
-def _attention(x: jax.Array, attn: Params, invalid: jax.Array, num_heads: int) -> jax.Array:
+def _attention(x: jax.Array, attn: Params, invalid: jax.Array, num_heads: int, query_block: int = 0) -> jax.Array:
     """Bidirectional multi-head self-attention over x (BI, S, D) with HF's vision mask.
 
     `invalid` (BI, S) bool marks pad tokens and tokens of unused tiles. HF's additive mask is
@@ -73,7 +73,8 @@ def _attention(x: jax.Array, attn: Params, invalid: jax.Array, num_heads: int) -
     attention dots into one library call that ran ~4x slower than the pieces. Q/K/V are projected heads-major
     (B, N, S, K), and in float32 the softmax normalisation is applied after the probs @ V dot (exp(s - max) @ V
     / sum exp: one (S, K) divide instead of an (S, S) multiply); other dtypes keep the normalised probs cast to the
-    compute dtype before the dot, as transformers does.
+    compute dtype before the dot, as transformers does. `query_block` > 0: that many queries at a time
+    (`model.text.in_query_blocks`, ModelConfig.attention_block).
     """
     dtype = x.dtype
     batch, seq, hidden = x.shape
@@ -84,15 +85,18 @@ def _attention(x: jax.Array, attn: Params, invalid: jax.Array, num_heads: int) -
         return y.reshape(batch, seq, num_heads, head_dim).transpose(0, 2, 1, 3)  # (B, N, S, K)
 
     q, k, v = project("q_proj"), project("k_proj"), project("v_proj")
-    scores = jnp.einsum("bnqk,bnsk->bnqs", q, k) * jnp.asarray(head_dim ** -0.5, dtype)
-    blocked = invalid[:, None, :, None] & invalid[:, None, None, :]
-    scores = jnp.where(blocked, jnp.asarray(jnp.finfo(dtype).min, dtype), scores).astype(jnp.float32)
-    if dtype == jnp.float32:
-        exp = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
-        out = jnp.einsum("bnqs,bnsk->bnqk", exp, v) / jnp.sum(exp, axis=-1, keepdims=True)
-    else:
+
+    def attend(q: jax.Array, invalid_q: jax.Array) -> jax.Array:  # q (B, N, Q, K), invalid_q (B, Q)
+        scores = jnp.einsum("bnqk,bnsk->bnqs", q, k) * jnp.asarray(head_dim ** -0.5, dtype)
+        blocked = invalid_q[:, None, :, None] & invalid[:, None, None, :]
+        scores = jnp.where(blocked, jnp.asarray(jnp.finfo(dtype).min, dtype), scores).astype(jnp.float32)
+        if dtype == jnp.float32:
+            exp = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+            return jnp.einsum("bnqs,bnsk->bnqk", exp, v) / jnp.sum(exp, axis=-1, keepdims=True)
         probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        out = jnp.einsum("bnqs,bnsk->bnqk", probs, v)
+        return jnp.einsum("bnqs,bnsk->bnqk", probs, v)
+
+    out = in_query_blocks(attend, query_block, ((q, 2), (invalid, 1)), 2)
     out = out.transpose(0, 2, 1, 3).reshape(batch, seq, hidden)
     return linear(out, attn["o_proj"]["kernel"])
 
@@ -104,11 +108,13 @@ def _mlp(x: jax.Array, mlp: Params) -> jax.Array:
     return linear(h, mlp["fc2"]["kernel"]) + mlp["fc2"]["bias"].astype(dtype)
 
 
-def encoder_layer(x: jax.Array, layer: Params, invalid: jax.Array, vision: VisionConfig) -> jax.Array:
-    """One vision transformer layer (pre-LN); gated (tanh(gate_attn), tanh(gate_ffn)) when the layer has gates."""
+def encoder_layer(x: jax.Array, layer: Params, invalid: jax.Array, vision: VisionConfig,
+                  query_block: int = 0) -> jax.Array:
+    """One vision transformer layer (pre-LN); gated (tanh(gate_attn), tanh(gate_ffn)) when the layer has gates.
+    `query_block`: attention over that many queries at a time (`_attention`)."""
     gated = "gate_attn" in layer
     h = _attention(layer_norm(x, layer["input_layernorm"], vision.norm_eps), layer["self_attn"], invalid,
-                   vision.attention_heads)
+                   vision.attention_heads, query_block)
     if gated:
         h = jnp.tanh(layer["gate_attn"].astype(x.dtype)) * h
     x = x + h
@@ -149,7 +155,8 @@ def run_local_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: M
     first_slot = [slot_of_layer[i % num_layers] for i in indices]
     write_input = vision.intermediate_layers_convention == "input"
 
-    layer_fn = _maybe_remat(lambda h, layer: encoder_layer(h, layer, invalid, vision), config.remat)
+    layer_fn = _maybe_remat(lambda h, layer: encoder_layer(h, layer, invalid, vision, config.attention_block),
+                            config.remat)
     if not config.scans_vision_layers():
         outputs = []  # outputs[i]: the input of layer i ("input") or its output ("output")
         for index in range(num_layers):
@@ -178,7 +185,8 @@ def run_local_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: M
 def run_global_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: ModelConfig) -> jax.Array:
     """Run the gated global layers over x (BI, S, D) with the same mask as the local layers (scanned or
     unrolled, as the local layers)."""
-    layer_fn = _maybe_remat(lambda h, layer: encoder_layer(h, layer, invalid, config.vision), config.remat)
+    layer_fn = _maybe_remat(lambda h, layer: encoder_layer(h, layer, invalid, config.vision,
+                                                           config.attention_block), config.remat)
     if not config.scans_vision_layers():
         for index in range(config.vision.num_global_layers):
             x = layer_fn(constrain_batch(x), layer_params(layers, index))

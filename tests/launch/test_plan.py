@@ -100,6 +100,20 @@ def test_an_rl_plan_samples_and_trains_at_their_own_shapes():
         P.plan(P.PlanConfig(**base, logit_positions=65))
 
 
+def test_attention_blocks_hold_one_block_of_probabilities():
+    """ModelConfig.attention_block: the recomputed layer's attention probabilities, (B, H, S, K) in the compute
+    dtype and float32, shrink to one block of queries; nothing else changes."""
+    config = model.preset("tiny")
+    base = dict(model="tiny", mesh=MeshConfig(fsdp=1), devices=1, batch_size=4, seq_len=64, num_images=0,
+                compute_dtype="float32", remat="full")
+    whole, blocked = (P.plan(P.PlanConfig(**base, attention_block=block)) for block in (0, 16))
+    heads = config.text.num_attention_heads
+    assert whole["activations_by_remat"]["full"] - blocked["activations_by_remat"]["full"] == \
+        4 * heads * (64 - 16) * 64 * (4 + 4)
+    assert (whole["attention_block"], blocked["attention_block"]) == (0, 16)
+    assert P.plan(P.PlanConfig(**base, attention_block=64))["activations_by_remat"] == whole["activations_by_remat"]
+
+
 def test_activations_order_and_batch_split():
     def acts(**kw):
         cfg = {"model": "tiny", "mesh": MeshConfig(fsdp=1), "devices": 1, "batch_size": 4, "seq_len": 64, **kw}

@@ -63,6 +63,30 @@ def test_two_images_beside_a_padding_image_and_left_padding(ref, jit_forward):
     check(ref, jit_forward, inputs)
 
 
+def test_attention_in_query_blocks_keeps_the_logits_and_gradients(ref, jit_forward):
+    """ModelConfig.attention_block: text self- and cross-attention and the vision encoder's attention over blocks of
+    3 queries (dividing neither the 10 text tokens nor a tile's vision tokens: padded last blocks) give
+    transformers' logits, and with remat the same gradients as all queries at once."""
+    _, _, config, params = ref
+    inputs = image_batch(config, np.random.default_rng(1), [[2, 1], [4]], 10, [[1, 5], [4]], pad=[0, 2])
+    blocked = config.replace(attention_block=3)
+    logits = check((*ref[:2], blocked, params), jit_forward, inputs)
+    np.testing.assert_allclose(logits, np.asarray(jit_forward(params, config, **inputs)), rtol=1e-5, atol=1e-5)
+
+    def loss(params, config):
+        logits = model.forward(params, config, **inputs)
+        return jax.numpy.mean(jax.nn.log_softmax(logits)[..., 7] * inputs["attention_mask"])
+
+    programs = [jax.jit(jax.grad(loss), static_argnums=1).lower(params, c.replace(remat="full")).compile()
+                for c in (config, blocked)]
+    grads = [program(params) for program in programs]
+    for whole, parts in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(np.asarray(parts), np.asarray(whole), rtol=1e-4, atol=1e-6)
+    # every attention of the blocked program loops over its blocks (the memory it saves: tests/model/test_text.py)
+    loops = [program.as_text().count(" while(") for program in programs]
+    assert loops[1] > loops[0], loops
+
+
 def test_without_cross_attention_mask(ref, jit_forward):
     config = ref[2]
     inputs = image_batch(config, np.random.default_rng(2), [[2]], 6, [[0]])

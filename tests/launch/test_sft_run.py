@@ -117,6 +117,25 @@ def test_freezing_the_vision_tower_leaves_it_bit_identical(cache, tmp_path):
     assert any(changed)
 
 
+def test_remat_and_attention_blocks_train_as_the_plain_step(cache, tmp_path, monkeypatch):
+    """`remat=full attention_block=8`: the tiny model's attention over blocks of 8 queries (GP-L rows are tens of
+    tokens long), each layer recomputed in the backward pass; two steps end where the plain step's do."""
+    import launch.sft_run
+    from launch.model_source import load_model
+
+    configs = []
+    compiled = launch.sft_run.compiled_train_step
+    monkeypatch.setattr(launch.sft_run, "compiled_train_step",
+                        lambda model_config, *a, **k: configs.append(model_config) or compiled(model_config, *a, **k))
+    finals = []
+    for name, extra in (("plain", []), ("blocked", ["remat=full", "attention_block=8"])):
+        run_sft(resolve("sft-tiny", OVERRIDES[1:] + ["steps=2", "eval_every=0", *extra]), tmp_path / name)
+        finals.append(load_model(str(tmp_path / name / "final"), seed=0).params)
+    assert [(c.remat, c.attention_block) for c in configs] == [("none", 0), ("full", 8)]
+    for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=2e-5)
+
+
 def test_greedy_success_becomes_eval_records_per_split(cache, tmp_path):
     """The greedy hook with a sampler that answers the expert answer for the in-distribution hands: every split is
     evaluated and verified by the task's verifier (rule-OOD hands need other formulas, so some fail there)."""
@@ -163,6 +182,7 @@ def test_greedy_success_becomes_eval_records_per_split(cache, tmp_path):
     (["model=/nonexistent/llama"], "the model directory /nonexistent/llama does not exist; pass model=PATH"),
     (["data.path=/nonexistent/expert.jsonl"], "the expert data file /nonexistent/expert.jsonl does not exist"),
     (["freeze=[vision]"], "freeze entry 'vision' matches no parameter; use a param group"),
+    (["attention_block=-1"], "attention_block=-1 must be 0 (all queries at once) or positive"),
 ])
 def test_bad_input_stops_with_one_sentence(cache, tmp_path, capsys, overrides, message):
     assert main(["sft", "--preset", "sft-tiny", "--out", str(tmp_path), *overrides]) == 2

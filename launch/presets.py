@@ -146,7 +146,8 @@ def eval_config(task: str, stage: str, size: str) -> EvalConfig:
     else:
         budgets = EVAL_BUDGETS if stage == "eval-budgets" else (5,)
     count = {"reference": 234, "tiny": 4, "small": 64}[size]
-    return EvalConfig(init="", episodes=count, verify_budgets=budgets, splits=splits, sampling=episodes)
+    return EvalConfig(init="", episodes=count, verify_budgets=budgets, splits=splits, sampling=episodes,
+                      compute_dtype="bfloat16" if size == "reference" else "float32")
 
 
 # --- RL and evaluation (V-IRL): launch/rl_config.py's V-IRL presets, started from the task's sft-init run ---------

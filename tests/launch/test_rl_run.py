@@ -235,13 +235,13 @@ def test_eval_resumes_the_cells_it_has_not_written(tmp_path, templates, monkeypa
     path.write_text(lines[0] + lines[1][:25])  # killed while writing the second cell's record
     evaluated = []
     evaluate = launch.eval_run.evaluate
-    monkeypatch.setattr(launch.eval_run, "evaluate",
-                        lambda *a, **k: evaluated.append((k["split"], k["max_rows"])) or evaluate(*a, **k))
+    monkeypatch.setattr(launch.eval_run, "evaluate", lambda policy, *a, **k: evaluated.append(
+        (k["split"], k["max_rows"], policy.config.dtype)) or evaluate(policy, *a, **k))
     assert run_eval(config, tmp_path / "parts", show_progress=False) == whole
-    assert [rows for _, rows in evaluated] == [None] * 3  # only the cells without a complete record
-    run_eval(resolve("eval-tiny", overrides + ["max_rows=1", "verify_budgets=1"]), tmp_path / "chunked",
-             show_progress=False)
-    assert evaluated[3:] == [("in_distribution", 1), ("rule_ood", 1)]
+    assert [rows for _, rows, _ in evaluated] == [None] * 3  # only the cells without a complete record
+    run_eval(resolve("eval-tiny", overrides + ["max_rows=1", "verify_budgets=1", "compute_dtype=bfloat16"]),
+             tmp_path / "chunked", show_progress=False)
+    assert evaluated[3:] == [("in_distribution", 1, "bfloat16"), ("rule_ood", 1, "bfloat16")]
     with pytest.raises(ConfigError, match="max_rows=0 must be at least 1"):
         run_eval(resolve("eval-tiny", overrides + ["max_rows=0"]), tmp_path / "bad", show_progress=False)
     assert read_metrics(tmp_path / "parts") == read_metrics(tmp_path / "whole")

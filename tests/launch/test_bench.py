@@ -89,8 +89,8 @@ def test_gpu_sft_benchmark_plans_first_and_stops_when_the_device_is_too_small(mo
 
     monkeypatch.setattr(script.jax, "devices", lambda *args: [SmallGPU()])
     monkeypatch.setattr(script.model, "init_params", init_params)
-    args = argparse.Namespace(shape_preset="11b", **script.GPU_SHAPE, remat="full", freeze_vision=False,
-                              peak_tflops=None, repeats=1)
+    args = argparse.Namespace(shape_preset="11b", **script.GPU_SHAPE, remat="full", attention_block=0,
+                              freeze_vision=False, peak_tflops=None, repeats=1)
     with pytest.raises(SystemExit) as stop:
         script.gpu_benchmark(args)
     message = str(stop.value)

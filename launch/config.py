@@ -67,8 +67,9 @@ class DataConfig:
 class SFTConfig:
     """One SFT run. ``steps`` optimizer steps of ``batch_size`` examples (split into ``grad_accum_steps``
     microbatches); ``freeze`` lists param groups (vision_encoder, projector, language_model, cross_attention,
-    value_head) or whole-path regexes; ``compute_dtype`` is the dtype params are cast to inside the loss (the
-    master weights stay float32); ``remat`` is the model's gradient-checkpointing policy in the train step
+    value_head) or whole-path regexes; ``compute_dtype`` is the dtype params are cast to inside the loss;
+    ``param_dtype`` the master weights' (float32; bfloat16 where they would not fit, e.g. a 90B on one host, which
+    puts Adam's moments in bfloat16 too: `memgen plan --param-dtype`); ``remat`` is the model's gradient-checkpointing policy in the train step
     ("none"; "full": recompute each layer in the backward pass; "dots": keep its matmul outputs);
     ``attention_block`` the queries per attention block (model.config.ModelConfig.attention_block; 0: all at
     once, the (B, H, S, K) probabilities of a layer materialised); the run stops
@@ -87,6 +88,7 @@ class SFTConfig:
     batch_size: int = 16
     grad_accum_steps: int = 1
     compute_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: Literal["none", "full", "dots"] = "none"
     attention_block: int = 0
     freeze: tuple[str, ...] = ()

@@ -62,9 +62,11 @@ def init_tokens(spec: str) -> int:
 
 
 def load_model(spec: str, *, seed: int, cache_dir: Optional[Path] = None,
-               mesh: Optional[jax.sharding.Mesh] = None) -> ModelSource:
+               mesh: Optional[jax.sharding.Mesh] = None, param_dtype: str = "float32") -> ModelSource:
     """``spec``: a preset name (tiny, small, 11b, 90b), a path to a Hugging Face mllama directory, or a memgen run
-    directory (its final/ policy). Params are float32 (the master weights); a preset's tokenizer is built under
+    directory (its final/ policy). Params are ``param_dtype``: float32 master weights by default, bfloat16 where
+    they would not fit (a 90B on one host; optax keeps Adam's moments in the params' dtype); a preset's tokenizer is
+    built under
     ``cache_dir`` (default: memgen's cache). With ``mesh``, every param is made straight onto it by
     ``model.sharding``'s rules (a preset's random init is one program with that output placement; a directory's
     weights are placed leaf by leaf as they are read), so no device ever holds the whole model; the values are
@@ -73,8 +75,10 @@ def load_model(spec: str, *, seed: int, cache_dir: Optional[Path] = None,
     from model.hf_io import ModelLoadError, load_hf
     from model.params import init_params, param_shapes
 
+    if param_dtype not in ("float32", "bfloat16"):
+        raise ModelSourceError(f"param_dtype {param_dtype!r} is not float32 or bfloat16")
     if spec in PRESETS:
-        config = preset(spec)
+        config = preset(spec).replace(param_dtype=param_dtype, dtype=param_dtype)
         vocab = config.text.vocab_size
         tokenizer_dir = ensure_tokenizer(None if cache_dir is None else cache_dir / f"tokenizer-vocab{vocab}",
                                          vocab_size=vocab)
@@ -94,7 +98,7 @@ def load_model(spec: str, *, seed: int, cache_dir: Optional[Path] = None,
         raise ModelSourceError(f"the model directory {path} does not exist; pass model=PATH to a Hugging Face "
                                f"mllama download or a preset name ({', '.join(PRESETS)})")
     try:
-        config, params = load_hf(path, mesh=mesh, param_dtype="float32", dtype="float32")
+        config, params = load_hf(path, mesh=mesh, param_dtype=param_dtype, dtype=param_dtype)
         tokenizer = load_tokenizer(path)
     except (ModelLoadError, FileNotFoundError, ValueError) as error:
         raise ModelSourceError(f"the model directory {path} cannot be loaded: {error}") from None

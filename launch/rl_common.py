@@ -34,11 +34,13 @@ TASK_NAMES = {("general_points", "language"): "gp-l", ("general_points", "vision
 Policy = ModelSource  # config, float32 params (with a value head here), tokenizer, tokenizer_dir, image_config
 
 
-def load_policy(spec: str, *, seed: int, mesh: jax.sharding.Mesh | None = None) -> ModelSource:
+def load_policy(spec: str, *, seed: int, mesh: jax.sharding.Mesh | None = None,
+                param_dtype: str = "float32") -> ModelSource:
     """`spec`: what `launch.model_source.load_model` takes (a model preset: random init from `seed` with the
     offline tokenizer; or a Hugging Face mllama directory), or a run directory of `memgen sft` / `memgen rl` (its
     final/ policy). A value head is initialised from `seed` when the source has none. With `mesh` the model's
-    params are made on it (`load_model`); a new value head is not (`place_params` places it)."""
+    params are made on it (`load_model`); a new value head is not (`place_params` places it). Params (and a new
+    value head) in `param_dtype`."""
     from model.value_head import init_value_head
 
     if not spec:
@@ -48,7 +50,7 @@ def load_policy(spec: str, *, seed: int, mesh: jax.sharding.Mesh | None = None) 
     if (path / FINAL_DIR).is_dir():
         spec = str(path / FINAL_DIR)
     try:
-        source = load_model(spec, seed=seed, mesh=mesh)
+        source = load_model(spec, seed=seed, mesh=mesh, param_dtype=param_dtype)
     except ModelSourceError as error:
         raise ConfigError(str(error)) from None
     if "value_head" not in source.params:

@@ -89,8 +89,9 @@ class RLConfig:
     (optimizer moments like their params), the rollout's prompts and KV cache and the PPO / GRPO buffer are placed
     on it by `model.sharding`'s rules. The default (1, 1, 1) is one device; e.g. mesh=1,-1,1 for FSDP over all
     the devices of one host (one process only, docs/rl.md).
-    ``compute_dtype``, ``remat``, ``attention_block``: the policy's compute dtype (its params stay float32 master
-    weights, Adam's moments too), gradient-checkpointing policy in the update ("full": recompute each layer in the
+    ``compute_dtype``, ``param_dtype``, ``remat``, ``attention_block``: the policy's compute dtype, its params'
+    (and Adam's moments') dtype (float32 master weights; bfloat16 where they would not fit, as SFTConfig's),
+    gradient-checkpointing policy in the update ("full": recompute each layer in the
     backward pass) and queries per attention block (model.config.ModelConfig; 0: all at once), for the rollouts,
     the update and the run's evaluations alike."""
 
@@ -110,6 +111,7 @@ class RLConfig:
     checkpoint: CheckpointConfig = CheckpointConfig(every_steps=5)
     mesh: tuple[int, int, int] = (1, 1, 1)
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: Literal["none", "full", "dots"] = "none"
     attention_block: int = 0
 

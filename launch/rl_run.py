@@ -234,7 +234,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     check_run_directory(config, out)
     mesh = make_rl_mesh(config.mesh)
     save_config(config, out)
-    policy = load_policy(config.init, seed=config.seed, mesh=mesh)
+    policy = load_policy(config.init, seed=config.seed, mesh=mesh, param_dtype=config.param_dtype)
     policy = dataclasses.replace(policy, params=place_params(policy.params, policy.config, mesh),
                                  config=policy.config.replace(dtype=config.compute_dtype, remat=config.remat,
                                                               attention_block=config.attention_block))

@@ -235,7 +235,7 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
         check_run_directory(member_config, out_dir)
 
     mesh = make_mesh_from_config(config.mesh)
-    source = load_model(config.model, seed=config.seed, cache_dir=None, mesh=mesh)
+    source = load_model(config.model, seed=config.seed, cache_dir=None, mesh=mesh, param_dtype=config.param_dtype)
     data = load_expert_data(task=config.task, modality=config.modality, seed=config.seed,
                             train_examples=config.train_examples, eval_examples=config.eval_examples,
                             path=config.data.path, heldout_path=config.data.heldout_path)

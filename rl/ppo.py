@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from model.dtypes import keep_dtypes
 from rl.gae import GAEConfig
 from rl.masked import masked_count, masked_mean, masked_normalize, masked_share, masked_var
 from rl.update import TrainState, buffer_size, check_microbatches, minibatch_update
@@ -245,15 +246,19 @@ def ppo_optimizer(config: PPOConfig, total_steps: int) -> optax.GradientTransfor
     update; `learning_rate(opt_state)` is the rate the next step applies."""
     if total_steps < 1:
         raise ValueError(f"ppo_optimizer needs total_steps >= 1 optimizer steps, got {total_steps}.")
+    # float32 hyperparameters whatever the params' dtype: inject_hyperparams would otherwise cast them to bf16
+    # params' dtype, where Adam's b2 0.999 rounds to 1.0 (its bias correction then divides by 0: NaN updates) and a
+    # cosine horizon of thousands of steps loses its last digits
     transforms = [optax.clip_by_global_norm(config.max_grad_norm),
-                  optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate, eps=config.adam_eps),
-                  optax.inject_hyperparams(scale_by_cosine)(
+                  optax.inject_hyperparams(optax.adam, hyperparam_dtype=jnp.float32)(
+                      learning_rate=config.learning_rate, eps=config.adam_eps),
+                  optax.inject_hyperparams(scale_by_cosine, hyperparam_dtype=jnp.float32)(
                       total_steps=float(total_steps),
                       final_fraction=config.final_learning_rate / config.learning_rate)]
     if config.value_lr_scale != 1.0:  # only then: the default optimizer state keeps its structure (checkpoints)
         transforms.append(optax.masked(optax.scale(config.value_lr_scale),
                                        lambda params: {name: name == "value_head" for name in params}))
-    return optax.chain(*transforms)
+    return keep_dtypes(optax.chain(*transforms))  # bf16 params keep bf16 moments and updates (model.dtypes)
 
 
 def scale_by_cosine(total_steps: float | jax.Array, final_fraction: float | jax.Array) -> optax.GradientTransformation:

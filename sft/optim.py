@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from model.dtypes import keep_dtypes
+
 PARAM_GROUPS = ("vision_encoder", "projector", "language_model", "cross_attention", "value_head")
 
 Params = Mapping[str, Any]
@@ -176,10 +178,13 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientT
         raise ValueError(f"optimizer.name must be 'adamw', got {config.name!r}")
     factory = lambda peak_learning_rate, lr_multiplier, beta1, beta2, eps, weight_decay: _adamw_chain(  # noqa: E731
         peak_learning_rate, lr_multiplier, beta1, beta2, eps, weight_decay, max_grad_norm=config.max_grad_norm)
-    return optax.inject_hyperparams(factory)(
+    # float32 hyperparameters whatever the params' dtype: inject_hyperparams would otherwise cast them to it, and in
+    # bfloat16 the learning rate, eps and betas round (beta2 0.999 to 1.0: Adam's bias correction divides by 0);
+    # keep_dtypes keeps bf16 params' moments and updates in bf16 all the same
+    return keep_dtypes(optax.inject_hyperparams(factory, hyperparam_dtype=jnp.float32)(
         peak_learning_rate=config.lr,
         lr_multiplier=lr_multiplier_schedule(config, total_steps),
-        beta1=config.beta1, beta2=config.beta2, eps=config.eps, weight_decay=config.weight_decay)
+        beta1=config.beta1, beta2=config.beta2, eps=config.eps, weight_decay=config.weight_decay))
 
 
 def learning_rate(opt_state: Any) -> jax.Array:

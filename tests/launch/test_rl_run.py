@@ -109,8 +109,8 @@ def test_grpo_runs_and_raises_the_mean_reward(tmp_path, templates):
 def test_the_updates_memory_settings_train_as_the_plain_update(tmp_path, templates, monkeypatch):
     """`ppo.microbatches=2` (gradient accumulation), `remat=full` and `attention_block=4` (attention over blocks of
     4 queries) change what the update holds in memory, not what it computes: over the real policy, prompts and
-    padding of `memgen rl` an update ends with the plain update's params and loss. bf16 compute runs the same
-    update to a loss near fp32's."""
+    padding of `memgen rl` an update ends with the plain update's params and loss. bf16 compute with bf16 params
+    (and Adam moments) runs the same update to a loss near fp32's."""
     import rl.update
     from launch import rl_run
 
@@ -119,7 +119,7 @@ def test_the_updates_memory_settings_train_as_the_plain_update(tmp_path, templat
     monkeypatch.setattr(rl.update, "split_microbatches", lambda batch, count: splits.append(count) or split(batch,
                                                                                                          count))
     settings = {"plain": [], "memory": ["ppo.microbatches=2", "remat=full", "attention_block=4"],
-                "bf16": ["compute_dtype=bfloat16"]}
+                "bf16": ["compute_dtype=bfloat16", "param_dtype=bfloat16"]}
     params, loss = {}, {}
     for name, overrides in settings.items():
         config = resolve("rl-tiny", templates + ["updates=1", "eval_every=0", *overrides])
@@ -134,7 +134,8 @@ def test_the_updates_memory_settings_train_as_the_plain_update(tmp_path, templat
     policies = {key[0] for key in rl_run._COMPILED}  # the compiled programs' model configs
     assert any(c.remat == "full" and c.attention_block == 4 for c in policies)
     assert any(c.dtype == "bfloat16" for c in policies)
-    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params["bf16"]))  # fp32 master weights
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params["plain"]))  # fp32 master weights
+    assert all(leaf.dtype == jax.numpy.bfloat16 for leaf in jax.tree.leaves(params["bf16"]))
     assert loss["bf16"] == pytest.approx(loss["plain"], rel=0.05) and loss["bf16"] != loss["plain"]
 
 

@@ -136,6 +136,21 @@ def test_remat_and_attention_blocks_train_as_the_plain_step(cache, tmp_path, mon
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=2e-5)
 
 
+def test_bfloat16_master_weights_train_and_are_saved_in_bfloat16(cache, tmp_path):
+    """`param_dtype=bfloat16` (what a 90B on one host needs, `memgen plan --param-dtype`): the params and Adam's
+    moments are bf16, two steps train to a loss near the float32 masters', and final/ holds bf16 tensors."""
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        config = resolve("sft-tiny", OVERRIDES[1:] + ["steps=2", "eval_every=0", f"param_dtype={dtype}"])
+        run_sft(config, tmp_path / dtype)
+        losses[dtype] = [r["loss"] for r in read_metrics(tmp_path / dtype) if r["kind"] == "train"]
+    saved = json.loads((tmp_path / "bfloat16" / "final" / "config.json").read_text())
+    assert saved["dtype"] == "bfloat16"
+    assert json.loads((tmp_path / "float32" / "final" / "config.json").read_text())["dtype"] == "float32"
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.05)
+    assert losses["bfloat16"] != losses["float32"]
+
+
 def test_greedy_success_becomes_eval_records_per_split(cache, tmp_path):
     """The greedy hook with a sampler that answers the expert answer for the in-distribution hands: every split is
     evaluated and verified by the task's verifier (rule-OOD hands need other formulas, so some fail there)."""

@@ -144,3 +144,25 @@ def test_a_huge_gradient_is_clipped_to_max_grad_norm_before_adam():
         results[max_grad_norm] = want[1]["w"]
     # the reference itself tells the two apart: clipping changes the second update by far more than rounding
     assert np.max(np.abs(results[1.0] - results[None])) > 1e-2
+
+
+def test_bfloat16_params_keep_float32_hyperparameters_and_finite_updates():
+    """With bf16 params (memgen sft / rl param_dtype=bfloat16) the injected hyperparameters stay float32 (cast to the
+    params' dtype, PPO's Adam b2 0.999 would round to 1.0 and its bias correction divide by zero: NaN updates),
+    while the updates and Adam's moments stay bf16 (`model.dtypes.keep_dtypes`)."""
+    from rl.ppo import PPOConfig, ppo_optimizer, with_schedule
+    from sft.optim import OptimizerConfig, make_optimizer
+
+    params = {"w": jnp.ones((4, 4), jnp.bfloat16)}
+    grads = {"w": jnp.full((4, 4), 0.1, jnp.bfloat16)}
+    ppo = ppo_optimizer(PPOConfig(learning_rate=1e-2, final_learning_rate=1e-3, max_grad_norm=1.0), total_steps=8)
+    sft_opt = make_optimizer(OptimizerConfig(), total_steps=8)
+    for optimizer, state in ((ppo, with_schedule(ppo.init(params), total_steps=3001)), (sft_opt, sft_opt.init(params))):
+        floats = [x for x in jax.tree.leaves(state) if x.ndim == 0 and jnp.issubdtype(x.dtype, jnp.floating)]
+        assert floats and all(x.dtype == jnp.float32 for x in floats)
+        updates, new_state = optimizer.update(grads, state, params)
+        assert updates["w"].dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(updates["w"])))
+        assert bool(jnp.all(updates["w"] != 0))
+        # the state keeps its types (Adam's moments bf16), as a scan over optimizer steps needs
+        assert jax.tree.map(lambda x: x.dtype, new_state) == jax.tree.map(lambda x: x.dtype, state)
+    assert float(ppo.init(params)[1].hyperparams["b2"]) == np.float32(0.999)

@@ -333,7 +333,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu", choices=sorted(GPUS), default="h100")
     parser.add_argument("--freeze", nargs="*", default=[], help="param groups or whole-path regexes to freeze")
     parser.add_argument("--batch", type=int, default=8, help="global batch (rows per optimizer step)")
-    parser.add_argument("--seq", type=int, default=2048, help="tokens per row (also the KV cache length)")
+    parser.add_argument("--seq", type=int, default=2048, help="tokens per row (also the KV cache length unless --rollout-seq)")
     parser.add_argument("--images", type=int, default=1, help="images per row (0: text only)")
     parser.add_argument("--attention-block", type=int, default=None,
                         help="queries per attention block (ModelConfig.attention_block; 0: all at once)")

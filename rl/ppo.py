@@ -246,9 +246,9 @@ def ppo_optimizer(config: PPOConfig, total_steps: int) -> optax.GradientTransfor
     update; `learning_rate(opt_state)` is the rate the next step applies."""
     if total_steps < 1:
         raise ValueError(f"ppo_optimizer needs total_steps >= 1 optimizer steps, got {total_steps}.")
-    # float32 hyperparameters whatever the params' dtype: inject_hyperparams would otherwise cast them to bf16
-    # params' dtype, where Adam's b2 0.999 rounds to 1.0 (its bias correction then divides by 0: NaN updates) and a
-    # cosine horizon of thousands of steps loses its last digits
+    # float32 hyperparameters whatever the params' dtype: inject_hyperparams would otherwise cast them to the
+    # params' dtype, and in bf16 Adam's b2 0.999 rounds to 1.0 (its bias correction then divides by 0: NaN updates)
+    # and a cosine horizon of thousands of steps loses its last digits
     transforms = [optax.clip_by_global_norm(config.max_grad_norm),
                   optax.inject_hyperparams(optax.adam, hyperparam_dtype=jnp.float32)(
                       learning_rate=config.learning_rate, eps=config.adam_eps),

@@ -128,7 +128,11 @@ class EvalConfig:
     per rollout batch, in chunks of whole instances (None: all in one batch; memory grows with the rows, e.g.
     pass@k over many samples); chunked sampling draws other samples of the same distribution (greedy: the same).
     ``compute_dtype``: the policy's (as RLConfig.compute_dtype; the reference eval presets bfloat16, as their RL
-    runs' own evaluations)."""
+    runs' own evaluations). ``param_dtype``: the dtype the params are loaded in (as RLConfig.param_dtype); under
+    bfloat16 compute, bfloat16 params give the same results in half the bytes (params are cast to the compute
+    dtype at use; rounding once at load is the same rounding; only the vision encoder's layer norms, which apply
+    their weights in fp32, differ, by ~1e-5), so the reference eval presets use it: a 90B's fp32 params are
+    360 GB."""
 
     init: str = "tiny"
     seed: int = 1234
@@ -143,6 +147,7 @@ class EvalConfig:
     mesh: tuple[int, int, int] = (1, 1, 1)
     max_rows: Optional[int] = None
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
 
 
 # answer_key_weight 0.5: the reference's weight on the tokens before the answer key ("formula" / "action").
@@ -155,11 +160,11 @@ register_preset("rl-tiny", RLConfig(
     ppo=PPOConfig(minibatch_size=8, epochs=4, learning_rate=1e-2, final_learning_rate=1e-3, max_grad_norm=1.0),
     checkpoint=CheckpointConfig(every_steps=2, keep=2, async_save=False)))
 register_preset("eval-gp-l", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10), heldout_examples=256,
-                                        compute_dtype="bfloat16"))
+                                        compute_dtype="bfloat16", param_dtype="bfloat16"))
 register_preset("eval-gp-vl", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10), heldout_examples=256,
                                          splits=("in_distribution", "rule_ood", "visual_ood"),
                                          sampling=EpisodeConfig(modality="vision", temperature=0.0),
-                                         compute_dtype="bfloat16"))
+                                         compute_dtype="bfloat16", param_dtype="bfloat16"))
 register_preset("eval-tiny", EvalConfig(init="tiny", episodes=4, verify_budgets=(1, 2),
                                         sampling=dataclasses.replace(_TINY_EPISODES, temperature=0.0)))
 
@@ -181,11 +186,11 @@ register_preset("rl-virl-vl", RLConfig(init="", updates=15, episodes_per_update=
                                        compute_dtype="bfloat16", remat="full"))
 # The paper evaluates 48 routes in distribution and rule-OOD (18 for visual OOD: the 9-city set has 18 routes).
 register_preset("eval-virl-l", EvalConfig(init="", episodes=48, verify_budgets=(2,), sampling=_VIRL_EVAL,
-                                          heldout_examples=256, compute_dtype="bfloat16"))
+                                          heldout_examples=256, compute_dtype="bfloat16", param_dtype="bfloat16"))
 register_preset("eval-virl-vl", EvalConfig(init="", episodes=48, verify_budgets=(2,), heldout_examples=256,
                                            splits=("in_distribution", "rule_ood", "visual_ood"),
                                            sampling=dataclasses.replace(_VIRL_EVAL, modality="vision"),
-                                           compute_dtype="bfloat16"))
+                                           compute_dtype="bfloat16", param_dtype="bfloat16"))
 # CPU: the tiny random model on 2-step routes (12 decision points), 2 rows x 2 decision points x 3 answer slots.
 _VIRL_TINY = EpisodeConfig(task="virl", max_verify_steps=2, max_new_tokens=8, feedback_len=128, prompt_len=1280,
                            decision_points=2, train_routes=32, min_route_steps=2, max_route_steps=2)

@@ -20,10 +20,17 @@ cosine factor (LambdaLR), over the same minibatch indices (rl.update.minibatch_i
 first-minibatch losses are reported (memgen's from rl.ppo.ppo_loss on its policy_fn's output at the initial
 params) as the check that both do the same work; so is each update's mean loss.
 
-Train tokens/s = epochs x N x (C + S) / update seconds. One JSON line. Examples:
+`--early-end F`: a share F of the episodes end after their first transition (+5, done), leaving K - 1 padded
+transitions each (valid False, no response token), as a rollout whose episodes succeed early does. With
+`--skip-padding` memgen runs PPOConfig.skip_padding (minibatches of the valid transitions only) and the peer is
+given the same minibatches (rl.update.valid_first_orders of the same key, ceil(valid / minibatch) per epoch).
+
+Train tokens/s = epochs x N x (C + S) / update seconds (the plain update's work, so that runs with and without
+--skip-padding compare by their seconds). One JSON line. Examples:
   PYTHONPATH=. JAX_PLATFORMS=cpu python benchmarks/bench_ppo_update.py
   PYTHONPATH=. JAX_PLATFORMS=cpu python benchmarks/bench_ppo_update.py --preset tiny --episodes 2 --steps 2 \
       --prompt 16 --response 8 --minibatch 2 --repeats 1
+  PYTHONPATH=. JAX_PLATFORMS=cpu python benchmarks/bench_ppo_update.py --minibatch 4 --early-end 0.5 --skip-padding
 """
 
 from __future__ import annotations
@@ -47,15 +54,16 @@ from rl.buffer import answer_key_weights, ppo_buffer_from_transitions
 from rl.compute import parameter_count
 from rl.ppo import normalize_buffer_advantages, optimizer_steps_per_update, ppo_loss, ppo_optimizer, ppo_update
 from rl.rollout import transition_policy
-from rl.update import init_train_state, minibatch_indices
+from rl.update import init_train_state, minibatch_indices, valid_first_orders
 
 LOSS_RTOL = 1e-3  # first-minibatch losses of memgen and the peer must agree this closely (fp32, same weights)
 
 
-def make_transitions(config, episodes: int, steps: int, prompt: int, response: int,
-                     seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def make_transitions(config, episodes: int, steps: int, prompt: int, response: int, seed: int = 0,
+                     early_end: float = 0.0) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The (B, K, ...) transition arrays of rl.buffer.transition_arrays without the rollout-time log-probs and
-    values (filled in by `rollout_policy_outputs`), and answer_start (B, K)."""
+    values (filled in by `rollout_policy_outputs`), and answer_start (B, K). A share `early_end` of the episodes
+    ends at its first transition (the rest of its row padding)."""
     rng = np.random.default_rng(seed)
     text = config.text
     shape = (episodes, steps)
@@ -70,13 +78,20 @@ def make_transitions(config, episodes: int, steps: int, prompt: int, response: i
     dones = np.zeros(shape, bool)
     dones[:, -1] = True
     answer_start = rng.integers(0, lengths)
+    valid = np.ones(shape, bool)
+    early = rng.permutation(episodes)[:round(early_end * episodes)]
+    rewards[early, 0], dones[early, 0], valid[early, 1:] = 5.0, True, False
+    response_mask = np.where(valid[..., None], response_mask, 0).astype(np.int32)
+    responses = np.where(response_mask == 1, responses, text.pad_token_id).astype(np.int32)
+    rewards = np.where(valid, rewards, 0.0).astype(np.float32)
+    dones &= valid
     return dict(context_ids=context, context_mask=np.ones((*shape, prompt), np.int32), response_ids=responses,
-                response_mask=response_mask, rewards=rewards, dones=dones, valid=np.ones(shape, bool)), answer_start
+                response_mask=response_mask, rewards=rewards, dones=dones, valid=valid), answer_start
 
 
-def build_buffer(config, params, policy_fn, ppo_config, episodes, steps, prompt, response, seed=0):
+def build_buffer(config, params, policy_fn, ppo_config, episodes, steps, prompt, response, seed=0, early_end=0.0):
     """(the flat PPO buffer (N, ...), the token log-probs (N, S) and values (N,) of the initial params)."""
-    transitions, answer_start = make_transitions(config, episodes, steps, prompt, response, seed)
+    transitions, answer_start = make_transitions(config, episodes, steps, prompt, response, seed, early_end)
     n = episodes * steps
     flat = {k: jnp.asarray(transitions[k].reshape(n, -1)) for k in
             ("context_ids", "context_mask", "response_ids", "response_mask")}
@@ -196,10 +211,10 @@ class TorchPPO:
 
 def measure(preset: str = "small", episodes: int = 4, steps: int = 4, prompt: int = 128, response: int = 64,
             minibatch: int = 8, epochs: int | None = None, repeats: int = 2, temperature: float = 1.0,
-            peer: bool = True, seed: int = 0) -> dict:
+            peer: bool = True, seed: int = 0, early_end: float = 0.0, skip_padding: bool = False) -> dict:
     """Time memgen's PPO update (compile apart) and, with `peer`, the transformers + torch one; one dict."""
     config = model.preset(preset)
-    ppo_config = dataclasses.replace(PAPER_PPO, minibatch_size=minibatch,
+    ppo_config = dataclasses.replace(PAPER_PPO, minibatch_size=minibatch, skip_padding=skip_padding,
                                      **({} if epochs is None else {"epochs": epochs}))
     n = episodes * steps
     if n % minibatch:
@@ -207,16 +222,23 @@ def measure(preset: str = "small", episodes: int = 4, steps: int = 4, prompt: in
     params = model.init_params(jax.random.key(seed), config, value_head=True)
     policy_fn = functools.partial(transition_policy, config=config, temperature=temperature)
     buffer, token_logprobs, values = build_buffer(config, params, policy_fn, ppo_config, episodes, steps, prompt,
-                                                  response, seed)
+                                                  response, seed, early_end)
     steps_per_update = optimizer_steps_per_update(n, ppo_config)
     total_steps = steps_per_update * (repeats + 1)
     rngs = [jax.random.key(seed + 100 + r) for r in range(repeats + 1)]
     indices = [np.asarray(minibatch_indices(rng, n, epochs=ppo_config.epochs, minibatch_size=minibatch))
                for rng in rngs]
+    valid_transitions = int(np.asarray(buffer["valid"]).sum())
+    if skip_padding:  # the minibatches memgen's update takes: valid first, ceil(valid / minibatch) per epoch
+        taken = -(-valid_transitions // minibatch)
+        indices = [np.asarray(valid_first_orders(rng, buffer["valid"], epochs=ppo_config.epochs)).reshape(
+            ppo_config.epochs, -1, minibatch)[:, :taken] for rng in rngs]
+        steps_per_update = ppo_config.epochs * taken
     train_tokens = ppo_config.epochs * n * (prompt + response)
     result = dict(benchmark="ppo_update", preset=preset, episodes=episodes, steps=steps, transitions=n,
                   prompt_tokens=prompt, response_tokens=response, images=0, minibatch_size=minibatch,
                   epochs=ppo_config.epochs, optimizer_steps=steps_per_update, train_tokens=train_tokens,
+                  valid_transitions=valid_transitions, skip_padding=skip_padding,
                   response_tokens_in_buffer=int(np.asarray(buffer["response_mask"]).sum()),
                   num_params=parameter_count(params), device=jax.devices()[0].device_kind, repeats=repeats,
                   memgen_first_loss=round(memgen_first_loss(buffer, token_logprobs, values, indices[0], ppo_config),
@@ -283,9 +305,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="default: the paper's 4")
     parser.add_argument("--repeats", type=int, default=2, help="timed updates after the first one")
     parser.add_argument("--no-peer", action="store_true", help="skip transformers + torch")
+    parser.add_argument("--early-end", type=float, default=0.0,
+                        help="share of the episodes that end after their first transition (the rest padding)")
+    parser.add_argument("--skip-padding", action="store_true",
+                        help="PPOConfig.skip_padding (the peer gets the same minibatches)")
     args = parser.parse_args()
     print(json.dumps(measure(args.preset, args.episodes, args.steps, args.prompt, args.response, args.minibatch,
-                             args.epochs, args.repeats, peer=not args.no_peer)))
+                             args.epochs, args.repeats, peer=not args.no_peer, early_end=args.early_end,
+                             skip_padding=args.skip_padding)))
 
 
 if __name__ == "__main__":

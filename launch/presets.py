@@ -124,7 +124,8 @@ def rl_config(task: str, size: str) -> RLConfig:
     init = _init_run(task, size)
     if size == "reference":
         return RLConfig(init=init, updates=20, episodes_per_update=400, episodes=episodes, eval_every=2,
-                        eval_episodes=234, ppo=dataclasses.replace(PAPER_PPO, minibatch_size=80, microbatches=10),
+                        eval_episodes=234, ppo=dataclasses.replace(PAPER_PPO, minibatch_size=80, microbatches=10,
+                                                                  skip_padding=True),
                         compute_dtype="bfloat16", remat="full")
     if size == "tiny":
         return RLConfig(init=init, updates=12, episodes_per_update=8, episodes=episodes, eval_every=4,

@@ -176,8 +176,9 @@ _VIRL_EPISODES = EpisodeConfig(task="virl", max_verify_steps=2, max_new_tokens=5
 _VIRL_EVAL = dataclasses.replace(_VIRL_EPISODES, max_new_tokens=256, temperature=0.0)
 # bf16 compute (float32 master weights) and remat full, as the SFT presets; minibatches of 64 accumulated over 8
 # microbatches (the same gradient; one transition per GPU of an 8-GPU fsdp mesh): a whole minibatch of ~2.8k-token
-# transitions with an image does not fit an H100 (docs/plan.md, "RL plans").
-_VIRL_PPO = dataclasses.replace(PAPER_PPO, microbatches=8)
+# transitions with an image does not fit an H100 (docs/plan.md, "RL plans"). Minibatches of real transitions only
+# (skip_padding), as the reference's buffer.
+_VIRL_PPO = dataclasses.replace(PAPER_PPO, microbatches=8, skip_padding=True)
 register_preset("rl-virl-l", RLConfig(init="", updates=15, episodes_per_update=128, episodes=_VIRL_EPISODES,
                                       ppo=_VIRL_PPO, eval_episodes=48, compute_dtype="bfloat16", remat="full"))
 register_preset("rl-virl-vl", RLConfig(init="", updates=15, episodes_per_update=128,

@@ -45,9 +45,9 @@ from launch.rl_config import RLConfig
 from rl.buffer import grpo_buffer, ppo_buffer, rollout_statistics, train_token_count
 from rl.compute import ComputeCounter, add, parameter_count, total_gflops
 from rl.grpo import grpo_update
-from rl.ppo import learning_rate, ppo_optimizer, ppo_update, with_schedule
+from rl.ppo import advance_schedule, learning_rate, ppo_optimizer, ppo_update, with_schedule
 from rl.rollout import reference_token_logprobs, transition_policy
-from rl.update import init_train_state
+from rl.update import buffer_size, init_train_state
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL_DIR = "final"
@@ -187,6 +187,9 @@ def _compiled(policy, config: RLConfig, mesh):
             make_buffer = functools.partial(grpo_buffer, config=config.grpo, reference_fn=reference_fn)
         if episodes.task != "virl":
             make_buffer = jax.jit(make_buffer)
+        if (config.ppo if config.algorithm == "ppo" else config.grpo).skip_padding:
+            update, warmup_update = (None if fn is None else _keeping_schedule(fn, *_epochs_and_minibatch(config))
+                                     for fn in (update, warmup_update))
         abstract_state = jax.eval_shape(lambda params: init_train_state(params, optimizer), policy.params)
         state_shardings = train_state_shardings(abstract_state, policy.config, mesh, optimizer)
         jitted_update, jitted_warmup = (
@@ -205,6 +208,18 @@ def _compiled(policy, config: RLConfig, mesh):
         _COMPILED[key] = (runner, jitted_update, jitted_warmup, _under_mesh(make_buffer, mesh), state_shardings,
                           initialise)
     return _COMPILED[key]
+
+
+def _keeping_schedule(update, epochs: int, minibatch: int):
+    """`update` (an update that skips the padding: fewer optimizer steps when transitions are padding) followed by
+    `rl.ppo.advance_schedule` by the steps it skipped, so the cosine stands where the plain update would leave it
+    and `total_steps` (epochs x N // minibatch per update) stays the run's horizon."""
+    @functools.wraps(update)
+    def run(state, buffer, rng):
+        new_state, metrics = update(state, buffer, rng)
+        skipped = epochs * (buffer_size(buffer) // minibatch) - (new_state.step - state.step)
+        return new_state._replace(opt_state=advance_schedule(new_state.opt_state, skipped)), metrics
+    return run
 
 
 def _under_mesh(fn, mesh):
@@ -325,8 +340,9 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
             if index == config.critic_warmup > 0:  # PPO begins (also when a run resumes right here)
                 state = fresh_state(state.params, warmup=False)
             lr = float(learning_rate(state.opt_state))
+            steps_before = int(state.step)
             state, metrics = (warmup_update if warming else update)(state, buffer, update_key)
-            metrics = jax.device_get(metrics)
+            metrics = dict(jax.device_get(metrics), optimizer_steps=int(state.step) - steps_before)
             if "kl_k1" in buffer:  # the k1 KL of the rollout to the reference (its reward shaping)
                 valid = buffer["valid"]  # device arrays (spread over the processes in a multi-host run)
                 stats["kl_k1"] = float(jnp.sum(jnp.where(valid, buffer["kl_k1"], 0.0)) / jnp.maximum(valid.sum(), 1))

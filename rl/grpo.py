@@ -39,7 +39,9 @@ class GRPOConfig:
     1 + clip_eps_high] (clip_eps_high None = clip_eps; DAPO raises it). kl_coef: weight of the per-token k3 KL
     to a reference policy (needs reference log-probs; 0 = off, as verl/TRL). epochs / minibatch_size: passes and
     responses per gradient step of `grpo_update`; microbatches: each minibatch's gradient accumulated over that
-    many microbatches (the same gradient, `rl.update.minibatch_update`).
+    many microbatches (the same gradient, `rl.update.minibatch_update`). skip_padding: minibatches drawn from the
+    buffer's valid transitions only, as `PPOConfig.skip_padding` (needs the buffer's "valid"; "token_sum_norm"
+    then divides by rows that are almost all real responses).
     """
 
     group_size: int = 8
@@ -53,6 +55,7 @@ class GRPOConfig:
     epochs: int = 1
     minibatch_size: int = 64
     microbatches: int = 1
+    skip_padding: bool = False
 
     def __post_init__(self):
         if self.aggregation not in (None, "token_mean", "sequence_mean", "token_sum_norm"):
@@ -174,12 +177,14 @@ def grpo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array,
     """One GRPO update: config.epochs passes of shuffled minibatches of config.minibatch_size responses.
 
     buffer: dict with leading axis N: "old_token_logprobs" (N, S), "advantages" (N,) (group_advantages,
-    flattened), "response_mask" (N, S), optionally "ref_token_logprobs" (N, S), plus what `logprob_fn` reads.
+    flattened), "response_mask" (N, S), optionally "ref_token_logprobs" (N, S) and "valid" (N,) (needed with
+    config.skip_padding), plus what `logprob_fn` reads.
     logprob_fn(params, minibatch) -> token_logprobs (n, S). Jit with logprob_fn, optimizer and config static.
     """
-    missing = [key for key in REQUIRED_BUFFER_KEYS if key not in buffer]
+    required = REQUIRED_BUFFER_KEYS + (("valid",) if config.skip_padding else ())
+    missing = [key for key in required if key not in buffer]
     if missing:
-        raise ValueError(f"the GRPO buffer lacks {missing}; build it with these keys: {list(REQUIRED_BUFFER_KEYS)}.")
+        raise ValueError(f"the GRPO buffer lacks {missing}; build it with these keys: {list(required)}.")
 
     def loss_fn(params, minibatch, totals):
         return grpo_loss(logprob_fn(params, minibatch), minibatch["old_token_logprobs"], minibatch["advantages"],
@@ -188,4 +193,4 @@ def grpo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array,
 
     return minibatch_update(train_state, buffer, rng, loss_fn=loss_fn, optimizer=optimizer, epochs=config.epochs,
                             minibatch_size=config.minibatch_size, microbatches=config.microbatches,
-                            totals_fn=grpo_totals)
+                            totals_fn=grpo_totals, valid=buffer["valid"] if config.skip_padding else None)

@@ -55,7 +55,11 @@ class PPOConfig:
     the policy from what the policy gradient does. value_lr_scale: the value head's updates are multiplied by it
     (its learning rate is value_lr_scale x the policy's, along the same cosine); a head initialised from random
     learns nothing in a short run at a policy's learning rate (docs/miniature.md), separate critics usually get a
-    larger rate.
+    larger rate. skip_padding: each epoch's minibatches are drawn from the valid transitions only (an episode
+    that ends early leaves padded ones, which a plain minibatch computes and masks out), as the reference's
+    buffer of real transitions: ceil(n_valid / minibatch_size) gradient steps per epoch instead of
+    N / minibatch_size (`rl.update.minibatch_update`'s `valid`); the run loop keeps the cosine where the plain
+    update would leave it (`advance_schedule`). Default False, the plain minibatches.
     """
 
     clip_eps: float = 0.1
@@ -78,6 +82,7 @@ class PPOConfig:
     gae: GAEConfig = GAEConfig()
     value_loss_trains_trunk: bool = True
     value_lr_scale: float = 1.0
+    skip_padding: bool = False
 
     def __post_init__(self):
         if self.advantage_normalization not in ("buffer", "minibatch", "none"):
@@ -321,6 +326,19 @@ def with_schedule(opt_state: Any, *, learning_rate: float | jax.Array | None = N
     return tuple(states)
 
 
+def advance_schedule(opt_state: Any, steps: int | jax.Array) -> Any:
+    """A copy of a `ppo_optimizer` state whose cosine has moved on by `steps` optimizer steps that were not taken
+    (an update that skipped the padding, `PPOConfig.skip_padding`): the schedule then stands where the plain
+    update would have left it, so the run's learning rates do not depend on how many transitions were padding.
+    Adam's moments and step count (its bias correction) are the steps really taken, and stay."""
+    states = list(opt_state)
+    cosine = states[_COSINE_INDEX]
+    count = cosine.inner_state.count
+    states[_COSINE_INDEX] = cosine._replace(inner_state=cosine.inner_state._replace(
+        count=(count + jnp.asarray(steps, count.dtype)).astype(count.dtype)))
+    return tuple(states)
+
+
 def with_peak_learning_rate(opt_state: Any, learning_rate: float | jax.Array) -> Any:
     """A copy of a `ppo_optimizer` state whose peak learning rate is `learning_rate` (the cosine factor and the
     Adam moments are kept)."""
@@ -372,4 +390,4 @@ def ppo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array, 
 
     return minibatch_update(train_state, buffer, rng, loss_fn=loss_fn, optimizer=optimizer, epochs=config.epochs,
                             minibatch_size=config.minibatch_size, microbatches=config.microbatches,
-                            totals_fn=ppo_totals)
+                            totals_fn=ppo_totals, valid=buffer["valid"] if config.skip_padding else None)

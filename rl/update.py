@@ -6,6 +6,14 @@ sampled responses); a minibatch is the same pytree with leading axis `minibatch_
 permutation of N from its own key and cuts it into N // minibatch_size minibatches (N must be a multiple of
 `minibatch_size`, so no transition is silently dropped and shapes stay static).
 
+Padding skipped: a rollout buffer holds B episodes x K steps, and an episode that ends early leaves padded
+transitions (`valid` False) that every loss masks out but a plain minibatch still computes. Given `valid`, each
+epoch's permutation puts the valid items first (each part in the permutation's order) and the epoch runs only
+ceil(n_valid / minibatch_size) minibatches (a `fori_loop` with a traced trip count: one compilation for any
+n_valid); only the last minibatch holds padding. With every item valid this is the plain loop, step for step.
+The number of optimizer steps then varies per update; a step-counted learning-rate schedule can be advanced by
+the skipped steps (`rl.ppo.advance_schedule`) so that it stays where the plain loop would leave it.
+
 Gradient accumulation: with `microbatches` m > 1 each minibatch's gradient is the sum of m microbatches' (rows
 k, k + m, ... of the minibatch: `model.sharding.split_microbatches`), taken one after another, so a step holds one
 microbatch's activations. The losses are means over the minibatch (over its valid transitions, its tokens, its
@@ -64,6 +72,15 @@ def minibatch_indices(rng: jax.Array, num_items: int, *, epochs: int, minibatch_
     return permutations.reshape(epochs, num_items // minibatch_size, minibatch_size).astype(jnp.int32)
 
 
+def valid_first_orders(rng: jax.Array, valid: jax.Array, *, epochs: int) -> jax.Array:
+    """(epochs, N) int32: per epoch the permutation `minibatch_indices` draws from the same key, reordered so the
+    items with `valid` (N,) True come first (stable: each part keeps the permutation's order)."""
+    num_items = valid.shape[0]
+    permutations = minibatch_indices(rng, num_items, epochs=epochs, minibatch_size=num_items).reshape(epochs, -1)
+    invalid = ~jnp.asarray(valid, bool)
+    return jax.vmap(lambda order: order[jnp.argsort(invalid[order], stable=True)])(permutations)
+
+
 def check_microbatches(owner: str, minibatch_size: int, microbatches: int) -> None:
     """A config's microbatch count: at least 1 and a divisor of its minibatch size (one clear sentence if not)."""
     if microbatches < 1 or minibatch_size % microbatches:
@@ -76,21 +93,24 @@ LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 def minibatch_update(state: TrainState, buffer: Any, rng: jax.Array, *, loss_fn: LossFn,
                      optimizer: optax.GradientTransformation, epochs: int, minibatch_size: int,
-                     microbatches: int = 1,
-                     totals_fn: Callable[[Any], Any] | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+                     microbatches: int = 1, totals_fn: Callable[[Any], Any] | None = None,
+                     valid: jax.Array | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
     """Run `epochs` passes of shuffled minibatch gradient steps of `loss_fn(params, minibatch) -> (loss, metrics)`,
     or, with `totals_fn`, of `loss_fn(params, batch, totals_fn(minibatch))`, where `batch` is the minibatch or,
     with `microbatches` > 1, each of its microbatches in turn, gradients and metrics summed (module docstring: the
-    loss and its metrics must then be shares of the minibatch's means, so that they add up).
+    loss and its metrics must then be shares of the minibatch's means, so that they add up). `valid` (N,) bool:
+    skip the padding, drawing each epoch's minibatches from the valid items only (module docstring); the loss must
+    mask invalid items out, as the last minibatch may hold some.
 
-    Returns the new state and the metrics averaged over all epochs x minibatches, plus `loss` and `grad_norm`
-    (the global norm before the optimizer's clipping).
+    Returns the new state and the metrics averaged over all the steps taken (epochs x minibatches), plus `loss`
+    and `grad_norm` (the global norm before the optimizer's clipping).
     """
     check_microbatches("minibatch_update", minibatch_size, microbatches)
     if microbatches > 1 and totals_fn is None:
         raise ValueError("microbatches > 1 needs totals_fn: each microbatch's loss must be its share of the "
                          "minibatch's mean for the accumulated gradient to be the minibatch's.")
-    indices = minibatch_indices(rng, buffer_size(buffer), epochs=epochs, minibatch_size=minibatch_size)
+    num_items = buffer_size(buffer)
+    indices = minibatch_indices(rng, num_items, epochs=epochs, minibatch_size=minibatch_size)
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
     def loss_and_grads(params: Any, minibatch: Any):
@@ -116,6 +136,25 @@ def minibatch_update(state: TrainState, buffer: Any, rng: jax.Array, *, loss_fn:
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         return TrainState(params, opt_state, state.step + 1), metrics
+
+    if valid is not None:
+        if jnp.shape(valid) != (num_items,):
+            raise ValueError(f"valid must have the buffer's shape ({num_items},), got {jnp.shape(valid)}.")
+        orders = valid_first_orders(rng, valid, epochs=epochs)
+        per_epoch = (jnp.sum(jnp.asarray(valid, jnp.int32)) + minibatch_size - 1) // minibatch_size
+        steps = epochs * per_epoch
+
+        def valid_step(i, carry):
+            state, sums = carry
+            order = orders[i // per_epoch]
+            state, metrics = gradient_step(state, jax.lax.dynamic_slice(order, ((i % per_epoch) * minibatch_size,),
+                                                                        (minibatch_size,)))
+            return state, jax.tree.map(jnp.add, sums, metrics)
+
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                             jax.eval_shape(lambda s, i: gradient_step(s, i)[1], state, indices[0, 0]))
+        state, sums = jax.lax.fori_loop(0, steps, valid_step, (state, zeros))
+        return state, jax.tree.map(lambda total: total / jnp.maximum(steps, 1).astype(total.dtype), sums)
 
     def epoch(state: TrainState, epoch_indices: jax.Array):
         return jax.lax.scan(gradient_step, state, epoch_indices)

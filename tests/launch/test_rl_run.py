@@ -152,6 +152,39 @@ def test_runs_of_one_process_follow_their_own_learning_rate_schedules(tmp_path, 
         np.testing.assert_allclose([r["lr"] for r in records], expected, rtol=1e-5)
 
 
+def test_skip_padding_keeps_the_schedule_and_computes_fewer_steps(tmp_path, templates, monkeypatch):
+    """`ppo.skip_padding`: with a scripted policy that solves some hands at the first try (their episodes end
+    there, leaving a padded transition), the update takes fewer optimizer steps than the plain one, over the same
+    valid transitions (the same train tokens), and the next update starts at the plain run's learning rate: the
+    cosine is advanced by the skipped steps. The state's step counts what was taken."""
+    from launch import rl_run
+    from launch.rl_common import RolloutRunner
+    from tasks.general_points import expert_response, step as gp_step
+
+    def scripted(state, text):  # right on hands whose ranks sum to an even number, else the model's text
+        solve = sum(card.rank for card in state.hand) % 2 == 0
+        return gp_step(state, expert_response(state.hand, state.config) if solve else text)
+
+    monkeypatch.setattr(rl_run, "_COMPILED", {})
+    monkeypatch.setattr(rl_run, "shared_runner", lambda policy, episodes, steps, batch, mesh=None: RolloutRunner(
+        policy, episodes, steps, batch, mesh=mesh, step_fn=scripted))
+    records = {}
+    for name, extra in (("plain", []), ("skip", ["ppo.skip_padding=true"])):
+        config = resolve("rl-tiny", templates + ["updates=2", "eval_every=0", "episodes.reward=task",
+                                                 "ppo.minibatch_size=2", "ppo.epochs=1", *extra])
+        run_rl(config, tmp_path / name, show_progress=False)
+        records[name] = [r for r in read_metrics(tmp_path / name) if r["kind"] == "train"]
+    plain, skip = records["plain"], records["skip"]
+    assert all(0 < r["episode_length"] < 2 for r in plain)  # some episodes ended after one transition
+    assert [r["optimizer_steps"] for r in plain] == [8, 8]  # 8 episodes x 2 transitions / minibatches of 2
+    # ceil(valid / 2): the valid transitions are 8 x episode_length
+    assert [r["optimizer_steps"] for r in skip] == [-(-round(8 * r["episode_length"]) // 2) for r in skip]
+    assert all(r["optimizer_steps"] < 8 for r in skip)
+    assert skip[0]["tokens"] == plain[0]["tokens"]  # the same rollout (the policies differ after it)
+    assert [r["lr"] for r in skip] == pytest.approx([r["lr"] for r in plain], rel=1e-6)
+    assert skip[-1]["loss"] != plain[-1]["loss"]
+
+
 def test_runs_of_one_process_evaluate_at_their_own_eval_temperature(tmp_path, templates, monkeypatch):
     """The evaluation runners a run reuses from an earlier run in the process sample at its eval_temperature (they
     were shared by the training settings alone, so a sampled evaluation after a greedy one was greedy)."""

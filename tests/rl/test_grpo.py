@@ -1,8 +1,10 @@
 """GRPO: group advantages and the token-level clipped loss against numpy, and grpo_update on the toy policy."""
 
+import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -111,6 +113,18 @@ def test_grpo_update_takes_the_steps_and_reduces_the_loss():
     assert np.isfinite(metrics["policy_loss"]) and np.isfinite(metrics["grad_norm"])
     assert float(loss_at(state.params)) < float(loss_at(params)) - 1e-3
     np.testing.assert_allclose(state.params["value"], params["value"])  # not in the GRPO loss: untouched
+
+    # skip_padding: the 3 valid responses of 8 fill one minibatch of 4 per epoch; without "valid" it says so
+    skipping = dataclasses.replace(cfg, skip_padding=True)
+    with pytest.raises(ValueError, match=r"lacks \['valid'\]"):
+        grpo_update(init_train_state(params, optimizer), buffer, jax.random.key(0), logprob_fn=logprob_fn,
+                    optimizer=optimizer, config=skipping)
+    valid = jnp.asarray([True, False, False, True, False, True, False, False])
+    padded = dict(buffer, valid=valid, response_mask=buffer["response_mask"] & valid[:, None])
+    state, metrics = jax.jit(functools.partial(grpo_update, logprob_fn=logprob_fn, optimizer=optimizer,
+                                               config=skipping))(init_train_state(params, optimizer), padded,
+                                                                 jax.random.key(0))
+    assert int(state.step) == 2 and np.isfinite(metrics["policy_loss"])
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean", "token_sum_norm"])

@@ -1,6 +1,7 @@
 """PPO losses against numpy references, hand-computed clipping cases, the optimizer against a numpy Adam, and
 ppo_update on a toy linear softmax policy against a Python loop of the same epochs and minibatches."""
 
+import dataclasses
 import functools
 
 import jax
@@ -263,9 +264,14 @@ def python_loop_ppo(params, buffer, rng, optimizer, cfg):
         updates, opt_state = optimizer.update(jax.grad(loss_fn)(params, mb), opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
+    valid = np.asarray(buffer["valid"])
     for key in jax.random.split(rng, cfg.epochs):
         order = np.asarray(jax.random.permutation(key, N))
-        for start in range(0, N, cfg.minibatch_size):
+        items = N
+        if cfg.skip_padding:  # the valid transitions first, in the permutation's order; whole minibatches of them
+            order = np.concatenate([order[valid[order]], order[~valid[order]]])
+            items = -(-int(valid.sum()) // cfg.minibatch_size) * cfg.minibatch_size
+        for start in range(0, items, cfg.minibatch_size):
             idx = order[start:start + cfg.minibatch_size]
             params, opt_state = step(params, opt_state, {k: x[idx] for k, x in buffer.items()})
     return params
@@ -302,6 +308,43 @@ def test_ppo_update_matches_python_loop_and_reduces_the_loss():
     sharded_state, _ = update(init_train_state(params, optimizer), sharded, rng)
     for name in params:
         np.testing.assert_allclose(sharded_state.params[name], state.params[name], rtol=1e-5, atol=1e-7)
+
+
+def test_skip_padding_trains_on_the_valid_transitions_only():
+    """PPOConfig.skip_padding with 3 of 8 transitions padding and minibatches of 2: ceil(5 / 2) = 3 gradient steps
+    per epoch (not 4), the same params as the Python loop over valid-first minibatches; `advance_schedule` then
+    puts the cosine where the plain update's 8 steps leave it, Adam's count stays at the 6 steps taken."""
+    from rl.ppo import advance_schedule, learning_rate, ppo_optimizer
+
+    params, buffer = toy_buffer_and_params()
+    buffer = dict(buffer, valid=buffer["valid"].at[jnp.asarray([5, 6])].set(False))
+    cfg = PPOConfig(epochs=2, minibatch_size=2, max_grad_norm=1.0, skip_padding=True)
+    optimizer = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(0.05, eps=cfg.adam_eps))
+    rng = jax.random.key(6)
+    state, metrics = jax.jit(functools.partial(ppo_update, policy_fn=toy_policy, optimizer=optimizer, config=cfg))(
+        init_train_state(params, optimizer), buffer, rng)
+    assert int(state.step) == 6 and all(np.isfinite(float(value)) for value in metrics.values())
+    expected = python_loop_ppo(params, buffer, rng, optimizer, cfg)
+    for name in params:
+        np.testing.assert_allclose(state.params[name], expected[name], rtol=1e-4, atol=1e-6)
+    # the buffer sharded over 2 devices along N (the trip count is a sum over shards): the same update
+    mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:2])
+    sharded = jax.device_put(buffer, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    sharded_state, _ = jax.jit(functools.partial(ppo_update, policy_fn=toy_policy, optimizer=optimizer, config=cfg))(
+        init_train_state(params, optimizer), sharded, rng)
+    assert int(sharded_state.step) == 6
+    for name in params:
+        np.testing.assert_allclose(sharded_state.params[name], state.params[name], rtol=1e-5, atol=1e-7)
+
+    schedule = ppo_optimizer(PPOConfig(learning_rate=1e-3, final_learning_rate=1e-5), total_steps=20)
+    update = lambda config: jax.jit(functools.partial(  # noqa: E731
+        ppo_update, policy_fn=toy_policy, optimizer=schedule, config=config))(
+        init_train_state(params, schedule), buffer, rng)[0]
+    plain, skipping = update(dataclasses.replace(cfg, skip_padding=False)), update(cfg)
+    advanced = advance_schedule(skipping.opt_state, 8 - 6)
+    assert float(learning_rate(advanced)) == pytest.approx(float(learning_rate(plain.opt_state)), rel=1e-6)
+    assert float(learning_rate(skipping.opt_state)) > float(learning_rate(plain.opt_state))
+    assert int(advanced[1].inner_state[0].count) == 6  # Adam's bias correction counts the steps taken
 
 
 def test_a_critic_only_update_is_the_update_without_a_policy_gradient():

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from rl.update import init_train_state, minibatch_indices, minibatch_update
 
@@ -39,3 +40,65 @@ def test_frozen_params_stay_put_and_hold_no_optimizer_state():
     assert not np.allclose(new_state.params["trainable"], params["trainable"])
     assert int(new_state.step) == 4
     assert set(metrics) == {"mse", "loss", "grad_norm"}
+
+
+def _regression(seed: int, items: int, valid_items: int):
+    """Params, a buffer of `items` rows of which `valid_items` (at random places) are valid, and a masked MSE loss
+    that returns its valid count as a metric."""
+    rng = np.random.default_rng(seed)
+    valid = np.zeros(items, bool)
+    valid[rng.permutation(items)[:valid_items]] = True
+    buffer = {"x": jnp.asarray(rng.normal(size=(items, 3)), jnp.float32),
+              "y": jnp.asarray(rng.normal(size=items), jnp.float32), "valid": jnp.asarray(valid)}
+
+    def loss_fn(w, mb):
+        errors = jnp.where(mb["valid"], (mb["x"] @ w - mb["y"]) ** 2, 0.0)
+        count = jnp.sum(mb["valid"].astype(jnp.float32))
+        loss = jnp.sum(errors) / jnp.maximum(count, 1.0)
+        return loss, {"valid_rows": count}
+
+    return jnp.asarray(rng.normal(size=3), jnp.float32), buffer, loss_fn
+
+
+def test_skipping_padding_with_every_item_valid_is_the_plain_loop():
+    params, buffer, loss_fn = _regression(0, 12, 12)
+    optimizer = optax.adam(0.05)
+    run = jax.jit(lambda s, b, r, skip: minibatch_update(s, b, r, loss_fn=loss_fn, optimizer=optimizer, epochs=3,
+                                                         minibatch_size=4, valid=b["valid"] if skip else None),
+                  static_argnums=3)
+    state = init_train_state(params, optimizer)
+    plain, plain_metrics = run(state, buffer, jax.random.key(3), False)
+    skipping, skipping_metrics = run(state, buffer, jax.random.key(3), True)
+    assert int(plain.step) == int(skipping.step) == 9
+    np.testing.assert_allclose(skipping.params, plain.params, rtol=1e-6)
+    for name in plain_metrics:
+        np.testing.assert_allclose(skipping_metrics[name], plain_metrics[name], rtol=1e-5)
+
+
+def test_skipping_padding_draws_minibatches_from_the_valid_items_only():
+    """10 valid items of 24, minibatches of 4: ceil(10 / 4) = 3 steps per epoch (not 6), each epoch's valid items
+    in the order of its permutation (the plain loop's), the last minibatch 2 valid + 2 padding; the same params as
+    a Python loop of SGD steps over those minibatches, and the metrics are means over the 6 steps taken."""
+    params, buffer, loss_fn = _regression(1, 24, 10)
+    optimizer = optax.sgd(0.1)
+    rng = jax.random.key(5)
+    state, metrics = jax.jit(lambda s, b: minibatch_update(s, b, rng, loss_fn=loss_fn, optimizer=optimizer,
+                                                           epochs=2, minibatch_size=4, valid=b["valid"]))(
+        init_train_state(params, optimizer), buffer)
+    assert int(state.step) == 6
+    valid = np.asarray(buffer["valid"])
+    expected, counts = params, []
+    for permutation in np.asarray(minibatch_indices(rng, 24, epochs=2, minibatch_size=24)).reshape(2, 24):
+        order = np.concatenate([permutation[valid[permutation]], permutation[~valid[permutation]]])
+        for start in range(0, 12, 4):
+            minibatch = jax.tree.map(lambda leaf: leaf[order[start:start + 4]], buffer)
+            (_, step_metrics), grad = jax.value_and_grad(loss_fn, has_aux=True)(expected, minibatch)
+            expected, counts = expected - 0.1 * grad, counts + [float(step_metrics["valid_rows"])]
+    assert counts == [4, 4, 2] * 2
+    np.testing.assert_allclose(state.params, expected, rtol=1e-5)
+    assert float(metrics["valid_rows"]) == pytest.approx(np.mean(counts))
+    # no valid item: no step, the params as they were
+    none = dict(buffer, valid=jnp.zeros(24, bool))
+    state, _ = minibatch_update(init_train_state(params, optimizer), none, rng, loss_fn=loss_fn, optimizer=optimizer,
+                                epochs=2, minibatch_size=4, valid=none["valid"])
+    assert int(state.step) == 0 and np.array_equal(state.params, params)

@@ -113,6 +113,15 @@ def rl_run_name(index: int, seed: int) -> str:
     return "rl" if index == 0 else f"rl-seed{seed}"
 
 
+def _policy_as_rl_evaluates(directory: Path, rl_config: Any, seed: int):
+    """The policy of a run directory in the params and compute dtypes `memgen rl` evaluates with under
+    `rl_config` (its param_dtype, compute_dtype), so that predictors and targets are measured alike."""
+    from launch.rl_common import load_policy
+
+    policy = load_policy(str(directory), seed=seed, param_dtype=rl_config.param_dtype)
+    return dataclasses.replace(policy, config=policy.config.replace(dtype=rl_config.compute_dtype))
+
+
 def measure_checkpoint(sft_dir: Path, run_dir: Path, rl_config: Any, settings: PredictRunSettings, budget: int,
                        evaluator: _Evaluator, log: Callable[[str], None] = print) -> dict:
     """The checkpoint dict of one SFT run (launch.predict's format), measuring and running RL as needed: the
@@ -120,7 +129,6 @@ def measure_checkpoint(sft_dir: Path, run_dir: Path, rl_config: Any, settings: P
     records, so a re-run (or one with more ``rl_runs``) measures only what is missing."""
     from launch.metrics import MetricsWriter
     from launch.metrics_schema import eval_record
-    from launch.rl_common import load_policy
     from launch.rl_run import run_rl
     from launch.sft_run import TASK_NAMES, heldout_loss_of_run
     from launch.config import SFTConfig
@@ -151,7 +159,7 @@ def measure_checkpoint(sft_dir: Path, run_dir: Path, rl_config: Any, settings: P
         if cache["sft"] is None:
             log(f"memgen predict: measuring {run_dir.name} before RL")
             heldout = heldout_loss_of_run(sft_dir)
-            policy = load_policy(str(sft_dir), seed=rl_config.seed)
+            policy = _policy_as_rl_evaluates(sft_dir, rl_config, rl_config.seed)
             greedy = evaluator(policy, _sampling(rl_config, 0.0), 1)
             sampled = evaluator(policy, _sampling(rl_config, settings.temperature), settings.samples)
             del policy
@@ -165,7 +173,7 @@ def measure_checkpoint(sft_dir: Path, run_dir: Path, rl_config: Any, settings: P
                 + (f" (run {index + 1} of {settings.rl_runs}, seed {seed})" if settings.rl_runs > 1 else ""))
             rl_dir = run_dir / rl_run_name(index, seed)
             run_rl(dataclasses.replace(rl_config, init=str(sft_dir), seed=seed), rl_dir)
-            post = evaluator(load_policy(str(rl_dir), seed=seed), _sampling(rl_config, 0.0), 1)
+            post = evaluator(_policy_as_rl_evaluates(rl_dir, rl_config, seed), _sampling(rl_config, 0.0), 1)
             cache["rl"][str(seed)] = eval_record(step=1, gflops=0.0, task=task, arm="rl", seed=settings.seed, **post)
             save()
     records = [cache["sft"]] + [dict(cache["rl"][str(seed)], step=index + 1) for index, seed in enumerate(seeds)]

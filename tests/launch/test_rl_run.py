@@ -278,6 +278,22 @@ def test_eval_bf16_params_give_the_bf16_compute_records(tmp_path, templates, mon
     assert resolve("eval-gp-vl", ["init=tiny"]).param_dtype == "bfloat16"
 
 
+def test_predict_measures_policies_as_the_rl_run_evaluates():
+    """`memgen predict` measures the SFT checkpoint and each RL run's policy in the RL config's param and compute
+    dtypes, as `memgen rl`'s own evaluations (a reference RL preset: bf16), so predictors and targets agree."""
+    from pathlib import Path
+
+    from launch.predict_run import _policy_as_rl_evaluates
+
+    rl_config = resolve("rl-tiny", ["compute_dtype=bfloat16", "param_dtype=bfloat16"])
+    policy = _policy_as_rl_evaluates(Path("tiny"), rl_config, 0)  # a preset name stands for a directory here
+    assert policy.config.dtype == "bfloat16"
+    assert {leaf.dtype for leaf in jax.tree.leaves(policy.params)} == {jax.numpy.dtype("bfloat16")}
+    plain = _policy_as_rl_evaluates(Path("tiny"), resolve("rl-tiny", []), 0)
+    assert plain.config.dtype == "float32" and {leaf.dtype for leaf in jax.tree.leaves(plain.params)} == {
+        jax.numpy.dtype("float32")}
+
+
 def test_eval_resumes_the_cells_it_has_not_written(tmp_path, templates, monkeypatch):
     """A re-run keeps the complete records, drops a torn last line, evaluates only the missing cells and ends
     with the file an uninterrupted evaluation writes; a directory holding another config is refused."""

@@ -5,6 +5,8 @@ rollouts, each on fresh hands) and where a rollout's wall time goes: episode cre
 the verifier callback (host: decode, verify, encode the feedback turn), and the rest (device: prefill, sampling,
 feedback appends). The share outside generation is (host prep + callback) / wall time; the goal is < 10%.
 
+`--cache-stages S`: the rollout's cache grows in S stages (EpisodeConfig.cache_stages; 1 = one cache for all steps).
+
 Example: `PYTHONPATH=. python benchmarks/bench_rollout.py --preset small --episodes 16 --max-new-tokens 64`.
 """
 
@@ -22,12 +24,12 @@ from launch.rl_config import EpisodeConfig
 
 
 def measure(preset: str = "small", episodes: int = 16, verify_steps: int = 5, max_new_tokens: int = 64,
-            feedback_len: int = 128, temperature: float = 1.0, repeats: int = 3) -> dict:
+            feedback_len: int = 128, temperature: float = 1.0, repeats: int = 3, cache_stages: int = 1) -> dict:
     """Episodes per second after compilation (median of `repeats` rollouts on fresh hands) and the share of a
     rollout's wall time outside generation; one dict (the JSON line `main` prints)."""
     policy = load_policy(preset, seed=0)
     episode_config = EpisodeConfig(max_verify_steps=verify_steps, max_new_tokens=max_new_tokens,
-                                   feedback_len=feedback_len, temperature=temperature)
+                                   feedback_len=feedback_len, temperature=temperature, cache_stages=cache_stages)
     gp_config = task_config(episode_config)
     runner = RolloutRunner(policy, episode_config, verify_steps, episodes)
 
@@ -51,7 +53,7 @@ def measure(preset: str = "small", episodes: int = 16, verify_steps: int = 5, ma
     outside = statistics.median((r["prep"] + r["callback"]) / r["wall"] for r in runs)
     return dict(
         benchmark="rollout", preset=preset, device=jax.devices()[0].device_kind, episodes=episodes,
-        verify_steps=verify_steps, max_new_tokens=max_new_tokens, feedback_len=feedback_len,
+        verify_steps=verify_steps, max_new_tokens=max_new_tokens, feedback_len=feedback_len, cache_stages=cache_stages,
         prompt_tokens=runs[0]["prompt_len"], mean_steps=runs[0]["steps"], first_call_seconds=round(compile_seconds, 2),
         rollout_seconds=round(wall, 3), episodes_per_second=round(episodes / wall, 3),
         response_tokens_per_second=round(statistics.median(r["response_tokens"] / r["wall"] for r in runs), 1),
@@ -70,9 +72,10 @@ def main() -> None:
     parser.add_argument("--feedback-len", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cache-stages", type=int, default=1, help="EpisodeConfig.cache_stages (1: one cache)")
     args = parser.parse_args()
     print(json.dumps(measure(args.preset, args.episodes, args.verify_steps, args.max_new_tokens, args.feedback_len,
-                             args.temperature, args.repeats)))
+                             args.temperature, args.repeats, args.cache_stages)))
 
 
 if __name__ == "__main__":

@@ -109,8 +109,9 @@ def sft_config(task: str, stage: str, size: str) -> SFTConfig:
 def _episodes(task: str, size: str, *, evaluation: bool) -> EpisodeConfig:
     _, modality = TASKS[task]
     if size == "reference":
+        # the cache grown per verification step: a turn's decode reads what the conversation holds so far
         return EpisodeConfig(modality=modality, max_verify_steps=5, max_new_tokens=256 if evaluation else 512,
-                             temperature=0.0 if evaluation else 0.2)
+                             temperature=0.0 if evaluation else 0.2, cache_stages=5)
     if size == "tiny":  # the rl-tiny shapes and its learnable "digits" reward (a random tiny model never solves GP)
         return EpisodeConfig(modality=modality, max_verify_steps=2, max_new_tokens=8, feedback_len=160,
                              reward="digits", temperature=0.0 if evaluation else 1.0)

@@ -175,7 +175,9 @@ class RolloutRunner:
         self.episodes, self.batch_size, self.mesh = episodes, batch_size, mesh
         tokenizer = policy.tokenizer
         sampling = SamplingConfig(episodes.max_new_tokens, episodes.temperature, stop_tokens=tokenizer.stop_ids)
-        self.rollout_config = RolloutConfig(sampling, max_verify_steps, episodes.feedback_len)
+        # at most one cache stage per turn: an evaluation at a smaller budget than the training's has fewer turns
+        self.rollout_config = RolloutConfig(sampling, max_verify_steps, episodes.feedback_len,
+                                            cache_stages=min(episodes.cache_stages, max_verify_steps))
         self.verifier = EpisodeVerifier(tokenizer, [], step_fn or step_function(episodes.reward, episodes.task),
                                         episodes.feedback_len)
         self._rollout = jax.jit(functools.partial(rollout, config=policy.config, verifier=self.verifier,

@@ -42,7 +42,11 @@ class EpisodeConfig:
     ``min_route_steps``..``max_route_steps`` turn-by-turn steps (evaluation routes too, except visual OOD);
     ``prompt_len`` > 0 pads every prompt to exactly that many tokens (required for V-IRL: its prompts grow with
     the route's history, and one compiled rollout and update serve them all; a longer prompt is refused);
-    ``prompt_template`` becomes VirlConfig.prompt_path (``feedback_template`` does not apply)."""
+    ``prompt_template`` becomes VirlConfig.prompt_path (``feedback_template`` does not apply).
+
+    ``cache_stages``: the rollout's KV cache grows in that many stages over the verification steps
+    (`rl.rollout.RolloutConfig.cache_stages`; at most one per step): a turn's decode attention then reads the slots
+    the conversation can hold so far, not all steps'; the same episodes, one more compiled decode loop per stage."""
 
     task: Literal["general_points", "virl"] = "general_points"
     modality: Literal["language", "vision"] = "language"
@@ -64,6 +68,11 @@ class EpisodeConfig:
     train_routes: int = 250
     min_route_steps: int = 2
     max_route_steps: int = 6
+    cache_stages: int = 1
+
+    def __post_init__(self):
+        if self.cache_stages < 1:
+            raise ValueError(f"cache_stages={self.cache_stages} must be at least 1 (1: one cache for all steps)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,19 +169,21 @@ register_preset("rl-tiny", RLConfig(
     ppo=PPOConfig(minibatch_size=8, epochs=4, learning_rate=1e-2, final_learning_rate=1e-3, max_grad_norm=1.0),
     checkpoint=CheckpointConfig(every_steps=2, keep=2, async_save=False)))
 register_preset("eval-gp-l", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10), heldout_examples=256,
+                                        sampling=EpisodeConfig(temperature=0.0, cache_stages=5),
                                         compute_dtype="bfloat16", param_dtype="bfloat16"))
 register_preset("eval-gp-vl", EvalConfig(init="", episodes=256, verify_budgets=(1, 3, 5, 10), heldout_examples=256,
                                          splits=("in_distribution", "rule_ood", "visual_ood"),
-                                         sampling=EpisodeConfig(modality="vision", temperature=0.0),
+                                         sampling=EpisodeConfig(modality="vision", temperature=0.0, cache_stages=5),
                                          compute_dtype="bfloat16", param_dtype="bfloat16"))
 register_preset("eval-tiny", EvalConfig(init="tiny", episodes=4, verify_budgets=(1, 2),
                                         sampling=dataclasses.replace(_TINY_EPISODES, temperature=0.0)))
 
 # V-IRL (docs/rl.md "V-IRL"): the paper's PPO, 15 updates, 2 answers per decision, sampling temperature 0.2, 512 new
 # tokens (evaluation 256), V-IRL-VL at lr 1e-7. 128 rows x 16 decision points = 2048 decision points per update
-# (the reference's 256 transitions x 8 processes; every decision point is at least one transition).
+# (the reference's 256 transitions x 8 processes; every decision point is at least one transition). The rollout's
+# cache grows per answer (cache_stages 3 = the scan's steps: 2 judged answers + the one past the budget).
 _VIRL_EPISODES = EpisodeConfig(task="virl", max_verify_steps=2, max_new_tokens=512, temperature=0.2,
-                               prompt_len=1024, decision_points=16)
+                               prompt_len=1024, decision_points=16, cache_stages=3)
 _VIRL_EVAL = dataclasses.replace(_VIRL_EPISODES, max_new_tokens=256, temperature=0.0)
 # bf16 compute (float32 master weights) and remat full, as the SFT presets; minibatches of 64 accumulated over 8
 # microbatches (the same gradient; one transition per GPU of an 8-GPU fsdp mesh): a whole minibatch of ~2.8k-token

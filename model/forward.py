@@ -130,6 +130,23 @@ class KVCache:
         return self.slot_valid.shape[1]
 
 
+def grow_cache(cache: KVCache, max_length: int) -> KVCache:
+    """The same cache with `max_length` slots: empty slots added after the existing ones (a copy of the K/V
+    buffers, once; every slot already written keeps its place, so decoding goes on as if the cache had always been
+    that long). Decode attention spans every slot of the cache, so a conversation that grows turn by turn can keep
+    a cache sized for what it holds so far (`rl.rollout`'s cache stages). Stacked form; a shorter max_length is
+    refused."""
+    extra = max_length - cache.max_length
+    if extra < 0:
+        raise ValueError(f"grow_cache cannot shrink a cache of {cache.max_length} slots to {max_length}.")
+    if extra == 0:
+        return cache
+    cache = stack_cache(cache)
+    slots = ((0, 0), (0, 0), (0, extra), (0, 0), (0, 0))
+    return dataclasses.replace(cache, self_k=jnp.pad(cache.self_k, slots), self_v=jnp.pad(cache.self_v, slots),
+                               slot_valid=jnp.pad(cache.slot_valid, ((0, 0), (0, extra))))
+
+
 def unstack_cache(cache: KVCache) -> KVCache:
     """The decode-loop form of a cache (same values): self_k / self_v / cross_k / cross_v as tuples of per-layer
     arrays, self_k[l] as (B, S_max * KV, Dh) and self_v[l] as (B, S_max, KV * Dh) (free reshapes of

@@ -16,6 +16,8 @@ One scan step (verification step k):
      token (`append(..., return_hidden=True)`): the position that generates the next response's first token.
 The prompt is prefilled once; images are encoded once per episode by the caller (`cross_attention_states`) and
 their cross-attention K/V live in the cache. Nothing is re-tokenised: the trajectory is the ids in the arrays.
+With `RolloutConfig.cache_stages` > 1 the K steps run as several scans, the cache grown between them, so that a
+turn's decode attention reads the slots the conversation can hold so far rather than all K turns'.
 
 V-IRL (a correct action starts a fresh conversation): one call of `rollout` is one decision point; the run loop
 calls it once per decision point with the fresh prompts of the rows' next decision and concatenates the (B, K)
@@ -36,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.config import ModelConfig
-from model.forward import forward_hidden, init_cache
+from model.forward import forward_hidden, grow_cache, init_cache
 from model.sampler import SamplerState, SamplingConfig, append, cache_shardings, sample_turn, start, token_logprobs
 from model.value_head import policy_values
 
@@ -50,16 +52,26 @@ VerifierFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
     """Static shape of a rollout: how a response is sampled, the verification budget K (scan length) and the
-    feedback bucket F (a feedback turn's ids are right-padded to F; the verifier must fit them)."""
+    feedback bucket F (a feedback turn's ids are right-padded to F; the verifier must fit them).
+
+    cache_stages: the K turns run as that many consecutive scans (`turn_stages`), each on a KV cache sized for its
+    last turn (`model.forward.grow_cache` between stages). Decode attention reads every slot of its cache, so with
+    one stage (the default) the first turn already reads the slots of all K turns; with K stages each turn reads
+    only what it can hold: the same trajectory (to float rounding), fewer bytes per decode step, and one compiled
+    decode loop per stage (measured: docs/benchmarks.md, "RL rollout")."""
 
     sampling: SamplingConfig
     max_verify_steps: int = 5
     feedback_len: int = 64
+    cache_stages: int = 1
 
     def __post_init__(self):
         if self.max_verify_steps < 1 or self.feedback_len < 1:
             raise ValueError(f"RolloutConfig needs max_verify_steps >= 1 and feedback_len >= 1, got "
                              f"{self.max_verify_steps} and {self.feedback_len}.")
+        if not 1 <= self.cache_stages <= self.max_verify_steps:
+            raise ValueError(f"RolloutConfig.cache_stages={self.cache_stages} must be between 1 and "
+                             f"max_verify_steps={self.max_verify_steps}.")
 
 
 @jax.tree_util.register_dataclass
@@ -128,10 +140,17 @@ def _place_cache(state, mesh):
     return jax.lax.with_sharding_constraint(state, cache_shardings(mesh, state))
 
 
-def cache_length(prompt_len: int, rollout_config: RolloutConfig) -> int:
-    """Cache slots a rollout needs: the prompt, K responses and K feedback turns."""
-    k = rollout_config.max_verify_steps
+def cache_length(prompt_len: int, rollout_config: RolloutConfig, turns: int | None = None) -> int:
+    """Cache slots a rollout needs: the prompt, K responses and K feedback turns (the first `turns` of them when
+    given: a cache stage's)."""
+    k = rollout_config.max_verify_steps if turns is None else turns
     return prompt_len + k * (rollout_config.sampling.max_new_tokens + rollout_config.feedback_len)
+
+
+def turn_stages(rollout_config: RolloutConfig) -> list[np.ndarray]:
+    """The turn indices of each cache stage: 0..K-1 cut into `cache_stages` consecutive runs of near-equal
+    length (the earlier ones one turn longer when K does not divide)."""
+    return np.array_split(np.arange(rollout_config.max_verify_steps), rollout_config.cache_stages)
 
 
 def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
@@ -139,7 +158,7 @@ def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_m
             cross_attention_mask: jax.Array | None = None, stop_tokens: jax.Array | None = None,
             active: jax.Array | None = None, mesh: jax.sharding.Mesh | None = None) -> Trajectory:
     """One decision point of B episodes: prefill the left-padded prompts (B, P), then a `jax.lax.scan` over K
-    verification steps (module docstring). `cross_attention_states` (B, V, D): the images, encoded once
+    verification steps (module docstring; one scan per cache stage). `cross_attention_states` (B, V, D): the images, encoded once
     (`model.forward.vision_states`), with the prompt's cross_attention_mask (B, P, I, T). `stop_tokens` (S,) int32
     (-1 = unused) overrides sampling.stop_tokens. `active` (B,) bool: rows that play (default all); the others
     (e.g. V-IRL routes that already ended) sample nothing, are never passed to the verifier as active and have
@@ -153,8 +172,9 @@ def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_m
     num_images = 0
     if cross_attention_states is not None:
         num_images = cross_attention_states.shape[1] // (config.vision.max_num_tiles * config.vision.num_patches)
-    cache = _place_cache(init_cache(config, batch, cache_length(prompt_len, rollout_config), num_images=num_images),
-                         mesh)
+    stages = turn_stages(rollout_config)
+    cache = _place_cache(init_cache(config, batch, cache_length(prompt_len, rollout_config, int(stages[0][-1]) + 1),
+                                    num_images=num_images), mesh)
     state, hidden = start(params, config, prompt_ids, prompt_mask, cache, cross_attention_states=cross_attention_states,
                           cross_attention_mask=cross_attention_mask, return_hidden=True)
     state = _place_cache(state, mesh)
@@ -185,8 +205,15 @@ def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_m
 
     finished = jnp.zeros((batch,), bool) if active is None else ~jnp.asarray(active, bool)
     carry = (state, value, finished, rng)
-    (_, last_value, finished, _), steps = jax.lax.scan(
-        verification_step, carry, jnp.arange(rollout_config.max_verify_steps, dtype=jnp.int32))
+    parts = []
+    for turns in stages:  # one scan per cache stage, on a cache grown to hold its last turn
+        state = carry[0]
+        cache = grow_cache(state.cache, cache_length(prompt_len, rollout_config, int(turns[-1]) + 1))
+        carry = (_place_cache(SamplerState(cache, state.last_logits), mesh), *carry[1:])
+        carry, part = jax.lax.scan(verification_step, carry, jnp.asarray(turns, jnp.int32))
+        parts.append(part)
+    _, last_value, finished, _ = carry
+    steps = jax.tree.map(lambda *arrays: jnp.concatenate(arrays), *parts)
     per_row = {name: jnp.swapaxes(array, 0, 1) for name, array in steps.items()}  # (K, B, ...) -> (B, K, ...)
     return Trajectory(prompt_ids=prompt_ids, prompt_mask=prompt_mask, bootstrap_value=jnp.where(finished, 0.0,
                                                                                                  last_value),

@@ -139,6 +139,17 @@ def test_the_updates_memory_settings_train_as_the_plain_update(tmp_path, templat
     assert loss["bf16"] == pytest.approx(loss["plain"], rel=0.05) and loss["bf16"] != loss["plain"]
 
 
+def test_runners_take_the_episodes_cache_stages_at_most_one_per_step():
+    """`episodes.cache_stages` reaches the rollout (rl.rollout's equivalence test covers what it does), at most one
+    stage per verification step (an evaluation at a smaller budget than training's)."""
+    from launch.rl_common import RolloutRunner, load_policy
+
+    config = resolve("rl-tiny", ["episodes.cache_stages=3"])
+    policy = load_policy(config.init, seed=0)
+    assert [RolloutRunner(policy, config.episodes, steps, 2).rollout_config.cache_stages for steps in (5, 3, 1)] == [
+        3, 3, 1]
+
+
 def test_runs_of_one_process_follow_their_own_learning_rate_schedules(tmp_path, templates):
     """Runs that share the compiled update (they differ only in their rates and lengths) each get their own peak
     learning rate and cosine horizon: the optimizer state's, which the train records' lr reads."""

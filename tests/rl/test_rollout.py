@@ -68,9 +68,9 @@ VERIFIER = ScriptedVerifier()  # one static object for every test: the rollout c
 
 
 @functools.cache
-def compiled_rollout(config, sampling):
+def compiled_rollout(config, sampling, cache_stages=1):
     return jax.jit(functools.partial(rollout, config=config, verifier=VERIFIER,
-                                     rollout_config=RolloutConfig(sampling, K, F)))
+                                     rollout_config=RolloutConfig(sampling, K, F, cache_stages=cache_stages)))
 
 
 @functools.cache
@@ -285,3 +285,42 @@ def test_a_detached_value_input_keeps_the_values_and_trains_only_the_value_head(
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-9)
     for got, want in zip(jax.tree.leaves(grads(True, "policy")[1]), jax.tree.leaves(grads(False, "policy")[1])):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("images", [False, True])
+def test_cache_stages_play_the_same_episodes(tiny, images):
+    """cache_stages 2 and 3 (K = 3: turns [0, 1] + [2], and one per turn) grow the cache between scans; the
+    trajectory is the one-cache rollout's: the same tokens, masks, rewards and dones, log-probs and values to float
+    rounding (attention over fewer empty slots sums the same terms). Sampled at temperature 0.7, rows solved at
+    different steps, with and without images (cross-attention K/V kept across the growth)."""
+    from model.forward import vision_states
+    from rl.rollout import turn_stages
+    from tests.model.test_forward import image_batch
+
+    config, params = tiny
+    inputs = {}
+    if images:
+        batch = image_batch(config, np.random.default_rng(5), [[1], [2], [4]], P, [[3], [2], [1]], pad=[2, 1, 0])
+        inputs = dict(prompt_ids=jnp.asarray(batch["input_ids"], jnp.int32),
+                      prompt_mask=jnp.asarray(batch["attention_mask"], jnp.int32),
+                      cross_attention_states=vision_states(params, config, jnp.asarray(batch["pixel_values"]),
+                                                           jnp.asarray(batch["aspect_ratio_ids"]),
+                                                           jnp.asarray(batch["aspect_ratio_mask"])),
+                      cross_attention_mask=jnp.asarray(batch["cross_attention_mask"], jnp.int32))
+    else:
+        ids, mask = prompts(config)
+        inputs = dict(prompt_ids=ids, prompt_mask=mask)
+    sampling = SamplingConfig(N, temperature=0.7)
+    VERIFIER.script([None, 1, 0], [5, 2, 4])
+    one, *staged = [jax.device_get(compiled_rollout(config, sampling, stages)(params, rng=jax.random.key(2), **inputs))
+                    for stages in (1, 2, 3)]
+    assert [list(map(list, turn_stages(RolloutConfig(sampling, K, F, cache_stages=n)))) for n in (2, 3)] == [
+        [[0, 1], [2]], [[0], [1], [2]]]
+    for traj in staged:
+        for name in ("response_ids", "response_mask", "feedback_ids", "feedback_mask", "rewards", "dones", "valid"):
+            np.testing.assert_array_equal(getattr(traj, name), getattr(one, name), err_msg=name)
+        for name in ("response_logprobs", "values", "bootstrap_value"):
+            np.testing.assert_allclose(getattr(traj, name), getattr(one, name), atol=1e-5, err_msg=name)
+    assert one.valid.sum() == 6  # rows end at different steps
+    with pytest.raises(ValueError, match="cache_stages=4 must be between 1 and max_verify_steps=3"):
+        RolloutConfig(sampling, K, F, cache_stages=4)

@@ -158,8 +158,8 @@ def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_m
             cross_attention_mask: jax.Array | None = None, stop_tokens: jax.Array | None = None,
             active: jax.Array | None = None, mesh: jax.sharding.Mesh | None = None) -> Trajectory:
     """One decision point of B episodes: prefill the left-padded prompts (B, P), then a `jax.lax.scan` over K
-    verification steps (module docstring; one scan per cache stage). `cross_attention_states` (B, V, D): the images, encoded once
-    (`model.forward.vision_states`), with the prompt's cross_attention_mask (B, P, I, T). `stop_tokens` (S,) int32
+    verification steps (module docstring; one scan per cache stage). `cross_attention_states` (B, V, D): the
+    images, encoded once (`model.forward.vision_states`), with the prompt's cross_attention_mask (B, P, I, T). `stop_tokens` (S,) int32
     (-1 = unused) overrides sampling.stop_tokens. `active` (B,) bool: rows that play (default all); the others
     (e.g. V-IRL routes that already ended) sample nothing, are never passed to the verifier as active and have
     no valid transition. `mesh` (static): the KV cache is constrained to the sampler's placement on it (batch over

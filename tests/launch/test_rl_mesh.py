@@ -68,9 +68,9 @@ def mesh():
     return mesh
 
 
-def run_rollout(config, params, ids, mask, mesh):
-    fn = jax.jit(functools.partial(rollout, config=config, verifier=VERIFIER,
-                                   rollout_config=RolloutConfig(SamplingConfig(N), K, F), mesh=mesh))
+def run_rollout(config, params, ids, mask, mesh, cache_stages=1):
+    fn = jax.jit(functools.partial(rollout, config=config, verifier=VERIFIER, mesh=mesh,
+                                   rollout_config=RolloutConfig(SamplingConfig(N), K, F, cache_stages=cache_stages)))
     if mesh is not None:
         params = place_params(params, config, mesh)
         ids, mask = place_full_batch(ids, mesh), place_full_batch(mask, mesh)
@@ -95,11 +95,13 @@ def test_params_are_really_split_by_the_rules(tiny, mesh):
     assert place_full_batch(np.zeros((B, P)), mesh).sharding.spec == PartitionSpec(("data", "fsdp"), None)
 
 
-def test_sharded_rollout_equals_single_device(tiny, single_trajectory, mesh):
+@pytest.mark.parametrize("cache_stages", [1, 2])
+def test_sharded_rollout_equals_single_device(tiny, single_trajectory, mesh, cache_stages):
     """Greedy, with rows finishing at different steps and feedback of different lengths: the same tokens, and
-    log-probs and values within 1e-5."""
+    log-probs and values within 1e-5; also with the cache grown per step on the mesh (against one cache on one
+    device)."""
     config, params, ids, mask = tiny
-    single, sharded = single_trajectory, run_rollout(config, params, ids, mask, mesh)
+    single, sharded = single_trajectory, run_rollout(config, params, ids, mask, mesh, cache_stages)
     assert sharded.response_ids.sharding.mesh == mesh
     sharded = jax.device_get(sharded)
     np.testing.assert_array_equal(sharded.valid, single.valid)

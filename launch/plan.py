@@ -15,8 +15,12 @@ Categories (details and the activation formula in docs/plan.md):
               layer's working set and the logits/loss tensors, for one microbatch.
   kv_cache    the sampler's cache (self K/V (L_self, B, S, KV, Dh), cross K/V (L_cross, B, V, KV, Dh)).
   reference   with `kl_reference`: RL's frozen KL reference policy (the initial params, placed as the params).
+  prefill     with `rollout_prompt`: the rollout prefill's attention at work in one layer, its scores over the
+              whole cache (B, H, P, S_cache) (or, with images, a cross-attention layer's over the vision tokens,
+              whichever is larger) in the compute dtype and float32; P is the query block when smaller.
 Totals: train = params + gradients + optimizer + activations(remat) + reference; rollout = params + optimizer +
-kv_cache + reference (the optimizer state and the reference stay resident all run). The verdict uses the larger.
+kv_cache + reference + prefill (the optimizer state and the reference stay resident all run). The verdict uses the
+larger.
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ class PlanConfig:
     per row (0: text only); `logit_positions` the positions per row the head scores (None: all; an RL update:
     the response slots); `rollout_batch` / `rollout_seq` the sampler's cache (rows, slots), None = the same as
     the step's (an RL run samples all of an update's episodes at once, each cache `rl.rollout.cache_length`
-    slots long, but trains on minibatches of transitions). `freeze`: group names or whole-path regexes (as the SFT
+    slots long, but trains on minibatches of transitions); `rollout_prompt` the prompt tokens of a rollout's
+    prefill (None: no prefill term). `freeze`: group names or whole-path regexes (as the SFT
     config). `param_dtype` / `compute_dtype`: None = the model config's. `value_head`: PPO's value head (a
     trainable group). `kl_reference`: an RL run with a KL penalty (PPO's kl_mode, GRPO's kl_coef) keeps the initial
     params as its frozen reference all run (`launch.rl_run`): one more copy of the params. `attention_block`: the
@@ -77,6 +82,7 @@ class PlanConfig:
     seq_len: int = 2048
     rollout_batch: int | None = None
     rollout_seq: int | None = None
+    rollout_prompt: int | None = None
     logit_positions: int | None = None
     num_images: int = 1
     grad_accum_steps: int = 1
@@ -236,6 +242,19 @@ def activation_tensors(model: ModelConfig, remat: str, rows: int, seq: int, imag
     return out
 
 
+def prefill_tensors(model: ModelConfig, rows: int, prompt: int, cache_slots: int, images: int):
+    """The attention tensors of one layer of a rollout's prefill (`model.sampler.start`: all prompt queries
+    against the whole cache), in `activation_tensors`' format: the scores in the compute dtype and the float32
+    softmax, (B, H, P, S_cache) for a self-attention layer, (B, H, P, V) for a cross-attention layer with images;
+    the larger of the two, as one layer is at work at a time. P is `model.attention_block` when that is smaller
+    (cached calls with many queries run in blocks too)."""
+    t, v = model.text, model.vision
+    queries = min(prompt, model.attention_block) if model.attention_block > 0 else prompt
+    keys = max(cache_slots, images * v.max_num_tiles * v.num_patches)
+    shape, axes = (rows, t.num_attention_heads, queries, keys), ("batch", "heads", None, None)
+    return [(shape, axes, np.dtype(model.dtype).itemsize, 1), (shape, axes, 4, 1)]
+
+
 def activation_bytes(tensors, mesh, mesh_shape) -> int:
     rules = {**DEFAULT_RULES, "batch": BATCH_AXES}
     total = 0
@@ -258,8 +277,9 @@ def plan(config: PlanConfig) -> dict[str, Any]:
         raise PlanError(f"remat {config.remat!r} is not one of {', '.join(REMATS)}")
     if config.batch_size < 1 or config.seq_len < 1 or config.num_images < 0 or config.grad_accum_steps < 1:
         raise PlanError("batch size, sequence length and grad_accum_steps must be positive and images >= 0")
-    if any(n is not None and n < 1 for n in (config.rollout_batch, config.rollout_seq, config.logit_positions)):
-        raise PlanError("the rollout's batch and sequence length and the logit positions must be positive")
+    if any(n is not None and n < 1 for n in (config.rollout_batch, config.rollout_seq, config.logit_positions,
+                                             config.rollout_prompt)):
+        raise PlanError("the rollout's batch, sequence length and prompt and the logit positions must be positive")
     if (config.logit_positions or 0) > config.seq_len:
         raise PlanError(f"{config.logit_positions} logit positions do not fit rows of {config.seq_len} tokens")
     if config.batch_size % config.grad_accum_steps:
@@ -297,10 +317,14 @@ def plan(config: PlanConfig) -> dict[str, Any]:
     cache = jax.eval_shape(lambda: init_cache(model, rollout_rows, rollout_len,
                                               num_images=config.num_images))
     kv_b = tree_device_bytes(cache, cache_partition_specs(cache, mesh), mesh_shape)
+    if config.rollout_prompt is not None and config.rollout_prompt > rollout_len:
+        raise PlanError(f"a {config.rollout_prompt}-token prompt does not fit a cache of {rollout_len} slots")
+    prefill_b = 0 if config.rollout_prompt is None else activation_bytes(
+        prefill_tensors(model, rollout_rows, config.rollout_prompt, rollout_len, config.num_images), mesh, mesh_shape)
 
     reference_b = param_b if config.kl_reference else 0
     train_total = param_b + grads_b + opt_b + activations[config.remat] + reference_b
-    rollout_total = param_b + opt_b + kv_b + reference_b
+    rollout_total = param_b + opt_b + kv_b + reference_b + prefill_b
     usable = int(GPUS[config.gpu]["usable_bytes"])
     peak = max(train_total, rollout_total)
     verdict = "fits" if peak <= TIGHT_FRACTION * usable else "tight" if peak <= usable else "does not fit"
@@ -311,12 +335,12 @@ def plan(config: PlanConfig) -> dict[str, Any]:
         "freeze": list(config.freeze), "trainable_groups": sorted(groups),
         "param_counts": counts, "param_dtype": model.param_dtype, "compute_dtype": model.dtype,
         "batch_size": config.batch_size, "seq_len": config.seq_len, "num_images": config.num_images,
-        "rollout_batch": rollout_rows, "rollout_seq": rollout_len,
+        "rollout_batch": rollout_rows, "rollout_seq": rollout_len, "rollout_prompt": config.rollout_prompt,
         "logit_positions": config.logit_positions or config.seq_len,
         "grad_accum_steps": config.grad_accum_steps, "remat": config.remat, "attention_block": model.attention_block,
         "bytes_per_device": {"params": param_b, "gradients": grads_b, "optimizer": opt_b,
                              "activations": activations[config.remat], "kv_cache": kv_b,
-                             "reference": reference_b},
+                             "reference": reference_b, "prefill": prefill_b},
         "activations_by_remat": activations,
         "train_total": train_total, "rollout_total": rollout_total,
         "usable_bytes": usable, "headroom_bytes": usable - peak, "verdict": verdict,
@@ -343,6 +367,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rows sampled at once (RL: episodes per update); default --batch")
     parser.add_argument("--rollout-seq", type=int, default=None,
                         help="KV cache slots per row (RL: prompt + K x (new tokens + feedback)); default --seq")
+    parser.add_argument("--rollout-prompt", type=int, default=None,
+                        help="prompt tokens of a rollout's prefill: counts its attention over the cache (RL)")
     parser.add_argument("--grad-accum", type=int, default=1, help="microbatches per step")
     parser.add_argument("--remat", choices=REMATS, default="full")
     parser.add_argument("--param-dtype", choices=("float32", "bfloat16"), default=None)
@@ -358,7 +384,8 @@ def config_from_args(args: argparse.Namespace) -> PlanConfig:
     devices = args.devices if args.devices is not None else mesh.fixed_device_count(default=8)
     return PlanConfig(model=args.model, mesh=mesh, devices=devices, gpu=args.gpu, freeze=tuple(args.freeze),
                       batch_size=args.batch, seq_len=args.seq, num_images=args.images,
-                      rollout_batch=args.rollout_batch, rollout_seq=args.rollout_seq, logit_positions=args.logits,
+                      rollout_batch=args.rollout_batch, rollout_seq=args.rollout_seq,
+                      rollout_prompt=args.rollout_prompt, logit_positions=args.logits,
                       grad_accum_steps=args.grad_accum, remat=args.remat, param_dtype=args.param_dtype,
                       compute_dtype=args.compute_dtype, value_head=args.value_head,
                       kl_reference=args.kl_reference, attention_block=args.attention_block)
@@ -378,9 +405,10 @@ def render(result: dict[str, Any]) -> None:
     table.add_column("what")
     table.add_column("bytes per device", justify="right")
     for name, value in result["bytes_per_device"].items():
-        if name == "reference" and not value:
+        if name in ("reference", "prefill") and not value:
             continue
         label = {"activations": f"activations (remat {result['remat']})", "reference": "KL reference params",
+                 "prefill": f"rollout prefill attention ({result['rollout_prompt']}-token prompt, one layer)",
                  "kv_cache": f"kv cache ({result['rollout_batch']} rows x {result['rollout_seq']} slots)"
                  }.get(name, name)
         table.add_row(label, _gib(value))

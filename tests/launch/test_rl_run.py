@@ -107,9 +107,10 @@ def test_grpo_runs_and_raises_the_mean_reward(tmp_path, templates):
 
 
 def test_the_updates_memory_settings_train_as_the_plain_update(tmp_path, templates, monkeypatch):
-    """`ppo.microbatches=2` (gradient accumulation), `remat=full` and `attention_block=4` (attention over blocks of
-    4 queries) change what the update holds in memory, not what it computes: over the real policy, prompts and
-    padding of `memgen rl` an update ends with the plain update's params and loss. bf16 compute with bf16 params
+    """`ppo.microbatches=2` (gradient accumulation), `remat=full`, `attention_block=4` (attention over blocks of
+    4 queries, in the update and in the rollout's prefill and appends) and `episodes.cache_stages=2` (the rollout's
+    cache grown per step) change what the update and the rollout hold in memory, not what they compute: over the
+    real policy, prompts and padding of `memgen rl` an update ends with the plain update's params and loss. bf16 compute with bf16 params
     (and Adam moments) runs the same update to a loss near fp32's."""
     import rl.update
     from launch import rl_run
@@ -118,18 +119,22 @@ def test_the_updates_memory_settings_train_as_the_plain_update(tmp_path, templat
     split = rl.update.split_microbatches
     monkeypatch.setattr(rl.update, "split_microbatches", lambda batch, count: splits.append(count) or split(batch,
                                                                                                          count))
-    settings = {"plain": [], "memory": ["ppo.microbatches=2", "remat=full", "attention_block=4"],
+    settings = {"plain": [], "memory": ["ppo.microbatches=2", "remat=full", "attention_block=4",
+                                        "episodes.cache_stages=2"],
                 "bf16": ["compute_dtype=bfloat16", "param_dtype=bfloat16"]}
     params, loss = {}, {}
     for name, overrides in settings.items():
         config = resolve("rl-tiny", templates + ["updates=1", "eval_every=0", *overrides])
         params[name] = run_rl(config, tmp_path / name, show_progress=False)["params"]
         loss[name] = [r for r in read_metrics(tmp_path / name) if r["kind"] == "train"][0]["loss"]
-    # Adam turns float-rounding differences of near-zero gradients into steps of up to ~1e-5 (measured 6.7e-6 in 6
-    # of 20,992 entries of one leaf), against 8 steps of lr 1e-2
-    for whole, parts in zip(jax.tree.leaves(params["plain"]), jax.tree.leaves(params["memory"])):
-        np.testing.assert_allclose(np.asarray(parts), np.asarray(whole), rtol=1e-4, atol=2e-5)
-    assert loss["memory"] == pytest.approx(loss["plain"], rel=1e-5)
+    # Adam turns float-rounding differences of near-zero gradients into steps far above the rounding: the blocked,
+    # staged rollout's log-probs differ from the plain one's in their last bits, and a few dozen of the model's
+    # entries end up to ~1.3e-4 apart (the rest within 2e-5), against 8 steps of lr 1e-2; a gradient off by any
+    # factor would move most entries by far more
+    diff = np.concatenate([np.abs(np.asarray(parts, np.float64) - np.asarray(whole, np.float64)).ravel() for
+                           whole, parts in zip(jax.tree.leaves(params["plain"]), jax.tree.leaves(params["memory"]))])
+    assert diff.max() <= 5e-4 and np.mean(diff > 2e-5) < 1e-3, (diff.max(), np.sum(diff > 2e-5), diff.size)
+    assert loss["memory"] == pytest.approx(loss["plain"], abs=1e-4)  # the mean over 8 steps of those params
     assert splits == [2]  # traced once: the run with microbatches splits its minibatches in two
     policies = {key[0] for key in rl_run._COMPILED}  # the compiled programs' model configs
     assert any(c.remat == "full" and c.attention_block == 4 for c in policies)

@@ -106,12 +106,22 @@ def test_grpo_runs_and_raises_the_mean_reward(tmp_path, templates):
     assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.05, rewards  # measured 0.027 -> 0.11
 
 
+def solves_even_hands(state, text):
+    """A scripted GeneralPoints step: the expert's answer on hands whose ranks sum to an even number, else the
+    model's text (some episodes end at their first try, some play on)."""
+    from tasks.general_points import expert_response, step
+
+    solve = sum(card.rank for card in state.hand) % 2 == 0
+    return step(state, expert_response(state.hand, state.config) if solve else text)
+
+
 def test_the_updates_memory_settings_train_as_the_plain_update(tmp_path, templates, monkeypatch):
     """`ppo.microbatches=2` (gradient accumulation), `remat=full`, `attention_block=4` (attention over blocks of
     4 queries, in the update and in the rollout's prefill and appends) and `episodes.cache_stages=2` (the rollout's
     cache grown per step) change what the update and the rollout hold in memory, not what they compute: over the
-    real policy, prompts and padding of `memgen rl` an update ends with the plain update's params and loss. bf16 compute with bf16 params
-    (and Adam moments) runs the same update to a loss near fp32's."""
+    real policy, prompts and padding of `memgen rl` an update ends with the plain update's params and loss (up to
+    what Adam makes of last-bit differences, below). bf16 compute with bf16 params (and Adam moments) runs the
+    same update to a loss near fp32's."""
     import rl.update
     from launch import rl_run
 
@@ -175,15 +185,10 @@ def test_skip_padding_keeps_the_schedule_and_computes_fewer_steps(tmp_path, temp
     cosine is advanced by the skipped steps. The state's step counts what was taken."""
     from launch import rl_run
     from launch.rl_common import RolloutRunner
-    from tasks.general_points import expert_response, step as gp_step
-
-    def scripted(state, text):  # right on hands whose ranks sum to an even number, else the model's text
-        solve = sum(card.rank for card in state.hand) % 2 == 0
-        return gp_step(state, expert_response(state.hand, state.config) if solve else text)
 
     monkeypatch.setattr(rl_run, "_COMPILED", {})
     monkeypatch.setattr(rl_run, "shared_runner", lambda policy, episodes, steps, batch, mesh=None: RolloutRunner(
-        policy, episodes, steps, batch, mesh=mesh, step_fn=scripted))
+        policy, episodes, steps, batch, mesh=mesh, step_fn=solves_even_hands))
     records = {}
     for name, extra in (("plain", []), ("skip", ["ppo.skip_padding=true"])):
         config = resolve("rl-tiny", templates + ["updates=2", "eval_every=0", "episodes.reward=task",
@@ -345,17 +350,12 @@ def test_evaluate_in_chunks_of_whole_instances_equals_one_batch_when_greedy(tmp_
     import dataclasses
 
     from launch.rl_common import RolloutRunner, evaluate, evaluation_chunk, load_policy
-    from tasks.general_points import expert_response, step as gp_step
 
     config = resolve("rl-tiny", templates + ["episodes.reward=task"])
     policy = load_policy(config.init, seed=0)
 
-    def scripted(state, text):  # right on hands whose ranks sum to an even number, else the model's text
-        solve = sum(card.rank for card in state.hand) % 2 == 0
-        return gp_step(state, expert_response(state.hand, state.config) if solve else text)
-
     def runners(episodes):
-        return {(2, rows): RolloutRunner(policy, episodes, 2, rows, step_fn=scripted) for rows in (4, 6)}
+        return {(2, rows): RolloutRunner(policy, episodes, 2, rows, step_fn=solves_even_hands) for rows in (4, 6)}
 
     common = dict(split="in_distribution", budget=2, num_episodes=3, n_samples=2, seed=5)
     greedy = dataclasses.replace(config.episodes, temperature=0.0)

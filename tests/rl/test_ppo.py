@@ -321,8 +321,8 @@ def test_skip_padding_trains_on_the_valid_transitions_only():
     cfg = PPOConfig(epochs=2, minibatch_size=2, max_grad_norm=1.0, skip_padding=True)
     optimizer = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(0.05, eps=cfg.adam_eps))
     rng = jax.random.key(6)
-    state, metrics = jax.jit(functools.partial(ppo_update, policy_fn=toy_policy, optimizer=optimizer, config=cfg))(
-        init_train_state(params, optimizer), buffer, rng)
+    update = jax.jit(functools.partial(ppo_update, policy_fn=toy_policy, optimizer=optimizer, config=cfg))
+    state, metrics = update(init_train_state(params, optimizer), buffer, rng)
     assert int(state.step) == 6 and all(np.isfinite(float(value)) for value in metrics.values())
     expected = python_loop_ppo(params, buffer, rng, optimizer, cfg)
     for name in params:
@@ -330,17 +330,16 @@ def test_skip_padding_trains_on_the_valid_transitions_only():
     # the buffer sharded over 2 devices along N (the trip count is a sum over shards): the same update
     mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:2])
     sharded = jax.device_put(buffer, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-    sharded_state, _ = jax.jit(functools.partial(ppo_update, policy_fn=toy_policy, optimizer=optimizer, config=cfg))(
-        init_train_state(params, optimizer), sharded, rng)
+    sharded_state, _ = update(init_train_state(params, optimizer), sharded, rng)
     assert int(sharded_state.step) == 6
     for name in params:
         np.testing.assert_allclose(sharded_state.params[name], state.params[name], rtol=1e-5, atol=1e-7)
 
     schedule = ppo_optimizer(PPOConfig(learning_rate=1e-3, final_learning_rate=1e-5), total_steps=20)
-    update = lambda config: jax.jit(functools.partial(  # noqa: E731
+    scheduled = lambda config: jax.jit(functools.partial(  # noqa: E731
         ppo_update, policy_fn=toy_policy, optimizer=schedule, config=config))(
         init_train_state(params, schedule), buffer, rng)[0]
-    plain, skipping = update(dataclasses.replace(cfg, skip_padding=False)), update(cfg)
+    plain, skipping = scheduled(dataclasses.replace(cfg, skip_padding=False)), scheduled(cfg)
     advanced = advance_schedule(skipping.opt_state, 8 - 6)
     assert float(learning_rate(advanced)) == pytest.approx(float(learning_rate(plain.opt_state)), rel=1e-6)
     assert float(learning_rate(skipping.opt_state)) > float(learning_rate(plain.opt_state))

@@ -69,8 +69,9 @@ class SFTConfig:
     microbatches); ``freeze`` lists param groups (vision_encoder, projector, language_model, cross_attention,
     value_head) or whole-path regexes; ``compute_dtype`` is the dtype params are cast to inside the loss;
     ``param_dtype`` the master weights' (float32; bfloat16 where they would not fit, e.g. a 90B on one host, which
-    puts Adam's moments in bfloat16 too: `memgen plan --param-dtype`); ``remat`` is the model's gradient-checkpointing policy in the train step
-    ("none"; "full": recompute each layer in the backward pass; "dots": keep its matmul outputs);
+    puts Adam's moments in bfloat16 too: `memgen plan --param-dtype`); ``remat`` is the model's
+    gradient-checkpointing policy in the train step ("none"; "full": recompute each layer in the backward pass;
+    "dots": keep its matmul outputs);
     ``attention_block`` the queries per attention block (model.config.ModelConfig.attention_block; 0: all at
     once, the (B, H, S, K) probabilities of a layer materialised); the run stops
     after ``max_consecutive_skips`` non-finite steps in a row; ``eval_every`` steps it measures the held-out loss

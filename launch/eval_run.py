@@ -110,9 +110,9 @@ def run_eval(config: EvalConfig, out_dir: str | Path, *, show_progress: bool | N
     todo = [cell for cell in cells if cell not in done]
     if todo:
         mesh = make_rl_mesh(config.mesh)
-        policy = load_policy(config.init, seed=config.seed, mesh=mesh, param_dtype=config.param_dtype)
-        policy = dataclasses.replace(policy, params=place_params(policy.params, policy.config, mesh),
-                                     config=policy.config.replace(dtype=config.compute_dtype))
+        policy = load_policy(config.init, seed=config.seed, mesh=mesh, param_dtype=config.param_dtype,
+                             compute_dtype=config.compute_dtype)
+        policy = dataclasses.replace(policy, params=place_params(policy.params, policy.config, mesh))
         task = TASK_NAMES[(config.sampling.task, config.sampling.modality)]
         gflops = total_gflops(ComputeCounter(init_tokens=init_tokens(config.init)), parameter_count(policy.params))
         arm = evaluation_arm(config)

@@ -118,8 +118,8 @@ def _policy_as_rl_evaluates(directory: Path, rl_config: Any, seed: int):
     `rl_config` (its param_dtype, compute_dtype), so that predictors and targets are measured alike."""
     from launch.rl_common import load_policy
 
-    policy = load_policy(str(directory), seed=seed, param_dtype=rl_config.param_dtype)
-    return dataclasses.replace(policy, config=policy.config.replace(dtype=rl_config.compute_dtype))
+    return load_policy(str(directory), seed=seed, param_dtype=rl_config.param_dtype,
+                       compute_dtype=rl_config.compute_dtype)
 
 
 def measure_checkpoint(sft_dir: Path, run_dir: Path, rl_config: Any, settings: PredictRunSettings, budget: int,

@@ -35,12 +35,13 @@ Policy = ModelSource  # config, float32 params (with a value head here), tokeniz
 
 
 def load_policy(spec: str, *, seed: int, mesh: jax.sharding.Mesh | None = None,
-                param_dtype: str = "float32") -> ModelSource:
+                param_dtype: str = "float32", compute_dtype: str | None = None) -> ModelSource:
     """`spec`: what `launch.model_source.load_model` takes (a model preset: random init from `seed` with the
     offline tokenizer; or a Hugging Face mllama directory), or a run directory of `memgen sft` / `memgen rl` (its
     final/ policy). A value head is initialised from `seed` when the source has none. With `mesh` the model's
     params are made on it (`load_model`); a new value head is not (`place_params` places it). Params (and a new
-    value head) in `param_dtype`."""
+    value head) in `param_dtype`; the model config computes in `compute_dtype` (None: the params' dtype), as a run
+    that trains or evaluates the policy sets it."""
     from model.value_head import init_value_head
 
     if not spec:
@@ -56,6 +57,8 @@ def load_policy(spec: str, *, seed: int, mesh: jax.sharding.Mesh | None = None,
     if "value_head" not in source.params:
         params = dict(source.params, value_head=init_value_head(jax.random.key(seed), source.config))
         source = dataclasses.replace(source, params=params)
+    if compute_dtype is not None:
+        source = dataclasses.replace(source, config=source.config.replace(dtype=compute_dtype))
     return source
 
 

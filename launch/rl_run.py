@@ -45,9 +45,10 @@ from launch.rl_config import RLConfig
 from rl.buffer import grpo_buffer, ppo_buffer, rollout_statistics, train_token_count
 from rl.compute import ComputeCounter, add, parameter_count, total_gflops
 from rl.grpo import grpo_update
-from rl.ppo import advance_schedule, learning_rate, ppo_optimizer, ppo_update, with_schedule
+from rl.ppo import (advance_schedule, learning_rate, optimizer_steps_per_update, ppo_optimizer, ppo_update,
+                    with_schedule)
 from rl.rollout import reference_token_logprobs, transition_policy
-from rl.update import buffer_size, init_train_state
+from rl.update import init_train_state
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL_DIR = "final"
@@ -65,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _epochs_and_minibatch(config: RLConfig) -> tuple[int, int]:
     algorithm = config.ppo if config.algorithm == "ppo" else config.grpo
     return algorithm.epochs, algorithm.minibatch_size
+
+
+def _plain_steps_per_update(config: RLConfig) -> int:
+    """Gradient steps of a plain update of the run's algorithm (`rl.ppo.optimizer_steps_per_update`: epochs x
+    N // minibatch_size); an update that skips the padding takes fewer, the cosine advanced by the rest."""
+    return optimizer_steps_per_update(transitions_per_update(config),
+                                      config.ppo if config.algorithm == "ppo" else config.grpo)
 
 
 def transitions_per_update(config: RLConfig) -> int:
@@ -188,7 +196,7 @@ def _compiled(policy, config: RLConfig, mesh):
         if episodes.task != "virl":
             make_buffer = jax.jit(make_buffer)
         if (config.ppo if config.algorithm == "ppo" else config.grpo).skip_padding:
-            update, warmup_update = (None if fn is None else _keeping_schedule(fn, *_epochs_and_minibatch(config))
+            update, warmup_update = (None if fn is None else _keeping_schedule(fn, _plain_steps_per_update(config))
                                      for fn in (update, warmup_update))
         abstract_state = jax.eval_shape(lambda params: init_train_state(params, optimizer), policy.params)
         state_shardings = train_state_shardings(abstract_state, policy.config, mesh, optimizer)
@@ -210,14 +218,14 @@ def _compiled(policy, config: RLConfig, mesh):
     return _COMPILED[key]
 
 
-def _keeping_schedule(update, epochs: int, minibatch: int):
+def _keeping_schedule(update, plain_steps: int):
     """`update` (an update that skips the padding: fewer optimizer steps when transitions are padding) followed by
-    `rl.ppo.advance_schedule` by the steps it skipped, so the cosine stands where the plain update would leave it
-    and `total_steps` (epochs x N // minibatch per update) stays the run's horizon."""
+    `rl.ppo.advance_schedule` by the steps it skipped of the plain update's `plain_steps`, so the cosine stands
+    where the plain update would leave it and `total_steps` (plain_steps per update) stays the run's horizon."""
     @functools.wraps(update)
     def run(state, buffer, rng):
         new_state, metrics = update(state, buffer, rng)
-        skipped = epochs * (buffer_size(buffer) // minibatch) - (new_state.step - state.step)
+        skipped = plain_steps - (new_state.step - state.step)
         return new_state._replace(opt_state=advance_schedule(new_state.opt_state, skipped)), metrics
     return run
 
@@ -249,26 +257,25 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
     check_run_directory(config, out)
     mesh = make_rl_mesh(config.mesh)
     save_config(config, out)
-    policy = load_policy(config.init, seed=config.seed, mesh=mesh, param_dtype=config.param_dtype)
+    policy = load_policy(config.init, seed=config.seed, mesh=mesh, param_dtype=config.param_dtype,
+                         compute_dtype=config.compute_dtype)
     policy = dataclasses.replace(policy, params=place_params(policy.params, policy.config, mesh),
-                                 config=policy.config.replace(dtype=config.compute_dtype, remat=config.remat,
+                                 config=policy.config.replace(remat=config.remat,
                                                               attention_block=config.attention_block))
     episodes = config.episodes
     task_settings = task_config(episodes)
     task = TASK_NAMES[(episodes.task, episodes.modality)]
-    transitions = transitions_per_update(config)
     virl_routes = None
     if episodes.task == "virl":
         from launch.rl_virl import TrainingRoutes
         virl_routes = TrainingRoutes(episodes, config.seed)
-    epochs, minibatch = _epochs_and_minibatch(config)
+    epochs, _ = _epochs_and_minibatch(config)
     # A critic warm-up is a phase of its own: its updates run at the constant peak rate (the value head's, times
     # value_lr_scale), and PPO then starts from a fresh optimizer state (Adam's moments and step count zero, the
     # cosine from its peak over the PPO updates alone), so that the policy's first steps are ordinary first Adam
     # steps; continuing the warm-up's Adam count instead would mis-correct the bias of the policy's moments, which
     # stayed zero (up to ~1.5x larger steps for its first ~100 steps).
-    steps_per_update = epochs * (transitions // minibatch)
-    total_steps = max(1, (config.updates - config.critic_warmup) * steps_per_update)
+    total_steps = max(1, (config.updates - config.critic_warmup) * _plain_steps_per_update(config))
 
     def fresh_state(params, warmup: bool):
         final_fraction = 1.0 if warmup else config.ppo.final_learning_rate / config.ppo.learning_rate

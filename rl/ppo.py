@@ -346,7 +346,9 @@ def with_peak_learning_rate(opt_state: Any, learning_rate: float | jax.Array) ->
 
 
 def optimizer_steps_per_update(num_transitions: int, config: PPOConfig) -> int:
-    """Gradient steps that one `ppo_update` over `num_transitions` takes: epochs x minibatches."""
+    """Gradient steps that one plain update over `num_transitions` takes: epochs x minibatches (the config: a
+    PPOConfig, or anything with `epochs` and `minibatch_size`, e.g. a GRPOConfig); with `skip_padding`, the steps
+    an update would take were every transition valid."""
     return config.epochs * (num_transitions // config.minibatch_size)
 
 

@@ -113,6 +113,9 @@ def minibatch_update(state: TrainState, buffer: Any, rng: jax.Array, *, loss_fn:
     indices = minibatch_indices(rng, num_items, epochs=epochs, minibatch_size=minibatch_size)
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
+    def zeros_of(fn, *args):  # zeros shaped like fn(*args): the start of a running sum over its results
+        return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(fn, *args))
+
     def loss_and_grads(params: Any, minibatch: Any):
         if totals_fn is None:
             return value_and_grad(params, minibatch)
@@ -125,9 +128,7 @@ def minibatch_update(state: TrainState, buffer: Any, rng: jax.Array, *, loss_fn:
 
         parts = split_microbatches(minibatch, microbatches)
         first = jax.tree.map(lambda leaf: leaf[0], parts)
-        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
-                             jax.eval_shape(value_and_grad, params, first, totals))
-        return jax.lax.scan(accumulate, zeros, parts)[0]
+        return jax.lax.scan(accumulate, zeros_of(value_and_grad, params, first, totals), parts)[0]
 
     def gradient_step(state: TrainState, minibatch_index: jax.Array):
         minibatch = jax.tree_util.tree_map(lambda leaf: leaf[minibatch_index], buffer)
@@ -151,8 +152,7 @@ def minibatch_update(state: TrainState, buffer: Any, rng: jax.Array, *, loss_fn:
                                                                         (minibatch_size,)))
             return state, jax.tree.map(jnp.add, sums, metrics)
 
-        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
-                             jax.eval_shape(lambda s, i: gradient_step(s, i)[1], state, indices[0, 0]))
+        zeros = zeros_of(lambda s, i: gradient_step(s, i)[1], state, indices[0, 0])  # indices: shapes only here
         state, sums = jax.lax.fori_loop(0, steps, valid_step, (state, zeros))
         return state, jax.tree.map(lambda total: total / jnp.maximum(steps, 1).astype(total.dtype), sums)
 

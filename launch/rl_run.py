@@ -64,15 +64,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _epochs_and_minibatch(config: RLConfig) -> tuple[int, int]:
-    algorithm = config.ppo if config.algorithm == "ppo" else config.grpo
+    algorithm = _algorithm(config)
     return algorithm.epochs, algorithm.minibatch_size
 
 
 def _plain_steps_per_update(config: RLConfig) -> int:
     """Gradient steps of a plain update of the run's algorithm (`rl.ppo.optimizer_steps_per_update`: epochs x
     N // minibatch_size); an update that skips the padding takes fewer, the cosine advanced by the rest."""
-    return optimizer_steps_per_update(transitions_per_update(config),
-                                      config.ppo if config.algorithm == "ppo" else config.grpo)
+    return optimizer_steps_per_update(items_per_update(config), _algorithm(config))
+
+
+def _algorithm(config: RLConfig):
+    return config.ppo if config.algorithm == "ppo" else config.grpo
 
 
 def transitions_per_update(config: RLConfig) -> int:
@@ -85,14 +88,29 @@ def transitions_per_update(config: RLConfig) -> int:
     return config.episodes_per_update * episodes.max_verify_steps
 
 
+def items_per_update(config: RLConfig) -> int:
+    """The buffer's items that minibatch_size counts: its transitions (`transitions_per_update`), or with
+    episode_rows its conversations (episodes; V-IRL: rows x decision points)."""
+    if not _algorithm(config).episode_rows:
+        return transitions_per_update(config)
+    virl = config.episodes.task == "virl"
+    return config.episodes_per_update * (config.episodes.decision_points if virl else 1)
+
+
 def _check_config(config: RLConfig) -> None:
-    transitions = transitions_per_update(config)
+    items = items_per_update(config)
     _, minibatch = _epochs_and_minibatch(config)
-    if transitions % minibatch:
-        what = ("episodes_per_update x episodes.decision_points x (episodes.max_verify_steps + 1)"
-                if config.episodes.task == "virl" else "episodes_per_update x episodes.max_verify_steps")
-        raise ConfigError(f"{what} = {transitions} transitions is not a multiple of "
-                          f"{config.algorithm}.minibatch_size={minibatch}; change one of them")
+    if items % minibatch:
+        virl = config.episodes.task == "virl"
+        if _algorithm(config).episode_rows:
+            what = "episodes_per_update x episodes.decision_points" if virl else "episodes_per_update"
+            unit = "conversations"
+        else:
+            what = ("episodes_per_update x episodes.decision_points x (episodes.max_verify_steps + 1)" if virl
+                    else "episodes_per_update x episodes.max_verify_steps")
+            unit = "transitions"
+        raise ConfigError(f"{what} = {items} {unit} is not a multiple of {config.algorithm}.minibatch_size="
+                          f"{minibatch}; change one of them")
     if config.episodes.task == "virl" and config.algorithm != "ppo":
         raise ConfigError("V-IRL trains with algorithm=ppo only (GRPO groups need one instance per group, V-IRL "
                           "rows play routes back to back); set algorithm=ppo")
@@ -195,7 +213,7 @@ def _compiled(policy, config: RLConfig, mesh):
             make_buffer = functools.partial(grpo_buffer, config=config.grpo, reference_fn=reference_fn)
         if episodes.task != "virl":
             make_buffer = jax.jit(make_buffer)
-        if (config.ppo if config.algorithm == "ppo" else config.grpo).skip_padding:
+        if _algorithm(config).skip_padding:
             update, warmup_update = (None if fn is None else _keeping_schedule(fn, _plain_steps_per_update(config))
                                      for fn in (update, warmup_update))
         abstract_state = jax.eval_shape(lambda params: init_train_state(params, optimizer), policy.params)

@@ -244,13 +244,15 @@ def training_statistics(result: Play) -> dict[str, float]:
 def make_buffer_fn(config, reference_fn=None) -> Callable:
     """A jitted (trajectories, images, terminals, bootstrap_value, reference_params) -> the flat PPO buffer of an
     update: `rl.buffer.transition_arrays` per call, concatenated along K, then `ppo_buffer_from_transitions` (with
-    the reference's log-probs from `reference_fn(reference_params, transitions)` when config.kl_mode is set)."""
+    the reference's log-probs from `reference_fn(reference_params, transitions)` when config.kl_mode is set). With
+    config.episode_rows each call's conversation is one row of the buffer (rows x decision points rows)."""
     from rl.buffer import (answer_key_weights, concatenate_transitions, ppo_buffer_from_transitions, reference,
                            transition_arrays)
 
     @jax.jit
     def build(trajectories, images, terminals, bootstrap_value, reference_params, answer_starts):
-        parts = [transition_arrays(t, i, terminal) for t, i, terminal in zip(trajectories, images, terminals)]
+        parts = [transition_arrays(t, i, terminal, rows=config.episode_rows)
+                 for t, i, terminal in zip(trajectories, images, terminals)]
         transitions = concatenate_transitions(parts)
         answer_start = None if answer_starts is None else jnp.concatenate(answer_starts, axis=1)
         return ppo_buffer_from_transitions(

@@ -61,12 +61,12 @@ def _cross_inputs(config: ModelConfig, cross_attention_mask, batch: int, seq: in
 def forward_hidden(params: Params, config: ModelConfig, input_ids: jax.Array, *, attention_mask=None,
                    pixel_values=None, aspect_ratio_ids=None, aspect_ratio_mask=None, cross_attention_mask=None,
                    position_ids=None, cross_attention_states=None,
-                   logits_positions: slice | None = None) -> tuple[jax.Array, jax.Array]:
+                   logits_positions: slice | jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(hidden (B, S, D) after the final norm, logits (B, S, vocab)). `cross_attention_states` (B, V, D) may be
     given instead of pixel values (already-encoded images). Without either, cross-attention layers are skipped.
-    `logits_positions` (a static slice of the S positions) computes the LM head only there: logits (B, S', vocab),
-    e.g. an RL update's response positions (the head is the widest matmul of the model, vocab 128k, and its fp32
-    logits the largest activation)."""
+    `logits_positions` (a static slice of the S positions, or per-row positions (B, S') int32) computes the LM head
+    only there: logits (B, S', vocab), e.g. an RL update's response positions (the head is the widest matmul of
+    the model, vocab 128k, and its fp32 logits the largest activation)."""
     dtype = compute_dtype(config)
     b, s = input_ids.shape
     if attention_mask is None:
@@ -86,7 +86,12 @@ def forward_hidden(params: Params, config: ModelConfig, input_ids: jax.Array, *,
         cross_kv = T.stacked_cross_kv(params, cross_attention_states, config)
         cross_inputs = _cross_inputs(config, cross_attention_mask, b, s, cross_attention_states.shape[1], dtype)
     hidden, _ = T.decoder(params, config, T.embed(params, input_ids, dtype), self_inputs, cross_kv, cross_inputs)
-    head_input = hidden if logits_positions is None else hidden[:, logits_positions]
+    if logits_positions is None:
+        head_input = hidden
+    elif isinstance(logits_positions, slice):
+        head_input = hidden[:, logits_positions]
+    else:
+        head_input = jnp.take_along_axis(hidden, jnp.asarray(logits_positions)[..., None], axis=1)
     return hidden, T.lm_head(params, head_input)
 
 

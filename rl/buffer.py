@@ -3,7 +3,9 @@
 statistics a run logs. Pure jnp.
 
 Axes: B episodes, K transitions per episode, N = B * K buffer entries (padded transitions included, `valid`
-False: every mean skips them and the shapes stay static), C context tokens, S response tokens.
+False: every mean skips them and the shapes stay static), C context tokens, S response tokens. With conversation
+rows (`episode_rows`) the entries are the B rows instead: per-transition arrays (B, K, ...) beside each row's
+stream (B, L), scored by one forward per row.
 """
 
 from __future__ import annotations
@@ -16,13 +18,23 @@ import jax.numpy as jnp
 from rl.gae import gae
 from rl.grpo import GRPOConfig, group_advantages
 from rl.ppo import PPOConfig, answer_key_token_weights, kl_penalized_rewards, sequence_logprob
-from rl.rollout import Trajectory, transition_cross_attention_mask, transition_sequences
+from rl.rollout import (CONVERSATION_KEYS, Trajectory, conversation_rows, episode_cross_attention_mask,
+                        episode_sequences, transition_cross_attention_mask, transition_sequences)
 
 
-def _sequences(trajectory: Trajectory, images: tuple[jax.Array, jax.Array] | None) -> dict[str, jax.Array]:
-    """transition_sequences, plus per transition the images (cross_attention_states (B, K, V, D)) and the
-    training sequences' cross-attention mask (B, K, C + S, I, T) when `images` = (states (B, V, D), the prompts'
-    cross-attention mask (B, P, I, T))."""
+def _sequences(trajectory: Trajectory, images: tuple[jax.Array, jax.Array] | None,
+               rows: bool = False) -> dict[str, jax.Array]:
+    """transition_sequences (or with `rows` episode_sequences: one stream per row), plus the images
+    (cross_attention_states (B, K, V, D); rows: (B, V, D)) and the training sequences' cross-attention mask
+    (B, K, C + S, I, T); rows: (B, L, I, T)) when `images` = (states (B, V, D), the prompts' cross-attention mask
+    (B, P, I, T))."""
+    if rows:
+        sequences = episode_sequences(trajectory)
+        if images is not None:
+            states, prompt_cross_mask = images
+            sequences.update(cross_attention_states=states, cross_attention_mask=episode_cross_attention_mask(
+                prompt_cross_mask, sequences["stream_ids"].shape[1]))
+        return sequences
     sequences = transition_sequences(trajectory)
     order = sequences.pop("context_order")
     if images is not None:
@@ -36,10 +48,12 @@ def _sequences(trajectory: Trajectory, images: tuple[jax.Array, jax.Array] | Non
 
 
 def transition_arrays(trajectory: Trajectory, images: tuple[jax.Array, jax.Array] | None = None,
-                      terminal: jax.Array | None = None) -> dict[str, jax.Array]:
+                      terminal: jax.Array | None = None, *, rows: bool = False) -> dict[str, jax.Array]:
     """Everything the buffers need per transition, in the rollout layout (B, K, ...): context_ids, context_mask
     (C), response_ids, response_mask (S), old_token_logprobs (S) (the sampling log-probs), old_values, rewards,
     dones, valid (B, K); with `images` also cross_attention_states and cross_attention_mask (`_sequences`).
+    `rows` (conversation rows, `PPOConfig.episode_rows`): each row's stream (`rl.rollout.episode_sequences`:
+    stream_ids, stream_mask (B, L), response_starts, context_ends (B, K)) instead of per-transition contexts.
     `terminal` (B,) bool: which rows' episodes really ended in this rollout. By default every rollout `done` is an
     episode end (GeneralPoints); a V-IRL decision point is also `done` after a correct action, but the route goes
     on at the next decision point, so its run loop passes terminal = the episode is over, and GAE then carries
@@ -47,13 +61,17 @@ def transition_arrays(trajectory: Trajectory, images: tuple[jax.Array, jax.Array
     their context lengths C agree (a fixed prompt length)."""
     t = trajectory
     dones = t.dones if terminal is None else t.dones & jnp.asarray(terminal, bool)[:, None]
-    return dict(_sequences(t, images), old_token_logprobs=t.response_logprobs, old_values=t.values,
+    return dict(_sequences(t, images, rows), old_token_logprobs=t.response_logprobs, old_values=t.values,
                 rewards=t.rewards, dones=dones, valid=t.valid)
 
 
 def concatenate_transitions(parts: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
-    """Per-transition dicts (B, K_i, ...) of consecutive rollouts of the same rows -> one (B, sum K_i, ...)."""
-    return {name: jnp.concatenate([part[name] for part in parts], axis=1) for name in parts[0]}
+    """Per-transition dicts (B, K_i, ...) of consecutive rollouts of the same rows -> one (B, sum K_i, ...); of
+    conversation rows (`transition_arrays(rows=True)`), each conversation's own arrays stack to (B, R, ...)
+    (`rl.rollout.conversation_rows` makes them B * R rows once GAE has run along the whole row)."""
+    rows = "stream_ids" in parts[0]
+    return {name: (jnp.stack if rows and name in CONVERSATION_KEYS else jnp.concatenate)(
+        [part[name] for part in parts], axis=1) for name in parts[0]}
 
 
 def ppo_buffer_from_transitions(transitions: dict[str, jax.Array], bootstrap_value: jax.Array,
@@ -64,7 +82,9 @@ def ppo_buffer_from_transitions(transitions: dict[str, jax.Array], bootstrap_val
     N = B * T: context_ids, context_mask (N, C), response_ids, response_mask (N, S), old_logprob (N,) (the
     sequence log-prob of the sampling log-probs, `sequence_logprob` with `token_weights` (B, T, S) when given,
     the weights `policy_fn`'s ratio uses: the buffer then carries them as "token_weights"), old_values,
-    advantages, returns, rewards (N,), valid (N,) bool, and the images' keys when present.
+    advantages, returns, rewards (N,), valid (N,) bool, and the images' keys when present. Conversation rows
+    (`transition_arrays(rows=True)`) stay rows: every per-transition key keeps its (B, T, ...) shape beside the
+    (B, L) streams, and the buffer's entries are the B rows (`PPOConfig.episode_rows`).
 
     KL to a frozen reference (config.kl_mode; `ref_token_logprobs` (B, T, S) from
     `rl.rollout.reference_token_logprobs`): "k1_reward" shapes the rewards before GAE with `kl_penalized_rewards`
@@ -91,8 +111,16 @@ def ppo_buffer_from_transitions(transitions: dict[str, jax.Array], bootstrap_val
     per_transition.update(old_logprob=old_logprob, advantages=advantages, returns=returns)
     if token_weights is not None:
         per_transition["token_weights"] = token_weights
-    batch, steps = per_transition["rewards"].shape
-    return {name: value.reshape(batch * steps, *value.shape[2:]) for name, value in per_transition.items()}
+    return _entries(per_transition)
+
+
+def _entries(arrays: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """A buffer's entries from its (B, T, ...) arrays: the B * T transitions, flattened, or with conversation
+    streams ("stream_ids") the conversations (`conversation_rows`)."""
+    if "stream_ids" in arrays:
+        return conversation_rows(arrays)
+    batch, steps = arrays["rewards"].shape
+    return {name: value.reshape(batch * steps, *value.shape[2:]) for name, value in arrays.items()}
 
 
 def answer_key_weights(response_mask: jax.Array, answer_start: jax.Array | None,
@@ -122,7 +150,7 @@ def ppo_buffer(trajectory: Trajectory, config: PPOConfig,
     config.answer_key_weight != 1, `answer_start` (B, K) gives the token weights (`answer_key_weights`): old_logprob
     and the buffer's "token_weights" (which `ppo_loss` applies to the new log-probs) use the same ones, so the
     first ratio is 1."""
-    transitions = transition_arrays(trajectory, images)
+    transitions = transition_arrays(trajectory, images, rows=config.episode_rows)
     return ppo_buffer_from_transitions(transitions, trajectory.bootstrap_value, config,
                                        token_weights=answer_key_weights(transitions["response_mask"], answer_start,
                                                                         config),
@@ -160,7 +188,10 @@ def rollout_statistics(trajectory: Trajectory) -> dict[str, jax.Array]:
 
 
 def train_token_count(buffer: dict[str, jax.Array]) -> jax.Array:
-    """Tokens one pass of the update scores: context + response of every valid transition (D_RL per epoch)."""
+    """Tokens one pass of the update scores (D_RL per epoch): context + response of every valid transition, or
+    the stream of every conversation row with a valid transition."""
+    if "stream_ids" in buffer:
+        return jnp.sum(jnp.where(jnp.any(buffer["valid"], axis=1), buffer["stream_mask"].sum(axis=-1), 0))
     per_entry = buffer["context_mask"].sum(axis=-1) + buffer["response_mask"].sum(axis=-1)
     return jnp.sum(jnp.where(buffer["valid"], per_entry, 0))
 
@@ -173,18 +204,19 @@ def grpo_buffer(trajectory: Trajectory, config: GRPOConfig,
     every transition of the episode gets that advantage. Keys: context_ids, context_mask, response_ids,
     response_mask (N, ...), old_token_logprobs (N, S), advantages, rewards, valid (N,). Padded transitions have an
     empty response mask, so they add no token to the loss. `images` as in `ppo_buffer`; with config.kl_coef > 0
-    `reference_fn` / `reference_params` (as `ppo_buffer`) add ref_token_logprobs (N, S) for the k3 term."""
+    `reference_fn` / `reference_params` (as `ppo_buffer`) add ref_token_logprobs (N, S) for the k3 term. With
+    config.episode_rows the entries are the B conversation rows (`ppo_buffer_from_transitions`)."""
     t = trajectory
-    batch, steps = t.rewards.shape
+    batch = t.rewards.shape[0]
     if batch % config.group_size:
         raise ValueError(f"grpo_buffer needs a multiple of group_size={config.group_size} episodes, got {batch}.")
     returns = jnp.sum(jnp.where(t.valid, t.rewards, 0.0), axis=1)
     advantages = group_advantages(returns.reshape(-1, config.group_size), config).reshape(batch)
-    sequences = _sequences(t, images)
+    sequences = _sequences(t, images, config.episode_rows)
     per_transition = dict(sequences, old_token_logprobs=t.response_logprobs,
                           advantages=jnp.where(t.valid, advantages[:, None], 0.0), rewards=t.rewards, valid=t.valid)
     if config.kl_coef:
         per_transition["ref_token_logprobs"] = reference(reference_fn, reference_params, per_transition)
         if per_transition["ref_token_logprobs"] is None:
             raise ValueError("GRPOConfig.kl_coef > 0 needs reference_fn and reference_params.")
-    return {name: value.reshape(batch * steps, *value.shape[2:]) for name, value in per_transition.items()}
+    return _entries(per_transition)

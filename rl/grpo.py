@@ -12,6 +12,7 @@ response j of group g is row g * n + j), S response tokens (padded; `response_ma
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Literal, Mapping
 
 import jax
@@ -20,7 +21,7 @@ import optax
 
 from rl.masked import masked_count, masked_share
 from rl.ppo import k3_kl, sequence_logprob
-from rl.update import TrainState, check_microbatches, minibatch_update
+from rl.update import TrainState, as_transitions, check_microbatches, holds_rows, item_valid, minibatch_update
 
 Aggregation = Literal["token_mean", "sequence_mean", "token_sum_norm"]
 
@@ -41,7 +42,8 @@ class GRPOConfig:
     responses per gradient step of `grpo_update`; microbatches: each minibatch's gradient accumulated over that
     many microbatches (the same gradient, `rl.update.minibatch_update`). skip_padding: minibatches drawn from the
     buffer's valid transitions only, as `PPOConfig.skip_padding` (needs the buffer's "valid"; "token_sum_norm"
-    then divides by rows that are almost all real responses).
+    then divides by rows that are almost all real responses). episode_rows: the buffer's items are conversation
+    rows scored by one forward each, as `PPOConfig.episode_rows` (minibatch_size then counts episodes).
     """
 
     group_size: int = 8
@@ -56,6 +58,7 @@ class GRPOConfig:
     minibatch_size: int = 64
     microbatches: int = 1
     skip_padding: bool = False
+    episode_rows: bool = False
 
     def __post_init__(self):
         if self.aggregation not in (None, "token_mean", "sequence_mean", "token_sum_norm"):
@@ -89,10 +92,11 @@ def group_advantages(rewards: jax.Array, config: GRPOConfig) -> jax.Array:
 
 
 def grpo_totals(minibatch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """The counts `grpo_loss`'s means divide by: response tokens, responses with tokens, responses (rows)."""
+    """The counts `grpo_loss`'s means divide by: response tokens, responses with tokens, responses (rows; of a
+    minibatch of responses (n, S) or of conversation rows (m, K, S))."""
     token_mask = jnp.asarray(minibatch["response_mask"], bool)
     return {"tokens": masked_count(token_mask), "sequences": masked_count(jnp.any(token_mask, axis=-1)),
-            "rows": jnp.asarray(token_mask.shape[0], jnp.float32)}
+            "rows": jnp.asarray(math.prod(token_mask.shape[:-1]), jnp.float32)}
 
 
 def aggregate_token_loss(token_loss: jax.Array, token_mask: jax.Array, config: GRPOConfig,
@@ -169,6 +173,7 @@ def grpo_loss(new_token_logprobs: jax.Array, old_token_logprobs: jax.Array, adva
 TokenLogprobFn = Callable[[Any, Any], jax.Array]
 
 REQUIRED_BUFFER_KEYS = ("old_token_logprobs", "advantages", "response_mask")
+LOSS_KEYS = REQUIRED_BUFFER_KEYS + ("ref_token_logprobs",)
 
 
 def grpo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array, *, logprob_fn: TokenLogprobFn,
@@ -179,18 +184,22 @@ def grpo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array,
     buffer: dict with leading axis N: "old_token_logprobs" (N, S), "advantages" (N,) (group_advantages,
     flattened), "response_mask" (N, S), optionally "ref_token_logprobs" (N, S) and "valid" (N,) (needed with
     config.skip_padding), plus what `logprob_fn` reads.
-    logprob_fn(params, minibatch) -> token_logprobs (n, S). Jit with logprob_fn, optimizer and config static.
+    logprob_fn(params, minibatch) -> token_logprobs (n, S). Conversation rows (`episode_rows`): per-transition
+    keys (N, K, ...), logprob_fn's output (m, K, S), flattened for the loss as in `rl.ppo_update`. Jit with logprob_fn, optimizer and config static.
     """
     required = REQUIRED_BUFFER_KEYS + (("valid",) if config.skip_padding else ())
     missing = [key for key in required if key not in buffer]
     if missing:
         raise ValueError(f"the GRPO buffer lacks {missing}; build it with these keys: {list(required)}.")
 
+    rows = holds_rows(buffer)
+
     def loss_fn(params, minibatch, totals):
-        return grpo_loss(logprob_fn(params, minibatch), minibatch["old_token_logprobs"], minibatch["advantages"],
-                         minibatch["response_mask"], config, ref_token_logprobs=minibatch.get("ref_token_logprobs"),
-                         totals=totals)
+        batch = as_transitions({key: minibatch[key] for key in LOSS_KEYS if key in minibatch}, rows)
+        return grpo_loss(as_transitions(logprob_fn(params, minibatch), rows), batch["old_token_logprobs"],
+                         batch["advantages"], batch["response_mask"], config,
+                         ref_token_logprobs=batch.get("ref_token_logprobs"), totals=totals)
 
     return minibatch_update(train_state, buffer, rng, loss_fn=loss_fn, optimizer=optimizer, epochs=config.epochs,
                             minibatch_size=config.minibatch_size, microbatches=config.microbatches,
-                            totals_fn=grpo_totals, valid=buffer["valid"] if config.skip_padding else None)
+                            totals_fn=grpo_totals, valid=item_valid(buffer["valid"]) if config.skip_padding else None)

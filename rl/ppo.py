@@ -22,7 +22,8 @@ import optax
 from model.dtypes import keep_dtypes
 from rl.gae import GAEConfig
 from rl.masked import masked_count, masked_mean, masked_normalize, masked_share, masked_var
-from rl.update import TrainState, buffer_size, check_microbatches, minibatch_update
+from rl.update import (TrainState, as_transitions, buffer_size, check_microbatches, holds_rows, item_valid,
+                       minibatch_update)
 
 KLMode = Literal["k1_reward", "k3_loss"]
 AdvantageNormalization = Literal["buffer", "minibatch", "none"]
@@ -59,7 +60,13 @@ class PPOConfig:
     that ends early leaves padded ones, which a plain minibatch computes and masks out), as the reference's
     buffer of real transitions: ceil(n_valid / minibatch_size) gradient steps per epoch instead of
     N / minibatch_size (`rl.update.minibatch_update`'s `valid`); the run loop keeps the cosine where the plain
-    update would leave it (`advance_schedule`). Default False, the plain minibatches.
+    update would leave it (`advance_schedule`). Default False, the plain minibatches. episode_rows: the buffer's
+    items are conversation rows, not transitions: each row's whole conversation (prompt, K responses and
+    feedback turns, as the rollout's cache holds it) is one training sequence, and one forward scores all its K
+    transitions (the causal mask shows each response exactly its transition's context), where per-transition
+    rows repeat the context for every turn: up to K x fewer tokens through the model. The loss of each transition
+    is the same; minibatches then hold whole conversations, and minibatch_size / microbatches count rows
+    (episodes), not transitions. Default False (the reference's buffer of transitions).
     """
 
     clip_eps: float = 0.1
@@ -83,6 +90,7 @@ class PPOConfig:
     value_loss_trains_trunk: bool = True
     value_lr_scale: float = 1.0
     skip_padding: bool = False
+    episode_rows: bool = False
 
     def __post_init__(self):
         if self.advantage_normalization not in ("buffer", "minibatch", "none"):
@@ -226,10 +234,11 @@ def ppo_loss(new_token_logprobs: jax.Array, old_seq_logprob: jax.Array, advantag
 
 
 def ppo_totals(minibatch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """The counts `ppo_loss`'s means divide by: valid transitions and their response tokens."""
+    """The counts `ppo_loss`'s means divide by: valid transitions and their response tokens (transitions (n,)
+    or conversation rows (m, K))."""
     valid = jnp.asarray(minibatch["valid"], bool)
     return {"transitions": masked_count(valid),
-            "tokens": masked_count(jnp.logical_and(minibatch["response_mask"], valid[:, None]))}
+            "tokens": masked_count(jnp.logical_and(minibatch["response_mask"], valid[..., None]))}
 
 
 def normalize_buffer_advantages(advantages: jax.Array, valid: jax.Array, config: PPOConfig) -> jax.Array:
@@ -345,16 +354,18 @@ def with_peak_learning_rate(opt_state: Any, learning_rate: float | jax.Array) ->
     return with_schedule(opt_state, learning_rate=learning_rate)
 
 
-def optimizer_steps_per_update(num_transitions: int, config: PPOConfig) -> int:
-    """Gradient steps that one plain update over `num_transitions` takes: epochs x minibatches (the config: a
-    PPOConfig, or anything with `epochs` and `minibatch_size`, e.g. a GRPOConfig); with `skip_padding`, the steps
-    an update would take were every transition valid."""
-    return config.epochs * (num_transitions // config.minibatch_size)
+def optimizer_steps_per_update(num_items: int, config: PPOConfig) -> int:
+    """Gradient steps that one plain update over a buffer of `num_items` (transitions, or conversation rows with
+    `episode_rows`) takes: epochs x minibatches (the config: a PPOConfig, or anything with `epochs` and
+    `minibatch_size`, e.g. a GRPOConfig); with `skip_padding`, the steps an update would take were every item
+    valid."""
+    return config.epochs * (num_items // config.minibatch_size)
 
 
 PolicyFn = Callable[[Any, Any], tuple[jax.Array, jax.Array, jax.Array | None]]
 
 REQUIRED_BUFFER_KEYS = ("old_logprob", "advantages", "returns", "old_values", "response_mask", "valid")
+LOSS_KEYS = REQUIRED_BUFFER_KEYS + ("token_weights", "ref_token_logprobs")
 
 
 def ppo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array, *, policy_fn: PolicyFn,
@@ -368,6 +379,8 @@ def ppo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array, 
     plus whatever `policy_fn` reads (token ids, attention masks, pixel values ...).
     policy_fn(params, minibatch) -> (token_logprobs (n, S), values (n,), entropy (n, S) or None) for a minibatch
     of n = minibatch_size transitions. Jit with policy_fn, optimizer, config and critic_only static.
+    Conversation rows (`episode_rows`; `rl.update.holds_rows`): the per-transition keys are (N, K, ...) and
+    policy_fn's outputs (m, K, ...) for m rows; the loss sees the m * K transitions (`rl.update.as_transitions`).
     critic_only: the loss is vf_coef x the value loss alone (a critic warm-up: the value head learns on the
     policy's rollouts while the policy stays as it is); give it a policy_fn whose value head reads its input
     through a stop-gradient (`transition_policy(detach_value_input=True)`), so that every other param gets a zero
@@ -379,17 +392,19 @@ def ppo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array, 
     buffer_size(buffer)
     buffer = dict(buffer, advantages=normalize_buffer_advantages(buffer["advantages"], buffer["valid"], config))
 
+    rows = holds_rows(buffer)
+
     def loss_fn(params, minibatch, totals):
-        token_logprobs, values, entropy = policy_fn(params, minibatch)
-        loss, metrics = ppo_loss(token_logprobs, minibatch["old_logprob"], minibatch["advantages"], values,
-                                 minibatch["old_values"], minibatch["returns"], minibatch["response_mask"],
-                                 minibatch["valid"], config, token_weights=minibatch.get("token_weights"),
-                                 entropy=entropy, ref_token_logprobs=minibatch.get("ref_token_logprobs"),
-                                 totals=totals)
+        token_logprobs, values, entropy = as_transitions(policy_fn(params, minibatch), rows)
+        batch = as_transitions({key: minibatch[key] for key in LOSS_KEYS if key in minibatch}, rows)
+        loss, metrics = ppo_loss(token_logprobs, batch["old_logprob"], batch["advantages"], values,
+                                 batch["old_values"], batch["returns"], batch["response_mask"], batch["valid"], config,
+                                 token_weights=batch.get("token_weights"), entropy=entropy,
+                                 ref_token_logprobs=batch.get("ref_token_logprobs"), totals=totals)
         if critic_only:
             loss = config.vf_coef * metrics["value_loss"]
         return loss, metrics
 
     return minibatch_update(train_state, buffer, rng, loss_fn=loss_fn, optimizer=optimizer, epochs=config.epochs,
                             minibatch_size=config.minibatch_size, microbatches=config.microbatches,
-                            totals_fn=ppo_totals, valid=buffer["valid"] if config.skip_padding else None)
+                            totals_fn=ppo_totals, valid=item_valid(buffer["valid"]) if config.skip_padding else None)

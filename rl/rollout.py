@@ -270,18 +270,71 @@ def transition_sequences(trajectory: Trajectory) -> dict[str, jax.Array]:
                 response_mask=t.response_mask.astype(jnp.int32), context_order=order)
 
 
+def episode_sequences(trajectory: Trajectory) -> dict[str, jax.Array]:
+    """Per row (B) its whole conversation as one training sequence, laid out as the rollout's cache holds it: the
+    prompt, then per turn N response slots and F feedback slots (the last turn's feedback never scored, so L =
+    P + K N + (K - 1) F), padding inside (masked). Returns stream_ids, stream_mask (B, L); response_ids,
+    response_mask (B, K, N); response_starts (B, K), the stream index of each response's first slot; and
+    context_ends (B, K), the index of the last real token before it (the value's position and the first
+    response token's predictor; a feedback turn is right-padded, so this is not response_starts - 1). Under the
+    causal mask each response sees exactly its transition's context, so one forward over the stream scores all K
+    transitions (`transition_policy`). Pure jnp."""
+    t = trajectory
+    batch, steps, n = t.response_ids.shape
+    per_turn = n + t.feedback_ids.shape[-1]
+    prompt_len = t.prompt_ids.shape[1]
+    length = prompt_len + steps * per_turn - (per_turn - n)
+    turns = jnp.concatenate([t.response_ids, t.feedback_ids], axis=-1).reshape(batch, -1)
+    turn_mask = jnp.concatenate([t.response_mask.astype(jnp.int32), t.feedback_mask.astype(jnp.int32)],
+                                axis=-1).reshape(batch, -1)
+    stream_ids = jnp.concatenate([t.prompt_ids, turns], axis=1)[:, :length]
+    stream_mask = jnp.concatenate([t.prompt_mask.astype(jnp.int32), turn_mask], axis=1)[:, :length]
+    starts = prompt_len + jnp.arange(steps, dtype=jnp.int32) * per_turn  # (K,)
+    slots = jnp.arange(length, dtype=jnp.int32)
+    before = (stream_mask[:, None, :] != 0) & (slots[None, None, :] < starts[None, :, None])  # (B, K, L)
+    context_ends = jnp.max(jnp.where(before, slots, 0), axis=-1)
+    return dict(stream_ids=stream_ids, stream_mask=stream_mask, response_ids=t.response_ids,
+                response_mask=t.response_mask.astype(jnp.int32),
+                response_starts=jnp.broadcast_to(starts, (batch, steps)), context_ends=context_ends)
+
+
+# a conversation row's own arrays (the rest of a rows buffer is per transition, (B, K, ...))
+CONVERSATION_KEYS = ("stream_ids", "stream_mask", "cross_attention_states", "cross_attention_mask")
+
+
+def conversation_rows(arrays: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Arrays of R consecutive conversations per row (V-IRL's decision points: `rl.buffer.concatenate_transitions`
+    stacks their CONVERSATION_KEYS (B, R, ...) and concatenates the per-transition arrays (B, R * K, ...)) as B * R
+    conversation rows: (B * R, ...) and (B * R, K, ...). One conversation per row (stream_ids (B, L)): as given."""
+    if arrays["stream_ids"].ndim == 2:
+        return arrays
+    batch, parts = arrays["stream_ids"].shape[:2]
+    return {name: value.reshape(batch * parts, *value.shape[2:]) if name in CONVERSATION_KEYS
+            else value.reshape(batch * parts, value.shape[1] // parts, *value.shape[2:])
+            for name, value in arrays.items()}
+
+
+def episode_cross_attention_mask(prompt_cross_mask: jax.Array, length: int) -> jax.Array:
+    """The cross-attention mask (B, length, I, T) of a conversation stream (`episode_sequences`): the prompt's
+    rows (B, P, I, T), then the prompt's last row for every later token (what the cache repeats for appended
+    tokens)."""
+    batch, prompt_len = prompt_cross_mask.shape[:2]
+    last = prompt_cross_mask[:, -1:]
+    return jnp.concatenate([prompt_cross_mask, jnp.broadcast_to(last, (batch, length - prompt_len,
+                                                                      *last.shape[2:]))], axis=1)
+
+
 def transition_cross_attention_mask(prompt_cross_mask: jax.Array, context_order: jax.Array,
                                     response_len: int) -> jax.Array:
-    """The cross-attention mask (B, K, C + N, I, T) of the training sequences: the prompt's rows (B, P, I, T) for
-    prompt tokens, and for every later token the prompt's last row (what the cache repeats for appended tokens),
-    gathered in the context's order."""
-    batch, prompt_len = prompt_cross_mask.shape[:2]
+    """The cross-attention mask (B, K, C + N, I, T) of the training sequences: the conversation stream's rows
+    (`episode_cross_attention_mask`) gathered in the context's order, then the prompt's last row for the
+    response."""
+    batch = prompt_cross_mask.shape[0]
     steps, context_len = context_order.shape[1:]
-    last = prompt_cross_mask[:, -1:]
-    stream = jnp.concatenate([prompt_cross_mask, jnp.broadcast_to(last, (batch, context_len - prompt_len,
-                                                                         *last.shape[2:]))], axis=1)
+    stream = episode_cross_attention_mask(prompt_cross_mask, context_len)
     gathered = jax.vmap(lambda s, o: s[o], in_axes=(None, 0))
     context = jax.vmap(gathered)(stream, context_order)  # (B, K, C, I, T)
+    last = prompt_cross_mask[:, -1:]
     response = jnp.broadcast_to(last[:, None], (batch, steps, response_len, *last.shape[2:]))
     return jnp.concatenate([context, response], axis=2)
 
@@ -301,22 +354,37 @@ def transition_policy(params: Params, minibatch: dict[str, jax.Array], *, config
     response tokens' log-probs (n, N) under log_softmax(logits / temperature) (`model.sampler.token_logprobs`, the
     sampler's definition), the value (n,) at the last context token, and with `return_entropy` the entropy (n, N)
     of that distribution at each response position (`token_entropy`; PPO's entropy bonus), else None.
+    A minibatch of conversation rows (`episode_sequences`' keys: stream_ids, stream_mask (m, L), response_starts,
+    context_ends (m, K)) is one forward over each stream, and every output gains the K axis: (m, K, N), (m, K).
     `detach_value_input`: the value head reads the trunk's hidden state through a stop-gradient, so the value loss
     trains the head only (PPOConfig.value_loss_trains_trunk=False); the values are the same. Optional minibatch
-    keys "cross_attention_states" (n, V, D) and "cross_attention_mask" (n, C + N, I, T)."""
-    context, response = minibatch["context_ids"], minibatch["response_ids"]
-    ids = jnp.concatenate([context, response], axis=1)
-    mask = jnp.concatenate([minibatch["context_mask"], minibatch["response_mask"]], axis=1)
-    c = context.shape[1]
-    # logits only where a response token is predicted (positions C - 1 .. C + N - 2), as the peers do
+    keys "cross_attention_states" (n, V, D) and "cross_attention_mask" (n, C + N, I, T) (rows: (m, L, I, T))."""
+    response = minibatch["response_ids"]
+    rows = "stream_ids" in minibatch
+    if rows:
+        ids, mask = minibatch["stream_ids"], minibatch["stream_mask"]
+        value_positions = minibatch["context_ends"]  # (m, K)
+        offsets = jnp.arange(response.shape[-1], dtype=jnp.int32)
+        # token j of a response is predicted at the slot before it, its first token at the context's last token
+        predictors = jnp.where(offsets == 0, value_positions[..., None],
+                               minibatch["response_starts"][..., None] + offsets - 1)  # (m, K, N)
+        logits_positions = predictors.reshape(predictors.shape[0], -1)
+    else:
+        ids = jnp.concatenate([minibatch["context_ids"], response], axis=1)
+        mask = jnp.concatenate([minibatch["context_mask"], minibatch["response_mask"]], axis=1)
+        c = minibatch["context_ids"].shape[1]
+        # logits only where a response token is predicted (positions C - 1 .. C + N - 2), as the peers do
+        logits_positions = slice(c - 1, ids.shape[1] - 1)
     hidden, response_logits = forward_hidden(params, config, ids, attention_mask=mask,
                                              cross_attention_states=minibatch.get("cross_attention_states"),
                                              cross_attention_mask=minibatch.get("cross_attention_mask"),
-                                             logits_positions=slice(c - 1, ids.shape[1] - 1))
-    value_input = hidden[:, c - 1]
+                                             logits_positions=logits_positions)
+    response_logits = response_logits.reshape(*response.shape, -1)
+    value_input = (jnp.take_along_axis(hidden[:, None], value_positions[..., None, None], axis=2)[..., 0, :] if rows
+                   else hidden[:, c - 1])
     if detach_value_input:
         value_input = jax.lax.stop_gradient(value_input)
-    values = _value(params, value_input)
+    values = policy_values(params, value_input, "an RL policy")
     entropy = token_entropy(response_logits, temperature) if return_entropy else None
     return token_logprobs(response_logits, response, temperature), values, entropy
 
@@ -325,16 +393,23 @@ def reference_token_logprobs(reference_params: Params, transitions: dict[str, ja
                              temperature: float, chunk_size: int) -> jax.Array:
     """The frozen reference policy's log-probs (B, T, N) of every transition's response tokens (`transition_policy`
     with `reference_params`, no gradient), for PPO's KL terms (k1 in the reward, k3 in the loss) and GRPO's k3.
-    `transitions`: the (B, T, ...) arrays of `rl.buffer.transition_arrays`; the B * T sequences go through the
-    forward `chunk_size` at a time (`jax.lax.map`; B * T must be a multiple of it, e.g. the minibatch size)."""
-    keys = ("context_ids", "context_mask", "response_ids", "response_mask", "cross_attention_states",
-            "cross_attention_mask")
+    `transitions`: the (B, T, ...) arrays of `rl.buffer.transition_arrays`; the B * T sequences (or, for
+    conversation rows, the streams: `conversation_rows`) go through the forward `chunk_size` at a time (`jax.lax.map`; their count
+    must be a multiple of it, e.g. the minibatch size)."""
     batch, steps = transitions["response_ids"].shape[:2]
-    total = batch * steps
+    rows = "stream_ids" in transitions
+    keys = ("context_ids", "context_mask", "response_ids", "response_mask", "cross_attention_states",
+            "cross_attention_mask", "stream_ids", "stream_mask", "response_starts", "context_ends")
+    arrays = {k: transitions[k] for k in keys if k in transitions}
+    if rows:
+        arrays = conversation_rows(arrays)
+    else:
+        arrays = {k: v.reshape(batch * steps, *v.shape[2:]) for k, v in arrays.items()}
+    total = arrays["response_ids"].shape[0]
     if total % chunk_size:
-        raise ValueError(f"reference_token_logprobs needs B * T = {total} to be a multiple of chunk_size={chunk_size}.")
-    chunks = {k: transitions[k].reshape(total // chunk_size, chunk_size, *transitions[k].shape[2:])
-              for k in keys if k in transitions}
+        what = "conversations" if rows else "B * T"
+        raise ValueError(f"reference_token_logprobs needs {what} = {total} to be a multiple of chunk_size={chunk_size}.")
+    chunks = {k: v.reshape(total // chunk_size, chunk_size, *v.shape[1:]) for k, v in arrays.items()}
     params = jax.lax.stop_gradient(reference_params)
     logprobs = jax.lax.map(lambda chunk: transition_policy(params, chunk, config=config, temperature=temperature)[0],
                            chunks)

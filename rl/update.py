@@ -14,6 +14,10 @@ n_valid); only the last minibatch holds padding. With every item valid this is t
 The number of optimizer steps then varies per update; a step-counted learning-rate schedule can be advanced by
 the skipped steps (`rl.ppo.advance_schedule`) so that it stays where the plain loop would leave it.
 
+Conversation rows (`PPOConfig.episode_rows`): an item may be a row of K transitions, its per-transition arrays
+(N, K, ...) beside the row's stream; the losses see the minibatch's (m, K) transitions flattened to m * K
+(`as_transitions`), and a row counts as valid when any of its transitions is (`item_valid`).
+
 Gradient accumulation: with `microbatches` m > 1 each minibatch's gradient is the sum of m microbatches' (rows
 k, k + m, ... of the minibatch: `model.sharding.split_microbatches`), taken one after another, so a step holds one
 microbatch's activations. The losses are means over the minibatch (over its valid transitions, its tokens, its
@@ -57,6 +61,23 @@ def buffer_size(buffer: Any) -> int:
     if len(sizes) != 1:
         raise ValueError(f"every array in the rollout buffer must share its leading axis N; got sizes {sorted(sizes)}.")
     return sizes.pop()
+
+
+def holds_rows(buffer: Any) -> bool:
+    """Whether `buffer`'s items are conversation rows of transitions: its response_mask is (N, K, S), not (N, S)."""
+    return jnp.ndim(buffer["response_mask"]) == 3
+
+
+def as_transitions(tree: Any, rows: bool) -> Any:
+    """`tree`'s arrays with their leading (m, K) axes of conversation rows flattened to m * K transitions (as they
+    are when not `rows`)."""
+    return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree) if rows else tree
+
+
+def item_valid(valid: jax.Array) -> jax.Array:
+    """(N,) bool: the items with a valid transition (`valid` (N,), or (N, K) for conversation rows)."""
+    valid = jnp.asarray(valid, bool)
+    return valid if valid.ndim == 1 else jnp.any(valid, axis=1)
 
 
 def minibatch_indices(rng: jax.Array, num_items: int, *, epochs: int, minibatch_size: int) -> jax.Array:

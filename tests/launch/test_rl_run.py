@@ -182,7 +182,8 @@ def test_skip_padding_keeps_the_schedule_and_computes_fewer_steps(tmp_path, temp
     """`ppo.skip_padding`: with a scripted policy that solves some hands at the first try (their episodes end
     there, leaving a padded transition), the update takes fewer optimizer steps than the plain one, over the same
     valid transitions (the same train tokens), and the next update starts at the plain run's learning rate: the
-    cosine is advanced by the skipped steps. The state's step counts what was taken."""
+    cosine is advanced by the skipped steps. The state's step counts what was taken. `ppo.episode_rows` on the same
+    rollout: as many steps over conversations as the plain update's over pairs of transitions, fewer tokens."""
     from launch import rl_run
     from launch.rl_common import RolloutRunner
 
@@ -190,7 +191,8 @@ def test_skip_padding_keeps_the_schedule_and_computes_fewer_steps(tmp_path, temp
     monkeypatch.setattr(rl_run, "shared_runner", lambda policy, episodes, steps, batch, mesh=None: RolloutRunner(
         policy, episodes, steps, batch, mesh=mesh, step_fn=solves_even_hands))
     records = {}
-    for name, extra in (("plain", []), ("skip", ["ppo.skip_padding=true"])):
+    for name, extra in (("plain", []), ("skip", ["ppo.skip_padding=true"]),
+                        ("rows", ["ppo.episode_rows=true", "ppo.minibatch_size=1"])):
         config = resolve("rl-tiny", templates + ["updates=2", "eval_every=0", "episodes.reward=task",
                                                  "ppo.minibatch_size=2", "ppo.epochs=1", *extra])
         run_rl(config, tmp_path / name, show_progress=False)
@@ -204,6 +206,12 @@ def test_skip_padding_keeps_the_schedule_and_computes_fewer_steps(tmp_path, temp
     assert skip[0]["tokens"] == plain[0]["tokens"]  # the same rollout (the policies differ after it)
     assert [r["lr"] for r in skip] == pytest.approx([r["lr"] for r in plain], rel=1e-6)
     assert skip[-1]["loss"] != plain[-1]["loss"]
+    # ppo.episode_rows: minibatches of 1 conversation (2 transitions), 8 steps as the plain update's and the same
+    # schedule; one forward per episode scores fewer tokens than its transitions' contexts + responses
+    rows = records["rows"]
+    assert [r["optimizer_steps"] for r in rows] == [8, 8]
+    assert [r["lr"] for r in rows] == pytest.approx([r["lr"] for r in plain], rel=1e-6)
+    assert rows[0]["inference_tokens"] == plain[0]["inference_tokens"] and rows[0]["tokens"] < plain[0]["tokens"]
 
 
 def test_runs_of_one_process_evaluate_at_their_own_eval_temperature(tmp_path, templates, monkeypatch):

@@ -14,6 +14,7 @@ from launch.cli import main
 from launch.config import resolve
 from launch.metrics import read_metrics
 from launch.rl_common import RolloutRunner, load_policy
+from launch.rl_run import run_rl
 from launch.rl_virl import (TrainingRoutes, decision_step, make_buffer_fn, play, rollout_steps, training_statistics,
                             update_buffer)
 from tasks.virl import oracle_response
@@ -131,6 +132,12 @@ def test_buffer_carries_value_across_decision_points(scripted_setup):
     for d in (2, 1, 0):
         following = expected[:, d] = 1.0 + 0.5 * following
     np.testing.assert_allclose(returns, expected, rtol=1e-5)
+    # as conversation rows (ppo.episode_rows): one row per decision point's conversation, the same GAE
+    rows = jax.device_get(update_buffer(make_buffer_fn(dataclasses.replace(ppo, episode_rows=True)), runners["right"],
+                                        policy.params, result))
+    assert rows["stream_ids"].shape[0] == ROWS * 3 and rows["valid"].shape == (ROWS * 3, k)
+    for name in ("returns", "advantages", "valid"):
+        np.testing.assert_allclose(rows[name].reshape(-1), buffer[name], rtol=1e-6, err_msg=name)
 
 
 def test_evaluation_in_chunks_of_whole_routes_equals_one_batch(scripted_setup):
@@ -164,6 +171,15 @@ def test_memgen_rl_virl_runs_and_resumes(tmp_path, template):
     assert [r["split"] for r in evals] == ["in_distribution", "rule_ood"]
     for r in evals:
         assert 0 <= r["per_step_accuracy"] <= 1 and "per_step_accuracy_se" in r and "success_se" in r
+
+
+def test_memgen_rl_virl_trains_on_conversation_rows(tmp_path, template):
+    """ppo.episode_rows: each decision point's conversation is a row, 2 rows x 2 decision points = 4 per update."""
+    config = resolve("rl-virl-tiny", template + ["updates=1", "ppo.episode_rows=true", "ppo.minibatch_size=2"])
+    run_rl(config, tmp_path / "run", show_progress=False)
+    train = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert [r["optimizer_steps"] for r in train] == [config.ppo.epochs * 4 // 2]
+    assert np.isfinite(train[0]["loss"]) and train[0]["tokens"] > 0
 
 
 def test_memgen_eval_virl(tmp_path, template):

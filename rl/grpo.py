@@ -185,7 +185,8 @@ def grpo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array,
     flattened), "response_mask" (N, S), optionally "ref_token_logprobs" (N, S) and "valid" (N,) (needed with
     config.skip_padding), plus what `logprob_fn` reads.
     logprob_fn(params, minibatch) -> token_logprobs (n, S). Conversation rows (`episode_rows`): per-transition
-    keys (N, K, ...), logprob_fn's output (m, K, S), flattened for the loss as in `rl.ppo_update`. Jit with logprob_fn, optimizer and config static.
+    keys (N, K, ...), logprob_fn's output (m, K, S), flattened for the loss as in `rl.ppo_update`. Jit with
+    logprob_fn, optimizer and config static.
     """
     required = REQUIRED_BUFFER_KEYS + (("valid",) if config.skip_padding else ())
     missing = [key for key in required if key not in buffer]

@@ -23,6 +23,11 @@ V-IRL (a correct action starts a fresh conversation): one call of `rollout` is o
 calls it once per decision point with the fresh prompts of the rows' next decision and concatenates the (B, K)
 transitions along K (GAE then runs over the whole route; `rl.gae` allows several episodes and padding per row).
 
+Training sequences: per transition (`transition_sequences`: its context compacted, then its response; C + N
+tokens, the context repeating the earlier turns for every transition) or per conversation (`episode_sequences`:
+the row's stream as the cache held it, L = P + K N + (K - 1) F, one forward scoring all K responses;
+`PPOConfig.episode_rows`). `transition_policy` scores either.
+
 Log-probs: `Trajectory.response_logprobs` are the sampler's log_softmax(logits / temperature) (no top-k / top-p
 when these are off); `transition_policy` recomputes them with `model.sampler.token_logprobs` from the same ids, so
 the first PPO ratio is 1 (tests/rl/test_rollout.py).
@@ -158,15 +163,15 @@ def rollout(params: Params, config: ModelConfig, prompt_ids: jax.Array, prompt_m
             cross_attention_mask: jax.Array | None = None, stop_tokens: jax.Array | None = None,
             active: jax.Array | None = None, mesh: jax.sharding.Mesh | None = None) -> Trajectory:
     """One decision point of B episodes: prefill the left-padded prompts (B, P), then a `jax.lax.scan` over K
-    verification steps (module docstring; one scan per cache stage). `cross_attention_states` (B, V, D): the
-    images, encoded once (`model.forward.vision_states`), with the prompt's cross_attention_mask (B, P, I, T). `stop_tokens` (S,) int32
-    (-1 = unused) overrides sampling.stop_tokens. `active` (B,) bool: rows that play (default all); the others
-    (e.g. V-IRL routes that already ended) sample nothing, are never passed to the verifier as active and have
-    no valid transition. `mesh` (static): the KV cache is constrained to the sampler's placement on it (batch over
-    data x fsdp, KV heads over tensor) after the prefill and after every step; place params with
+    verification steps (module docstring; one scan per cache stage). `cross_attention_states` (B, V, D): the images,
+    encoded once (`model.forward.vision_states`), with the prompt's cross_attention_mask (B, P, I, T). `stop_tokens`
+    (S,) int32 (-1 = unused) overrides sampling.stop_tokens. `active` (B,) bool: rows that play (default all); the
+    others (e.g. V-IRL routes that already ended) sample nothing, are never passed to the verifier as active and
+    have no valid transition. `mesh` (static): the KV cache is constrained to the sampler's placement on it (batch
+    over data x fsdp, KV heads over tensor) after the prefill and after every step; place params with
     `model.sharding.shard_params` and the prompts with the batch sharding, and call it under `jax.set_mesh(mesh)`
-    for the model's activation constraints (`launch.rl_common.RolloutRunner` does all three). Jit it with
-    `config`, `verifier`, `rollout_config` and `mesh` static."""
+    for the model's activation constraints (`launch.rl_common.RolloutRunner` does all three). Jit it with `config`,
+    `verifier`, `rollout_config` and `mesh` static."""
     sampling = rollout_config.sampling
     batch, prompt_len = prompt_ids.shape
     num_images = 0
@@ -394,8 +399,8 @@ def reference_token_logprobs(reference_params: Params, transitions: dict[str, ja
     """The frozen reference policy's log-probs (B, T, N) of every transition's response tokens (`transition_policy`
     with `reference_params`, no gradient), for PPO's KL terms (k1 in the reward, k3 in the loss) and GRPO's k3.
     `transitions`: the (B, T, ...) arrays of `rl.buffer.transition_arrays`; the B * T sequences (or, for
-    conversation rows, the streams: `conversation_rows`) go through the forward `chunk_size` at a time (`jax.lax.map`; their count
-    must be a multiple of it, e.g. the minibatch size)."""
+    conversation rows, the streams: `conversation_rows`) go through the forward `chunk_size` at a time
+    (`jax.lax.map`; their count must be a multiple of it, e.g. the minibatch size)."""
     batch, steps = transitions["response_ids"].shape[:2]
     rows = "stream_ids" in transitions
     keys = ("context_ids", "context_mask", "response_ids", "response_mask", "cross_attention_states",
@@ -408,7 +413,8 @@ def reference_token_logprobs(reference_params: Params, transitions: dict[str, ja
     total = arrays["response_ids"].shape[0]
     if total % chunk_size:
         what = "conversations" if rows else "B * T"
-        raise ValueError(f"reference_token_logprobs needs {what} = {total} to be a multiple of chunk_size={chunk_size}.")
+        raise ValueError(f"reference_token_logprobs needs {what} = {total} to be a multiple of "
+                         f"chunk_size={chunk_size}.")
     chunks = {k: v.reshape(total // chunk_size, chunk_size, *v.shape[1:]) for k, v in arrays.items()}
     params = jax.lax.stop_gradient(reference_params)
     logprobs = jax.lax.map(lambda chunk: transition_policy(params, chunk, config=config, temperature=temperature)[0],

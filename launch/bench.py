@@ -7,7 +7,8 @@ and a description of the machine.
 
 Benchmarks (`--only` names): verifier (GeneralPoints verifier and hand sampler), sampler (KV-cached generate vs
 transformers' generate), sft_step (the SFT train step vs transformers + torch AdamW), ppo_update (one PPO update,
-rl.ppo_update, vs transformers + a torch value head + torch Adam on the same buffer and minibatches), episode (GP-L
+rl.ppo_update, vs transformers + a torch value head + torch Adam on the same buffer and minibatches),
+conversation_rows (the PPO update over a real rollout as conversation rows vs per-transition rows), episode (GP-L
 rollout episodes/s and the share of rollout time outside generation; the sampler's multi-turn episode: a later
 turn's cost over the first and the cached episode against recomputing the context), vision_encoder,
 text_decoder, planner (`memgen plan` vs XLA's compiled memory analysis; needs 8 devices: on a CPU the command
@@ -130,6 +131,20 @@ def bench_ppo_update(preset: str, quick: bool) -> list[dict]:
                 r["transformers_tokens_per_s"], "transformers + torch Adam", r["memgen_compile_s"], raw=r)]
 
 
+def bench_conversation_rows(preset: str, quick: bool) -> list[dict]:
+    script = _script("bench_conversation_rows")
+    if quick:
+        sizes = dict(episodes=2, verify_steps=2, max_new_tokens=4, feedback_len=16, minibatch_rows=1, repeats=1)
+    else:
+        sizes = dict(episodes=8, verify_steps=5, max_new_tokens=64, feedback_len=64, minibatch_rows=2, repeats=1)
+    r = script.measure(preset, **sizes)
+    config = (f"GP-L, {preset}, one rollout of {r['episodes']} episodes x {r['verify_steps']} turns "
+              f"({r['valid_transitions']} transitions), {r['epochs']} epoch, skip_padding")
+    rows = r["rows"]
+    return [row("PPO update: conversation rows (CPU)", config, rows["update_s"], "s", r["transitions"]["update_s"],
+                "per-transition rows", rows["compile_s"], higher_is_better=False, raw=r)]
+
+
 def bench_episode(preset: str, quick: bool) -> list[dict]:
     rollout = _script("bench_rollout")
     if quick:
@@ -206,7 +221,8 @@ def bench_planner(preset: str, quick: bool) -> list[dict]:
 # The planner runs last: its script sets CPU-only defaults for a process that has not started JAX yet.
 BENCHMARKS: dict[str, Callable[[str, bool], list[dict]]] = {
     "verifier": bench_verifier, "sampler": bench_sampler, "sft_step": bench_sft_step, "ppo_update": bench_ppo_update,
-    "episode": bench_episode, "vision_encoder": bench_vision_encoder, "text_decoder": bench_text_decoder, "planner": bench_planner,
+    "conversation_rows": bench_conversation_rows, "episode": bench_episode, "vision_encoder": bench_vision_encoder,
+    "text_decoder": bench_text_decoder, "planner": bench_planner,
 }
 
 
@@ -242,7 +258,8 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     devices = ", ".join(sorted(set(m["devices"])))
     lines = [f"# memgen bench ({result['preset']} preset{', quick' if result['quick'] else ''})", "",
-             f"{m['date']}; {m.get('cpu_model') or m['processor']}, {m['cpu_count']} CPUs (load {m['load_average']:.2f}); "
+             f"{m['date']}; {m.get('cpu_model') or m['processor']}, {m['cpu_count']} CPUs "
+             f"(load {m['load_average']:.2f}); "
              f"{m['platform']}; Python {m['python']}, jax {m['jax']}; devices: {devices} x {len(m['devices'])}; "
              f"malloc huge pages {'on' if m.get('huge_pages') else 'off'} (launch.hugepages)", "",
              "| name | config | memgen | peer | ratio | compile s |", "|---|---|---|---|---|---|"]

@@ -1,9 +1,9 @@
-"""launch.bench (`memgen bench`): a quick tiny run of two cheap benchmarks writes bench.json and bench.md with
-positive figures, the goal peers and their ratios, compile seconds and the machine; a quick tiny run of the model
-benchmarks (sft_step, sampler, ppo_update, episode) gives their rows with positive rates, the transformers peers'
-ratios and, for the PPO update, first-minibatch losses that agree with the peer's; unknown names stop with one
-sentence; the GPU SFT benchmark's default shape plans to fit one 80 GB H100, and a shape that does not fit the
-device stops in one sentence before any parameter is made."""
+"""launch.bench (`memgen bench`): a quick tiny run of two cheap benchmarks writes bench.json and bench.md with positive
+figures, the goal peers and their ratios, compile seconds and the machine; a quick tiny run of the model benchmarks
+(sft_step, sampler, ppo_update, conversation_rows, episode) gives their rows with positive rates, the transformers
+peers' ratios and, for the PPO update, first-minibatch losses that agree with the peer's; unknown names stop with one
+sentence; the GPU SFT benchmark's default shape plans to fit one 80 GB H100, and a shape that does not fit the device
+stops in one sentence before any parameter is made."""
 
 import argparse
 import json
@@ -50,9 +50,10 @@ def test_unknown_benchmark_stops_with_one_sentence(tmp_path, capsys):
 
 def test_quick_tiny_model_benchmarks_have_rows_and_peer_ratios(tmp_path):
     assert cli.main(["bench", "--out", str(tmp_path), "--quick", "--preset", "tiny",
-                     "--only", "sampler,sft_step,ppo_update,episode"]) == 0
+                     "--only", "sampler,sft_step,ppo_update,conversation_rows,episode"]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
-    assert result["errors"] == {} and set(result["seconds"]) == {"sampler", "sft_step", "ppo_update", "episode"}
+    assert result["errors"] == {} and set(result["seconds"]) == {"sampler", "sft_step", "ppo_update",
+                                                                 "conversation_rows", "episode"}
     rows = {r["name"]: r for r in result["rows"]}
     for r in rows.values():
         assert r["memgen"] > 0 and math.isfinite(r["memgen"])
@@ -66,6 +67,10 @@ def test_quick_tiny_model_benchmarks_have_rows_and_peer_ratios(tmp_path):
     assert ppo["preset"] == "tiny" and ppo["losses_agree"]
     assert abs(ppo["memgen_first_loss"] - ppo["transformers_first_loss"]) < 1e-3
     assert ppo["optimizer_steps"] == ppo["epochs"] * ppo["transitions"] // ppo["minibatch_size"]
+    conversations = rows["PPO update: conversation rows (CPU)"]
+    assert conversations["peer_name"] == "per-transition rows" and conversations["peer"] > 0
+    tokens = {layout: conversations["raw"][layout]["model_tokens_per_epoch"] for layout in ("rows", "transitions")}
+    assert tokens["rows"] < tokens["transitions"]
     assert rows["rollout episodes"]["unit"] == "episodes/s"
     outside = rows["rollout time outside generation"]
     assert 0 < outside["memgen"] < 100 and outside["peer"] == 10.0 and outside["ratio"] == 10.0 / outside["memgen"]

@@ -113,16 +113,18 @@ def test_sharded_rollout_equals_single_device(tiny, single_trajectory, mesh, cac
                                    err_msg=name)
 
 
-def test_sharded_ppo_update_equals_single_device(tiny, single_trajectory, mesh):
+@pytest.mark.parametrize("rows", [False, True], ids=["transitions", "conversation rows"])
+def test_sharded_ppo_update_equals_single_device(tiny, single_trajectory, mesh, rows):
     """Two epochs of two minibatches (four Adam steps) with the value and entropy terms: params after the update
     and every metric within 1e-5. The buffer is the single-device rollout's, placed over data x fsdp. Learning
     rate 2e-4: Adam's first steps move a param by ~lr whatever its gradient's size, so a gradient near zero whose
     last bits differ between the two reduction orders moves by a visibly different amount (at lr 1e-3 one of 12288
-    up_proj entries differed by 1.5e-5, everything else and every metric by < 1e-5)."""
+    up_proj entries differed by 1.5e-5, everything else and every metric by < 1e-5). Conversation rows
+    (`episode_rows`): the 4 rows, one minibatch per epoch."""
     config, params, _, _ = tiny
     single_traj = single_trajectory
     ppo = PPOConfig(epochs=2, minibatch_size=4, learning_rate=2e-4, final_learning_rate=2e-5, max_grad_norm=1.0,
-                    entropy_coef=0.01)
+                    entropy_coef=0.01, episode_rows=rows)
     optimizer = ppo_optimizer(ppo, total_steps=4)
     policy_fn = functools.partial(transition_policy, config=config, temperature=1.0, return_entropy=True)
     update = functools.partial(ppo_update, policy_fn=policy_fn, optimizer=optimizer, config=ppo)
@@ -144,7 +146,7 @@ def test_sharded_ppo_update_equals_single_device(tiny, single_trajectory, mesh):
     assert jax.tree.leaves(sharded_state.params)[0].sharding.mesh == mesh
 
     single_state, sharded_state = jax.device_get(single_state), jax.device_get(sharded_state)
-    assert int(sharded_state.step) == int(single_state.step) == 4
+    assert int(sharded_state.step) == int(single_state.step) == (2 if rows else 4)
     moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(single_state.params),
                                                            jax.tree.leaves(params)))
     assert moved > 2e-4  # the update really moved the params (so 1e-5 is a real tolerance)

@@ -24,6 +24,7 @@ from launch.model_source import ModelSource, ModelSourceError, load_model, save_
 from launch.rl_config import EpisodeConfig
 from model.chat import batch_conversations
 from model.sampler import SamplingConfig
+from rl.buffer import Images
 from rl.rollout import RolloutConfig, prompt_value, rollout
 
 FINAL_DIR = "final"
@@ -213,13 +214,16 @@ class RolloutRunner:
             with mesh_context(self.mesh):
                 encoded = _encode_images(params, self.policy.config, self._place(batch.pixel_values),
                                          self._place(batch.aspect_ratio_ids), self._place(batch.aspect_ratio_mask))
-            images = (encoded, self._place(batch.cross_attention_mask, np.int32))
-            image_inputs = dict(cross_attention_states=images[0], cross_attention_mask=images[1])
+            images = Images(encoded, self._place(batch.cross_attention_mask, np.int32),
+                            self._place(batch.pixel_values), self._place(batch.aspect_ratio_ids),
+                            self._place(batch.aspect_ratio_mask))
+            image_inputs = dict(cross_attention_states=images.states, cross_attention_mask=images.cross_attention_mask)
         return batch, images, image_inputs
 
     def __call__(self, params, states, rng: jax.Array, active=None):
-        """(trajectory, verifier, images): images = (encoded images (B, V, D), the prompts' cross-attention mask
-        (B, P, I, T)) for the vision modality (what the buffer needs), else None. `active` (B,) bool: the rows
+        """(trajectory, verifier, images): images (`rl.buffer.Images`: the encoded images (B, V, D), the prompts'
+        cross-attention mask (B, P, I, T) and the pixel inputs) for the vision modality (what the buffer needs),
+        else None. `active` (B,) bool: the rows
         that play (default all)."""
         if len(states) != self.batch_size:
             raise ValueError(f"the rollout was built for {self.batch_size} episodes, got {len(states)}")

@@ -102,7 +102,11 @@ class RLConfig:
     (and Adam's moments') dtype (float32 master weights; bfloat16 where they would not fit, as SFTConfig's),
     gradient-checkpointing policy in the update ("full": recompute each layer in the
     backward pass) and queries per attention block (model.config.ModelConfig; 0: all at once), for the rollouts,
-    the update and the run's evaluations alike."""
+    the update and the run's evaluations alike.
+    ``freeze_vision`` (vision modality): the update reads the images the rollout encoded, so no gradient reaches
+    the vision encoder and projector (they keep their params, and the update runs no encoder: cheaper). False (the
+    default, as the reference, which trains the whole model): each training row's images are encoded again from
+    their pixels inside the update, so the vision encoder and projector train with the rest."""
 
     init: str = "tiny"
     seed: int = 0
@@ -123,6 +127,7 @@ class RLConfig:
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: Literal["none", "full", "dots"] = "none"
     attention_block: int = 0
+    freeze_vision: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -346,7 +346,7 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                               rollout_key, calls=episodes.decision_points, replace=supply)
                 rollout_seconds = time.perf_counter() - began
                 buffer = place_full_batch(update_buffer(make_buffer, runner, state.params, result, reference_params,
-                                                        config.ppo.answer_key_weight), mesh)
+                                                        config.ppo.answer_key_weight, config.freeze_vision), mesh)
                 stats = training_statistics(result)
                 truncated = result.truncated_feedback
             else:
@@ -357,6 +357,8 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
                 if config.algorithm == "ppo" and config.ppo.answer_key_weight != 1.0:
                     extra["answer_start"] = answer_key_starts(policy.tokenizer, trajectory.response_ids,
                                                               trajectory.response_mask, episodes.task)
+                if images is not None and config.freeze_vision:
+                    images = images.without_pixels()
                 buffer = place_full_batch(make_buffer(trajectory, images=images, reference_params=reference_params,
                                                       **extra), mesh)
                 stats = jax.device_get(rollout_statistics(trajectory))

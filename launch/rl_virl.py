@@ -262,14 +262,16 @@ def make_buffer_fn(config, reference_fn=None) -> Callable:
     return build
 
 
-def update_buffer(build, runner, params, result: Play, reference_params=None, answer_key_weight: float = 1.0):
+def update_buffer(build, runner, params, result: Play, reference_params=None, answer_key_weight: float = 1.0,
+                  freeze_vision: bool = False):
     """The PPO buffer of a training `play`: bootstrap values of the rows' next prompts (unused for rows whose last
     transition ended a route), the answer key's position in every response when answer_key_weight != 1
-    (`launch.rl_common.answer_key_starts`, key "action"), and `build` (make_buffer_fn)."""
+    (`launch.rl_common.answer_key_starts`, key "action"), and `build` (make_buffer_fn); the images without their
+    pixels with `freeze_vision` (RLConfig.freeze_vision)."""
     from launch.rl_common import answer_key_starts
 
     bootstrap = runner.values(params, result.rows)
-    images = result.images if result.images[0] is not None else [None] * len(result.images)
+    images = [None if i is None else i.without_pixels() if freeze_vision else i for i in result.images]
     answer_starts = None
     if answer_key_weight != 1.0:
         answer_starts = [answer_key_starts(runner.policy.tokenizer, t.response_ids, t.response_mask, "virl")

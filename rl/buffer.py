@@ -10,7 +10,7 @@ stream (B, L), scored by one forward per row.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,36 +22,56 @@ from rl.rollout import (CONVERSATION_KEYS, Trajectory, conversation_rows, episod
                         episode_sequences, transition_cross_attention_mask, transition_sequences)
 
 
-def _sequences(trajectory: Trajectory, images: tuple[jax.Array, jax.Array] | None,
+class Images(NamedTuple):
+    """An episode batch's images as the buffers take them: `states` (B, V, D), the encoded images the rollout
+    attended, and the prompts' `cross_attention_mask` (B, P, I, T); with `pixel_values` (B, I, T, C, H, W),
+    `aspect_ratio_ids` (B, I) and `aspect_ratio_mask` (B, I, T) the training sequences carry the pixels instead of
+    the states, so the update encodes them again and its gradient reaches the vision encoder and projector (the
+    reference trains the whole model); without, it reads the states and those params get no gradient. A plain
+    (states, cross_attention_mask) pair is taken as Images without pixels."""
+    states: jax.Array
+    cross_attention_mask: jax.Array
+    pixel_values: jax.Array | None = None
+    aspect_ratio_ids: jax.Array | None = None
+    aspect_ratio_mask: jax.Array | None = None
+
+    def without_pixels(self) -> "Images":
+        """The same images for an update that reads the encoded states (the vision encoder and projector frozen)."""
+        return Images(self.states, self.cross_attention_mask)
+
+    def per_row(self) -> dict[str, jax.Array]:
+        """The arrays one training row reads its images from, keyed as `rl.rollout.transition_policy` reads them."""
+        if self.pixel_values is None:
+            return {"cross_attention_states": self.states}
+        return {"pixel_values": self.pixel_values, "aspect_ratio_ids": self.aspect_ratio_ids,
+                "aspect_ratio_mask": self.aspect_ratio_mask}
+
+
+def _sequences(trajectory: Trajectory, images: Images | tuple[jax.Array, jax.Array] | None,
                rows: bool = False) -> dict[str, jax.Array]:
-    """transition_sequences (or with `rows` episode_sequences: one stream per row), plus the images
-    (cross_attention_states (B, K, V, D); rows: (B, V, D)) and the training sequences' cross-attention mask
-    (B, K, C + S, I, T); rows: (B, L, I, T)) when `images` = (states (B, V, D), the prompts' cross-attention mask
-    (B, P, I, T))."""
-    if rows:
-        sequences = episode_sequences(trajectory)
-        if images is not None:
-            states, prompt_cross_mask = images
-            sequences.update(cross_attention_states=states, cross_attention_mask=episode_cross_attention_mask(
-                prompt_cross_mask, sequences["stream_ids"].shape[1]))
+    """transition_sequences (or with `rows` episode_sequences: one stream per row), plus with `images` (`Images`)
+    each training sequence's images (`Images.per_row`: (B, K, ...); rows: (B, ...)) and cross-attention mask
+    ((B, K, C + S, I, T); rows: (B, L, I, T))."""
+    sequences = episode_sequences(trajectory) if rows else transition_sequences(trajectory)
+    order = None if rows else sequences.pop("context_order")
+    if images is None:
         return sequences
-    sequences = transition_sequences(trajectory)
-    order = sequences.pop("context_order")
-    if images is not None:
-        states, prompt_cross_mask = images
-        steps = trajectory.rewards.shape[1]
-        sequences["cross_attention_states"] = jnp.broadcast_to(states[:, None], (states.shape[0], steps,
-                                                                                  *states.shape[1:]))
-        sequences["cross_attention_mask"] = transition_cross_attention_mask(prompt_cross_mask, order,
-                                                                            trajectory.response_ids.shape[-1])
-    return sequences
+    images = Images(*images)
+    if rows:
+        return dict(sequences, **images.per_row(), cross_attention_mask=episode_cross_attention_mask(
+            images.cross_attention_mask, sequences["stream_ids"].shape[1]))
+    steps = trajectory.rewards.shape[1]
+    per_transition = {name: jnp.broadcast_to(value[:, None], (value.shape[0], steps, *value.shape[1:]))
+                      for name, value in images.per_row().items()}
+    return dict(sequences, **per_transition, cross_attention_mask=transition_cross_attention_mask(
+        images.cross_attention_mask, order, trajectory.response_ids.shape[-1]))
 
 
-def transition_arrays(trajectory: Trajectory, images: tuple[jax.Array, jax.Array] | None = None,
+def transition_arrays(trajectory: Trajectory, images: Images | tuple[jax.Array, jax.Array] | None = None,
                       terminal: jax.Array | None = None, *, rows: bool = False) -> dict[str, jax.Array]:
     """Everything the buffers need per transition, in the rollout layout (B, K, ...): context_ids, context_mask
     (C), response_ids, response_mask (S), old_token_logprobs (S) (the sampling log-probs), old_values, rewards,
-    dones, valid (B, K); with `images` also cross_attention_states and cross_attention_mask (`_sequences`).
+    dones, valid (B, K); with `images` (`Images`) also the images' arrays and cross_attention_mask (`_sequences`).
     `rows` (conversation rows, `PPOConfig.episode_rows`): each row's stream (`rl.rollout.episode_sequences`:
     stream_ids, stream_mask (B, L), response_starts, context_ends (B, K)) instead of per-transition contexts.
     `terminal` (B,) bool: which rows' episodes really ended in this rollout. By default every rollout `done` is an
@@ -140,16 +160,16 @@ def answer_key_weights(response_mask: jax.Array, answer_start: jax.Array | None,
 
 
 def ppo_buffer(trajectory: Trajectory, config: PPOConfig,
-               images: tuple[jax.Array, jax.Array] | None = None, *, answer_start: jax.Array | None = None,
+               images: Images | tuple[jax.Array, jax.Array] | None = None, *, answer_start: jax.Array | None = None,
                reference_fn: ReferenceFn | None = None, reference_params: Any = None) -> dict[str, jax.Array]:
     """The PPO buffer of one rollout (GeneralPoints: every row one episode): `transition_arrays` then
-    `ppo_buffer_from_transitions` with the rollout's bootstrap value. `images` = (the encoded images (B, V, D),
-    the prompts' cross-attention mask (B, P, I, T)) adds cross_attention_states (N, V, D) and cross_attention_mask
-    (N, C + S, I, T). With config.kl_mode, `reference_fn(reference_params, transitions) -> (B, T, S)` gives the
-    reference log-probs (e.g. `rl.rollout.reference_token_logprobs` with its static arguments bound). With
-    config.answer_key_weight != 1, `answer_start` (B, K) gives the token weights (`answer_key_weights`): old_logprob
-    and the buffer's "token_weights" (which `ppo_loss` applies to the new log-probs) use the same ones, so the
-    first ratio is 1."""
+    `ppo_buffer_from_transitions` with the rollout's bootstrap value. `images` (`Images`: the encoded images (B, V,
+    D), the prompts' cross-attention mask (B, P, I, T), optionally the pixels) adds cross_attention_states (N, V, D)
+    or the pixel inputs (N, I, T, ...), and cross_attention_mask (N, C + S, I, T). With config.kl_mode,
+    `reference_fn(reference_params, transitions) -> (B, T, S)` gives the reference log-probs (e.g.
+    `rl.rollout.reference_token_logprobs` with its static arguments bound). With config.answer_key_weight != 1,
+    `answer_start` (B, K) gives the token weights (`answer_key_weights`): old_logprob and the buffer's
+    "token_weights" (which `ppo_loss` applies to the new log-probs) use the same ones, so the first ratio is 1."""
     transitions = transition_arrays(trajectory, images, rows=config.episode_rows)
     return ppo_buffer_from_transitions(transitions, trajectory.bootstrap_value, config,
                                        token_weights=answer_key_weights(transitions["response_mask"], answer_start,
@@ -197,7 +217,7 @@ def train_token_count(buffer: dict[str, jax.Array]) -> jax.Array:
 
 
 def grpo_buffer(trajectory: Trajectory, config: GRPOConfig,
-                images: tuple[jax.Array, jax.Array] | None = None, *, reference_fn: ReferenceFn | None = None,
+                images: Images | tuple[jax.Array, jax.Array] | None = None, *, reference_fn: ReferenceFn | None = None,
                 reference_params: Any = None) -> dict[str, jax.Array]:
     """The flat GRPO buffer: rows are G groups of `config.group_size` consecutive episodes on one instance; each
     episode's return (the sum of its transitions' rewards) is normalised within its group (`group_advantages`) and

@@ -304,7 +304,8 @@ def episode_sequences(trajectory: Trajectory) -> dict[str, jax.Array]:
 
 
 # a conversation row's own arrays (the rest of a rows buffer is per transition, (B, K, ...))
-CONVERSATION_KEYS = ("stream_ids", "stream_mask", "cross_attention_states", "cross_attention_mask")
+IMAGE_KEYS = ("cross_attention_states", "cross_attention_mask", "pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")
+CONVERSATION_KEYS = ("stream_ids", "stream_mask") + IMAGE_KEYS
 
 
 def conversation_rows(arrays: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -363,7 +364,9 @@ def transition_policy(params: Params, minibatch: dict[str, jax.Array], *, config
     context_ends (m, K)) is one forward over each stream, and every output gains the K axis: (m, K, N), (m, K).
     `detach_value_input`: the value head reads the trunk's hidden state through a stop-gradient, so the value loss
     trains the head only (PPOConfig.value_loss_trains_trunk=False); the values are the same. Optional minibatch
-    keys "cross_attention_states" (n, V, D) and "cross_attention_mask" (n, C + N, I, T) (rows: (m, L, I, T))."""
+    keys: the images, "cross_attention_states" (n, V, D) (encoded: no gradient reaches the vision encoder) or
+    "pixel_values", "aspect_ratio_ids", "aspect_ratio_mask" (encoded here: `rl.buffer.Images`), with
+    "cross_attention_mask" (n, C + N, I, T) (rows: (m, L, I, T))."""
     response = minibatch["response_ids"]
     rows = "stream_ids" in minibatch
     if rows:
@@ -380,10 +383,9 @@ def transition_policy(params: Params, minibatch: dict[str, jax.Array], *, config
         c = minibatch["context_ids"].shape[1]
         # logits only where a response token is predicted (positions C - 1 .. C + N - 2), as the peers do
         logits_positions = slice(c - 1, ids.shape[1] - 1)
+    images = {key: minibatch[key] for key in IMAGE_KEYS if key in minibatch}
     hidden, response_logits = forward_hidden(params, config, ids, attention_mask=mask,
-                                             cross_attention_states=minibatch.get("cross_attention_states"),
-                                             cross_attention_mask=minibatch.get("cross_attention_mask"),
-                                             logits_positions=logits_positions)
+                                             logits_positions=logits_positions, **images)
     response_logits = response_logits.reshape(*response.shape, -1)
     value_input = (jnp.take_along_axis(hidden[:, None], value_positions[..., None, None], axis=2)[..., 0, :] if rows
                    else hidden[:, c - 1])
@@ -403,8 +405,8 @@ def reference_token_logprobs(reference_params: Params, transitions: dict[str, ja
     (`jax.lax.map`; their count must be a multiple of it, e.g. the minibatch size)."""
     batch, steps = transitions["response_ids"].shape[:2]
     rows = "stream_ids" in transitions
-    keys = ("context_ids", "context_mask", "response_ids", "response_mask", "cross_attention_states",
-            "cross_attention_mask", "stream_ids", "stream_mask", "response_starts", "context_ends")
+    keys = ("context_ids", "context_mask", "response_ids", "response_mask", "stream_ids", "stream_mask",
+            "response_starts", "context_ends") + IMAGE_KEYS
     arrays = {k: transitions[k] for k in keys if k in transitions}
     if rows:
         arrays = conversation_rows(arrays)

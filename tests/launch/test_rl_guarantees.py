@@ -435,12 +435,28 @@ def test_a_run_killed_mid_save_resumes_to_the_same_end(reference_run, rl_overrid
 
 # ------------------------------------------------------------------------------------------------- GP-VL
 @pytest.mark.slow
+def vision_change(run_dir) -> dict[str, float]:
+    """The largest change of each param group of a tiny run's final policy from its initial one (seed 0)."""
+    from launch.rl_common import load_policy
+    initial, final = load_policy("tiny", seed=0).params, load_policy(str(run_dir), seed=0).params
+    return {name: max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                      for a, b in zip(jax.tree.leaves(final[name]), jax.tree.leaves(initial[name])))
+            for name in ("vision_encoder", "projector", "language_model")}
+
+
 def test_gp_vl_trains_and_evaluates_recognition(tmp_path, templates):
     """`memgen rl` with episodes.modality=vision, 1 update of 4 episodes: a train record with a finite loss, and
     eval records on the three splits (visual OOD included) with recognition accuracy. Measured ~35 s of CPU (90 s
-    wall at load average 8 on the shared 2-core machine): the vision rollout and update compile."""
-    assert main(["rl", "--preset", "rl-tiny", "--out", str(tmp_path), *templates, "updates=1",
-                 "episodes.modality=vision", "episodes_per_update=4", "ppo.minibatch_size=8", "eval_episodes=2"]) == 0
+    wall at load average 8 on the shared 2-core machine): the vision rollout and update compile. The update
+    encodes the images from their pixels, so the vision encoder and projector train with the rest (as the
+    reference's); `freeze_vision=true` (the update reads the rollout's encoded images) leaves them as they were."""
+    common = [*templates, "updates=1", "episodes.modality=vision", "episodes_per_update=4", "ppo.minibatch_size=8"]
+    assert main(["rl", "--preset", "rl-tiny", "--out", str(tmp_path), *common, "eval_episodes=2"]) == 0
+    assert all(change > 0 for change in vision_change(tmp_path).values())
+    assert main(["rl", "--preset", "rl-tiny", "--out", str(tmp_path / "frozen"), *common, "eval_episodes=1",
+                 "freeze_vision=true"]) == 0
+    frozen = vision_change(tmp_path / "frozen")
+    assert frozen["vision_encoder"] == frozen["projector"] == 0 and frozen["language_model"] > 0
     records = read_metrics(tmp_path)
     train = [r for r in records if r["kind"] == "train"]
     assert len(train) == 1 and train[0]["task"] == "gp-vl" and np.isfinite(train[0]["loss"])

@@ -14,15 +14,15 @@ import pytest
 
 import model
 from model.sampler import SamplingConfig
-from rl.buffer import concatenate_transitions, grpo_buffer, ppo_buffer, ppo_buffer_from_transitions, transition_arrays
+from rl.buffer import Images, concatenate_transitions, grpo_buffer, ppo_buffer, ppo_buffer_from_transitions, transition_arrays
 from rl.grpo import GRPOConfig, grpo_update
 from rl.ppo import PPOConfig, ppo_optimizer, ppo_update
-from rl.rollout import episode_sequences, reference_token_logprobs, transition_policy
+from rl.rollout import IMAGE_KEYS, episode_sequences, reference_token_logprobs, transition_policy
 from rl.update import init_train_state
 from tests.rl.test_rollout import B, K, N, P, VERIFIER, compiled_rollout, run_rollout
 
-POLICY_KEYS = ("context_ids", "context_mask", "response_ids", "response_mask", "cross_attention_states",
-               "cross_attention_mask", "stream_ids", "stream_mask", "response_starts", "context_ends")
+POLICY_KEYS = ("context_ids", "context_mask", "response_ids", "response_mask", "stream_ids", "stream_mask",
+               "response_starts", "context_ends") + IMAGE_KEYS
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,8 @@ def sampled(config, params, images):
         params, prompt_ids=jnp.asarray(inputs["input_ids"], jnp.int32),
         prompt_mask=jnp.asarray(inputs["attention_mask"], jnp.int32), rng=jax.random.key(4),
         cross_attention_states=states, cross_attention_mask=cross))
-    return traj, (states, cross)
+    return traj, Images(states, cross, *(jnp.asarray(inputs[k]) for k in ("pixel_values", "aspect_ratio_ids",
+                                                                          "aspect_ratio_mask")))
 
 
 @functools.cache
@@ -80,13 +81,16 @@ def test_episode_sequences_lay_out_the_conversation(tiny):
 @pytest.mark.parametrize("images", [False, True])
 def test_one_forward_per_conversation_scores_every_transition(tiny, images):
     """Log-probs, entropy and values of the rows' forward equal the per-transition sequences' (and so the
-    rollout's); the reference's log-probs too."""
+    rollout's); the reference's log-probs too. With images, the rows encode them again from their pixels
+    (`Images` with pixels: the update's gradient reaches the vision encoder) to the same outputs."""
     config, params = tiny
     traj, image_args = sampled(config, params, images)
-    transitions, rows = transition_arrays(traj, image_args), transition_arrays(traj, image_args, rows=True)
+    states_only = None if image_args is None else image_args.without_pixels()
+    transitions, rows = transition_arrays(traj, states_only), transition_arrays(traj, image_args, rows=True)
     flat = {k: np.asarray(v).reshape(B * K, *v.shape[2:]) for k, v in transitions.items() if k in POLICY_KEYS}
     want = [np.asarray(x).reshape(B, K, *x.shape[1:]) for x in compiled_policy(config)(params, flat)]
     got = [np.asarray(x) for x in compiled_policy(config)(params, {k: v for k, v in rows.items() if k in POLICY_KEYS})]
+    assert ("pixel_values" in rows) == images and "cross_attention_states" not in rows
     on = (traj.response_mask != 0) & traj.valid[..., None]
     for name, g, w in zip(("log-probs", "values", "entropy"), got, want):
         assert g.shape == w.shape, name
@@ -95,10 +99,12 @@ def test_one_forward_per_conversation_scores_every_transition(tiny, images):
     np.testing.assert_allclose(got[0][on], traj.response_logprobs[on], atol=1e-4)
     np.testing.assert_allclose(got[1][traj.valid], traj.values[traj.valid], atol=1e-4)
 
+    # another policy's log-probs (a KL reference): with pixels, it encodes the images with its own vision encoder
     reference = model.init_params(jax.random.key(1), config, value_head=True)
     ref = functools.partial(reference_token_logprobs, config=config, temperature=0.7)
     np.testing.assert_allclose(np.asarray(ref(reference, rows, chunk_size=1))[on],
-                               np.asarray(ref(reference, transitions, chunk_size=3))[on], atol=1e-5)
+                               np.asarray(ref(reference, transition_arrays(traj, image_args), chunk_size=3))[on],
+                               atol=1e-5)
 
 
 def assert_same_update(state_a, metrics_a, state_b, metrics_b, names):
@@ -135,6 +141,18 @@ def test_ppo_update_over_rows_equals_the_update_over_their_transitions(tiny, var
     # explained_variance over microbatches is their own ones', weighted (rl.ppo.ppo_loss), not the minibatch's
     names = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm")
     assert_same_update(*results, names + (() if variant == "microbatches" else ("explained_variance",)))
+    if image_args is not None:
+        # the update encoded the pixels, so the vision encoder and projector trained; reading the rollout's encoded
+        # states instead (RLConfig.freeze_vision), they get no gradient and Adam leaves them as they were
+        frozen = update(init_train_state(params, optimizer), ppo_buffer(traj, row_cfg, image_args.without_pixels(),
+                                                                        answer_start=answer_start), jax.random.key(7))
+        for name in ("vision_encoder", "projector", "language_model"):
+            moved = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
+                     zip(jax.tree.leaves(results[2].params[name]), jax.tree.leaves(params[name]))]
+            still = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
+                     zip(jax.tree.leaves(frozen[0].params[name]), jax.tree.leaves(params[name]))]
+            assert max(moved) > 1e-4, name
+            assert (max(still) == 0.0) == (name != "language_model"), name
 
 
 def test_grpo_update_over_rows_equals_the_update_over_their_transitions(tiny):

@@ -14,7 +14,8 @@ import pytest
 
 import model
 from model.sampler import SamplingConfig
-from rl.buffer import Images, concatenate_transitions, grpo_buffer, ppo_buffer, ppo_buffer_from_transitions, transition_arrays
+from rl.buffer import (Images, concatenate_transitions, grpo_buffer, ppo_buffer, ppo_buffer_from_transitions,
+                       transition_arrays)
 from rl.grpo import GRPOConfig, grpo_update
 from rl.ppo import PPOConfig, ppo_optimizer, ppo_update
 from rl.rollout import IMAGE_KEYS, episode_sequences, reference_token_logprobs, transition_policy

@@ -223,8 +223,7 @@ class RolloutRunner:
     def __call__(self, params, states, rng: jax.Array, active=None):
         """(trajectory, verifier, images): images (`rl.buffer.Images`: the encoded images (B, V, D), the prompts'
         cross-attention mask (B, P, I, T) and the pixel inputs) for the vision modality (what the buffer needs),
-        else None. `active` (B,) bool: the rows
-        that play (default all)."""
+        else None. `active` (B,) bool: the rows that play (default all)."""
         if len(states) != self.batch_size:
             raise ValueError(f"the rollout was built for {self.batch_size} episodes, got {len(states)}")
         batch, images, image_inputs = self._inputs(params, states)

@@ -303,8 +303,9 @@ def episode_sequences(trajectory: Trajectory) -> dict[str, jax.Array]:
                 response_starts=jnp.broadcast_to(starts, (batch, steps)), context_ends=context_ends)
 
 
-# a conversation row's own arrays (the rest of a rows buffer is per transition, (B, K, ...))
+# a training row's image inputs, as transition_policy reads them (rl.buffer.Images)
 IMAGE_KEYS = ("cross_attention_states", "cross_attention_mask", "pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")
+# a conversation row's own arrays (the rest of a rows buffer is per transition, (B, K, ...))
 CONVERSATION_KEYS = ("stream_ids", "stream_mask") + IMAGE_KEYS
 
 

@@ -21,7 +21,7 @@ import optax
 
 from rl.masked import masked_count, masked_share
 from rl.ppo import k3_kl, sequence_logprob
-from rl.update import TrainState, as_transitions, check_microbatches, holds_rows, item_valid, minibatch_update
+from rl.update import TrainState, as_transitions, check_microbatches, holds_rows, minibatch_update
 
 Aggregation = Literal["token_mean", "sequence_mean", "token_sum_norm"]
 
@@ -203,4 +203,4 @@ def grpo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array,
 
     return minibatch_update(train_state, buffer, rng, loss_fn=loss_fn, optimizer=optimizer, epochs=config.epochs,
                             minibatch_size=config.minibatch_size, microbatches=config.microbatches,
-                            totals_fn=grpo_totals, valid=item_valid(buffer["valid"]) if config.skip_padding else None)
+                            totals_fn=grpo_totals, valid=buffer["valid"] if config.skip_padding else None)

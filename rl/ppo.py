@@ -22,8 +22,7 @@ import optax
 from model.dtypes import keep_dtypes
 from rl.gae import GAEConfig
 from rl.masked import masked_count, masked_mean, masked_normalize, masked_share, masked_var
-from rl.update import (TrainState, as_transitions, buffer_size, check_microbatches, holds_rows, item_valid,
-                       minibatch_update)
+from rl.update import TrainState, as_transitions, buffer_size, check_microbatches, holds_rows, minibatch_update
 
 KLMode = Literal["k1_reward", "k3_loss"]
 AdvantageNormalization = Literal["buffer", "minibatch", "none"]
@@ -407,4 +406,4 @@ def ppo_update(train_state: TrainState, buffer: dict[str, Any], rng: jax.Array, 
 
     return minibatch_update(train_state, buffer, rng, loss_fn=loss_fn, optimizer=optimizer, epochs=config.epochs,
                             minibatch_size=config.minibatch_size, microbatches=config.microbatches,
-                            totals_fn=ppo_totals, valid=item_valid(buffer["valid"]) if config.skip_padding else None)
+                            totals_fn=ppo_totals, valid=buffer["valid"] if config.skip_padding else None)

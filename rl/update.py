@@ -119,9 +119,9 @@ def minibatch_update(state: TrainState, buffer: Any, rng: jax.Array, *, loss_fn:
     """Run `epochs` passes of shuffled minibatch gradient steps of `loss_fn(params, minibatch) -> (loss, metrics)`,
     or, with `totals_fn`, of `loss_fn(params, batch, totals_fn(minibatch))`, where `batch` is the minibatch or,
     with `microbatches` > 1, each of its microbatches in turn, gradients and metrics summed (module docstring: the
-    loss and its metrics must then be shares of the minibatch's means, so that they add up). `valid` (N,) bool:
-    skip the padding, drawing each epoch's minibatches from the valid items only (module docstring); the loss must
-    mask invalid items out, as the last minibatch may hold some.
+    loss and its metrics must then be shares of the minibatch's means, so that they add up). `valid` (N,) bool
+    (or (N, K) for conversation rows: `item_valid`): skip the padding, drawing each epoch's minibatches from the
+    valid items only (module docstring); the loss must mask invalid items out, as the last minibatch may hold some.
 
     Returns the new state and the metrics averaged over all the steps taken (epochs x minibatches), plus `loss`
     and `grad_norm` (the global norm before the optimizer's clipping).
@@ -160,10 +160,12 @@ def minibatch_update(state: TrainState, buffer: Any, rng: jax.Array, *, loss_fn:
         return TrainState(params, opt_state, state.step + 1), metrics
 
     if valid is not None:
-        if jnp.shape(valid) != (num_items,):
-            raise ValueError(f"valid must have the buffer's shape ({num_items},), got {jnp.shape(valid)}.")
+        if jnp.shape(valid)[:1] != (num_items,) or jnp.ndim(valid) > 2:
+            raise ValueError(f"valid must have the buffer's shape ({num_items},) (or ({num_items}, K) for "
+                             f"conversation rows), got {jnp.shape(valid)}.")
+        valid = item_valid(valid)
         orders = valid_first_orders(rng, valid, epochs=epochs)
-        per_epoch = (jnp.sum(jnp.asarray(valid, jnp.int32)) + minibatch_size - 1) // minibatch_size
+        per_epoch = (jnp.sum(valid.astype(jnp.int32)) + minibatch_size - 1) // minibatch_size
         steps = epochs * per_epoch
 
         def valid_step(i, carry):

@@ -211,12 +211,10 @@ class RolloutRunner:
         images = None
         image_inputs = {}
         if batch.pixel_values is not None:
+            pixels = [self._place(x) for x in (batch.pixel_values, batch.aspect_ratio_ids, batch.aspect_ratio_mask)]
             with mesh_context(self.mesh):
-                encoded = _encode_images(params, self.policy.config, self._place(batch.pixel_values),
-                                         self._place(batch.aspect_ratio_ids), self._place(batch.aspect_ratio_mask))
-            images = Images(encoded, self._place(batch.cross_attention_mask, np.int32),
-                            self._place(batch.pixel_values), self._place(batch.aspect_ratio_ids),
-                            self._place(batch.aspect_ratio_mask))
+                encoded = _encode_images(params, self.policy.config, *pixels)
+            images = Images(encoded, self._place(batch.cross_attention_mask, np.int32), *pixels)
             image_inputs = dict(cross_attention_states=images.states, cross_attention_mask=images.cross_attention_mask)
         return batch, images, image_inputs
 

@@ -8,19 +8,17 @@ import dataclasses
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import model
 from model.sampler import SamplingConfig
-from rl.buffer import (Images, concatenate_transitions, grpo_buffer, ppo_buffer, ppo_buffer_from_transitions,
-                       transition_arrays)
+from rl.buffer import concatenate_transitions, grpo_buffer, ppo_buffer, ppo_buffer_from_transitions, transition_arrays
 from rl.grpo import GRPOConfig, grpo_update
 from rl.ppo import PPOConfig, ppo_optimizer, ppo_update
 from rl.rollout import IMAGE_KEYS, episode_sequences, reference_token_logprobs, transition_policy
 from rl.update import init_train_state
-from tests.rl.test_rollout import B, K, N, P, VERIFIER, compiled_rollout, run_rollout
+from tests.rl.test_rollout import B, K, N, P, VERIFIER, compiled_rollout, image_prompts, run_rollout
 
 POLICY_KEYS = ("context_ids", "context_mask", "response_ids", "response_mask", "stream_ids", "stream_mask",
                "response_starts", "context_ends") + IMAGE_KEYS
@@ -38,18 +36,8 @@ def sampled(config, params, images):
     sampling = SamplingConfig(N, temperature=0.7)
     if not images:
         return run_rollout(config, params, VERIFIER, sampling, seed=3), None
-    from model.forward import vision_states
-    from tests.model.test_forward import image_batch
-    inputs = image_batch(config, np.random.default_rng(5), [[1], [2], [4]], P, [[3], [2], [1]], pad=[2, 1, 0])
-    states = vision_states(params, config, jnp.asarray(inputs["pixel_values"]), jnp.asarray(inputs["aspect_ratio_ids"]),
-                           jnp.asarray(inputs["aspect_ratio_mask"]))
-    cross = jnp.asarray(inputs["cross_attention_mask"], jnp.int32)
-    traj = jax.device_get(compiled_rollout(config, sampling)(
-        params, prompt_ids=jnp.asarray(inputs["input_ids"], jnp.int32),
-        prompt_mask=jnp.asarray(inputs["attention_mask"], jnp.int32), rng=jax.random.key(4),
-        cross_attention_states=states, cross_attention_mask=cross))
-    return traj, Images(states, cross, *(jnp.asarray(inputs[k]) for k in ("pixel_values", "aspect_ratio_ids",
-                                                                          "aspect_ratio_mask")))
+    inputs, images = image_prompts(config, params)
+    return jax.device_get(compiled_rollout(config, sampling)(params, rng=jax.random.key(4), **inputs)), images
 
 
 @functools.cache

@@ -36,6 +36,24 @@ def prompts(config, seed=0):
     return ids, mask
 
 
+def image_prompts(config, params):
+    """GP-VL-shaped prompts: rows with 1, 2 and 4 tiles of one image, left-padded to P. Returns the rollout's
+    keyword inputs (prompt ids / mask, the encoded images and the prompts' cross-attention mask) and the images
+    as the buffers take them (`rl.buffer.Images`, with the pixels)."""
+    from model.forward import vision_states
+    from rl.buffer import Images
+    from tests.model.test_forward import image_batch
+
+    batch = image_batch(config, np.random.default_rng(5), [[1], [2], [4]], P, [[3], [2], [1]], pad=[2, 1, 0])
+    pixels = [jnp.asarray(batch[k]) for k in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")]
+    images = Images(vision_states(params, config, *pixels), jnp.asarray(batch["cross_attention_mask"], jnp.int32),
+                    *pixels)
+    inputs = dict(prompt_ids=jnp.asarray(batch["input_ids"], jnp.int32),
+                  prompt_mask=jnp.asarray(batch["attention_mask"], jnp.int32),
+                  cross_attention_states=images.states, cross_attention_mask=images.cross_attention_mask)
+    return inputs, images
+
+
 class ScriptedVerifier:
     """Row b is solved at step solve_at[b] (never if None); until then reward -1 and a feedback turn of
     feedback_lengths[b] distinct token ids; the budget K ends every episode (done at step K - 1)."""
@@ -180,21 +198,14 @@ def test_first_ppo_ratio_is_one(tiny):
 def test_first_ppo_ratio_is_one_with_images(tiny):
     """GP-VL layout: images encoded once, cross-attention K/V in the cache; the training sequences rebuild the
     cross-attention mask (prompt rows, then the prompt's last row repeated) and give the same log-probs and values."""
-    from model.forward import vision_states
     from rl.rollout import transition_cross_attention_mask
-    from tests.model.test_forward import image_batch
 
     config, params = tiny
-    inputs = image_batch(config, np.random.default_rng(5), [[1], [2], [4]], P, [[3], [2], [1]], pad=[2, 1, 0])
-    states = vision_states(params, config, jnp.asarray(inputs["pixel_values"]), jnp.asarray(inputs["aspect_ratio_ids"]),
-                           jnp.asarray(inputs["aspect_ratio_mask"]))
-    cross = jnp.asarray(inputs["cross_attention_mask"], jnp.int32)
+    inputs, images = image_prompts(config, params)
+    states, cross = images.states, images.cross_attention_mask
     sampling = SamplingConfig(N, temperature=0.7)
     VERIFIER.script([None, 1, 0], [5, 2, 4])
-    traj = jax.device_get(compiled_rollout(config, sampling)(
-        params, prompt_ids=jnp.asarray(inputs["input_ids"], jnp.int32),
-        prompt_mask=jnp.asarray(inputs["attention_mask"], jnp.int32), rng=jax.random.key(4),
-        cross_attention_states=states, cross_attention_mask=cross))
+    traj = jax.device_get(compiled_rollout(config, sampling)(params, rng=jax.random.key(4), **inputs))
     seqs = transition_sequences(traj)
     cross_seq = transition_cross_attention_mask(cross, seqs.pop("context_order"), N)
     flat = {name: np.asarray(value).reshape(B * K, *value.shape[2:]) for name, value in seqs.items()}
@@ -297,20 +308,11 @@ def test_cache_stages_play_the_same_episodes(tiny, images):
     trajectory is the one-cache rollout's: the same tokens, masks, rewards and dones, log-probs and values to float
     rounding (attention over fewer empty slots sums the same terms). Sampled at temperature 0.7, rows solved at
     different steps, with and without images (cross-attention K/V kept across the growth)."""
-    from model.forward import vision_states
     from rl.rollout import turn_stages
-    from tests.model.test_forward import image_batch
 
     config, params = tiny
-    inputs = {}
     if images:
-        batch = image_batch(config, np.random.default_rng(5), [[1], [2], [4]], P, [[3], [2], [1]], pad=[2, 1, 0])
-        inputs = dict(prompt_ids=jnp.asarray(batch["input_ids"], jnp.int32),
-                      prompt_mask=jnp.asarray(batch["attention_mask"], jnp.int32),
-                      cross_attention_states=vision_states(params, config, jnp.asarray(batch["pixel_values"]),
-                                                           jnp.asarray(batch["aspect_ratio_ids"]),
-                                                           jnp.asarray(batch["aspect_ratio_mask"])),
-                      cross_attention_mask=jnp.asarray(batch["cross_attention_mask"], jnp.int32))
+        inputs = image_prompts(config, params)[0]
     else:
         ids, mask = prompts(config)
         inputs = dict(prompt_ids=ids, prompt_mask=mask)

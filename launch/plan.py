@@ -18,9 +18,16 @@ Categories (details and the activation formula in docs/plan.md):
   prefill     with `rollout_prompt`: the rollout prefill's attention at work in one layer, its scores over the
               whole cache (B, H, P, S_cache) (or, with images, a cross-attention layer's over the vision tokens,
               whichever is larger) in the compute dtype and float32; P is the query block when smaller.
-Totals: train = params + gradients + optimizer + activations(remat) + reference; rollout = params + optimizer +
-kv_cache + reference + prefill (the optimizer state and the reference stay resident all run). The verdict uses the
-larger.
+  buffer      with `transitions` (an RL plan): the update's rollout buffer, what `rl.buffer.ppo_buffer` (with a
+              value head) or `rl.buffer.grpo_buffer` builds from the rollout (under `jax.eval_shape`), placed
+              with its items over data x fsdp (`launch.mesh.place_full_batch`): per transition its context,
+              response, log-probs, advantages and, with images, the pixels (or the encoded images with
+              `vision_states`) and cross-attention mask.
+  images      with `transitions` and images: what the rollout holds of the episodes' images, their encoded
+              states (B, V, D) and pixels (`rl.buffer.Images`), placed like the buffer.
+Totals: train = params + gradients + optimizer + activations(remat) + reference + buffer; rollout = params +
+optimizer + kv_cache + reference + prefill + images (the optimizer state and the reference stay resident all run;
+`memgen rl` frees the rollout's images before the update and the buffer after it). The verdict uses the larger.
 """
 
 from __future__ import annotations
@@ -71,7 +78,14 @@ class PlanConfig:
     config). `param_dtype` / `compute_dtype`: None = the model config's. `value_head`: PPO's value head (a
     trainable group). `kl_reference`: an RL run with a KL penalty (PPO's kl_mode, GRPO's kl_coef) keeps the initial
     params as its frozen reference all run (`launch.rl_run`): one more copy of the params. `attention_block`: the
-    model's ModelConfig.attention_block (None: the model config's; 0: all queries at once)."""
+    model's ModelConfig.attention_block (None: the model config's; 0: all queries at once). `transitions`: an RL
+    plan's K transitions per episode (verification steps): counts the update's buffer of rollout_batch x K
+    transitions and the rollout's images (needs `rollout_prompt` and `logit_positions`, the response slots; the
+    feedback slots per turn are what is left of `rollout_seq`: (rollout_seq - rollout_prompt) / K -
+    logit_positions; `rl_turn_slots`). `episode_rows`: the buffer's items are conversation rows
+    (`PPOConfig.episode_rows`; `logit_positions` then K x the response slots).
+    `vision_states`: RLConfig.freeze_vision, the update reads the rollout's encoded images (the buffer holds them
+    instead of the pixels, and the update runs no vision layer)."""
 
     model: str | ModelConfig = "11b"
     mesh: MeshConfig = MeshConfig()
@@ -92,6 +106,9 @@ class PlanConfig:
     value_head: bool = False
     kl_reference: bool = False
     attention_block: int | None = None
+    transitions: int | None = None
+    episode_rows: bool = False
+    vision_states: bool = False
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -189,12 +206,13 @@ def saved_tensors(remat: str, rows: int, tokens: int, hidden: int, heads: int, k
 
 
 def activation_tensors(model: ModelConfig, remat: str, rows: int, seq: int, images: int, trainable_groups: set[str],
-                       logit_positions: int | None = None):
+                       logit_positions: int | None = None, vision_states: bool = False):
     """(per-layer saved tensors x layer count) + one layer's working set + logits/loss, as a list of
     (shape, logical axes, bytes per element, multiplicity). The vision encoder's saved tensors count only when it
-    trains; one vision layer at work (recomputed, or a frozen tower's forward) counts whenever there are images.
-    `logit_positions`: the positions per row the head scores (None: all `seq`, the SFT loss; PPO / GRPO score the
-    response slots only, `rl.rollout.transition_policy`)."""
+    trains; one vision layer at work (recomputed, or a frozen tower's forward) counts whenever there are images,
+    unless the step reads encoded images (`vision_states`: RL's freeze_vision). `logit_positions`: the positions
+    per row the head scores (None: all `seq`, the SFT loss; PPO / GRPO score the response slots only,
+    `rl.rollout.transition_policy`)."""
     t, v = model.text, model.vision
     itemsize = np.dtype(model.dtype).itemsize
     vision_tokens = images * v.max_num_tiles * v.num_patches
@@ -226,7 +244,9 @@ def activation_tensors(model: ModelConfig, remat: str, rows: int, seq: int, imag
                            heads=v.attention_heads, kv_heads=v.attention_heads, head_dim=v.head_dim,
                            mlp=v.intermediate_size, dtype_bytes=itemsize, mlp_tensors=2)
         layers = v.num_hidden_layers + v.num_global_layers
-        if "vision_encoder" in trainable_groups and remat == "none":
+        if vision_states:
+            pass  # the encoded images are an input: no vision layer runs
+        elif "vision_encoder" in trainable_groups and remat == "none":
             add(layer_tensors(keys=vision_args["tokens"], **vision_args, **block), layers)
         else:
             if "vision_encoder" in trainable_groups:
@@ -262,6 +282,97 @@ def activation_bytes(tensors, mesh, mesh_shape) -> int:
         spec = partition_spec(shape, axes, mesh, rules)
         total += math.prod(shard_shape(shape, spec, mesh_shape)) * nbytes * count
     return total
+
+
+def batch_bytes(tree: Any, mesh, mesh_shape) -> int:
+    """Per-device bytes of `tree`'s arrays placed as `launch.mesh.place_full_batch` places them: the leading axis
+    over data x fsdp where they divide it, the rest replicated."""
+    return activation_bytes([(x.shape, ("batch",) + (None,) * (len(x.shape) - 1), np.dtype(x.dtype).itemsize, 1)
+                             for x in jax.tree.leaves(tree)], mesh, mesh_shape)
+
+
+def rollout_outputs(model: ModelConfig, rows: int, prompt: int, transitions: int, response: int, feedback: int,
+                    images: int):
+    """What an RL update's buffer is built from, as abstract arrays: the `rl.rollout.Trajectory` of `rows`
+    episodes of `transitions` turns (a prompt of `prompt` slots; per turn `response` and `feedback` slots) and,
+    with `images` per prompt, the `rl.buffer.Images` the rollout keeps (its pixels in the compute dtype, as
+    `launch.rl_common.RolloutRunner` places them), else None."""
+    from rl.buffer import Images
+    from rl.rollout import Trajectory
+
+    def shape(dtype, *dims):
+        return jax.ShapeDtypeStruct(dims, np.dtype(dtype))
+
+    b, k = rows, transitions
+    trajectory = Trajectory(
+        prompt_ids=shape(np.int32, b, prompt), prompt_mask=shape(np.int32, b, prompt),
+        response_ids=shape(np.int32, b, k, response), response_logprobs=shape(np.float32, b, k, response),
+        response_mask=shape(bool, b, k, response), feedback_ids=shape(np.int32, b, k, feedback),
+        feedback_mask=shape(np.int32, b, k, feedback), values=shape(np.float32, b, k),
+        rewards=shape(np.float32, b, k), dones=shape(bool, b, k), success=shape(bool, b, k),
+        valid=shape(bool, b, k), bootstrap_value=shape(np.float32, b))
+    if not images:
+        return trajectory, None
+    v, dtype = model.vision, jax.numpy.dtype(model.dtype)
+    return trajectory, Images(
+        states=shape(dtype, b, images * v.max_num_tiles * v.num_patches, model.text.hidden_size),
+        cross_attention_mask=shape(np.int32, b, prompt, images, v.max_num_tiles),
+        pixel_values=shape(dtype, b, images, v.max_num_tiles, v.num_channels, v.image_size, v.image_size),
+        aspect_ratio_ids=shape(np.int32, b, images), aspect_ratio_mask=shape(np.int32, b, images, v.max_num_tiles))
+
+
+def buffer_shapes(config: PlanConfig, trajectory, images) -> dict[str, jax.ShapeDtypeStruct]:
+    """The RL update's buffer (`rl.buffer.ppo_buffer` with a value head, else `rl.buffer.grpo_buffer`) of the
+    rollout's outputs (`rollout_outputs`), under `jax.eval_shape`: conversation rows with `config.episode_rows`,
+    the encoded images instead of the pixels with `config.vision_states`, the reference's token log-probs with
+    `config.kl_reference`."""
+    from rl.buffer import grpo_buffer, ppo_buffer
+    from rl.grpo import GRPOConfig
+    from rl.ppo import PPOConfig
+
+    if images is not None and config.vision_states:
+        images = images.without_pixels()
+    kl = config.kl_reference
+
+    def reference_fn(params, transitions):  # the shape of `rl.rollout.reference_token_logprobs`' (B, T, N)
+        return jax.numpy.zeros(transitions["response_mask"].shape, jax.numpy.float32)
+
+    reference = dict(reference_fn=reference_fn, reference_params=0) if kl else {}
+    if config.value_head:
+        ppo = PPOConfig(episode_rows=config.episode_rows, kl_mode="k3_loss" if kl else None, kl_coef=0.1 if kl else 0)
+
+        def build(trajectory, images):
+            return ppo_buffer(trajectory, ppo, images, **reference)
+    else:
+        # one episode per group (dr_grpo needs no group std): the buffer's arrays do not depend on the grouping
+        grpo = GRPOConfig(group_size=1, dr_grpo=True, episode_rows=config.episode_rows, kl_coef=0.1 if kl else 0)
+
+        def build(trajectory, images):
+            return grpo_buffer(trajectory, grpo, images, **reference)
+    return jax.eval_shape(build, trajectory, images)
+
+
+def rl_turn_slots(config: PlanConfig, rollout_len: int) -> tuple[int, int]:
+    """(response, feedback) slots per turn of an RL plan's episodes: the response slots are `logit_positions` (with
+    `episode_rows` a row scores its K responses: logit_positions / K), the feedback what the cache of
+    `rollout_len` slots leaves after the prompt and K responses, (rollout_len - prompt) / K - response
+    (`rl.rollout.cache_length` backwards)."""
+    k, prompt, response = config.transitions, config.rollout_prompt, config.logit_positions
+    if k < 1:
+        raise PlanError(f"an RL plan needs at least one transition per episode, got {k}")
+    if prompt is None or response is None:
+        raise PlanError("an RL plan's buffer (transitions) needs the rollout's prompt (rollout_prompt) and the "
+                        "response slots per turn (logit_positions)")
+    if config.episode_rows:
+        if response % k:
+            raise PlanError(f"conversation rows score K x response slots, but {response} logit positions are not a "
+                            f"multiple of {k} transitions")
+        response //= k
+    per_turn, left = divmod(rollout_len - prompt, k)
+    if left or per_turn < response:
+        raise PlanError(f"a cache of {rollout_len} slots is not a {prompt}-slot prompt plus {k} turns of "
+                        f"{response} response slots and the same feedback slots each")
+    return response, per_turn - response
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -309,7 +420,8 @@ def plan(config: PlanConfig) -> dict[str, Any]:
     rows = config.batch_size // config.grad_accum_steps
     groups = {path for path in trainable}
     activations = {remat: activation_bytes(
-        activation_tensors(model, remat, rows, config.seq_len, config.num_images, groups, config.logit_positions),
+        activation_tensors(model, remat, rows, config.seq_len, config.num_images, groups, config.logit_positions,
+                           config.vision_states),
         mesh, mesh_shape)
         for remat in REMATS}
 
@@ -322,9 +434,18 @@ def plan(config: PlanConfig) -> dict[str, Any]:
     prefill_b = 0 if config.rollout_prompt is None else activation_bytes(
         prefill_tensors(model, rollout_rows, config.rollout_prompt, rollout_len, config.num_images), mesh, mesh_shape)
 
+    buffer_b = images_b = feedback = buffer_items = 0
+    if config.transitions is not None:
+        response, feedback = rl_turn_slots(config, rollout_len)
+        trajectory, images = rollout_outputs(model, rollout_rows, config.rollout_prompt, config.transitions,
+                                             response, feedback, config.num_images)
+        buffer = buffer_shapes(config, trajectory, images)
+        buffer_b, buffer_items = batch_bytes(buffer, mesh, mesh_shape), buffer["valid"].shape[0]
+        images_b = 0 if images is None else batch_bytes(images, mesh, mesh_shape)
+
     reference_b = param_b if config.kl_reference else 0
-    train_total = param_b + grads_b + opt_b + activations[config.remat] + reference_b
-    rollout_total = param_b + opt_b + kv_b + reference_b + prefill_b
+    train_total = param_b + grads_b + opt_b + activations[config.remat] + reference_b + buffer_b
+    rollout_total = param_b + opt_b + kv_b + reference_b + prefill_b + images_b
     usable = int(GPUS[config.gpu]["usable_bytes"])
     peak = max(train_total, rollout_total)
     verdict = "fits" if peak <= TIGHT_FRACTION * usable else "tight" if peak <= usable else "does not fit"
@@ -338,9 +459,11 @@ def plan(config: PlanConfig) -> dict[str, Any]:
         "rollout_batch": rollout_rows, "rollout_seq": rollout_len, "rollout_prompt": config.rollout_prompt,
         "logit_positions": config.logit_positions or config.seq_len,
         "grad_accum_steps": config.grad_accum_steps, "remat": config.remat, "attention_block": model.attention_block,
+        "transitions": config.transitions, "feedback_slots": feedback, "buffer_items": buffer_items,
+        "episode_rows": config.episode_rows, "vision_states": config.vision_states,
         "bytes_per_device": {"params": param_b, "gradients": grads_b, "optimizer": opt_b,
                              "activations": activations[config.remat], "kv_cache": kv_b,
-                             "reference": reference_b, "prefill": prefill_b},
+                             "reference": reference_b, "prefill": prefill_b, "buffer": buffer_b, "images": images_b},
         "activations_by_remat": activations,
         "train_total": train_total, "rollout_total": rollout_total,
         "usable_bytes": usable, "headroom_bytes": usable - peak, "verdict": verdict,
@@ -357,7 +480,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu", choices=sorted(GPUS), default="h100")
     parser.add_argument("--freeze", nargs="*", default=[], help="param groups or whole-path regexes to freeze")
     parser.add_argument("--batch", type=int, default=8, help="global batch (rows per optimizer step)")
-    parser.add_argument("--seq", type=int, default=2048, help="tokens per row (also the KV cache length unless --rollout-seq)")
+    parser.add_argument("--seq", type=int, default=2048,
+                        help="tokens per row (also the KV cache length unless --rollout-seq)")
     parser.add_argument("--images", type=int, default=1, help="images per row (0: text only)")
     parser.add_argument("--attention-block", type=int, default=None,
                         help="queries per attention block (ModelConfig.attention_block; 0: all at once)")
@@ -369,6 +493,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="KV cache slots per row (RL: prompt + K x (new tokens + feedback)); default --seq")
     parser.add_argument("--rollout-prompt", type=int, default=None,
                         help="prompt tokens of a rollout's prefill: counts its attention over the cache (RL)")
+    parser.add_argument("--transitions", type=int, default=None,
+                        help="RL: transitions per episode (K): counts the update's buffer and the rollout's images")
+    parser.add_argument("--episode-rows", action="store_true", help="RL: the buffer holds conversation rows")
+    parser.add_argument("--freeze-vision", action="store_true",
+                        help="RL's freeze_vision: the update reads the rollout's encoded images, no vision layer runs")
     parser.add_argument("--grad-accum", type=int, default=1, help="microbatches per step")
     parser.add_argument("--remat", choices=REMATS, default="full")
     parser.add_argument("--param-dtype", choices=("float32", "bfloat16"), default=None)
@@ -388,7 +517,9 @@ def config_from_args(args: argparse.Namespace) -> PlanConfig:
                       rollout_prompt=args.rollout_prompt, logit_positions=args.logits,
                       grad_accum_steps=args.grad_accum, remat=args.remat, param_dtype=args.param_dtype,
                       compute_dtype=args.compute_dtype, value_head=args.value_head,
-                      kl_reference=args.kl_reference, attention_block=args.attention_block)
+                      kl_reference=args.kl_reference, attention_block=args.attention_block,
+                      transitions=args.transitions, episode_rows=args.episode_rows,
+                      vision_states=args.freeze_vision)
 
 
 def _gib(value: int) -> str:
@@ -405,10 +536,13 @@ def render(result: dict[str, Any]) -> None:
     table.add_column("what")
     table.add_column("bytes per device", justify="right")
     for name, value in result["bytes_per_device"].items():
-        if name in ("reference", "prefill") and not value:
+        if name in ("reference", "prefill", "buffer", "images") and not value:
             continue
         label = {"activations": f"activations (remat {result['remat']})", "reference": "KL reference params",
                  "prefill": f"rollout prefill attention ({result['rollout_prompt']}-token prompt, one layer)",
+                 "buffer": f"RL update buffer ({result['buffer_items']} "
+                           f"{'conversations' if result['episode_rows'] else 'transitions'})",
+                 "images": "rollout's images (encoded and pixels)",
                  "kv_cache": f"kv cache ({result['rollout_batch']} rows x {result['rollout_seq']} slots)"
                  }.get(name, name)
         table.add_row(label, _gib(value))

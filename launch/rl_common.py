@@ -211,7 +211,10 @@ class RolloutRunner:
         images = None
         image_inputs = {}
         if batch.pixel_values is not None:
-            pixels = [self._place(x) for x in (batch.pixel_values, batch.aspect_ratio_ids, batch.aspect_ratio_mask)]
+            # the vision encoder's first step casts the pixels to the compute dtype, so holding them in it loses
+            # nothing and halves (bfloat16) what the update's buffer keeps: at 11B a 4-tile image is 15 MB in float32
+            pixels = [self._place(batch.pixel_values, jnp.dtype(self.policy.config.dtype)),
+                      self._place(batch.aspect_ratio_ids), self._place(batch.aspect_ratio_mask)]
             with mesh_context(self.mesh):
                 encoded = _encode_images(params, self.policy.config, *pixels)
             images = Images(encoded, self._place(batch.cross_attention_mask, np.int32), *pixels)

@@ -125,6 +125,102 @@ def test_a_rollout_plan_counts_its_prefills_attention_over_the_cache():
         P.plan(P.PlanConfig(**base, rollout_prompt=97))
 
 
+@pytest.fixture(scope="module")
+def tiny_vision_rollout():
+    """A real GP-VL rollout of the tiny policy (rl-tiny: K = 2 turns of 8 response and 160 feedback slots) and its
+    config: what `memgen rl` builds its update's buffer from."""
+    import launch.rl_config  # noqa: F401  (registers the presets)
+    from launch.config import resolve
+    from launch.rl_common import RolloutRunner, load_policy, new_episodes, task_config
+
+    config = resolve("rl-tiny", ["episodes.modality=vision"])
+    policy = load_policy(config.init, seed=0)
+    runner = RolloutRunner(policy, config.episodes, config.episodes.max_verify_steps, 4)
+    states = new_episodes(task_config(config.episodes), (0, 0), 4)
+    trajectory, _, images = runner(policy.params, states, jax.random.key(0))
+    return config, trajectory, images
+
+
+@pytest.mark.parametrize("algorithm, rows, vision_states, kl", [("ppo", False, False, False),
+                                                                ("ppo", False, True, True),
+                                                                ("ppo", True, False, False),
+                                                                ("grpo", False, False, True)])
+def test_an_rl_plan_counts_the_updates_buffer_and_the_rollouts_images(tiny_vision_rollout, algorithm, rows,
+                                                                      vision_states, kl):
+    """`transitions`: the buffer the update trains on and the images the rollout holds, per device as JAX places
+    the real ones: a real rollout's trajectory and images (rl.buffer.Images) -> the real buffer builder ->
+    `place_full_batch` on data=2 -> the bytes of one device's shards. The planner's abstract rollout has the
+    real one's shapes and dtypes. The buffer is added to the train total, the images to the rollout total."""
+    import dataclasses
+
+    from launch.mesh import place_full_batch
+    from rl.buffer import grpo_buffer, ppo_buffer
+
+    config, trajectory, images = tiny_vision_rollout
+    batch, steps, response = trajectory.response_ids.shape
+    prompt, feedback = trajectory.prompt_ids.shape[1], trajectory.feedback_ids.shape[-1]
+    mesh_config = MeshConfig(data=2, fsdp=1)
+    mesh = make_mesh(mesh_config, jax.devices()[:2])
+    base = dict(model="tiny", mesh=mesh_config, devices=2, batch_size=4, seq_len=prompt + steps * response,
+                num_images=1, compute_dtype="float32", value_head=algorithm == "ppo", rollout_batch=batch,
+                rollout_seq=prompt + steps * (response + feedback), rollout_prompt=prompt,
+                logit_positions=response * (steps if rows else 1), kl_reference=kl)
+    plain = P.plan(P.PlanConfig(**base))
+    planned = P.plan(P.PlanConfig(**base, transitions=steps, episode_rows=rows, vision_states=vision_states))
+
+    shapes = lambda tree: jax.tree.map(lambda x: (x.shape, np.dtype(x.dtype)), tree)  # noqa: E731
+    abstract_trajectory, abstract_images = P.rollout_outputs(model.preset("tiny").replace(dtype="float32"), batch,
+                                                             prompt, steps, response, feedback, 1)
+    assert shapes(abstract_trajectory) == shapes(trajectory) and shapes(abstract_images) == shapes(images)
+
+    def device_bytes(tree):
+        return sum(leaf.addressable_shards[0].data.nbytes for leaf in jax.tree.leaves(place_full_batch(tree, mesh)))
+
+    used = images.without_pixels() if vision_states else images
+    reference = dict(reference_fn=lambda params, t: jax.numpy.zeros(t["response_mask"].shape), reference_params=0)
+    if algorithm == "ppo":
+        ppo = dataclasses.replace(config.ppo, episode_rows=rows, **({"kl_mode": "k3_loss", "kl_coef": 0.1} if kl
+                                                                    else {}))
+        buffer = ppo_buffer(trajectory, ppo, used, **reference)
+    else:
+        buffer = grpo_buffer(trajectory, dataclasses.replace(config.grpo, group_size=2, kl_coef=0.1 if kl else 0.0,
+                                                             episode_rows=rows), used, **reference)
+    assert ("ref_token_logprobs" in buffer) == kl and ("pixel_values" in buffer) != vision_states
+    b = planned["bytes_per_device"]
+    assert b["buffer"] == device_bytes(buffer) and planned["buffer_items"] == (batch if rows else batch * steps)
+    assert b["images"] == device_bytes(images) and planned["feedback_slots"] == feedback
+    assert plain["bytes_per_device"]["buffer"] == plain["bytes_per_device"]["images"] == 0
+    assert planned["rollout_total"] == plain["rollout_total"] + b["images"]
+    assert planned["train_total"] - b["buffer"] == plain["train_total"] - (
+        plain["bytes_per_device"]["activations"] - b["activations"])  # vision_states also drops the vision layer
+
+
+def test_an_rl_plans_vision_states_run_no_vision_layer_and_its_turns_must_fill_the_cache():
+    """`vision_states` (RL's freeze_vision): the update reads the rollout's encoded images, so no vision layer
+    is at work (the text model's cross-attention to the states remains); the buffer's turns must add up to the
+    rollout's cache."""
+    config = model.preset("11b").replace(dtype="bfloat16")
+    vision = config.vision
+    tiles = vision.max_num_tiles * padded_tile_length(vision)
+    probs = (2, vision.attention_heads, tiles, tiles)
+    groups = {"vision_encoder", "language_model"}
+    with_tower = P.activation_tensors(config, "full", rows=2, seq=2048, images=1, trainable_groups=groups)
+    states = P.activation_tensors(config, "full", rows=2, seq=2048, images=1, trainable_groups=groups,
+                                  vision_states=True)
+    assert [t for t in with_tower if t[0] == probs] and not [t for t in states if t[0] == probs]
+    vision_tokens = vision.max_num_tiles * vision.num_patches
+    assert [t for t in states if t[0] == (2, vision_tokens, config.text.hidden_size)]  # the states themselves
+    base = dict(model="tiny", mesh=MeshConfig(fsdp=1), devices=1, batch_size=4, seq_len=64, value_head=True,
+                rollout_batch=4, rollout_seq=100, rollout_prompt=40, logit_positions=8)
+    assert P.plan(P.PlanConfig(**base, transitions=3))["feedback_slots"] == 12
+    with pytest.raises(P.PlanError, match="is not a 40-slot prompt plus 7 turns of 8 response slots"):
+        P.plan(P.PlanConfig(**base, transitions=7))
+    with pytest.raises(P.PlanError, match="needs the rollout's prompt"):
+        P.plan(P.PlanConfig(**{**base, "rollout_prompt": None}, transitions=3))
+    with pytest.raises(P.PlanError, match="not a multiple of 3 transitions"):
+        P.plan(P.PlanConfig(**base, transitions=3, episode_rows=True))
+
+
 def test_attention_blocks_hold_one_block_of_probabilities():
     """ModelConfig.attention_block: the recomputed layer's attention probabilities, (B, H, S, K) in the compute
     dtype and float32, shrink to one block of queries; nothing else changes."""

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -434,7 +435,6 @@ def test_a_run_killed_mid_save_resumes_to_the_same_end(reference_run, rl_overrid
 
 
 # ------------------------------------------------------------------------------------------------- GP-VL
-@pytest.mark.slow
 def vision_change(run_dir) -> dict[str, float]:
     """The largest change of each param group of a tiny run's final policy from its initial one (seed 0)."""
     from launch.rl_common import load_policy
@@ -444,15 +444,45 @@ def vision_change(run_dir) -> dict[str, float]:
             for name in ("vision_encoder", "projector", "language_model")}
 
 
-def test_gp_vl_trains_and_evaluates_recognition(tmp_path, templates):
+@pytest.mark.slow
+def test_gp_vl_trains_and_evaluates_recognition(tmp_path, templates, monkeypatch):
     """`memgen rl` with episodes.modality=vision, 1 update of 4 episodes: a train record with a finite loss, and
     eval records on the three splits (visual OOD included) with recognition accuracy. Measured ~35 s of CPU (90 s
     wall at load average 8 on the shared 2-core machine): the vision rollout and update compile. The update
     encodes the images from their pixels, so the vision encoder and projector train with the rest (as the
-    reference's); `freeze_vision=true` (the update reads the rollout's encoded images) leaves them as they were."""
+    reference's); `freeze_vision=true` (the update reads the rollout's encoded images) leaves them as they were.
+    While the update runs, the rollout's encoded images (4, V, D) are no longer in device memory (the buffer holds
+    what the update reads: the pixels), and the buffer is gone when the evaluation runs."""
+    from launch import rl_run
+
+    compiled, evaluate, live_during_update, live_during_evaluation = rl_run._compiled, rl_run.evaluate, [], []
+
+    def watched(policy, config, mesh):
+        runner, update, *rest = compiled(policy, config, mesh)
+
+        def update_watched(state, buffer, rng):
+            live_during_update.append({array.shape for array in jax.live_arrays()})
+            return update(state, buffer, rng)
+        return runner, update_watched, *rest
+
+    def evaluate_watched(*args, **kwargs):
+        # on the CPU a jax.Array read as numpy keeps a zero-copy view of itself (a reference cycle, which only the
+        # collector frees; a GPU array's numpy value is a host copy): count only what the run still references
+        gc.collect()
+        live_during_evaluation.append({array.shape for array in jax.live_arrays()})
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(rl_run, "_compiled", watched)
+    monkeypatch.setattr(rl_run, "evaluate", evaluate_watched)
     common = [*templates, "updates=1", "episodes.modality=vision", "episodes_per_update=4", "ppo.minibatch_size=8"]
     assert main(["rl", "--preset", "rl-tiny", "--out", str(tmp_path), *common, "eval_episodes=2"]) == 0
     assert all(change > 0 for change in vision_change(tmp_path).values())
+    model = load_policy("tiny", seed=0).config
+    encoded_images = (4, model.vision.max_num_tiles * model.vision.num_patches, model.text.hidden_size)
+    assert len(live_during_update) == 1 and encoded_images not in live_during_update[0]
+    buffer_pixels = [shape for shape in live_during_update[0] if len(shape) == 6]  # (N, I, T, C, H, W)
+    assert [shape[0] for shape in buffer_pixels] == [8]  # 4 episodes x 2 transitions
+    assert buffer_pixels[0] not in set().union(*live_during_evaluation[-3:])  # the evaluation after the update
     assert main(["rl", "--preset", "rl-tiny", "--out", str(tmp_path / "frozen"), *common, "eval_episodes=1",
                  "freeze_vision=true"]) == 0
     frozen = vision_change(tmp_path / "frozen")

@@ -165,6 +165,24 @@ def test_runners_take_the_episodes_cache_stages_at_most_one_per_step():
         3, 3, 1]
 
 
+def test_the_rollout_keeps_pixels_in_the_compute_dtype_which_encodes_them_exactly():
+    """The pixels the rollout keeps for the update (`rl.buffer.Images`) are in the compute dtype: half of float32's
+    bytes in bfloat16, and the same encoded images, as the vision encoder casts them to that dtype first."""
+    from launch.rl_common import RolloutRunner, _encode_images, load_policy, new_episodes, task_config
+
+    config = resolve("rl-tiny", ["episodes.modality=vision"])
+    policy = load_policy(config.init, seed=0, compute_dtype="bfloat16")
+    runner = RolloutRunner(policy, config.episodes, 1, 2)
+    states = new_episodes(task_config(config.episodes), (0, 0), 2)
+    _, _, images = runner(policy.params, states, jax.random.key(0))
+    assert images.pixel_values.dtype == jax.numpy.bfloat16
+    batch = runner.prompts(states)
+    assert batch.pixel_values.dtype == np.float32
+    from_float32 = _encode_images(policy.params, policy.config, batch.pixel_values, batch.aspect_ratio_ids,
+                                  batch.aspect_ratio_mask)  # the program the rollout encodes with (eager differs)
+    np.testing.assert_array_equal(np.asarray(images.states, np.float32), np.asarray(from_float32, np.float32))
+
+
 def test_runs_of_one_process_follow_their_own_learning_rate_schedules(tmp_path, templates):
     """Runs that share the compiled update (they differ only in their rates and lengths) each get their own peak
     learning rate and cosine horizon: the optimizer state's, which the train records' lr reads."""

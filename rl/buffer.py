@@ -20,6 +20,7 @@ from rl.grpo import GRPOConfig, group_advantages
 from rl.ppo import PPOConfig, answer_key_token_weights, kl_penalized_rewards, sequence_logprob
 from rl.rollout import (CONVERSATION_KEYS, Trajectory, conversation_rows, episode_cross_attention_mask,
                         episode_sequences, transition_cross_attention_mask, transition_sequences)
+from rl.update import SHARED, SHARED_INDEX
 
 
 class Images(NamedTuple):
@@ -50,8 +51,11 @@ class Images(NamedTuple):
 def _sequences(trajectory: Trajectory, images: Images | tuple[jax.Array, jax.Array] | None,
                rows: bool = False) -> dict[str, jax.Array]:
     """transition_sequences (or with `rows` episode_sequences: one stream per row), plus with `images` (`Images`)
-    each training sequence's images (`Images.per_row`: (B, K, ...); rows: (B, ...)) and cross-attention mask
-    ((B, K, C + S, I, T); rows: (B, L, I, T))."""
+    each training sequence's images and cross-attention mask ((B, K, C + S, I, T); rows: (B, L, I, T)). A row
+    holds its images itself (`Images.per_row`, (B, ...)); the K transitions of an episode share them: its
+    images once, (B, ...) under `rl.update.SHARED`, and each transition's row of them, (B, K) `SHARED_INDEX`
+    (an episode's images are K times the bytes otherwise: at 11B, 2,000 GP-VL transitions' encoded images are
+    105 GB over the mesh)."""
     sequences = episode_sequences(trajectory) if rows else transition_sequences(trajectory)
     order = None if rows else sequences.pop("context_order")
     if images is None:
@@ -60,18 +64,19 @@ def _sequences(trajectory: Trajectory, images: Images | tuple[jax.Array, jax.Arr
     if rows:
         return dict(sequences, **images.per_row(), cross_attention_mask=episode_cross_attention_mask(
             images.cross_attention_mask, sequences["stream_ids"].shape[1]))
-    steps = trajectory.rewards.shape[1]
-    per_transition = {name: jnp.broadcast_to(value[:, None], (value.shape[0], steps, *value.shape[1:]))
-                      for name, value in images.per_row().items()}
-    return dict(sequences, **per_transition, cross_attention_mask=transition_cross_attention_mask(
-        images.cross_attention_mask, order, trajectory.response_ids.shape[-1]))
+    batch, steps = trajectory.rewards.shape
+    episode = jnp.broadcast_to(jnp.arange(batch, dtype=jnp.int32)[:, None], (batch, steps))
+    return dict(sequences, **{SHARED: images.per_row(), SHARED_INDEX: episode},
+                cross_attention_mask=transition_cross_attention_mask(images.cross_attention_mask, order,
+                                                                     trajectory.response_ids.shape[-1]))
 
 
 def transition_arrays(trajectory: Trajectory, images: Images | tuple[jax.Array, jax.Array] | None = None,
                       terminal: jax.Array | None = None, *, rows: bool = False) -> dict[str, jax.Array]:
     """Everything the buffers need per transition, in the rollout layout (B, K, ...): context_ids, context_mask
     (C), response_ids, response_mask (S), old_token_logprobs (S) (the sampling log-probs), old_values, rewards,
-    dones, valid (B, K); with `images` (`Images`) also the images' arrays and cross_attention_mask (`_sequences`).
+    dones, valid (B, K); with `images` (`Images`) also the images' arrays (per episode, shared by its
+    transitions) and cross_attention_mask (`_sequences`).
     `rows` (conversation rows, `PPOConfig.episode_rows`): each row's stream (`rl.rollout.episode_sequences`:
     stream_ids, stream_mask (B, L), response_starts, context_ends (B, K)) instead of per-transition contexts.
     `terminal` (B,) bool: which rows' episodes really ended in this rollout. By default every rollout `done` is an
@@ -90,8 +95,16 @@ def concatenate_transitions(parts: list[dict[str, jax.Array]]) -> dict[str, jax.
     conversation rows (`transition_arrays(rows=True)`), each conversation's own arrays stack to (B, R, ...)
     (`rl.rollout.conversation_rows` makes them B * R rows once GAE has run along the whole row)."""
     rows = "stream_ids" in parts[0]
-    return {name: (jnp.stack if rows and name in CONVERSATION_KEYS else jnp.concatenate)(
-        [part[name] for part in parts], axis=1) for name in parts[0]}
+    joined = {name: (jnp.stack if rows and name in CONVERSATION_KEYS else jnp.concatenate)(
+        [part[name] for part in parts], axis=1) for name in parts[0] if name not in (SHARED, SHARED_INDEX)}
+    if SHARED in parts[0]:  # each part's shared images one after the other, each part's index moved past them
+        offsets = [0]
+        for part in parts[:-1]:
+            offsets.append(offsets[-1] + part[SHARED_INDEX].shape[0])
+        joined[SHARED] = {name: jnp.concatenate([part[SHARED][name] for part in parts]) for name in parts[0][SHARED]}
+        joined[SHARED_INDEX] = jnp.concatenate([part[SHARED_INDEX] + offset for part, offset in zip(parts, offsets)],
+                                               axis=1)
+    return joined
 
 
 def ppo_buffer_from_transitions(transitions: dict[str, jax.Array], bootstrap_value: jax.Array,
@@ -140,7 +153,8 @@ def _entries(arrays: dict[str, jax.Array]) -> dict[str, jax.Array]:
     if "stream_ids" in arrays:
         return conversation_rows(arrays)
     batch, steps = arrays["rewards"].shape
-    return {name: value.reshape(batch * steps, *value.shape[2:]) for name, value in arrays.items()}
+    return {name: value if name == SHARED else value.reshape(batch * steps, *value.shape[2:])
+            for name, value in arrays.items()}
 
 
 def answer_key_weights(response_mask: jax.Array, answer_start: jax.Array | None,
@@ -164,9 +178,10 @@ def ppo_buffer(trajectory: Trajectory, config: PPOConfig,
                reference_fn: ReferenceFn | None = None, reference_params: Any = None) -> dict[str, jax.Array]:
     """The PPO buffer of one rollout (GeneralPoints: every row one episode): `transition_arrays` then
     `ppo_buffer_from_transitions` with the rollout's bootstrap value. `images` (`Images`: the encoded images (B, V,
-    D), the prompts' cross-attention mask (B, P, I, T), optionally the pixels) adds cross_attention_states (N, V, D)
-    or the pixel inputs (N, I, T, ...), and cross_attention_mask (N, C + S, I, T). With config.kl_mode,
-    `reference_fn(reference_params, transitions) -> (B, T, S)` gives the reference log-probs (e.g.
+    D), the prompts' cross-attention mask (B, P, I, T), optionally the pixels) adds cross_attention_states (B, V, D)
+    or the pixel inputs (B, I, T, ...) once per episode under `rl.update.SHARED` with SHARED_INDEX (N,) (a
+    minibatch gets them per transition: `rl.update.take_items`), and cross_attention_mask (N, C + S, I, T). With
+    config.kl_mode, `reference_fn(reference_params, transitions) -> (B, T, S)` gives the reference log-probs (e.g.
     `rl.rollout.reference_token_logprobs` with its static arguments bound). With config.answer_key_weight != 1,
     `answer_start` (B, K) gives the token weights (`answer_key_weights`): old_logprob and the buffer's
     "token_weights" (which `ppo_loss` applies to the new log-probs) use the same ones, so the first ratio is 1."""

@@ -46,6 +46,7 @@ from model.config import ModelConfig
 from model.forward import forward_hidden, grow_cache, init_cache
 from model.sampler import SamplerState, SamplingConfig, append, cache_shardings, sample_turn, start, token_logprobs
 from model.value_head import policy_values
+from rl.update import SHARED, SHARED_INDEX, with_shared
 
 Params = dict[str, Any]
 
@@ -407,7 +408,7 @@ def reference_token_logprobs(reference_params: Params, transitions: dict[str, ja
     batch, steps = transitions["response_ids"].shape[:2]
     rows = "stream_ids" in transitions
     keys = ("context_ids", "context_mask", "response_ids", "response_mask", "stream_ids", "stream_mask",
-            "response_starts", "context_ends") + IMAGE_KEYS
+            "response_starts", "context_ends", SHARED_INDEX) + IMAGE_KEYS
     arrays = {k: transitions[k] for k in keys if k in transitions}
     if rows:
         arrays = conversation_rows(arrays)
@@ -420,6 +421,8 @@ def reference_token_logprobs(reference_params: Params, transitions: dict[str, ja
                          f"chunk_size={chunk_size}.")
     chunks = {k: v.reshape(total // chunk_size, chunk_size, *v.shape[1:]) for k, v in arrays.items()}
     params = jax.lax.stop_gradient(reference_params)
-    logprobs = jax.lax.map(lambda chunk: transition_policy(params, chunk, config=config, temperature=temperature)[0],
-                           chunks)
+    shared = transitions.get(SHARED)  # the episodes' images, taken per chunk (`rl.update.with_shared`)
+    logprobs = jax.lax.map(lambda chunk: transition_policy(params, chunk if shared is None else
+                                                           with_shared(chunk, shared), config=config,
+                                                           temperature=temperature)[0], chunks)
     return logprobs.reshape(batch, steps, -1)

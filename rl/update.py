@@ -14,6 +14,11 @@ n_valid); only the last minibatch holds padding. With every item valid this is t
 The number of optimizer steps then varies per update; a step-counted learning-rate schedule can be advanced by
 the skipped steps (`rl.ppo.advance_schedule`) so that it stays where the plain loop would leave it.
 
+Shared arrays: a dict buffer may keep arrays that several items read once, not once per item (an episode's
+images, which its K transitions all attend to): `buffer[SHARED]` a dict of arrays with their own leading axis E,
+`buffer[SHARED_INDEX]` (N,) the row of them each item reads. A minibatch (`take_items`) gets the rows its items
+read under the arrays' own names, as if every item held them.
+
 Conversation rows (`PPOConfig.episode_rows`): an item may be a row of K transitions, its per-transition arrays
 (N, K, ...) beside the row's stream; the losses see the minibatch's (m, K) transitions flattened to m * K
 (`as_transitions`), and a row counts as valid when any of its transitions is (`item_valid`).
@@ -55,9 +60,36 @@ def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> Tr
     return TrainState(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
 
 
+SHARED, SHARED_INDEX = "shared", "shared_index"
+
+
+def item_arrays(buffer: Any) -> Any:
+    """`buffer` without its shared arrays (`SHARED`): the leaves with the items' leading axis N."""
+    if isinstance(buffer, dict) and SHARED in buffer:
+        return {name: value for name, value in buffer.items() if name != SHARED}
+    return buffer
+
+
+def with_shared(items: dict[str, Any], shared: dict[str, jax.Array]) -> dict[str, Any]:
+    """`items` (with `SHARED_INDEX`, leading axes (...)) given the rows of `shared` they read, (..., ...) under the
+    shared arrays' own names; the index is dropped."""
+    items = dict(items)
+    rows = items.pop(SHARED_INDEX)
+    return dict(items, **{name: value[rows] for name, value in shared.items()})
+
+
+def take_items(buffer: Any, indices: jax.Array) -> Any:
+    """The items `indices` of `buffer` (a minibatch): every item array's rows, and the shared arrays' rows those
+    items read (`with_shared`)."""
+    taken = jax.tree_util.tree_map(lambda leaf: leaf[indices], item_arrays(buffer))
+    if isinstance(buffer, dict) and SHARED in buffer:
+        return with_shared(taken, buffer[SHARED])
+    return taken
+
+
 def buffer_size(buffer: Any) -> int:
-    """The common leading axis N of every leaf of `buffer` (static); a clear error if they disagree."""
-    sizes = {leaf.shape[0] for leaf in jax.tree_util.tree_leaves(buffer)}
+    """The common leading axis N of every item array of `buffer` (static); a clear error if they disagree."""
+    sizes = {leaf.shape[0] for leaf in jax.tree_util.tree_leaves(item_arrays(buffer))}
     if len(sizes) != 1:
         raise ValueError(f"every array in the rollout buffer must share its leading axis N; got sizes {sorted(sizes)}.")
     return sizes.pop()
@@ -152,7 +184,7 @@ def minibatch_update(state: TrainState, buffer: Any, rng: jax.Array, *, loss_fn:
         return jax.lax.scan(accumulate, zeros_of(value_and_grad, params, first, totals), parts)[0]
 
     def gradient_step(state: TrainState, minibatch_index: jax.Array):
-        minibatch = jax.tree_util.tree_map(lambda leaf: leaf[minibatch_index], buffer)
+        minibatch = take_items(buffer, minibatch_index)
         (loss, metrics), grads = loss_and_grads(state.params, minibatch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

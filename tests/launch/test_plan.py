@@ -155,6 +155,7 @@ def test_an_rl_plan_counts_the_updates_buffer_and_the_rollouts_images(tiny_visio
 
     from launch.mesh import place_full_batch
     from rl.buffer import grpo_buffer, ppo_buffer
+    from rl.update import take_items
 
     config, trajectory, images = tiny_vision_rollout
     batch, steps, response = trajectory.response_ids.shape
@@ -185,7 +186,8 @@ def test_an_rl_plan_counts_the_updates_buffer_and_the_rollouts_images(tiny_visio
     else:
         buffer = grpo_buffer(trajectory, dataclasses.replace(config.grpo, group_size=2, kl_coef=0.1 if kl else 0.0,
                                                              episode_rows=rows), used, **reference)
-    assert ("ref_token_logprobs" in buffer) == kl and ("pixel_values" in buffer) != vision_states
+    item = take_items(buffer, jax.numpy.arange(1))  # what a transition (or row) reads
+    assert ("ref_token_logprobs" in item) == kl and ("pixel_values" in item) != vision_states
     b = planned["bytes_per_device"]
     assert b["buffer"] == device_bytes(buffer) and planned["buffer_items"] == (batch if rows else batch * steps)
     assert b["images"] == device_bytes(images) and planned["feedback_slots"] == feedback

@@ -452,7 +452,7 @@ def test_gp_vl_trains_and_evaluates_recognition(tmp_path, templates, monkeypatch
     encodes the images from their pixels, so the vision encoder and projector train with the rest (as the
     reference's); `freeze_vision=true` (the update reads the rollout's encoded images) leaves them as they were.
     While the update runs, the rollout's encoded images (4, V, D) are no longer in device memory (the buffer holds
-    what the update reads: the pixels), and the buffer is gone when the evaluation runs."""
+    what the update reads: the pixels, once per episode), and the buffer is gone when the evaluation runs."""
     from launch import rl_run
 
     compiled, evaluate, live_during_update, live_during_evaluation = rl_run._compiled, rl_run.evaluate, [], []
@@ -480,8 +480,8 @@ def test_gp_vl_trains_and_evaluates_recognition(tmp_path, templates, monkeypatch
     model = load_policy("tiny", seed=0).config
     encoded_images = (4, model.vision.max_num_tiles * model.vision.num_patches, model.text.hidden_size)
     assert len(live_during_update) == 1 and encoded_images not in live_during_update[0]
-    buffer_pixels = [shape for shape in live_during_update[0] if len(shape) == 6]  # (N, I, T, C, H, W)
-    assert [shape[0] for shape in buffer_pixels] == [8]  # 4 episodes x 2 transitions
+    buffer_pixels = [shape for shape in live_during_update[0] if len(shape) == 6]  # (E, I, T, C, H, W)
+    assert [shape[0] for shape in buffer_pixels] == [4]  # once per episode, not per transition (4 x 2)
     assert buffer_pixels[0] not in set().union(*live_during_evaluation[-3:])  # the evaluation after the update
     assert main(["rl", "--preset", "rl-tiny", "--out", str(tmp_path / "frozen"), *common, "eval_episodes=1",
                  "freeze_vision=true"]) == 0

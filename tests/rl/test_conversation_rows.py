@@ -17,7 +17,7 @@ from rl.buffer import concatenate_transitions, grpo_buffer, ppo_buffer, ppo_buff
 from rl.grpo import GRPOConfig, grpo_update
 from rl.ppo import PPOConfig, ppo_optimizer, ppo_update
 from rl.rollout import IMAGE_KEYS, episode_sequences, reference_token_logprobs, transition_policy
-from rl.update import init_train_state
+from rl.update import SHARED, SHARED_INDEX, init_train_state, with_shared
 from tests.rl.test_rollout import B, K, N, P, VERIFIER, compiled_rollout, image_prompts, run_rollout
 
 POLICY_KEYS = ("context_ids", "context_mask", "response_ids", "response_mask", "stream_ids", "stream_mask",
@@ -76,7 +76,11 @@ def test_one_forward_per_conversation_scores_every_transition(tiny, images):
     traj, image_args = sampled(config, params, images)
     states_only = None if image_args is None else image_args.without_pixels()
     transitions, rows = transition_arrays(traj, states_only), transition_arrays(traj, image_args, rows=True)
-    flat = {k: np.asarray(v).reshape(B * K, *v.shape[2:]) for k, v in transitions.items() if k in POLICY_KEYS}
+    flat = {k: np.asarray(v).reshape(B * K, *v.shape[2:]) for k, v in transitions.items()
+            if k in POLICY_KEYS + (SHARED_INDEX,)}
+    if images:  # an episode's transitions share its images: each reads them by its episode's index
+        assert transitions[SHARED]["cross_attention_states"].shape[0] == B
+        flat = with_shared(flat, transitions[SHARED])
     want = [np.asarray(x).reshape(B, K, *x.shape[1:]) for x in compiled_policy(config)(params, flat)]
     got = [np.asarray(x) for x in compiled_policy(config)(params, {k: v for k, v in rows.items() if k in POLICY_KEYS})]
     assert ("pixel_values" in rows) == images and "cross_attention_states" not in rows
@@ -94,6 +98,29 @@ def test_one_forward_per_conversation_scores_every_transition(tiny, images):
     np.testing.assert_allclose(np.asarray(ref(reference, rows, chunk_size=1))[on],
                                np.asarray(ref(reference, transition_arrays(traj, image_args), chunk_size=3))[on],
                                atol=1e-5)
+
+
+def test_concatenated_rollouts_keep_their_own_images_once_per_episode(tiny):
+    """V-IRL's per-transition layout with images: each rollout's images are kept once per row (the buffer's
+    shared arrays, (2 B, ...) for two rollouts) and every transition reads its own rollout's, as a copy per
+    transition would give it."""
+    from rl.buffer import Images
+    from rl.update import take_items
+
+    config, params = tiny
+    traj, first = sampled(config, params, images=True)
+    second = Images(first.states + 1.0, first.cross_attention_mask, first.pixel_values + 1.0, first.aspect_ratio_ids,
+                    first.aspect_ratio_mask)
+    terminal = np.ones(B, bool)
+    joined = concatenate_transitions([transition_arrays(traj, images, terminal) for images in (first, second)])
+    buffer = ppo_buffer_from_transitions(joined, traj.bootstrap_value, PPOConfig())
+    assert buffer[SHARED]["pixel_values"].shape[0] == 2 * B and buffer["valid"].shape == (B * 2 * K,)
+    items = take_items(buffer, np.arange(B * 2 * K))
+    for name in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask"):
+        per_part = [np.asarray(getattr(images, name)) for images in (first, second)]
+        copies = np.stack([np.stack([per_part[k // K][b] for k in range(2 * K)]) for b in range(B)])
+        np.testing.assert_array_equal(np.asarray(items[name]), copies.reshape(B * 2 * K, *copies.shape[2:]),
+                                      err_msg=name)
 
 
 def assert_same_update(state_a, metrics_a, state_b, metrics_b, names):

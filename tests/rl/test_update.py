@@ -1,5 +1,6 @@
-"""The shared epochs x minibatches loop: shuffling covers every item once per epoch, and the freezing recipe
-(stop_gradient in the loss + set_to_zero in the optimizer) leaves frozen params and their optimizer state empty."""
+"""The shared epochs x minibatches loop: shuffling covers every item once per epoch, the freezing recipe
+(stop_gradient in the loss + set_to_zero in the optimizer) leaves frozen params and their optimizer state empty,
+padding is skipped, and arrays shared by several items are read as if every item held them."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from rl.update import init_train_state, minibatch_indices, minibatch_update
+from rl.update import (SHARED, SHARED_INDEX, buffer_size, init_train_state, minibatch_indices, minibatch_update,
+                       take_items)
 
 
 def test_each_epoch_is_a_permutation_and_epochs_differ():
@@ -102,3 +104,34 @@ def test_skipping_padding_draws_minibatches_from_the_valid_items_only():
     state, _ = minibatch_update(init_train_state(params, optimizer), none, rng, loss_fn=loss_fn, optimizer=optimizer,
                                 epochs=2, minibatch_size=4, valid=none["valid"])
     assert int(state.step) == 0 and np.array_equal(state.params, params)
+
+
+def test_shared_arrays_are_read_as_if_every_item_held_them():
+    """A buffer keeping an array once per group of items (an episode's images, which its K transitions read) under
+    SHARED, with each item's row in SHARED_INDEX: its minibatches, and so the update (with skip_padding too), are
+    those of the buffer holding a copy per item. The buffer's size counts its items, not the shared rows."""
+    params, per_item, loss_fn = _regression(2, 12, 7)
+    rng = np.random.default_rng(3)
+    episodes = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)  # 4 episodes x 3 transitions
+    index = jnp.repeat(jnp.arange(4, dtype=jnp.int32), 3)[rng.permutation(12)]
+    copied = dict(per_item, offset=episodes[index])
+    shared = dict(per_item, **{SHARED: {"offset": episodes}, SHARED_INDEX: index})
+    assert buffer_size(shared) == 12
+    picked = jnp.asarray([5, 0, 11, 3])
+    for name, value in jax.tree.map(lambda leaf: leaf[picked], copied).items():
+        np.testing.assert_array_equal(take_items(shared, picked)[name], value, err_msg=name)
+    assert SHARED_INDEX not in take_items(shared, picked)
+
+    def offset_loss(w, mb):
+        return loss_fn(w, dict(mb, x=mb["x"] + mb["offset"]))
+
+    optimizer = optax.adam(0.05)
+    for skip in (False, True):
+        run = jax.jit(lambda s, b: minibatch_update(s, b, jax.random.key(4), loss_fn=offset_loss, optimizer=optimizer,
+                                                    epochs=2, minibatch_size=4, valid=b["valid"] if skip else None))
+        (a, metrics_a), (b, metrics_b) = run(init_train_state(params, optimizer), copied), run(
+            init_train_state(params, optimizer), shared)
+        np.testing.assert_array_equal(a.params, b.params)
+        assert int(a.step) == int(b.step) == (4 if skip else 6)
+        for name in metrics_a:
+            np.testing.assert_array_equal(metrics_a[name], metrics_b[name])

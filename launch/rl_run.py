@@ -338,9 +338,9 @@ def run_rl(config: RLConfig, out_dir: str | Path, *, stop_after: Optional[int] =
             write_evaluation(0, total_gflops(counter, num_params))
         def collect(index: int, rollout_key: jax.Array, began: float):
             """One update's rollout -> (its buffer, statistics, truncated feedback turns, rollout seconds). A function
-            of its own so that the rollout's device arrays (the encoded images, (B, V, D) per episode, 2.6 GiB per
-            device for 400 GP-VL episodes at 11B on 8 GPUs) are freed before the update runs: the buffer keeps
-            what the update reads."""
+            of its own so that the rollout's device arrays (the encoded images (B, V, D): 2.4 GiB per device for 400
+            GP-VL episodes at 11B on 8 GPUs) are freed before the update runs: the buffer keeps what the update
+            reads."""
             if virl_routes is not None:
                 from launch.rl_virl import play, training_statistics, update_buffer
                 supply = virl_routes.supply((config.seed, index))

@@ -1,6 +1,6 @@
 """launch.plan (`memgen plan`): per-device bytes from the real shapes and placement rules, checked against JAX's
-own shard shapes, the freezing rules, the KV cache's real size, and XLA's compiled memory analysis of the real
-SFT train step."""
+own shard shapes, the freezing rules, the KV cache's real size, an RL update's buffer and a rollout's images as
+placed from a real rollout, and XLA's compiled memory analysis of the real SFT train step."""
 
 import json
 import math

@@ -28,6 +28,8 @@ Categories (details and the activation formula in docs/plan.md):
 Totals: train = params + gradients + optimizer + activations(remat) + reference + buffer; rollout = params +
 optimizer + kv_cache + reference + prefill + images (the optimizer state and the reference stay resident all run;
 `memgen rl` frees the rollout's images before the update and the buffer after it). The verdict uses the larger.
+XLA checks (compile only, tiny / small configs): `xla_train_step_memory` (the SFT step), `xla_rl_update_memory`
+(the PPO update of an RL plan).
 """
 
 from __future__ import annotations
@@ -634,5 +636,50 @@ def xla_train_step_memory(config: PlanConfig) -> dict[str, Any]:
         "argument_bytes": int(analysis.argument_size_in_bytes),
         "output_bytes": int(analysis.output_size_in_bytes),
         "alias_bytes": int(analysis.alias_size_in_bytes),
+        "temp_bytes": int(analysis.temp_size_in_bytes),
+    }
+
+
+def xla_rl_update_memory(config: PlanConfig) -> dict[str, Any]:
+    """Compile the real PPO update (`rl.ppo_update`, one epoch, over `rl.rollout.transition_policy`, with
+    `rl.ppo.ppo_optimizer`) of an RL plan (`transitions` and `value_head` set, one device) on the buffer the plan
+    counts (`buffer_shapes`), and return XLA's memory analysis next to the plan: its arguments are the train state
+    (params, Adam's moments) and the buffer; its temporaries hold the gradients and a minibatch's activations.
+    Nothing is allocated (abstract inputs, lower + compile only); use tiny/small configs."""
+    import functools
+
+    from rl.ppo import PPOConfig, ppo_optimizer, ppo_update
+    from rl.rollout import transition_policy
+    from rl.update import init_train_state
+    from model.params import param_shapes
+
+    if config.transitions is None or not config.value_head or config.devices != 1:
+        raise PlanError("the XLA check of an RL update needs a one-device PPO plan: transitions, value_head, "
+                        "devices=1")
+    result = plan(config)
+    model = model_config(config).replace(remat=config.remat, scan_layers=True)  # as xla_train_step_memory
+    response, feedback = rl_turn_slots(config, result["rollout_seq"])
+    trajectory, images = rollout_outputs(model, result["rollout_batch"], config.rollout_prompt, config.transitions,
+                                         response, feedback, config.num_images)
+    buffer = buffer_shapes(config, trajectory, images)
+    length = buffer["context_ids"].shape[1] + buffer["response_ids"].shape[1] if "context_ids" in buffer else \
+        buffer["stream_ids"].shape[1]
+    if length != config.seq_len:
+        raise PlanError(f"the plan's seq_len {config.seq_len} is not its buffer's {length}-token rows; plan the "
+                        f"update at the rows it trains on")
+    ppo = PPOConfig(minibatch_size=config.batch_size, microbatches=config.grad_accum_steps, epochs=1,
+                    episode_rows=config.episode_rows)
+    optimizer = ppo_optimizer(ppo, total_steps=10)
+    state = jax.eval_shape(lambda params: init_train_state(params, optimizer), param_shapes(model, value_head=True))
+    policy = functools.partial(transition_policy, config=model, temperature=1.0)
+    update = jax.jit(functools.partial(ppo_update, policy_fn=policy, optimizer=optimizer, config=ppo),
+                     donate_argnums=0)
+    analysis = update.lower(state, buffer, jax.eval_shape(lambda: jax.random.key(0))).compile().memory_analysis()
+    planned = result["bytes_per_device"]
+    return {
+        "plan": result,
+        "planned_argument_bytes": planned["params"] + planned["optimizer"] + planned["buffer"],
+        "planned_temp_bytes": planned["gradients"] + planned["activations"],
+        "argument_bytes": int(analysis.argument_size_in_bytes),
         "temp_bytes": int(analysis.temp_size_in_bytes),
     }

@@ -323,3 +323,24 @@ def test_planner_agrees_with_xla_memory_analysis(mesh, devices, images, freeze):
     assert result["alias_bytes"] >= result["plan"]["bytes_per_device"]["optimizer"]  # the state is donated
     factor = result["temp_bytes"] / result["planned_temp_bytes"]
     assert 1.0 <= factor <= 2.5, (factor, result)
+
+
+@pytest.mark.parametrize("rows, micro", [(False, 2), (True, 1)])
+def test_an_rl_plan_agrees_with_xla_memory_analysis_of_the_ppo_update(rows, micro):
+    """The real PPO update (small preset, an image per episode, K = 2) compiled on the buffer the plan counts:
+    XLA's arguments are the plan's params + optimizer + buffer (to the optimizer's few scalars: PPO's
+    schedule state is not AdamW's); its temporaries within a factor 1..2.5 of the plan's gradients + activations,
+    as the SFT step's (docs/plan.md lists the measured factors). A plan whose rows are not the buffer's stops."""
+    prompt, response, feedback, steps = 64, 32, 16, 2
+    cache = prompt + steps * (response + feedback)
+    config = P.PlanConfig(model="small", mesh=MeshConfig(fsdp=1), devices=1, batch_size=4 if rows else 8,
+                          seq_len=cache - feedback, num_images=1, grad_accum_steps=micro, remat="full",
+                          compute_dtype="float32", value_head=True, rollout_batch=8, rollout_seq=cache,
+                          rollout_prompt=prompt, logit_positions=response * (steps if rows else 1),
+                          transitions=steps, episode_rows=rows)
+    result = P.xla_rl_update_memory(config)
+    assert abs(result["argument_bytes"] - result["planned_argument_bytes"]) < 256, result
+    factor = result["temp_bytes"] / result["planned_temp_bytes"]
+    assert 1.0 <= factor <= 2.5, (factor, result)
+    with pytest.raises(P.PlanError, match=f"seq_len {cache} is not its buffer's {cache - feedback}-token rows"):
+        P.xla_rl_update_memory(P.PlanConfig(**{**config.__dict__, "seq_len": cache}))

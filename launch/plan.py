@@ -354,6 +354,16 @@ def buffer_shapes(config: PlanConfig, trajectory, images) -> dict[str, jax.Shape
     return jax.eval_shape(build, trajectory, images)
 
 
+def rl_buffer(config: PlanConfig, model: ModelConfig, rollout_rows: int, rollout_len: int):
+    """(the update's buffer (`buffer_shapes`), the rollout's images or None, the feedback slots per turn) of an
+    RL plan whose rollout samples `rollout_rows` episodes into caches of `rollout_len` slots (`rl_turn_slots`,
+    `rollout_outputs`)."""
+    response, feedback = rl_turn_slots(config, rollout_len)
+    trajectory, images = rollout_outputs(model, rollout_rows, config.rollout_prompt, config.transitions, response,
+                                         feedback, config.num_images)
+    return buffer_shapes(config, trajectory, images), images, feedback
+
+
 def rl_turn_slots(config: PlanConfig, rollout_len: int) -> tuple[int, int]:
     """(response, feedback) slots per turn of an RL plan's episodes: the response slots are `logit_positions` (with
     `episode_rows` a row scores its K responses: logit_positions / K), the feedback what the cache of
@@ -438,10 +448,7 @@ def plan(config: PlanConfig) -> dict[str, Any]:
 
     buffer_b = images_b = feedback = buffer_items = 0
     if config.transitions is not None:
-        response, feedback = rl_turn_slots(config, rollout_len)
-        trajectory, images = rollout_outputs(model, rollout_rows, config.rollout_prompt, config.transitions,
-                                             response, feedback, config.num_images)
-        buffer = buffer_shapes(config, trajectory, images)
+        buffer, images, feedback = rl_buffer(config, model, rollout_rows, rollout_len)
         buffer_b, buffer_items = batch_bytes(buffer, mesh, mesh_shape), buffer["valid"].shape[0]
         images_b = 0 if images is None else batch_bytes(images, mesh, mesh_shape)
 
@@ -658,10 +665,7 @@ def xla_rl_update_memory(config: PlanConfig) -> dict[str, Any]:
                         "devices=1")
     result = plan(config)
     model = model_config(config).replace(remat=config.remat, scan_layers=True)  # as xla_train_step_memory
-    response, feedback = rl_turn_slots(config, result["rollout_seq"])
-    trajectory, images = rollout_outputs(model, result["rollout_batch"], config.rollout_prompt, config.transitions,
-                                         response, feedback, config.num_images)
-    buffer = buffer_shapes(config, trajectory, images)
+    buffer = rl_buffer(config, model, result["rollout_batch"], result["rollout_seq"])[0]
     length = buffer["context_ids"].shape[1] + buffer["response_ids"].shape[1] if "context_ids" in buffer else \
         buffer["stream_ids"].shape[1]
     if length != config.seq_len:

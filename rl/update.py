@@ -71,8 +71,8 @@ def item_arrays(buffer: Any) -> Any:
 
 
 def with_shared(items: dict[str, Any], shared: dict[str, jax.Array]) -> dict[str, Any]:
-    """`items` (with `SHARED_INDEX`, leading axes (...)) given the rows of `shared` they read, (..., ...) under the
-    shared arrays' own names; the index is dropped."""
+    """`items` (a dict with `SHARED_INDEX`, any leading axes) plus, under the shared arrays' own names, the rows of
+    `shared` its index names (those leading axes, then each shared array's own); the index is dropped."""
     items = dict(items)
     rows = items.pop(SHARED_INDEX)
     return dict(items, **{name: value[rows] for name, value in shared.items()})

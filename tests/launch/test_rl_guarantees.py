@@ -477,7 +477,8 @@ def test_gp_vl_trains_and_evaluates_recognition(tmp_path, templates, monkeypatch
     common = [*templates, "updates=1", "episodes.modality=vision", "episodes_per_update=4", "ppo.minibatch_size=8"]
     assert main(["rl", "--preset", "rl-tiny", "--out", str(tmp_path), *common, "eval_episodes=2"]) == 0
     assert all(change > 0 for change in vision_change(tmp_path).values())
-    model = load_policy("tiny", seed=0).config
+    from model.config import preset
+    model = preset("tiny")  # the run's policy config (init=tiny)
     encoded_images = (4, model.vision.max_num_tiles * model.vision.num_patches, model.text.hidden_size)
     assert len(live_during_update) == 1 and encoded_images not in live_during_update[0]
     buffer_pixels = [shape for shape in live_during_update[0] if len(shape) == 6]  # (E, I, T, C, H, W)

@@ -159,7 +159,8 @@ def minibatch_update(state: TrainState, buffer: Any, rng: jax.Array, *, loss_fn:
     """Run `epochs` passes of shuffled minibatch gradient steps of `loss_fn(params, minibatch) -> (loss, metrics)`,
     or, with `totals_fn`, of `loss_fn(params, batch, totals_fn(minibatch))`, where `batch` is the minibatch or,
     with `microbatches` > 1, each of its microbatches in turn, gradients and metrics summed (module docstring: the
-    loss and its metrics must then be shares of the minibatch's means, so that they add up). `valid` (N,) bool
+    loss and its metrics must then be shares of the minibatch's means, so that they add up; `totals_fn` sees the
+    item arrays only, the shared rows being taken per microbatch for `loss_fn`). `valid` (N,) bool
     (or (N, K) for conversation rows: `item_valid`): skip the padding, drawing each epoch's minibatches from the
     valid items only (module docstring); the loss must mask invalid items out, as the last minibatch may hold some.
 

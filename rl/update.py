@@ -173,24 +173,26 @@ def minibatch_update(state: TrainState, buffer: Any, rng: jax.Array, *, loss_fn:
                          "minibatch's mean for the accumulated gradient to be the minibatch's.")
     num_items = buffer_size(buffer)
     indices = minibatch_indices(rng, num_items, epochs=epochs, minibatch_size=minibatch_size)
-    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def value_and_grad(params: Any, batch: Any, *totals: Any):  # the shared rows taken here, per (micro)batch
+        return grad_fn(params, reading_shared(buffer, batch), *totals)
 
     def zeros_of(fn, *args):  # zeros shaped like fn(*args): the start of a running sum over its results
         return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(fn, *args))
 
     def loss_and_grads(params: Any, minibatch: Any):
         if totals_fn is None:
-            return value_and_grad(params, reading_shared(buffer, minibatch))
+            return value_and_grad(params, minibatch)
         totals = totals_fn(minibatch)
         if microbatches == 1:
-            return value_and_grad(params, reading_shared(buffer, minibatch), totals)
+            return value_and_grad(params, minibatch, totals)
 
         def accumulate(carry, microbatch):
-            grads = value_and_grad(params, reading_shared(buffer, microbatch), totals)
-            return jax.tree.map(jnp.add, carry, grads), None
+            return jax.tree.map(jnp.add, carry, value_and_grad(params, microbatch, totals)), None
 
         parts = split_microbatches(minibatch, microbatches)
-        first = reading_shared(buffer, jax.tree.map(lambda leaf: leaf[0], parts))
+        first = jax.tree.map(lambda leaf: leaf[0], parts)
         return jax.lax.scan(accumulate, zeros_of(value_and_grad, params, first, totals), parts)[0]
 
     def gradient_step(state: TrainState, minibatch_index: jax.Array):

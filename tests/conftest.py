@@ -1,12 +1,15 @@
 """Test-session setup: the CPU platform with 8 host devices (for the multi-device tests), one persistent XLA
-compilation cache shared by the session's processes, and a hard failure, not a skip, when a required dependency
-is missing."""
+compilation cache shared by the session's processes, compiled programs released after each test module, and a
+hard failure, not a skip, when a required dependency is missing."""
 
 import atexit
+import gc
 import importlib
 import os
 import shutil
 import tempfile
+
+import pytest
 
 # Must happen before anything imports jax. Tests that need one device use jax.devices()[0] or no sharding.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -42,3 +45,18 @@ def pytest_sessionstart(session):
     if missing:
         raise RuntimeError("required test dependencies are missing: " + ", ".join(missing)
                            + "; run `make test`, which installs them into .venv")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's in-memory compiled programs after each test module. Every XLA:CPU executable holds ~10 memory
+    mappings (its machine code and data) for as long as it stays cached, and an xdist worker compiles thousands of
+    programs in a full run: one worker peaked at 60,283 mappings, just under the kernel's default
+    vm.max_map_count of 65,530, past which the next compile's mmap fails and XLA kills the worker (the segfaults
+    and aborts inside backend_compile_and_load late in some full runs). A later module that needs a program again
+    reads it from the persistent cache or compiles it."""
+    yield
+    import jax
+
+    jax.clear_caches()
+    gc.collect()

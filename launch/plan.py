@@ -25,7 +25,11 @@ Categories (details and the activation formula in docs/plan.md):
               `vision_states`) and cross-attention mask.
   images      with `transitions` and images: what the rollout holds of the episodes' images, their encoded
               states (B, V, D) and pixels (`rl.buffer.Images`), placed like the buffer.
-Totals: train = params + gradients + optimizer + activations(remat) + reference + buffer; rollout = params +
+  minibatch   with `transitions`: what the update takes from the buffer at a time, whole on every device (XLA
+              takes rows of the batch-sharded buffer by a masked gather and an all-reduce of the result): the
+              minibatch's item arrays (`batch_size` items) and one microbatch's rows of the shared images.
+Totals: train = params + gradients + optimizer + activations(remat) + reference + buffer + minibatch; rollout =
+params +
 optimizer + kv_cache + reference + prefill + images (the optimizer state and the reference stay resident all run;
 `memgen rl` frees the rollout's images before the update and the buffer after it). The verdict uses the larger.
 XLA checks (compile only, tiny / small configs): `xla_train_step_memory` (the SFT step), `xla_rl_update_memory`
@@ -354,6 +358,20 @@ def buffer_shapes(config: PlanConfig, trajectory, images) -> dict[str, jax.Shape
     return jax.eval_shape(build, trajectory, images)
 
 
+def minibatch_bytes(buffer: dict[str, Any], minibatch: int, microbatches: int) -> int:
+    """Per-device bytes of what an update over `buffer` (`buffer_shapes`) takes from it at a time: `minibatch`
+    items of every item array and, per microbatch (`rl.update.reading_shared`), the rows of the shared arrays its
+    minibatch / microbatches items read. Whole on every device: on a mesh XLA's SPMD partitioner takes rows of the
+    batch-sharded buffer by a masked gather on each device and an all-reduce of the result (docs/plan.md); on one
+    device they are the gathers' outputs."""
+    from rl.update import SHARED, item_arrays
+
+    def rows_bytes(tree: Any, rows: int) -> int:
+        return sum(rows * math.prod(x.shape[1:]) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+    return rows_bytes(item_arrays(buffer), minibatch) + rows_bytes(buffer.get(SHARED, {}), minibatch // microbatches)
+
+
 def rl_buffer(config: PlanConfig, model: ModelConfig, rollout_rows: int, rollout_len: int):
     """(the update's buffer (`buffer_shapes`), the rollout's images or None, the feedback slots per turn) of an
     RL plan whose rollout samples `rollout_rows` episodes into caches of `rollout_len` slots (`rl_turn_slots`,
@@ -446,14 +464,15 @@ def plan(config: PlanConfig) -> dict[str, Any]:
     prefill_b = 0 if config.rollout_prompt is None else activation_bytes(
         prefill_tensors(model, rollout_rows, config.rollout_prompt, rollout_len, config.num_images), mesh, mesh_shape)
 
-    buffer_b = images_b = feedback = buffer_items = 0
+    buffer_b = images_b = minibatch_b = feedback = buffer_items = 0
     if config.transitions is not None:
         buffer, images, feedback = rl_buffer(config, model, rollout_rows, rollout_len)
         buffer_b, buffer_items = batch_bytes(buffer, mesh, mesh_shape), buffer["valid"].shape[0]
         images_b = 0 if images is None else batch_bytes(images, mesh, mesh_shape)
+        minibatch_b = minibatch_bytes(buffer, config.batch_size, config.grad_accum_steps)
 
     reference_b = param_b if config.kl_reference else 0
-    train_total = param_b + grads_b + opt_b + activations[config.remat] + reference_b + buffer_b
+    train_total = param_b + grads_b + opt_b + activations[config.remat] + reference_b + buffer_b + minibatch_b
     rollout_total = param_b + opt_b + kv_b + reference_b + prefill_b + images_b
     usable = int(GPUS[config.gpu]["usable_bytes"])
     peak = max(train_total, rollout_total)
@@ -472,7 +491,8 @@ def plan(config: PlanConfig) -> dict[str, Any]:
         "episode_rows": config.episode_rows, "vision_states": config.vision_states,
         "bytes_per_device": {"params": param_b, "gradients": grads_b, "optimizer": opt_b,
                              "activations": activations[config.remat], "kv_cache": kv_b,
-                             "reference": reference_b, "prefill": prefill_b, "buffer": buffer_b, "images": images_b},
+                             "reference": reference_b, "prefill": prefill_b, "buffer": buffer_b, "images": images_b,
+                             "minibatch": minibatch_b},
         "activations_by_remat": activations,
         "train_total": train_total, "rollout_total": rollout_total,
         "usable_bytes": usable, "headroom_bytes": usable - peak, "verdict": verdict,
@@ -545,13 +565,14 @@ def render(result: dict[str, Any]) -> None:
     table.add_column("what")
     table.add_column("bytes per device", justify="right")
     for name, value in result["bytes_per_device"].items():
-        if name in ("reference", "prefill", "buffer", "images") and not value:
+        if name in ("reference", "prefill", "buffer", "images", "minibatch") and not value:
             continue
         label = {"activations": f"activations (remat {result['remat']})", "reference": "KL reference params",
                  "prefill": f"rollout prefill attention ({result['rollout_prompt']}-token prompt, one layer)",
                  "buffer": f"RL update buffer ({result['buffer_items']} "
                            f"{'conversations' if result['episode_rows'] else 'transitions'})",
                  "images": "rollout's images (encoded and pixels)",
+                 "minibatch": "RL update's minibatch (+ a microbatch's images), whole per device",
                  "kv_cache": f"kv cache ({result['rollout_batch']} rows x {result['rollout_seq']} slots)"
                  }.get(name, name)
         table.add_row(label, _gib(value))
@@ -651,7 +672,8 @@ def xla_rl_update_memory(config: PlanConfig) -> dict[str, Any]:
     """Compile the real PPO update (`rl.ppo_update`, one epoch, over `rl.rollout.transition_policy`, with
     `rl.ppo.ppo_optimizer`) of an RL plan (`transitions` and `value_head` set, one device) on the buffer the plan
     counts (`buffer_shapes`), and return XLA's memory analysis next to the plan: its arguments are the train state
-    (params, Adam's moments) and the buffer; its temporaries hold the gradients and a minibatch's activations.
+    (params, Adam's moments) and the buffer; its temporaries hold the gradients, a microbatch's activations and what
+    the update takes from the buffer (the plan's `minibatch`).
     Nothing is allocated (abstract inputs, lower + compile only); use tiny/small configs."""
     import functools
 
@@ -683,7 +705,7 @@ def xla_rl_update_memory(config: PlanConfig) -> dict[str, Any]:
     return {
         "plan": result,
         "planned_argument_bytes": planned["params"] + planned["optimizer"] + planned["buffer"],
-        "planned_temp_bytes": planned["gradients"] + planned["activations"],
+        "planned_temp_bytes": planned["gradients"] + planned["activations"] + planned["minibatch"],
         "argument_bytes": int(analysis.argument_size_in_bytes),
         "temp_bytes": int(analysis.temp_size_in_bytes),
     }

@@ -150,12 +150,14 @@ def test_an_rl_plan_counts_the_updates_buffer_and_the_rollouts_images(tiny_visio
     """`transitions`: the buffer the update trains on and the images the rollout holds, per device as JAX places
     the real ones: a real rollout's trajectory and images (rl.buffer.Images) -> the real buffer builder ->
     `place_full_batch` on data=2 -> the bytes of one device's shards. The planner's abstract rollout has the
-    real one's shapes and dtypes. The buffer is added to the train total, the images to the rollout total."""
+    real one's shapes and dtypes. The buffer is added to the train total, the images to the rollout total, and
+    to the train total what the update takes at a time (`minibatch`): the real update's functions take 4 items of
+    the item arrays and a microbatch's 2 rows of the shared images."""
     import dataclasses
 
     from launch.mesh import place_full_batch
     from rl.buffer import grpo_buffer, ppo_buffer
-    from rl.update import take_items
+    from rl.update import SHARED, item_arrays, reading_shared, take_items
 
     config, trajectory, images = tiny_vision_rollout
     batch, steps, response = trajectory.response_ids.shape
@@ -163,7 +165,8 @@ def test_an_rl_plan_counts_the_updates_buffer_and_the_rollouts_images(tiny_visio
     mesh_config = MeshConfig(data=2, fsdp=1)
     mesh = make_mesh(mesh_config, jax.devices()[:2])
     base = dict(model="tiny", mesh=mesh_config, devices=2, batch_size=4, seq_len=prompt + steps * response,
-                num_images=1, compute_dtype="float32", value_head=algorithm == "ppo", rollout_batch=batch,
+                num_images=1, grad_accum_steps=2, compute_dtype="float32", value_head=algorithm == "ppo",
+                rollout_batch=batch,
                 rollout_seq=prompt + steps * (response + feedback), rollout_prompt=prompt,
                 logit_positions=response * (steps if rows else 1), kl_reference=kl)
     plain = P.plan(P.PlanConfig(**base))
@@ -191,9 +194,15 @@ def test_an_rl_plan_counts_the_updates_buffer_and_the_rollouts_images(tiny_visio
     b = planned["bytes_per_device"]
     assert b["buffer"] == device_bytes(buffer) and planned["buffer_items"] == (batch if rows else batch * steps)
     assert b["images"] == device_bytes(images) and planned["feedback_slots"] == feedback
+    minibatch = jax.tree.map(lambda leaf: leaf[:4], item_arrays(buffer))
+    microbatch = reading_shared(buffer, jax.tree.map(lambda leaf: leaf[:2], minibatch))
+    taken = sum(leaf.nbytes for leaf in jax.tree.leaves(minibatch)) + sum(
+        microbatch[name].nbytes for name in buffer.get(SHARED, {}))
+    assert (SHARED in buffer) != rows and b["minibatch"] == taken  # a row holds its episode's images
     assert plain["bytes_per_device"]["buffer"] == plain["bytes_per_device"]["images"] == 0
+    assert plain["bytes_per_device"]["minibatch"] == 0
     assert planned["rollout_total"] == plain["rollout_total"] + b["images"]
-    assert planned["train_total"] - b["buffer"] == plain["train_total"] - (
+    assert planned["train_total"] - b["buffer"] - b["minibatch"] == plain["train_total"] - (
         plain["bytes_per_device"]["activations"] - b["activations"])  # vision_states also drops the vision layer
 
 

@@ -1,6 +1,6 @@
 """Test-session setup: the CPU platform with 8 host devices (for the multi-device tests), one persistent XLA
-compilation cache shared by the session's processes, compiled programs released after each test module, and a
-hard failure, not a skip, when a required dependency is missing."""
+compilation cache shared by the session's processes, compiled programs released when a worker holds too many of
+them, and a hard failure, not a skip, when a required dependency is missing."""
 
 import atexit
 import gc
@@ -47,16 +47,29 @@ def pytest_sessionstart(session):
                            + "; run `make test`, which installs them into .venv")
 
 
+# XLA:CPU keeps each compiled program's machine code in memory mappings of its own (~10 for a small program, more for
+# a large one) for as long as JAX caches the program, and a worker of this suite compiles thousands: one peaked at
+# 60,283 mappings, near the kernel's default vm.max_map_count of 65,530, past which a compile's mmap fails and XLA
+# kills the worker (the segfaults and aborts inside backend_compile_and_load late in some full runs, 2026-12-07).
+# Past this many mappings a worker drops JAX's caches after its current module (one module added ~20,000).
+MAX_MAPPINGS_KEPT = 30_000
+
+
+def _mappings() -> int:
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return sum(1 for _ in maps)
+    except OSError:  # not Linux: no such limit to keep under
+        return 0
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
-    """Drop JAX's in-memory compiled programs after each test module. Every XLA:CPU executable holds ~10 memory
-    mappings (its machine code and data) for as long as it stays cached, and an xdist worker compiles thousands of
-    programs in a full run: one worker peaked at 60,283 mappings, just under the kernel's default
-    vm.max_map_count of 65,530, past which the next compile's mmap fails and XLA kills the worker (the segfaults
-    and aborts inside backend_compile_and_load late in some full runs). A later module that needs a program again
-    reads it from the persistent cache or compiles it."""
+    """After a test module, drop JAX's compiled programs when the process holds more than MAX_MAPPINGS_KEPT memory
+    mappings (a later module that needs one again reads it from the persistent cache or compiles it)."""
     yield
-    import jax
+    if _mappings() > MAX_MAPPINGS_KEPT:
+        import jax
 
-    jax.clear_caches()
-    gc.collect()
+        jax.clear_caches()
+        gc.collect()

@@ -51,24 +51,26 @@ def pytest_sessionstart(session):
 # a large one) for as long as JAX caches the program, and a worker of this suite compiles thousands: one peaked at
 # 60,283 mappings, near the kernel's default vm.max_map_count of 65,530, past which a compile's mmap fails and XLA
 # kills the worker (the segfaults and aborts inside backend_compile_and_load late in some full runs, 2026-12-07).
-# Past this many mappings a worker drops JAX's caches after its current module (one module added ~20,000).
-MAX_MAPPINGS_KEPT = 30_000
+# A worker past a third of the limit drops JAX's caches after its current module (one module added ~20,000).
 
 
-def _mappings() -> int:
+def _mappings_and_limit() -> tuple[int, int]:
     try:
         with open("/proc/self/maps", "rb") as maps:
-            return sum(1 for _ in maps)
-    except OSError:  # not Linux: no such limit to keep under
-        return 0
+            count = sum(1 for _ in maps)
+        with open("/proc/sys/vm/max_map_count") as limit:
+            return count, int(limit.read())
+    except (OSError, ValueError):  # not Linux: no such limit to keep under
+        return 0, 1
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
-    """After a test module, drop JAX's compiled programs when the process holds more than MAX_MAPPINGS_KEPT memory
-    mappings (a later module that needs one again reads it from the persistent cache or compiles it)."""
+    """After a test module, drop JAX's compiled programs when the process holds over a third of the memory mappings
+    the kernel allows (a later module that needs one again reads it from the persistent cache or compiles it)."""
     yield
-    if _mappings() > MAX_MAPPINGS_KEPT:
+    count, limit = _mappings_and_limit()
+    if count > limit // 3:
         import jax
 
         jax.clear_caches()

@@ -29,9 +29,9 @@ Categories (details and the activation formula in docs/plan.md):
               takes rows of the batch-sharded buffer by a masked gather and an all-reduce of the result): the
               minibatch's item arrays (`batch_size` items) and one microbatch's rows of the shared images.
 Totals: train = params + gradients + optimizer + activations(remat) + reference + buffer + minibatch; rollout =
-params +
-optimizer + kv_cache + reference + prefill + images (the optimizer state and the reference stay resident all run;
-`memgen rl` frees the rollout's images before the update and the buffer after it). The verdict uses the larger.
+params + optimizer + kv_cache + reference + prefill + images (the optimizer state and the reference stay resident
+all run; `memgen rl` frees the rollout's images before the update and the buffer after it). The verdict uses the
+larger.
 XLA checks (compile only, tiny / small configs): `xla_train_step_memory` (the SFT step), `xla_rl_update_memory`
 (the PPO update of an RL plan).
 """

@@ -166,8 +166,7 @@ def test_an_rl_plan_counts_the_updates_buffer_and_the_rollouts_images(tiny_visio
     mesh = make_mesh(mesh_config, jax.devices()[:2])
     base = dict(model="tiny", mesh=mesh_config, devices=2, batch_size=4, seq_len=prompt + steps * response,
                 num_images=1, grad_accum_steps=2, compute_dtype="float32", value_head=algorithm == "ppo",
-                rollout_batch=batch,
-                rollout_seq=prompt + steps * (response + feedback), rollout_prompt=prompt,
+                rollout_batch=batch, rollout_seq=prompt + steps * (response + feedback), rollout_prompt=prompt,
                 logit_positions=response * (steps if rows else 1), kl_reference=kl)
     plain = P.plan(P.PlanConfig(**base))
     planned = P.plan(P.PlanConfig(**base, transitions=steps, episode_rows=rows, vision_states=vision_states))

@@ -469,6 +469,9 @@ def plan(config: PlanConfig) -> dict[str, Any]:
         buffer, images, feedback = rl_buffer(config, model, rollout_rows, rollout_len)
         buffer_b, buffer_items = batch_bytes(buffer, mesh, mesh_shape), buffer["valid"].shape[0]
         images_b = 0 if images is None else batch_bytes(images, mesh, mesh_shape)
+        if buffer_items % config.batch_size:
+            raise PlanError(f"the update's buffer holds {buffer_items} items, which is not a multiple of the "
+                            f"minibatch's {config.batch_size} (--batch); choose a minibatch that divides it")
         minibatch_b = minibatch_bytes(buffer, config.batch_size, config.grad_accum_steps)
 
     reference_b = param_b if config.kl_reference else 0

@@ -410,22 +410,24 @@ def plan(config: PlanConfig) -> dict[str, Any]:
     """The plan as a JSON-able dict: per-device bytes by category, totals, the GPU and the verdict."""
     from model.forward import init_cache
     from model.params import param_shapes
+    from rl.update import check_microbatches, check_minibatch_size
     from sft.optim import OptimizerConfig, make_optimizer, partition, trainable_mask
 
     if config.gpu not in GPUS:
         raise PlanError(f"unknown GPU {config.gpu!r}; choose one of {', '.join(GPUS)}")
     if config.remat not in REMATS:
         raise PlanError(f"remat {config.remat!r} is not one of {', '.join(REMATS)}")
-    if config.batch_size < 1 or config.seq_len < 1 or config.num_images < 0 or config.grad_accum_steps < 1:
-        raise PlanError("batch size, sequence length and grad_accum_steps must be positive and images >= 0")
+    if config.batch_size < 1 or config.seq_len < 1 or config.num_images < 0:
+        raise PlanError("batch size and sequence length must be positive and images >= 0")
     if any(n is not None and n < 1 for n in (config.rollout_batch, config.rollout_seq, config.logit_positions,
                                              config.rollout_prompt)):
         raise PlanError("the rollout's batch, sequence length and prompt and the logit positions must be positive")
     if (config.logit_positions or 0) > config.seq_len:
         raise PlanError(f"{config.logit_positions} logit positions do not fit rows of {config.seq_len} tokens")
-    if config.batch_size % config.grad_accum_steps:
-        raise PlanError(f"batch size {config.batch_size} is not a multiple of grad_accum_steps "
-                        f"{config.grad_accum_steps}")
+    try:
+        check_microbatches("PlanConfig", config.batch_size, config.grad_accum_steps, field="grad_accum_steps")
+    except ValueError as error:
+        raise PlanError(str(error)) from None
     model = model_config(config)
     mesh = abstract_mesh(config.mesh, config.devices)
     mesh_shape = dict(mesh.shape)
@@ -469,9 +471,10 @@ def plan(config: PlanConfig) -> dict[str, Any]:
         buffer, images, feedback = rl_buffer(config, model, rollout_rows, rollout_len)
         buffer_b, buffer_items = batch_bytes(buffer, mesh, mesh_shape), buffer["valid"].shape[0]
         images_b = 0 if images is None else batch_bytes(images, mesh, mesh_shape)
-        if buffer_items % config.batch_size:
-            raise PlanError(f"the update's buffer holds {buffer_items} items, which is not a multiple of the "
-                            f"minibatch's {config.batch_size} (--batch); choose a minibatch that divides it")
+        try:
+            check_minibatch_size(buffer_items, config.batch_size)
+        except ValueError as error:
+            raise PlanError(f"{error} (--batch is the minibatch)") from None
         minibatch_b = minibatch_bytes(buffer, config.batch_size, config.grad_accum_steps)
 
     reference_b = param_b if config.kl_reference else 0

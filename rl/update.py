@@ -123,9 +123,7 @@ def item_valid(valid: jax.Array) -> jax.Array:
 def minibatch_indices(rng: jax.Array, num_items: int, *, epochs: int, minibatch_size: int) -> jax.Array:
     """(epochs, num_items // minibatch_size, minibatch_size) int32: one fresh permutation of range(num_items) per
     epoch, cut into minibatches."""
-    if minibatch_size <= 0 or num_items % minibatch_size:
-        raise ValueError(f"the buffer holds {num_items} items, which is not a multiple of minibatch_size="
-                         f"{minibatch_size}; choose a minibatch size that divides the rollout size.")
+    check_minibatch_size(num_items, minibatch_size)
     if epochs <= 0:
         raise ValueError(f"epochs must be at least 1, got {epochs}.")
     keys = jax.random.split(rng, epochs)
@@ -142,10 +140,19 @@ def valid_first_orders(rng: jax.Array, valid: jax.Array, *, epochs: int) -> jax.
     return jax.vmap(lambda order: order[jnp.argsort(invalid[order], stable=True)])(permutations)
 
 
-def check_microbatches(owner: str, minibatch_size: int, microbatches: int) -> None:
-    """A config's microbatch count: at least 1 and a divisor of its minibatch size (one clear sentence if not)."""
+def check_minibatch_size(num_items: int, minibatch_size: int) -> None:
+    """A minibatch size that cuts a buffer of `num_items` items into whole minibatches (one clear sentence if not;
+    the update and `memgen plan` both check with it)."""
+    if minibatch_size <= 0 or num_items % minibatch_size:
+        raise ValueError(f"the buffer holds {num_items} items, which is not a multiple of minibatch_size="
+                         f"{minibatch_size}; choose a minibatch size that divides the rollout size.")
+
+
+def check_microbatches(owner: str, minibatch_size: int, microbatches: int, *, field: str = "microbatches") -> None:
+    """A config's microbatch count (its `field`): at least 1 and a divisor of its minibatch size (one clear sentence
+    if not; the configs, the update and `memgen plan` all check with it)."""
     if microbatches < 1 or minibatch_size % microbatches:
-        raise ValueError(f"{owner}.microbatches={microbatches} must be at least 1 and divide minibatch_size="
+        raise ValueError(f"{owner}.{field}={microbatches} must be at least 1 and divide minibatch_size="
                          f"{minibatch_size}.")
 
 

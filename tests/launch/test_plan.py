@@ -208,7 +208,7 @@ def test_an_rl_plan_counts_the_updates_buffer_and_the_rollouts_images(tiny_visio
 def test_an_rl_plans_vision_states_run_no_vision_layer_and_its_turns_must_fill_the_cache():
     """`vision_states` (RL's freeze_vision): the update reads the rollout's encoded images, so no vision layer
     is at work (the text model's cross-attention to the states remains); the buffer's turns must add up to the
-    rollout's cache, and a minibatch must divide the buffer (as the update requires)."""
+    rollout's cache, a minibatch must divide the buffer and its microbatches the minibatch (as the update requires)."""
     config = model.preset("11b").replace(dtype="bfloat16")
     vision = config.vision
     tiles = vision.max_num_tiles * padded_tile_length(vision)
@@ -229,8 +229,10 @@ def test_an_rl_plans_vision_states_run_no_vision_layer_and_its_turns_must_fill_t
         P.plan(P.PlanConfig(**{**base, "rollout_prompt": None}, transitions=3))
     with pytest.raises(P.PlanError, match="not a multiple of 3 transitions"):
         P.plan(P.PlanConfig(**base, transitions=3, episode_rows=True))
-    with pytest.raises(P.PlanError, match="buffer holds 12 items, which is not a multiple of the minibatch's 5"):
+    with pytest.raises(P.PlanError, match="buffer holds 12 items, which is not a multiple of minibatch_size=5"):
         P.plan(P.PlanConfig(**{**base, "batch_size": 5}, transitions=3))  # 4 episodes x 3 transitions
+    with pytest.raises(P.PlanError, match="grad_accum_steps=5 must be at least 1 and divide minibatch_size=12"):
+        P.plan(P.PlanConfig(**{**base, "batch_size": 12, "grad_accum_steps": 5}, transitions=3))
 
 
 def test_attention_blocks_hold_one_block_of_probabilities():

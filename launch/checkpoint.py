@@ -25,6 +25,8 @@ from typing import Any, Mapping, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from launch.config import CheckpointConfig
+
 STATE_ITEM, RUN_STATE_ITEM = "state", "run_state"
 
 
@@ -109,9 +111,7 @@ class CheckpointManager:
 
     def __init__(self, directory: str | os.PathLike, *, every_steps: int = 100, keep: int = 3,
                  async_save: bool = True):
-        if every_steps < 1 or keep < 1:
-            raise ValueError(f"checkpoint.every_steps ({every_steps}) and checkpoint.keep ({keep}) must be at "
-                             "least 1")
+        CheckpointConfig(every_steps=every_steps, keep=keep, async_save=async_save)  # its check of the counts
         self.directory = Path(directory).absolute()
         self.every_steps = every_steps
         options = ocp.CheckpointManagerOptions(

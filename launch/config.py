@@ -30,6 +30,16 @@ class ConfigError(ValueError):
     """A config, preset name, override or config file is wrong; the message says which and what to do."""
 
 
+def check_counts(owner: str, minimum: int, **counts: int) -> None:
+    """Each of a config's `counts` (field name = value) at least `minimum`, else a ValueError naming the first that
+    is not: the configs' own check (`__post_init__`), which `resolve` and `load_config` stop as one sentence, so a
+    bad count never reaches the run as a crash deep inside it. `owner`: the fields' section (e.g. "episodes")."""
+    prefix = f"{owner}." if owner else ""
+    for name, value in counts.items():
+        if value < minimum:
+            raise ValueError(f"{prefix}{name}={value} must be at least {minimum}")
+
+
 # --- the SFT run config (other commands register theirs the same way) ---------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +50,9 @@ class CheckpointConfig:
     every_steps: int = 100
     keep: int = 3
     async_save: bool = True
+
+    def __post_init__(self):
+        check_counts("checkpoint", 1, every_steps=self.every_steps, keep=self.keep)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +74,10 @@ class DataConfig:
     length_multiple: int = 64
     length_buckets: int = 1
     pack_length: int = 0
+
+    def __post_init__(self):
+        check_counts("data", 1, length_multiple=self.length_multiple, length_buckets=self.length_buckets)
+        check_counts("data", 0, pack_length=self.pack_length)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +121,13 @@ class SFTConfig:
     data: DataConfig = DataConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+
+    def __post_init__(self):
+        check_counts("", 1, steps=self.steps, batch_size=self.batch_size, grad_accum_steps=self.grad_accum_steps,
+                     train_examples=self.train_examples, max_new_tokens=self.max_new_tokens, log_every=self.log_every,
+                     max_consecutive_skips=self.max_consecutive_skips)
+        check_counts("", 0, seed=self.seed, attention_block=self.attention_block, eval_examples=self.eval_examples,
+                     eval_every=self.eval_every, greedy_examples=self.greedy_examples)
 
 
 # --- presets -------------------------------------------------------------------------------------------------

@@ -31,8 +31,8 @@ from launch.expert_data import HELDOUT_SEED_OFFSET
 from launch.mesh import place_full_batch
 from launch.metrics import MetricsWriter, is_primary_process, read_metrics
 from launch.metrics_schema import ARMS, default_arm, eval_record, load_run
-from launch.rl_common import (FINAL_DIR, TASK_NAMES, evaluate, heldout_expert_conversations, load_policy, make_rl_mesh,
-                              mesh_context, place_params)
+from launch.rl_common import (FINAL_DIR, TASK_NAMES, checked_task_config, evaluate, heldout_expert_conversations,
+                              load_policy, make_rl_mesh, mesh_context, place_params)
 from launch.rl_config import EvalConfig
 from launch.model_source import init_tokens
 from launch.progress import ProgressBar
@@ -93,14 +93,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path, *, show_progress: bool | N
     """Evaluate every (verification budget, split) cell of `config` into `out_dir`; returns their records in
     budget-major order. Re-running on the same directory resumes: the cells whose records are already in its
     metrics.jsonl are kept as they are and only the others run (a directory holding another config is refused)."""
-    if config.n_samples < 1 or config.episodes < 1 or not config.verify_budgets:
-        raise ConfigError("memgen eval needs episodes >= 1, n_samples >= 1 and at least one verify budget")
-    if config.n_samples > 1 and config.sampling.temperature == 0.0:
-        raise ConfigError("n_samples > 1 needs sampling.temperature > 0 (greedy samples are all the same)")
-    if config.max_rows is not None and config.max_rows < 1:
-        raise ConfigError(f"max_rows={config.max_rows} must be at least 1 (or unset: every row in one batch)")
-    if config.heldout_examples < 0 or config.heldout_batch_size < 1:
-        raise ConfigError("memgen eval needs heldout_examples >= 0 (0: no held-out loss) and heldout_batch_size >= 1")
+    checked_task_config(config.sampling)
     out = Path(out_dir)
     resuming = check_run_directory(config, out)
     save_config(config, out)

@@ -127,6 +127,15 @@ def task_config(episodes: EpisodeConfig, max_verify_steps: int | None = None):
                                feedback_template=episodes.feedback_template)
 
 
+def checked_task_config(episodes: EpisodeConfig):
+    """`task_config(episodes)`, its task's own checks of the settings (GeneralPoints' num_cards, V-IRL's prompt_len,
+    ...) failing as one sentence (ConfigError) before a run starts."""
+    try:
+        return task_config(episodes)
+    except ValueError as error:
+        raise ConfigError(f"the episodes' task settings are invalid: {error}") from None
+
+
 def digit_share(text: str) -> float:
     """The share of characters of `text` that are digits (0 for an empty text): the "digits" reward."""
     return sum(ch.isdigit() for ch in text) / len(text) if text else 0.0

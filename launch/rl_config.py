@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional
 
-from launch.config import CheckpointConfig, register_preset
+from launch.config import CheckpointConfig, check_counts, register_preset
 from rl.gae import GAEConfig
 from rl.grpo import GRPOConfig
 from rl.ppo import PPOConfig
@@ -71,8 +71,14 @@ class EpisodeConfig:
     cache_stages: int = 1
 
     def __post_init__(self):
-        if self.cache_stages < 1:
-            raise ValueError(f"cache_stages={self.cache_stages} must be at least 1 (1: one cache for all steps)")
+        check_counts("EpisodeConfig", 1, max_verify_steps=self.max_verify_steps, max_new_tokens=self.max_new_tokens,
+                     feedback_len=self.feedback_len, decision_points=self.decision_points,
+                     train_routes=self.train_routes, min_route_steps=self.min_route_steps,
+                     max_route_steps=self.max_route_steps, cache_stages=self.cache_stages)
+        check_counts("EpisodeConfig", 0, prompt_len=self.prompt_len, temperature=self.temperature)
+        if self.min_route_steps > self.max_route_steps:
+            raise ValueError(f"EpisodeConfig.min_route_steps={self.min_route_steps} is above max_route_steps="
+                             f"{self.max_route_steps}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +135,13 @@ class RLConfig:
     attention_block: int = 0
     freeze_vision: bool = False
 
+    def __post_init__(self):
+        check_counts("", 1, episodes_per_update=self.episodes_per_update, eval_episodes=self.eval_episodes,
+                     log_every=self.log_every)
+        check_counts("", 0, seed=self.seed, updates=self.updates, critic_warmup=self.critic_warmup,
+                     eval_every=self.eval_every, eval_temperature=self.eval_temperature,
+                     attention_block=self.attention_block)
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
@@ -162,6 +175,15 @@ class EvalConfig:
     max_rows: Optional[int] = None
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     param_dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self):
+        check_counts("", 1, episodes=self.episodes, n_samples=self.n_samples,
+                     heldout_batch_size=self.heldout_batch_size, max_rows=1 if self.max_rows is None else self.max_rows)
+        check_counts("", 0, seed=self.seed, heldout_examples=self.heldout_examples)
+        if not self.verify_budgets or min(self.verify_budgets) < 1:
+            raise ValueError(f"verify_budgets={list(self.verify_budgets)} needs at least one budget, each at least 1")
+        if self.n_samples > 1 and self.sampling.temperature == 0.0:
+            raise ValueError("n_samples > 1 needs sampling.temperature > 0 (greedy samples are all the same)")
 
 
 # answer_key_weight 0.5: the reference's weight on the tokens before the answer key ("formula" / "action").

@@ -38,9 +38,9 @@ from launch.model_source import init_tokens
 from launch.metrics_schema import eval_record, train_record
 from launch.model_source import tokenizer_fingerprint
 from launch.progress import ProgressBar
-from launch.rl_common import (TASK_NAMES, RolloutRunner, answer_key_starts, evaluate, load_policy, make_rl_mesh,
-                              mesh_context, new_episodes, place_params, save_policy, task_config,
-                              train_state_shardings)
+from launch.rl_common import (TASK_NAMES, RolloutRunner, answer_key_starts, checked_task_config, evaluate,
+                              load_policy, make_rl_mesh, mesh_context, new_episodes, place_params, save_policy,
+                              task_config, train_state_shardings)
 from launch.rl_config import RLConfig
 from rl.buffer import grpo_buffer, ppo_buffer, rollout_statistics, train_token_count
 from rl.compute import ComputeCounter, add, parameter_count, total_gflops
@@ -98,6 +98,7 @@ def items_per_update(config: RLConfig) -> int:
 
 
 def _check_config(config: RLConfig) -> None:
+    checked_task_config(config.episodes)
     items = items_per_update(config)
     _, minibatch = _epochs_and_minibatch(config)
     if items % minibatch:
@@ -119,9 +120,7 @@ def _check_config(config: RLConfig) -> None:
                           f"grpo.group_size={config.grpo.group_size}; change one of them")
     if config.ppo.kl_coef and config.ppo.kl_mode is None and config.algorithm == "ppo":
         raise ConfigError("ppo.kl_coef > 0 needs ppo.kl_mode=k1_reward (KL in the reward) or k3_loss (in the loss)")
-    if config.attention_block < 0:
-        raise ConfigError(f"attention_block={config.attention_block} must be 0 (all queries at once) or positive")
-    if not 0 <= config.critic_warmup <= config.updates or (config.critic_warmup and config.algorithm != "ppo"):
+    if config.critic_warmup > config.updates or (config.critic_warmup and config.algorithm != "ppo"):
         raise ConfigError(f"critic_warmup={config.critic_warmup} must be between 0 and updates={config.updates} "
                           "and needs algorithm=ppo (GRPO has no critic)")
     if config.algorithm == "grpo" and (config.ppo.kl_mode is not None or config.ppo.entropy_coef):

@@ -221,11 +221,9 @@ def _train(config: SFTConfig, learning_rates: list[float], out_dirs: list[Path],
     """The SFT loop of K >= 1 members that differ only in the peak learning rate: vmapped in one program
     (``vmapped``) or, with K = 1, the plain train step. Everything else (model, data, batches, evaluation) is
     shared; each member has its own run directory, metrics writer, checkpoints and counters."""
-    if config.steps < 1 or config.batch_size < 1 or config.batch_size % config.grad_accum_steps:
-        raise ConfigError(f"steps ({config.steps}) and batch_size ({config.batch_size}) must be positive and "
-                          f"batch_size a multiple of grad_accum_steps ({config.grad_accum_steps})")
-    if config.attention_block < 0:
-        raise ConfigError(f"attention_block={config.attention_block} must be 0 (all queries at once) or positive")
+    if config.batch_size % config.grad_accum_steps:
+        raise ConfigError(f"batch_size={config.batch_size} is not a multiple of grad_accum_steps="
+                          f"{config.grad_accum_steps}")
     if not out_dirs or len(out_dirs) != len(learning_rates) or len(set(out_dirs)) != len(out_dirs):
         raise ConfigError(f"a learning-rate sweep needs one distinct run directory per learning rate, got "
                           f"{len(learning_rates)} rates and directories {[str(d) for d in out_dirs]}")

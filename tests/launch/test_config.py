@@ -108,6 +108,52 @@ def test_a_configs_own_checks_see_all_overrides_at_once():
     assert "\n" not in text
 
 
+@pytest.mark.parametrize("preset, override, message", [
+    ("sft-tiny", "log_every=0", "log_every=0 must be at least 1"),
+    ("sft-tiny", "grad_accum_steps=0", "grad_accum_steps=0 must be at least 1"),
+    ("sft-tiny", "max_new_tokens=0", "max_new_tokens=0 must be at least 1"),
+    ("sft-tiny", "max_consecutive_skips=0", "max_consecutive_skips=0 must be at least 1"),
+    ("sft-tiny", "seed=-1", "seed=-1 must be at least 0"),
+    ("sft-tiny", "checkpoint.keep=0", "checkpoint.keep=0 must be at least 1"),
+    ("sft-tiny", "data.length_buckets=0", "data.length_buckets=0 must be at least 1"),
+    ("rl-tiny", "eval_episodes=0", "eval_episodes=0 must be at least 1"),
+    ("rl-tiny", "log_every=0", "log_every=0 must be at least 1"),
+    ("rl-tiny", "episodes_per_update=0", "episodes_per_update=0 must be at least 1"),
+    ("rl-tiny", "episodes.max_new_tokens=0", "EpisodeConfig.max_new_tokens=0 must be at least 1"),
+    ("rl-tiny", "episodes.feedback_len=0", "EpisodeConfig.feedback_len=0 must be at least 1"),
+    ("rl-tiny", "episodes.cache_stages=0", "EpisodeConfig.cache_stages=0 must be at least 1"),
+    ("rl-virl-tiny", "episodes.min_route_steps=9", "EpisodeConfig.min_route_steps=9 is above max_route_steps"),
+    ("rl-virl-tiny", "checkpoint.every_steps=0", "checkpoint.every_steps=0 must be at least 1"),
+    ("eval-tiny", "verify_budgets=[0]", "verify_budgets=[0] needs at least one budget, each at least 1"),
+    ("eval-tiny", "max_rows=0", "max_rows=0 must be at least 1"),
+    ("eval-tiny", "sampling.max_new_tokens=0", "EpisodeConfig.max_new_tokens=0 must be at least 1"),
+])
+def test_counts_out_of_range_stop_at_the_config(preset, override, message):
+    """A count a run would crash on deep inside (a modulo by log_every=0, an evaluation of no episodes, a decode of
+    no tokens) is refused when the config is built, in one sentence."""
+    import launch.rl_config  # noqa: F401  (registers the rl presets)
+
+    with pytest.raises(ConfigError) as error:
+        resolve(preset, [override])
+    text = str(error.value)
+    assert text.startswith(f"the config after the overrides is invalid: {message}"), text
+    assert "\n" not in text
+    resolve(preset, [override.split("=")[0] + "=" + ("2" if "min_route" in override else "1")])  # in range: fine
+
+
+@pytest.mark.parametrize("command, preset", [("rl", "rl-tiny"), ("eval", "eval-tiny")])
+def test_task_settings_the_task_refuses_stop_before_the_run(tmp_path, capsys, command, preset):
+    """GeneralPoints' own check of its settings (num_cards 1..6) stops `memgen rl` / `memgen eval` in one sentence
+    before anything is loaded or written."""
+    from launch.cli import main
+
+    section = "episodes" if command == "rl" else "sampling"
+    assert main([command, "--preset", preset, "--out", str(tmp_path), f"{section}.num_cards=0"]) == 2
+    error = capsys.readouterr().err
+    assert "task settings are invalid: GeneralPointsConfig: num_cards must be an integer 1..6, got 0" in error
+    assert error.count("\n") == 1 and not (tmp_path / "config.json").exists()
+
+
 def test_parse_value_handles_optional_literal_and_fixed_tuples():
     assert parse_value("null", Optional[int]) is None and parse_value("3", Optional[int]) == 3
     assert parse_value("2", Literal[1, 2]) == 2

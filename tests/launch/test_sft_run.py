@@ -197,7 +197,8 @@ def test_greedy_success_becomes_eval_records_per_split(cache, tmp_path):
     (["model=/nonexistent/llama"], "the model directory /nonexistent/llama does not exist; pass model=PATH"),
     (["data.path=/nonexistent/expert.jsonl"], "the expert data file /nonexistent/expert.jsonl does not exist"),
     (["freeze=[vision]"], "freeze entry 'vision' matches no parameter; use a param group"),
-    (["attention_block=-1"], "attention_block=-1 must be 0 (all queries at once) or positive"),
+    (["attention_block=-1"], "attention_block=-1 must be at least 0"),
+    (["log_every=0"], "log_every=0 must be at least 1"),
 ])
 def test_bad_input_stops_with_one_sentence(cache, tmp_path, capsys, overrides, message):
     assert main(["sft", "--preset", "sft-tiny", "--out", str(tmp_path), *overrides]) == 2

@@ -35,7 +35,8 @@ from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
-from launch.config import CheckpointConfig, DataConfig, SFTConfig, load_config, register_preset, to_dict
+from launch.config import (CheckpointConfig, DataConfig, SFTConfig, check_counts, load_config, register_preset,
+                           to_dict)
 from sft.optim import OptimizerConfig
 
 SUMMARY_FILENAME = "summary.json"
@@ -58,6 +59,11 @@ class BaseStageConfig:
     face_card_share: float = 0.5
     revision_share: float = 0.15
 
+    def __post_init__(self) -> None:
+        check_counts("base", 1, steps=self.steps, batch_size=self.batch_size)
+        if not self.targets:
+            raise ValueError("base.targets=[] needs at least one target")
+
 
 @dataclasses.dataclass(frozen=True)
 class SFTArmConfig:
@@ -71,6 +77,9 @@ class SFTArmConfig:
     lr: float = 1e-4
     batch_size: int = 32
     examples: int = 4096
+
+    def __post_init__(self) -> None:
+        check_counts("sft", 1, batch_size=self.batch_size, examples=self.examples)
 
 
 # RLArmConfig's fields that only PPO's critic reads; GRPO refuses any of them away from its default
@@ -115,6 +124,7 @@ class RLArmConfig:
     value_clip_eps: Optional[float] = 0.1
 
     def __post_init__(self) -> None:
+        check_counts("rl", 1, updates=self.updates, episodes_per_update=self.episodes_per_update)
         if (self.kl_mode is None) != (self.kl_coef == 0.0) or self.kl_coef < 0:
             raise ValueError(f"a KL penalty needs both rl.kl_mode (k1_reward or k3_loss) and rl.kl_coef > 0, got "
                              f"kl_mode={self.kl_mode!r}, kl_coef={self.kl_coef}.")
@@ -172,17 +182,12 @@ class MiniatureConfig:
     sft: SFTArmConfig = SFTArmConfig()
     rl: RLArmConfig = RLArmConfig()
 
-
-register_preset("miniature", MiniatureConfig())
-# `memgen demo`: seed 0 of the full experiment (7.5 minutes on 2 Zen 5 cores). Shorter stages measured nothing: a
-# 150- or 300-step base solves ~0% of rule-OOD hands, so SFT cannot be seen to lower it, and 6 PPO updates from the
-# 150-step base left greedy success at 0% in 3 of 4 seeds (docs/miniature.md, 2026-12-06).
-register_preset("miniature-demo", MiniatureConfig(seeds=(0,)))
-# CI: the tiny model, a few steps of everything (seconds of compute; the numbers mean nothing).
-register_preset("miniature-tiny", MiniatureConfig(
-    model="tiny", seeds=(0,), eval_points=1, eval_episodes=8, max_new_tokens=12, feedback_len=64,
-    base=BaseStageConfig(steps=3, batch_size=8, targets=(24, 12)), sft=SFTArmConfig(examples=64, batch_size=8),
-    rl=RLArmConfig(updates=1, episodes_per_update=4, minibatch_size=8, epochs=1)))
+    def __post_init__(self) -> None:
+        check_counts("", 1, max_verify_steps=self.max_verify_steps, max_new_tokens=self.max_new_tokens,
+                     feedback_len=self.feedback_len, eval_points=self.eval_points, eval_episodes=self.eval_episodes)
+        if not self.seeds:
+            raise ValueError("seeds=[] needs at least one seed")
+        task_config(self)  # GeneralPoints' own checks of num_cards, target and heldout_share
 
 
 class MiniatureError(ValueError):
@@ -209,6 +214,19 @@ def task_config(config: MiniatureConfig, *, face_cards: str = "ten", target: Opt
                                modality=config.modality, max_verify_steps=max(2, config.max_verify_steps),
                                hand_pool=hand_pool, heldout_share=config.heldout_share,
                                prompt_template=_template(prompt), feedback_template=_template("compact_feedback.txt"))
+
+
+# (registered after task_config: MiniatureConfig's own check builds its GeneralPoints config)
+register_preset("miniature", MiniatureConfig())
+# `memgen demo`: seed 0 of the full experiment (7.5 minutes on 2 Zen 5 cores). Shorter stages measured nothing: a
+# 150- or 300-step base solves ~0% of rule-OOD hands, so SFT cannot be seen to lower it, and 6 PPO updates from the
+# 150-step base left greedy success at 0% in 3 of 4 seeds (docs/miniature.md, 2026-12-06).
+register_preset("miniature-demo", MiniatureConfig(seeds=(0,)))
+# CI: the tiny model, a few steps of everything (seconds of compute; the numbers mean nothing).
+register_preset("miniature-tiny", MiniatureConfig(
+    model="tiny", seeds=(0,), eval_points=1, eval_episodes=8, max_new_tokens=12, feedback_len=64,
+    base=BaseStageConfig(steps=3, batch_size=8, targets=(24, 12)), sft=SFTArmConfig(examples=64, batch_size=8),
+    rl=RLArmConfig(updates=1, episodes_per_update=4, minibatch_size=8, epochs=1)))
 
 
 def task_name(config: MiniatureConfig) -> str:

@@ -113,9 +113,15 @@ def test_a_kl_penalty_and_the_critic_settings_reach_the_rl_arms_ppo_and_half_a_p
             apply_overrides(get_preset("miniature", kind=MiniatureConfig), ["rl.algorithm=grpo", critic])
     with pytest.raises(ConfigError, match="rl.critic_warmup=13 must be between 0 and rl.updates=12"):
         apply_overrides(get_preset("miniature", kind=MiniatureConfig), ["rl.critic_warmup=13"])
-    # PPOConfig's own checks run when the miniature is configured, not when its RL arm starts (a traceback then)
+    # PPOConfig's own checks, GeneralPoints' and the counts' run when the miniature is configured, not when a stage
+    # starts (a traceback then)
     for bad, message in ((["rl.value_clip_eps=-1"], "value_clip_eps must be positive"),
-                         (["rl.lr=1e-7"], "final_learning_rate <= learning_rate")):
+                         (["rl.lr=1e-7"], "final_learning_rate <= learning_rate"),
+                         (["num_cards=7"], "num_cards must be an integer 1..6, got 7"),
+                         (["rl.episodes_per_update=0"], "rl.episodes_per_update=0 must be at least 1"),
+                         (["sft.examples=0"], "sft.examples=0 must be at least 1"),
+                         (["base.targets=[]"], r"base.targets=\[\] needs at least one target"),
+                         (["eval_episodes=0"], "eval_episodes=0 must be at least 1")):
         with pytest.raises(ConfigError, match=message):
             apply_overrides(get_preset("miniature", kind=MiniatureConfig), bad)
     for half in (["rl.kl_coef=0.05"], ["rl.kl_mode=k1_reward"]):

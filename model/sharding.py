@@ -118,6 +118,29 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, PartitionSpec(spec[0], *([None] * (x.ndim - 1))))
 
 
+def constrain_lookup(rows: jax.Array) -> jax.Array:
+    """Rows (B, ..., D) just looked up from a table whose last dim D has the "embed" logical axis (the token
+    embedding, the vision tower's tile embeddings), constrained to D sharded as the default rules shard the table's
+    (over "fsdp") and B over the batch axes D does not use. The lookup is then local (each device reads its slice
+    of D), and in the backward pass the rows' cotangent reaches the table's layout by an all-to-all: left to
+    itself XLA replicates the whole batch-sharded cotangent (B, S, D) on every device before it partitions it like
+    the table ("involuntary full rematerialization", docs/rl.md). A no-op as `constrain_batch` is (no context mesh,
+    Manual axes)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or rows.ndim < 2:
+        return rows
+    auto = {name for name, kind in zip(mesh.axis_names, mesh.axis_types) if kind == jax.sharding.AxisType.Auto}
+    auto_rules = {name: tuple(a for a in ((rule,) if isinstance(rule, str) else rule or ()) if a in auto)
+                  for name, rule in DEFAULT_RULES.items()}
+    hidden = partition_spec(rows.shape[-1:], ("embed",), mesh, auto_rules)[0]
+    used = {hidden} if isinstance(hidden, str) else set(hidden or ())
+    batch = partition_spec(rows.shape[:1], ("batch",), mesh, {"batch": tuple(a for a in BATCH_AXES
+                                                                             if a in auto and a not in used)})[0]
+    if hidden is None and batch is None:
+        return rows
+    return jax.lax.with_sharding_constraint(rows, PartitionSpec(batch, *([None] * (rows.ndim - 2)), hidden))
+
+
 def constrain_replicated(x: jax.Array) -> jax.Array:
     """x constrained to be whole on every device of the context mesh; a no-op without one (as `constrain_batch`).
     For an intermediate that XLA cannot partition on its way to sharded outputs (a flat random draw sliced and

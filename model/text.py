@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.config import ModelConfig, TextConfig
-from model.sharding import constrain_batch
+from model.sharding import constrain_batch, constrain_lookup
 
 Params = dict[str, Any]
 
@@ -407,7 +407,7 @@ def embed(params: Params, input_ids: jax.Array, dtype) -> jax.Array:
     """Token embeddings (B, S, D) in the compute dtype (the table has vocab_size + 8 rows), batch-constrained on a
     context mesh (model.sharding.constrain_batch)."""
     table = params["language_model"]["embed_tokens"]["embedding"]
-    return constrain_batch(jnp.take(table, input_ids, axis=0).astype(dtype))
+    return constrain_batch(constrain_lookup(jnp.take(table, input_ids, axis=0)).astype(dtype))
 
 
 def lm_head(params: Params, hidden: jax.Array) -> jax.Array:

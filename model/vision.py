@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from model.config import ModelConfig, VisionConfig
-from model.sharding import constrain_batch
+from model.sharding import constrain_batch, constrain_lookup
 from model.text import in_query_blocks, layer_params, linear
 
 Params = dict[str, Any]
@@ -197,7 +197,7 @@ def run_global_layers(x: jax.Array, layers: Params, invalid: jax.Array, config: 
 
 def _tile_embedding(x: jax.Array, tile: Params, aspect_ratio_ids: jax.Array) -> jax.Array:
     """Gated per-aspect-ratio tile embedding: x (BI, T, *, D) + tanh(gate) * embedding[ar_id] (BI, T, 1, D)."""
-    embedding = tile["embedding"][aspect_ratio_ids].astype(x.dtype)[:, :, None, :]
+    embedding = constrain_lookup(tile["embedding"][aspect_ratio_ids]).astype(x.dtype)[:, :, None, :]
     return x + jnp.tanh(tile["gate"].astype(x.dtype)) * embedding
 
 
@@ -239,7 +239,7 @@ def vision_encoder(params: Params, config: ModelConfig, pixel_values: jax.Array,
     pos = enc["gated_positional_embedding"]
     gate = jnp.tanh(pos["gate"].astype(dtype))
     x = x + (1 - gate) * pos["embedding"].astype(dtype)
-    x = x + gate * pos["tile_embedding"][ar_ids].astype(dtype)
+    x = x + gate * constrain_lookup(pos["tile_embedding"][ar_ids]).astype(dtype)
     x = layer_norm(x, enc["layernorm_pre"], vision.norm_eps)
 
     x = jnp.pad(x, ((0, 0), (0, 0), (0, q - p), (0, 0))).reshape(bi, t * q, d)

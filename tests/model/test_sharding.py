@@ -90,3 +90,27 @@ def test_activation_constraints_only_under_a_context_mesh(ref):
     assert text.count("sdy.sharding_constraint") >= 3
     assert '<@mesh, [{"data", "fsdp"}, {}, {}]>' in spec  # batch over data x fsdp, the rest replicated
     assert "sharding_constraint" not in odd  # 3 rows: neither data nor fsdp divides it, nothing to constrain
+
+
+def test_embedding_lookups_keep_their_gradients_sharded(ref, unsharded, capfd):
+    """The token and tile embedding lookups are constrained to their tables' hidden sharding (constrain_lookup), so
+    the backward pass takes the rows' cotangents to the tables' layout without XLA's "involuntary full
+    rematerialization" (replicating the whole cotangent on every device first), which the tiny model's gradient
+    over 8 rows with images on data 2 x fsdp 2 x tensor 2 hit before (the small model's SFT step 12 times, a GP-VL
+    PPO update 7)."""
+    from model.sharding import constrain_lookup
+    config, params = ref
+    inputs = {name: np.concatenate([x] * 4) for name, x in unsharded[0].items()}  # 8 rows: over data x fsdp
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sharded = shard_params(params, config, mesh)
+
+    def loss(params, inputs):
+        return jax.numpy.mean(model.forward(params, config, **inputs) ** 2)
+
+    with jax.set_mesh(mesh):
+        jax.jit(jax.grad(loss)).lower(sharded, inputs).compile()
+        spec = jax.jit(constrain_lookup).lower(np.zeros((4, 3, 8), np.float32)).as_text()
+        odd = jax.jit(constrain_lookup).lower(np.zeros((4, 3, 5), np.float32)).as_text()
+    assert "Involuntary full rematerialization" not in capfd.readouterr().err
+    assert '<@mesh, [{"data"}, {}, {"fsdp"}]>' in spec  # the rows over data, their hidden dim as the table's
+    assert '<@mesh, [{"data", "fsdp"}, {}, {}]>' in odd  # fsdp does not divide 5: the rows over data x fsdp

@@ -33,7 +33,8 @@ class ConfigError(ValueError):
 def check_counts(owner: str, minimum: int, **counts: int) -> None:
     """Each of a config's `counts` (field name = value) at least `minimum`, else a ValueError naming the first that
     is not: the configs' own check (`__post_init__`), which `resolve` and `load_config` stop as one sentence, so a
-    bad count never reaches the run as a crash deep inside it. `owner`: the fields' section (e.g. "episodes")."""
+    bad count never reaches the run as a crash deep inside it. `owner`: the fields' section or class ("checkpoint",
+    "EpisodeConfig"; empty for a run config's top-level fields)."""
     prefix = f"{owner}." if owner else ""
     for name, value in counts.items():
         if value < minimum:

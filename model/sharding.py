@@ -111,11 +111,22 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or x.ndim == 0:
         return x
-    auto = {name for name, kind in zip(mesh.axis_names, mesh.axis_types) if kind == jax.sharding.AxisType.Auto}
-    spec = partition_spec(x.shape[:1], ("batch",), mesh, {"batch": tuple(a for a in BATCH_AXES if a in auto)})
-    if spec[0] is None:
+    batch = _batch_axes(mesh, x.shape[0])
+    if batch is None:
         return x
-    return jax.lax.with_sharding_constraint(x, PartitionSpec(spec[0], *([None] * (x.ndim - 1))))
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(batch, *([None] * (x.ndim - 1))))
+
+
+def _auto_axes(mesh) -> set[str]:
+    return {name for name, kind in zip(mesh.axis_names, mesh.axis_types) if kind == jax.sharding.AxisType.Auto}
+
+
+def _batch_axes(mesh, rows: int, taken: set[str] = frozenset()):
+    """The batch dim's PartitionSpec entry for `rows` rows: the mesh's Auto ("data", "fsdp") axes, less `taken`
+    (used by another dim of the array), that divide it (None: none does)."""
+    auto = _auto_axes(mesh)
+    return partition_spec((rows,), ("batch",), mesh, {"batch": tuple(a for a in BATCH_AXES
+                                                                     if a in auto and a not in taken)})[0]
 
 
 def constrain_lookup(rows: jax.Array) -> jax.Array:
@@ -129,13 +140,10 @@ def constrain_lookup(rows: jax.Array) -> jax.Array:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or rows.ndim < 2:
         return rows
-    auto = {name for name, kind in zip(mesh.axis_names, mesh.axis_types) if kind == jax.sharding.AxisType.Auto}
-    auto_rules = {name: tuple(a for a in ((rule,) if isinstance(rule, str) else rule or ()) if a in auto)
-                  for name, rule in DEFAULT_RULES.items()}
-    hidden = partition_spec(rows.shape[-1:], ("embed",), mesh, auto_rules)[0]
-    used = {hidden} if isinstance(hidden, str) else set(hidden or ())
-    batch = partition_spec(rows.shape[:1], ("batch",), mesh, {"batch": tuple(a for a in BATCH_AXES
-                                                                             if a in auto and a not in used)})[0]
+    auto, embed = _auto_axes(mesh), DEFAULT_RULES["embed"]
+    embed = (embed,) if isinstance(embed, str) else tuple(embed or ())
+    hidden = partition_spec(rows.shape[-1:], ("embed",), mesh, {"embed": tuple(a for a in embed if a in auto)})[0]
+    batch = _batch_axes(mesh, rows.shape[0], {hidden} if isinstance(hidden, str) else set(hidden or ()))
     if hidden is None and batch is None:
         return rows
     return jax.lax.with_sharding_constraint(rows, PartitionSpec(batch, *([None] * (rows.ndim - 2)), hidden))
